@@ -1,0 +1,1 @@
+//! troupe-actors: the actor kinds of the ten systems (land system by system).

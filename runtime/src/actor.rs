@@ -1,0 +1,298 @@
+//! Behaviors: how an actor kind is written, and the ractor shell that runs one.
+//!
+//! A kind implements [`Behavior`] (build state, handle a message, optionally tick)
+//! and [`FromParams`] (build itself from its topology parameters). The shell around
+//! it is the only code that touches ractor: it counts the mailbox down, records
+//! errors and spans, carries the trace id, and passivates idle entities.
+//!
+//! Invariants:
+//! - A handler error or panic fails the actor; its supervisor decides what follows.
+//! - The trace id of the message being handled is the current trace id for every
+//!   handle call the handler makes, so a request can be followed across nodes.
+
+use crate::config::KindSpec;
+use crate::handle::ActorHandle;
+use crate::node::Node;
+use crate::reply::Reply;
+use crate::slot::LocalSlot;
+use crate::store::{Recovered, StoreError, WriteOp};
+use ractor::{ActorProcessingErr, ActorRef};
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use troupe_wire::introspect::ActorState;
+use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId};
+
+/// What a handler returns on failure (the same as ractor's processing error).
+pub type ActorError = ActorProcessingErr;
+
+pub type MsgOf<B> = <<B as Behavior>::Proto as Protocol>::Msg;
+pub type ReplyOf<B> = <<B as Behavior>::Proto as Protocol>::Reply;
+
+/// An actor kind's code.
+pub trait Behavior: Send + Sync + Sized + 'static {
+    type Proto: Protocol;
+    type State: Send + 'static;
+
+    /// Builds the state when the actor starts, and again on every restart (read
+    /// durable state back here with [`Ctx::recover`]).
+    fn init(&self, ctx: &Ctx<Self::Proto>) -> impl Future<Output = Result<Self::State, ActorError>> + Send;
+
+    fn handle(
+        &self,
+        ctx: &Ctx<Self::Proto>,
+        state: &mut Self::State,
+        msg: MsgOf<Self>,
+        reply: Reply<ReplyOf<Self>>,
+    ) -> impl Future<Output = Result<(), ActorError>> + Send;
+
+    /// Called every `tick` period set with [`Ctx::tick_every`].
+    fn tick(
+        &self,
+        _ctx: &Ctx<Self::Proto>,
+        _state: &mut Self::State,
+    ) -> impl Future<Output = Result<(), ActorError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Called when the actor stops on purpose (not after a failure).
+    fn stopping(&self, _ctx: &Ctx<Self::Proto>, _state: &mut Self::State) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Builds a behavior from the `params` table of its topology entry.
+pub trait FromParams: Sized {
+    type Params: DeserializeOwned;
+    fn from_params(params: Self::Params, spec: &KindSpec, node: &Node) -> Result<Self, String>;
+    /// Extra checks at config load time, beyond the params' types.
+    fn check(_params: &Self::Params) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What an actor's mailbox carries.
+pub enum Delivery<P: Protocol> {
+    Msg { msg: P::Msg, reply: Reply<P::Reply>, trace: TraceId },
+    Tick,
+    IdleCheck,
+}
+
+tokio::task_local! {
+    /// The trace id of the message being handled on this task.
+    pub static CURRENT_TRACE: TraceId;
+}
+
+/// The current trace id, or a fresh one when none is being handled.
+pub fn current_trace() -> TraceId {
+    CURRENT_TRACE.try_with(|t| *t).unwrap_or_else(|_| rand::random::<u64>() | 1)
+}
+
+/// An actor's view of itself and of the node it runs on.
+pub struct Ctx<P: Protocol> {
+    node: Node,
+    path: ActorPath,
+    spec: Arc<KindSpec>,
+    slot: Arc<LocalSlot<P>>,
+    me: ActorRef<Delivery<P>>,
+    passivate: AtomicBool,
+    /// Next durable log sequence number.
+    next_seq: AtomicU64,
+}
+
+impl<P: Protocol> Ctx<P> {
+    pub fn path(&self) -> &ActorPath {
+        &self.path
+    }
+    pub fn key(&self) -> &str {
+        self.path.key()
+    }
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+    pub fn spec(&self) -> &KindSpec {
+        &self.spec
+    }
+
+    /// A handle to this actor (e.g. to hand to another actor).
+    pub fn myself(&self) -> ActorHandle<P> {
+        self.node.handle::<P>(self.path.clone())
+    }
+
+    /// A handle to any actor, local or remote.
+    pub fn handle<Q: Protocol>(&self, path: ActorPath) -> ActorHandle<Q> {
+        self.node.handle::<Q>(path)
+    }
+
+    /// Sends `msg` to this actor after `delay` (a timer, not a sleep).
+    pub fn send_after(&self, delay: Duration, msg: P::Msg) {
+        let slot = self.slot.clone();
+        let trace = current_trace();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace });
+        });
+    }
+
+    /// Calls [`Behavior::tick`] every `period` until the actor stops.
+    pub fn tick_every(&self, period: Duration) {
+        self.me.send_interval(period, || Delivery::Tick);
+    }
+
+    /// Stops this actor after the current message, once its mailbox is empty.
+    pub fn passivate(&self) {
+        self.passivate.store(true, Ordering::Relaxed);
+    }
+
+    /// Reads back this actor's durable state (snapshot + log after it), and sets
+    /// the next sequence number after it. On a cluster, the newest copy among the
+    /// live replicas wins.
+    pub async fn recover(&self) -> Result<Recovered, StoreError> {
+        let r = self.node.recover(&self.path, self.spec.replication_factor).await?;
+        self.next_seq.store(r.last_seq() + 1, Ordering::SeqCst);
+        Ok(r)
+    }
+
+    /// Appends one entry to this actor's durable log. Returns after it is on disk on
+    /// `replication_factor` nodes; only then may the actor acknowledge the write.
+    pub async fn persist(&self, bytes: Vec<u8>) -> Result<u64, StoreError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let op = WriteOp::Append { path: self.path.to_string(), seq, bytes };
+        self.node.persist(&self.path, self.spec.replication_factor, op).await?;
+        Ok(seq)
+    }
+
+    /// Replaces the log up to now with `bytes`, a snapshot of the state.
+    pub async fn snapshot(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let seq = self.next_seq.load(Ordering::SeqCst).saturating_sub(1);
+        let op = WriteOp::Snapshot { path: self.path.to_string(), seq, bytes };
+        self.node.persist(&self.path, self.spec.replication_factor, op).await
+    }
+
+    /// Deletes this actor's durable state everywhere.
+    pub async fn forget(&self) -> Result<(), StoreError> {
+        let op = WriteOp::Remove { path: self.path.to_string() };
+        self.node.persist(&self.path, self.spec.replication_factor, op).await?;
+        self.next_seq.store(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Sequence number the next `persist` will use.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
+    }
+}
+
+/// Converts a typed error into a handler failure.
+pub fn fail(msg: impl Into<String>) -> ActorError {
+    msg.into().into()
+}
+
+pub(crate) struct Shell<B: Behavior> {
+    pub behavior: Arc<B>,
+}
+
+pub(crate) struct ShellArgs<P: Protocol> {
+    pub node: Node,
+    pub path: ActorPath,
+    pub spec: Arc<KindSpec>,
+    pub slot: Arc<LocalSlot<P>>,
+}
+
+pub(crate) struct ShellState<B: Behavior> {
+    ctx: Ctx<B::Proto>,
+    state: B::State,
+    last_active: Instant,
+}
+
+impl<B: Behavior> ractor::Actor for Shell<B> {
+    type Msg = Delivery<B::Proto>;
+    type State = ShellState<B>;
+    type Arguments = ShellArgs<B::Proto>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ctx = Ctx {
+            node: args.node,
+            path: args.path,
+            spec: args.spec,
+            slot: args.slot,
+            me: myself.clone(),
+            passivate: AtomicBool::new(false),
+            next_seq: AtomicU64::new(1),
+        };
+        let stats = ctx.slot.entry_stats();
+        stats.set_state(ActorState::Starting);
+        let state = match self.behavior.init(&ctx).await {
+            Ok(s) => s,
+            Err(e) => {
+                stats.record_error(&format!("init: {e}"));
+                return Err(e);
+            }
+        };
+        if let Some(ms) = ctx.spec.passivate_after_ms {
+            myself.send_interval(Duration::from_millis((ms / 2).max(50)), || Delivery::IdleCheck);
+        }
+        ctx.slot.attach(myself);
+        stats.set_state(ActorState::Running);
+        Ok(ShellState { ctx, state, last_active: Instant::now() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        d: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let stats = st.ctx.slot.entry_stats();
+        let result = match d {
+            Delivery::Msg { msg, reply, trace } => {
+                stats.dequeued();
+                st.last_active = Instant::now();
+                let started = st.ctx.node.clock_us();
+                let fut = self.behavior.handle(&st.ctx, &mut st.state, msg, reply);
+                let r = CURRENT_TRACE.scope(trace, fut).await;
+                st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
+                r
+            }
+            Delivery::Tick => self.behavior.tick(&st.ctx, &mut st.state).await,
+            Delivery::IdleCheck => {
+                let idle = st.ctx.spec.passivate_after_ms.map(Duration::from_millis);
+                if idle.is_some_and(|idle| st.last_active.elapsed() >= idle) {
+                    st.ctx.passivate();
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            stats.record_error(&e.to_string());
+            return Err(e);
+        }
+        if st.ctx.passivate.load(Ordering::Relaxed) {
+            if st.ctx.slot.try_close() {
+                myself.stop(Some(PASSIVATED.into()));
+            } else {
+                st.ctx.passivate.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, st: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        self.behavior.stopping(&st.ctx, &mut st.state).await;
+        Ok(())
+    }
+}
+
+/// The stop reason of a passivated entity.
+pub(crate) const PASSIVATED: &str = "passivated";
+
+/// Converts an actor-side store error into what a caller sees.
+pub fn store_failed(path: &ActorPath, e: &StoreError) -> RemoteError {
+    RemoteError::ActorFailed { path: path.to_string(), reason: e.to_string() }
+}

@@ -1,0 +1,446 @@
+//! `cluster.toml`: the nodes of a cluster, how they find and trust each other, and
+//! which systems run. Paths in the file are relative to the file's folder.
+
+use super::diag::{Diags, Doc, suggest};
+use super::reader::Tbl;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use troupe_wire::path::check_name;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// The cluster file itself.
+    pub file: PathBuf,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    /// 32-byte secret that seals gossip packets; made on first run in dev mode.
+    pub key_file: PathBuf,
+    pub systems_dir: PathBuf,
+    /// Enabled systems (topology file stems), in start order.
+    pub systems: Vec<String>,
+    /// Node names a joining node contacts first.
+    pub seeds: Vec<String>,
+    pub membership: MembershipTuning,
+    pub transport: TransportTuning,
+    pub nodes: Vec<NodeSpec>,
+    /// Per-system overrides: `[overrides.<system>.<kind>]` tables merged over the
+    /// kind's `params` (and `mailbox_cap` etc. when named).
+    pub overrides: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// QUIC endpoint: node links and clients.
+    pub addr: SocketAddr,
+    /// UDP socket for SWIM gossip.
+    pub gossip: SocketAddr,
+    /// Admin HTTP: /health, /metrics, introspection, chaos.
+    pub admin: SocketAddr,
+    pub roles: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub gpus: Vec<GpuSpec>,
+    /// Relative capacity for weighted placement.
+    pub weight: f64,
+    /// Public listeners of gateways on this node: `<system>` or `<system>.<name>` → port.
+    pub ports: BTreeMap<String, u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSpec {
+    pub model: String,
+    pub memory_gib: u64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembershipTuning {
+    pub probe_period_ms: u64,
+    pub probe_rtt_ms: u64,
+    pub suspect_to_down_ms: u64,
+    pub remove_down_after_ms: u64,
+    pub indirect_probes: u64,
+    pub packet_bytes_max: u64,
+    pub gossip_period_ms: u64,
+    pub join_retry_ms: u64,
+    /// Lifeguard-style local health: at most this many extra probe periods of
+    /// slack when this node itself looks slow.
+    pub local_health_max: u64,
+}
+
+impl Default for MembershipTuning {
+    fn default() -> Self {
+        Self {
+            probe_period_ms: 1000,
+            probe_rtt_ms: 500,
+            suspect_to_down_ms: 3000,
+            remove_down_after_ms: 60_000,
+            indirect_probes: 3,
+            packet_bytes_max: 1400,
+            gossip_period_ms: 200,
+            join_retry_ms: 500,
+            local_health_max: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportTuning {
+    pub frame_bytes_max: u64,
+    pub send_queue_cap: u64,
+    pub lanes_per_peer: u64,
+    pub keep_alive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    pub ask_timeout_ms: u64,
+    pub stream_buffer: u64,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: 16 << 20,
+            send_queue_cap: 8192,
+            lanes_per_peer: 8,
+            keep_alive_ms: 1000,
+            idle_timeout_ms: 5000,
+            connect_timeout_ms: 2000,
+            reconnect_backoff_min_ms: 50,
+            reconnect_backoff_max_ms: 2000,
+            ask_timeout_ms: 5000,
+            stream_buffer: 64,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    /// This node's data folder.
+    pub fn node_data_dir(&self, node: &str) -> PathBuf {
+        self.data_dir.join(node)
+    }
+
+    /// A cluster of one node with every default, for tests and `troupe generate`.
+    pub fn single(name: &str, dir: &Path) -> Self {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        ClusterConfig {
+            file: dir.join("cluster.toml"),
+            name: "local".into(),
+            data_dir: dir.join("data"),
+            tls_dir: dir.join("tls"),
+            key_file: dir.join("cluster.key"),
+            systems_dir: dir.join("systems"),
+            systems: Vec::new(),
+            seeds: vec![name.into()],
+            membership: MembershipTuning::default(),
+            transport: TransportTuning::default(),
+            nodes: vec![NodeSpec {
+                name: name.into(),
+                addr: any,
+                gossip: any,
+                admin: any,
+                roles: Vec::new(),
+                labels: BTreeMap::new(),
+                gpus: Vec::new(),
+                weight: 1.0,
+                ports: BTreeMap::new(),
+            }],
+            overrides: BTreeMap::new(),
+        }
+    }
+}
+
+fn rel(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn addr(t: &Tbl<'_>, key: &str) -> Option<SocketAddr> {
+    let s = t.req_str(key)?;
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            t.error(
+                key,
+                format!("`{key}` = \"{s}\" is not a socket address"),
+                Some("write it as \"127.0.0.1:7101\"".into()),
+            );
+            None
+        }
+    }
+}
+
+/// Reads and checks a cluster file. Errors go to `diags`; `None` only when the file
+/// could not be parsed at all.
+pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
+    let base = doc.file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let root = Tbl::root(doc, diags);
+    let errors_before = diags.len();
+
+    let cluster = root.table("cluster");
+    let (name, data_dir, tls_dir, key_file, systems_dir, systems, seeds) = match &cluster {
+        Some(c) => {
+            let name = c.req_str("name").unwrap_or_default();
+            if !name.is_empty()
+                && let Err(e) = check_name("cluster name", &name)
+            {
+                c.error("name", e.to_string(), None);
+            }
+            let out = (
+                name,
+                rel(&base, &c.opt_str("data_dir").unwrap_or_else(|| ".troupe/data".into())),
+                rel(&base, &c.opt_str("tls_dir").unwrap_or_else(|| ".troupe/tls".into())),
+                rel(&base, &c.opt_str("key_file").unwrap_or_else(|| ".troupe/cluster.key".into())),
+                rel(&base, &c.opt_str("systems_dir").unwrap_or_else(|| "systems".into())),
+                c.strs("systems"),
+                c.strs("seeds"),
+            );
+            out
+        }
+        None => {
+            doc.error(
+                diags,
+                "",
+                "the cluster file has no [cluster] table",
+                Some("add [cluster] with `name`, `systems` and `seeds`".into()),
+            );
+            (String::new(), PathBuf::new(), PathBuf::new(), PathBuf::new(), PathBuf::new(), vec![], vec![])
+        }
+    };
+    if let Some(c) = cluster {
+        c.finish();
+    }
+
+    let membership = match root.table("membership") {
+        None => MembershipTuning::default(),
+        Some(m) => {
+            let d = MembershipTuning::default();
+            let out = MembershipTuning {
+                probe_period_ms: m.u64_in("probe_period_ms", d.probe_period_ms, 50, 60_000, "milliseconds"),
+                probe_rtt_ms: m.u64_in("probe_rtt_ms", d.probe_rtt_ms, 10, 30_000, "milliseconds"),
+                suspect_to_down_ms: m.u64_in("suspect_to_down_ms", d.suspect_to_down_ms, 100, 600_000, "milliseconds"),
+                remove_down_after_ms: m.u64_in(
+                    "remove_down_after_ms",
+                    d.remove_down_after_ms,
+                    1000,
+                    86_400_000,
+                    "milliseconds",
+                ),
+                indirect_probes: m.u64_in("indirect_probes", d.indirect_probes, 1, 16, "members"),
+                packet_bytes_max: m.u64_in("packet_bytes_max", d.packet_bytes_max, 512, 65_000, "bytes"),
+                gossip_period_ms: m.u64_in("gossip_period_ms", d.gossip_period_ms, 10, 60_000, "milliseconds"),
+                join_retry_ms: m.u64_in("join_retry_ms", d.join_retry_ms, 10, 60_000, "milliseconds"),
+                local_health_max: m.u64_in("local_health_max", d.local_health_max, 0, 64, "probe periods"),
+            };
+            if out.probe_rtt_ms >= out.probe_period_ms {
+                m.error(
+                    "probe_rtt_ms",
+                    format!(
+                        "probe_rtt_ms ({}) must be shorter than probe_period_ms ({})",
+                        out.probe_rtt_ms, out.probe_period_ms
+                    ),
+                    Some("SWIM waits probe_rtt_ms for an ack inside each probe period".into()),
+                );
+            }
+            m.finish();
+            out
+        }
+    };
+
+    let transport = match root.table("transport") {
+        None => TransportTuning::default(),
+        Some(t) => {
+            let d = TransportTuning::default();
+            let out = TransportTuning {
+                frame_bytes_max: t.u64_in("frame_bytes_max", d.frame_bytes_max, 1024, 64 << 20, "bytes"),
+                send_queue_cap: t.u64_in("send_queue_cap", d.send_queue_cap, 16, 1 << 20, "frames"),
+                lanes_per_peer: t.u64_in("lanes_per_peer", d.lanes_per_peer, 1, 64, "streams"),
+                keep_alive_ms: t.u64_in("keep_alive_ms", d.keep_alive_ms, 100, 60_000, "milliseconds"),
+                idle_timeout_ms: t.u64_in("idle_timeout_ms", d.idle_timeout_ms, 500, 600_000, "milliseconds"),
+                connect_timeout_ms: t.u64_in("connect_timeout_ms", d.connect_timeout_ms, 50, 60_000, "milliseconds"),
+                reconnect_backoff_min_ms: t.u64_in(
+                    "reconnect_backoff_min_ms",
+                    d.reconnect_backoff_min_ms,
+                    1,
+                    60_000,
+                    "milliseconds",
+                ),
+                reconnect_backoff_max_ms: t.u64_in(
+                    "reconnect_backoff_max_ms",
+                    d.reconnect_backoff_max_ms,
+                    1,
+                    600_000,
+                    "milliseconds",
+                ),
+                ask_timeout_ms: t.u64_in("ask_timeout_ms", d.ask_timeout_ms, 1, 3_600_000, "milliseconds"),
+                stream_buffer: t.u64_in("stream_buffer", d.stream_buffer, 1, 65_536, "items"),
+            };
+            if out.keep_alive_ms >= out.idle_timeout_ms {
+                t.error(
+                    "keep_alive_ms",
+                    "keep_alive_ms must be shorter than idle_timeout_ms",
+                    Some("otherwise idle links time out between keep-alives".into()),
+                );
+            }
+            t.finish();
+            out
+        }
+    };
+
+    let mut nodes = Vec::new();
+    let node_tables = root.tables("nodes");
+    if node_tables.is_empty() && root.has("nodes") {
+        // already reported as a type error
+    } else if node_tables.is_empty() {
+        doc.error(
+            diags,
+            "",
+            "the cluster file declares no nodes",
+            Some("add at least one [[nodes]] table with name, addr, gossip and admin".into()),
+        );
+    }
+    for n in node_tables {
+        let name = n.req_str("name");
+        if let Some(nm) = &name
+            && let Err(e) = check_name("node name", nm)
+        {
+            n.error("name", e.to_string(), None);
+        }
+        let (a, g, ad) = (addr(&n, "addr"), addr(&n, "gossip"), addr(&n, "admin"));
+        let roles = n.strs("roles");
+        let labels = match n.table("labels") {
+            None => BTreeMap::new(),
+            Some(l) => {
+                let mut out = BTreeMap::new();
+                for k in l.table.keys() {
+                    if let Some(v) = l.req_str(k) {
+                        out.insert(k.clone(), v);
+                    }
+                }
+                out
+            }
+        };
+        let gpus = n
+            .tables("gpus")
+            .into_iter()
+            .filter_map(|g| {
+                let model = g.req_str("model");
+                let memory_gib = g.u64_in("memory_gib", 0, 1, 4096, "GiB");
+                let count = g.u64_in("count", 1, 1, 64, "GPUs");
+                g.finish();
+                Some(GpuSpec { model: model?, memory_gib, count })
+            })
+            .collect();
+        let weight = n.f64_in("weight", 1.0, 0.01, 1000.0, "relative capacity");
+        let ports = match n.table("ports") {
+            None => BTreeMap::new(),
+            Some(p) => {
+                let mut out = BTreeMap::new();
+                for k in p.table.keys() {
+                    let port = p.u64_in(k, 0, 1, 65_535, "TCP port");
+                    if port > 0 {
+                        out.insert(k.clone(), port as u16);
+                    }
+                }
+                out
+            }
+        };
+        n.finish();
+        if let (Some(name), Some(addr), Some(gossip), Some(admin)) = (name, a, g, ad) {
+            nodes.push(NodeSpec { name, addr, gossip, admin, roles, labels, gpus, weight, ports });
+        }
+    }
+
+    // Cross-checks: unique names and addresses, seeds that exist.
+    let mut names = BTreeSet::new();
+    let mut sockets = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if !names.insert(n.name.clone()) {
+            doc.error(
+                diags,
+                &format!("nodes[{i}].name"),
+                format!("node name `{}` is used twice", n.name),
+                Some("give every node a unique name".into()),
+            );
+        }
+        for (what, a) in [("addr", n.addr), ("gossip", n.gossip), ("admin", n.admin)] {
+            if let Some(prev) = sockets.insert(a, format!("{}.{what}", n.name)) {
+                doc.error(
+                    diags,
+                    &format!("nodes[{i}].{what}"),
+                    format!("address {a} is already used by {prev}"),
+                    Some("every node needs its own ports".into()),
+                );
+            }
+        }
+    }
+    for (i, s) in seeds.iter().enumerate() {
+        if !names.contains(s) {
+            doc.error(
+                diags,
+                &format!("cluster.seeds[{i}]"),
+                format!("seed `{s}` is not a node of this cluster"),
+                Some(suggest(s, names.iter().map(|s| s.as_str()), "nodes")),
+            );
+        }
+    }
+    if seeds.is_empty() && !nodes.is_empty() {
+        doc.error(
+            diags,
+            "cluster",
+            "no seeds: a node would have nobody to join",
+            Some(format!("add `seeds = [\"{}\"]` to [cluster]", nodes[0].name)),
+        );
+    }
+
+    let mut overrides = BTreeMap::new();
+    if let Some(o) = root.table("overrides") {
+        for (sys, v) in o.table {
+            match v {
+                toml::Value::Table(t) => {
+                    if !systems.contains(sys) {
+                        o.error(
+                            sys,
+                            format!("override for `{sys}`, which is not enabled"),
+                            Some(suggest(sys, systems.iter().map(|s| s.as_str()), "enabled systems")),
+                        );
+                    }
+                    overrides.insert(sys.clone(), t.clone());
+                }
+                other => o.error(sys, format!("`overrides.{sys}` must be a table, not {}", other.type_str()), None),
+            }
+            let _ = o.raw(sys);
+        }
+        o.finish();
+    }
+    root.finish();
+
+    if diags.len() > errors_before && nodes.is_empty() {
+        return None;
+    }
+    Some(ClusterConfig {
+        file: doc.file.clone(),
+        name,
+        data_dir,
+        tls_dir,
+        key_file,
+        systems_dir,
+        systems,
+        seeds,
+        membership,
+        transport,
+        nodes,
+        overrides,
+    })
+}

@@ -1,0 +1,227 @@
+//! Typed handles: tell, ask with a timeout, and streamed replies, to an actor
+//! anywhere in the cluster. The same handle works whether the actor is on this node
+//! or another; the caller only sees the difference in the errors (unreachable node,
+//! unknown path and timeout are distinct).
+//!
+//! A handle resolves its path lazily and caches a local target (the slot stays valid
+//! across restarts). Transient refusals — the actor restarting or passivating, the
+//! owner changing — are retried a bounded number of times within the deadline.
+
+use crate::actor::{Delivery, current_trace};
+use crate::node::{Node, Target};
+use crate::reply::{Reply, ReplyStream, ReplyTo, StreamTo};
+use crate::slot::LocalSlot;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use troupe_wire::{ActorPath, Protocol, RemoteError, RequestKind, codec};
+
+/// Attempts for one send when the target is restarting or moving.
+const SEND_ATTEMPTS_MAX: u32 = 8;
+
+pub struct ActorHandle<P: Protocol> {
+    node: Node,
+    path: ActorPath,
+    local: Mutex<Option<Arc<LocalSlot<P>>>>,
+}
+
+impl<P: Protocol> Clone for ActorHandle<P> {
+    fn clone(&self) -> Self {
+        Self { node: self.node.clone(), path: self.path.clone(), local: Mutex::new(self.local.lock().clone()) }
+    }
+}
+
+impl<P: Protocol> std::fmt::Debug for ActorHandle<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle<{}>({})", P::NAME, self.path)
+    }
+}
+
+enum Resolved<P: Protocol> {
+    Local(Arc<LocalSlot<P>>),
+    Remote(String),
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((2u64 << attempt.min(8)).min(200))
+}
+
+impl<P: Protocol> ActorHandle<P> {
+    pub(crate) fn new(node: Node, path: ActorPath) -> Self {
+        Self { node, path, local: Mutex::new(None) }
+    }
+
+    pub fn path(&self) -> &ActorPath {
+        &self.path
+    }
+
+    async fn resolve(&self) -> Result<Resolved<P>, RemoteError> {
+        if let Some(slot) = self.local.lock().as_ref()
+            && crate::slot::ErasedSlot::is_live(slot.as_ref())
+        {
+            return Ok(Resolved::Local(slot.clone()));
+        }
+        match self.node.resolve(&self.path).await? {
+            Target::Local(slot) => {
+                let typed = slot.as_any().downcast::<LocalSlot<P>>().map_err(|_| RemoteError::BadMessage {
+                    path: self.path.to_string(),
+                    reason: format!("the actor does not speak protocol `{}`", P::NAME),
+                })?;
+                *self.local.lock() = Some(typed.clone());
+                Ok(Resolved::Local(typed))
+            }
+            Target::Remote(node) => {
+                *self.local.lock() = None;
+                Ok(Resolved::Remote(node))
+            }
+        }
+    }
+
+    /// Fire and forget. `Ok` means the message was accepted into the target's
+    /// mailbox (local) or send queue (remote), not that it was handled.
+    pub async fn tell(&self, msg: P::Msg) -> Result<(), RemoteError> {
+        let trace = current_trace();
+        let mut msg = msg;
+        let mut attempt = 0;
+        loop {
+            let err = match self.resolve().await {
+                Ok(Resolved::Local(slot)) => match slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace }) {
+                    Ok(()) => return Ok(()),
+                    Err((e, d)) => match d {
+                        Delivery::Msg { msg: m, .. } => {
+                            msg = m;
+                            e
+                        }
+                        _ => return Err(e),
+                    },
+                },
+                Ok(Resolved::Remote(node)) => {
+                    let payload = encode_msg::<P>(&self.path, &msg)?;
+                    match self.node.send_remote(&node, &self.path, RequestKind::Tell, trace, payload) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            attempt += 1;
+            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Asks with the cluster's default timeout (`ask_timeout_ms`).
+    pub async fn ask(&self, msg: P::Msg) -> Result<P::Reply, RemoteError> {
+        self.ask_timeout(msg, self.node.default_ask_timeout()).await
+    }
+
+    pub async fn ask_timeout(&self, msg: P::Msg, timeout: Duration) -> Result<P::Reply, RemoteError> {
+        let deadline = Instant::now() + timeout;
+        let trace = current_trace();
+        let timeout_err = || RemoteError::Timeout { path: self.path.to_string(), ms: timeout.as_millis() as u64 };
+        let mut msg = msg;
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout_err());
+            }
+            let err = match self.resolve().await {
+                Ok(Resolved::Local(slot)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let reply = Reply::Ask(ReplyTo::local(tx, slot.path_str().clone()));
+                    match slot.enqueue(Delivery::Msg { msg, reply, trace }) {
+                        Ok(()) => {
+                            return match tokio::time::timeout(left, rx).await {
+                                Ok(Ok(r)) => r,
+                                Ok(Err(_)) => Err(RemoteError::NoReply { path: self.path.to_string() }),
+                                Err(_) => Err(timeout_err()),
+                            };
+                        }
+                        Err((e, d)) => match d {
+                            Delivery::Msg { msg: m, reply, .. } => {
+                                reply.defuse();
+                                msg = m;
+                                e
+                            }
+                            _ => return Err(e),
+                        },
+                    }
+                }
+                Ok(Resolved::Remote(node)) => {
+                    let payload = encode_msg::<P>(&self.path, &msg)?;
+                    match self.node.ask_remote(&node, &self.path, trace, payload, left).await {
+                        Ok(bytes) => {
+                            return codec::decode::<P::Reply>(&bytes).map_err(|e| RemoteError::BadMessage {
+                                path: self.path.to_string(),
+                                reason: format!("reply: {e}"),
+                            });
+                        }
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            attempt += 1;
+            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Starts a streamed request. Items arrive through the returned stream, which
+    /// holds at most `stream_buffer` undelivered items; dropping it cancels the
+    /// producer.
+    pub async fn stream(&self, msg: P::Msg) -> Result<ReplyStream<P::Reply>, RemoteError> {
+        let trace = current_trace();
+        let mut msg = msg;
+        let mut attempt = 0;
+        loop {
+            let err = match self.resolve().await {
+                Ok(Resolved::Local(slot)) => {
+                    let (tx, rx) = mpsc::channel(self.node.stream_buffer());
+                    let reply = Reply::Stream(StreamTo::local(tx, slot.path_str().clone()));
+                    match slot.enqueue(Delivery::Msg { msg, reply, trace }) {
+                        Ok(()) => return Ok(ReplyStream::local(rx, slot.path_str().clone())),
+                        Err((e, d)) => match d {
+                            Delivery::Msg { msg: m, reply, .. } => {
+                                reply.defuse();
+                                msg = m;
+                                e
+                            }
+                            _ => return Err(e),
+                        },
+                    }
+                }
+                Ok(Resolved::Remote(node)) => {
+                    let payload = encode_msg::<P>(&self.path, &msg)?;
+                    match self.node.stream_remote(&node, &self.path, trace, payload) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            attempt += 1;
+            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+}
+
+fn encode_msg<P: Protocol>(path: &ActorPath, msg: &P::Msg) -> Result<Vec<u8>, RemoteError> {
+    codec::encode(msg).map_err(|e| RemoteError::BadMessage { path: path.to_string(), reason: e.to_string() })
+}
+
+/// Whether a refusal is worth another attempt inside the same call: the target is
+/// restarting, passivating or moving. A full mailbox or queue is reported at once —
+/// that is back-pressure the caller must see.
+fn retry_send(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Restarting { .. } | RemoteError::WrongOwner { .. } | RemoteError::Unreachable { .. })
+}

@@ -1,0 +1,52 @@
+//! The per-node registry of local actors by path.
+//!
+//! ractor's named registry is process-global; troupe keeps its own per node, so
+//! several nodes can share a test process and a path resolves on the node that owns
+//! it. The registry holds slots, which outlive incarnations.
+
+use crate::slot::ErasedSlot;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use troupe_wire::ActorPath;
+
+#[derive(Default)]
+pub struct Registry {
+    slots: RwLock<HashMap<ActorPath, Arc<dyn ErasedSlot>>>,
+}
+
+impl Registry {
+    pub fn get(&self, path: &ActorPath) -> Option<Arc<dyn ErasedSlot>> {
+        self.slots.read().get(path).cloned()
+    }
+
+    pub fn insert(&self, path: ActorPath, slot: Arc<dyn ErasedSlot>) {
+        self.slots.write().insert(path, slot);
+    }
+
+    /// Removes `path` only if it still maps to `slot` (a newer incarnation's slot
+    /// stays).
+    pub fn remove_if(&self, path: &ActorPath, slot: &Arc<dyn ErasedSlot>) -> bool {
+        let mut s = self.slots.write();
+        match s.get(path) {
+            Some(cur) if Arc::ptr_eq(cur, slot) => {
+                s.remove(path);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every local path of one kind (for re-homing after a membership change).
+    pub fn paths_of(&self, system: &str, kind: &str) -> Vec<ActorPath> {
+        self.slots.read().keys().filter(|p| p.system() == system && p.kind() == kind).cloned().collect()
+    }
+}

@@ -1,0 +1,185 @@
+//! Per-actor counters and the live supervision tree that introspection reads.
+//!
+//! Every actor and supervisor owns one [`ActorEntry`]; its supervisor keeps it in
+//! its children list. Introspection walks these entries without messaging any
+//! actor, so a busy or stuck actor still shows up (with its mailbox growing).
+//! Entries outlive restarts: counters accumulate over every incarnation of a path.
+
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use troupe_wire::introspect::{ActorInfo, ActorState};
+
+#[derive(Debug)]
+pub struct ActorStats {
+    /// Messages enqueued and not yet handled.
+    queued: AtomicU64,
+    pub cap: u64,
+    handled: AtomicU64,
+    restarts: AtomicU64,
+    state: AtomicU8,
+    last_error: Mutex<Option<String>>,
+}
+
+const ERROR_CHARS_MAX: usize = 300;
+
+impl ActorStats {
+    pub fn new(cap: u64) -> Self {
+        Self {
+            queued: AtomicU64::new(0),
+            cap,
+            handled: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            state: AtomicU8::new(ActorState::Starting as u8),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Reserves one mailbox place; false when the mailbox is at `cap`.
+    #[inline]
+    pub fn try_enqueue(&self) -> bool {
+        // fetch_add then undo keeps the common case to one atomic op.
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.cap {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives a place back when a send failed after `try_enqueue`.
+    #[inline]
+    pub fn unenqueue(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn dequeued(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A dead incarnation's mailbox is dropped with it.
+    pub fn reset_queue(&self) {
+        self.queued.store(0, Ordering::Relaxed);
+    }
+
+    pub fn record_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_error(&self, err: &str) {
+        let mut e: String = err.chars().take(ERROR_CHARS_MAX).collect();
+        if err.chars().count() > ERROR_CHARS_MAX {
+            e.push('…');
+        }
+        *self.last_error.lock() = Some(e);
+    }
+
+    pub fn set_state(&self, s: ActorState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ActorState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => ActorState::Starting,
+            1 => ActorState::Running,
+            2 => ActorState::Restarting,
+            3 => ActorState::Stopped,
+            _ => ActorState::Failed,
+        }
+    }
+
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+}
+
+/// One node of the live supervision tree.
+#[derive(Debug)]
+pub struct ActorEntry {
+    pub path: String,
+    pub kind: String,
+    /// Empty for workers; the strategy name for supervisors.
+    pub strategy: String,
+    pub stats: Arc<ActorStats>,
+    children: Mutex<Vec<Arc<ActorEntry>>>,
+}
+
+impl ActorEntry {
+    pub fn new(
+        path: impl Into<String>,
+        kind: impl Into<String>,
+        strategy: impl Into<String>,
+        stats: Arc<ActorStats>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.into(),
+            kind: kind.into(),
+            strategy: strategy.into(),
+            stats,
+            children: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn add_child(&self, child: Arc<ActorEntry>) {
+        let mut c = self.children.lock();
+        if !c.iter().any(|e| Arc::ptr_eq(e, &child)) {
+            c.push(child);
+        }
+    }
+
+    pub fn remove_child(&self, path: &str) {
+        self.children.lock().retain(|e| e.path != path);
+    }
+
+    pub fn children(&self) -> Vec<Arc<ActorEntry>> {
+        self.children.lock().clone()
+    }
+
+    pub fn snapshot(&self) -> ActorInfo {
+        ActorInfo {
+            path: self.path.clone(),
+            kind: self.kind.clone(),
+            state: self.stats.state(),
+            strategy: self.strategy.clone(),
+            mailbox_len: self.stats.queued(),
+            mailbox_cap: self.stats.cap,
+            handled: self.stats.handled(),
+            restarts: self.stats.restarts(),
+            last_error: self.stats.last_error(),
+            children: self.children().iter().map(|c| c.snapshot()).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_bound_is_exact() {
+        let s = ActorStats::new(3);
+        assert!(s.try_enqueue() && s.try_enqueue() && s.try_enqueue());
+        assert!(!s.try_enqueue(), "the fourth message must be refused");
+        assert_eq!(s.queued(), 3);
+        s.dequeued();
+        assert!(s.try_enqueue());
+        assert_eq!((s.queued(), s.handled()), (3, 1));
+    }
+
+    #[test]
+    fn errors_are_truncated() {
+        let s = ActorStats::new(1);
+        s.record_error(&"x".repeat(10_000));
+        assert!(s.last_error().unwrap().chars().count() <= ERROR_CHARS_MAX + 1);
+    }
+}

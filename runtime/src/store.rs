@@ -1,0 +1,291 @@
+//! Durable state on redb: per actor, an append-only log and a snapshot.
+//!
+//! One redb file per node, one writer thread. Writers hand their operations to the
+//! thread, which commits everything waiting in one transaction (group commit) with
+//! `Durability::Immediate` and only then answers: when `append` returns, the entry
+//! is on disk. redb commits atomically, so after `kill -9` a reader sees each
+//! transaction entirely or not at all — nothing half-written.
+//!
+//! Invariants:
+//! - Log keys are (actor path, sequence number); a snapshot at sequence `s` removes
+//!   the log entries up to `s` in the same transaction.
+//! - The writer's queue is bounded (`WRITE_QUEUE_CAP`): a burst waits, memory does not
+//!   grow.
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
+const SNAP: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("snapshot");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Operations waiting for the writer, in operations (not bytes).
+pub const WRITE_QUEUE_CAP: usize = 4096;
+/// Most operations folded into one transaction.
+const BATCH_OPS_MAX: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state file {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("state write failed: {0}")]
+    Write(String),
+    #[error("state read failed: {0}")]
+    Read(String),
+    #[error("the state writer has stopped (node shutting down)")]
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Append {
+        path: String,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    /// Replace the snapshot and drop log entries up to `seq`.
+    Snapshot {
+        path: String,
+        seq: u64,
+        bytes: Vec<u8>,
+    },
+    /// Forget everything about `path`.
+    Remove {
+        path: String,
+    },
+    Meta {
+        key: String,
+        bytes: Vec<u8>,
+    },
+}
+
+struct WriteReq {
+    ops: Vec<WriteOp>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What is durable for one actor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Log entries after the snapshot, in order.
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
+impl Recovered {
+    /// The highest sequence number covered (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.entries.last().map(|e| e.0).or(self.snapshot.as_ref().map(|s| s.0)).unwrap_or(0)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tx: mpsc::Sender<WriteReq>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the state file and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |reason: String| StoreError::Open { path: path.to_path_buf(), reason };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                err("it is already open (is another node using the same data_dir?)".into())
+            }
+            other => err(other.to_string()),
+        })?;
+        // Create the tables so read transactions never meet a missing one.
+        let w = db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            w.open_table(LOG).map_err(|e| err(e.to_string()))?;
+            w.open_table(SNAP).map_err(|e| err(e.to_string()))?;
+            w.open_table(META).map_err(|e| err(e.to_string()))?;
+        }
+        w.commit().map_err(|e| err(e.to_string()))?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAP);
+        let wdb = db.clone();
+        std::thread::Builder::new()
+            .name("troupe-store".into())
+            .spawn(move || writer_loop(wdb, rx))
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Store { db, tx, path: path.to_path_buf() })
+    }
+
+    /// Applies `ops` atomically and durably.
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(WriteReq { ops, done }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The same, for code that is not async (tests, tools). Never call it from
+    /// inside the async runtime.
+    pub fn write_blocking(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.blocking_send(WriteReq { ops, done }).map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn append(&self, path: &str, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.write(vec![WriteOp::Append { path: path.to_string(), seq, bytes }]).await
+    }
+
+    pub async fn snapshot(&self, path: &str, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.write(vec![WriteOp::Snapshot { path: path.to_string(), seq, bytes }]).await
+    }
+
+    /// Everything durable for `path`.
+    pub fn load(&self, path: &str) -> Result<Recovered, StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        let snap = r.open_table(SNAP).map_err(|e| rerr(&e))?;
+        let snapshot = snap.get(path).map_err(|e| rerr(&e))?.map(|g| {
+            let (seq, bytes) = g.value();
+            (seq, bytes.to_vec())
+        });
+        let from = snapshot.as_ref().map(|s| s.0 + 1).unwrap_or(0);
+        let log = r.open_table(LOG).map_err(|e| rerr(&e))?;
+        let mut entries = Vec::new();
+        for item in log.range((path, from)..=(path, u64::MAX)).map_err(|e| rerr(&e))? {
+            let (k, v) = item.map_err(|e| rerr(&e))?;
+            entries.push((k.value().1, v.value().to_vec()));
+        }
+        Ok(Recovered { snapshot, entries })
+    }
+
+    /// Paths that have durable state and start with `prefix` (e.g. `/kv/store/`).
+    pub fn paths_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        let mut out = std::collections::BTreeSet::new();
+        let snap = r.open_table(SNAP).map_err(|e| rerr(&e))?;
+        for item in snap.range(prefix..).map_err(|e| rerr(&e))? {
+            let (k, _) = item.map_err(|e| rerr(&e))?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.insert(k.value().to_string());
+        }
+        let log = r.open_table(LOG).map_err(|e| rerr(&e))?;
+        for item in log.range((prefix, 0)..).map_err(|e| rerr(&e))? {
+            let (k, _) = item.map_err(|e| rerr(&e))?;
+            if !k.value().0.starts_with(prefix) {
+                break;
+            }
+            out.insert(k.value().0.to_string());
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        let t = r.open_table(META).map_err(|e| rerr(&e))?;
+        Ok(t.get(key).map_err(|e| rerr(&e))?.map(|g| g.value().to_vec()))
+    }
+}
+
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteReq>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        let mut ops = batch[0].ops.len();
+        while ops < BATCH_OPS_MAX {
+            match rx.try_recv() {
+                Ok(req) => {
+                    ops += req.ops.len();
+                    batch.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &batch);
+        for req in batch {
+            let _ = req.done.send(result.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, batch: &[WriteReq]) -> Result<(), StoreError> {
+    let werr = |e: &dyn std::fmt::Display| StoreError::Write(e.to_string());
+    let mut w = db.begin_write().map_err(|e| werr(&e))?;
+    w.set_durability(Durability::Immediate).map_err(|e| werr(&e))?;
+    {
+        let mut log = w.open_table(LOG).map_err(|e| werr(&e))?;
+        let mut snap = w.open_table(SNAP).map_err(|e| werr(&e))?;
+        let mut meta = w.open_table(META).map_err(|e| werr(&e))?;
+        for op in batch.iter().flat_map(|r| &r.ops) {
+            match op {
+                WriteOp::Append { path, seq, bytes } => {
+                    log.insert((path.as_str(), *seq), bytes.as_slice()).map_err(|e| werr(&e))?;
+                }
+                WriteOp::Snapshot { path, seq, bytes } => {
+                    snap.insert(path.as_str(), (*seq, bytes.as_slice())).map_err(|e| werr(&e))?;
+                    log.retain_in((path.as_str(), 0)..=(path.as_str(), *seq), |_, _| false).map_err(|e| werr(&e))?;
+                }
+                WriteOp::Remove { path } => {
+                    snap.remove(path.as_str()).map_err(|e| werr(&e))?;
+                    log.retain_in((path.as_str(), 0)..=(path.as_str(), u64::MAX), |_, _| false)
+                        .map_err(|e| werr(&e))?;
+                }
+                WriteOp::Meta { key, bytes } => {
+                    meta.insert(key.as_str(), bytes.as_slice()).map_err(|e| werr(&e))?;
+                }
+            }
+        }
+    }
+    w.commit().map_err(|e| werr(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn append_snapshot_load() {
+        let dir = tempdir();
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        for i in 1..=5u64 {
+            s.append("/kv/store/a", i, vec![i as u8]).await.unwrap();
+        }
+        s.append("/kv/store/b", 1, vec![9]).await.unwrap();
+        let r = s.load("/kv/store/a").unwrap();
+        assert_eq!(r.entries.len(), 5);
+        assert_eq!(r.last_seq(), 5);
+        s.snapshot("/kv/store/a", 3, b"snap".to_vec()).await.unwrap();
+        let r = s.load("/kv/store/a").unwrap();
+        assert_eq!(r.snapshot, Some((3, b"snap".to_vec())));
+        assert_eq!(r.entries, vec![(4, vec![4]), (5, vec![5])]);
+        assert_eq!(s.paths_with_prefix("/kv/store/").unwrap(), vec!["/kv/store/a", "/kv/store/b"]);
+        s.write(vec![WriteOp::Remove { path: "/kv/store/a".into() }]).await.unwrap();
+        assert_eq!(s.load("/kv/store/a").unwrap(), Recovered::default());
+        assert_eq!(s.load("/kv/store/b").unwrap().entries, vec![(1, vec![9])]);
+    }
+
+    #[test]
+    fn second_open_is_a_clear_error() {
+        let dir = tempdir();
+        let _s = Store::open(&dir.join("state.redb")).unwrap();
+        let e = Store::open(&dir.join("state.redb")).unwrap_err().to_string();
+        assert!(e.contains("already open"), "{e}");
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("troupe-test-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,7 @@
+//! Supervision: restart policies (pure) and the supervisor actor that applies them.
+
+pub mod policy;
+pub mod supervisor;
+
+pub use policy::{Decision, Intensity, RestartPolicy, Strategy};
+pub use supervisor::{ChildSpec, Restart, StartFn, SupMsg, Supervisor, SupervisorConfig};

@@ -1,0 +1,407 @@
+//! The supervisor actor: starts children in order, watches them, and applies its
+//! [`RestartPolicy`] when one fails — restarting after a backoff timer (never a sleep
+//! in a handler), or escalating by failing itself so its own supervisor decides.
+//!
+//! ractor's default `handle_supervisor_evt` would stop the supervisor on any child
+//! exit; this one overrides it and is the only supervisor type troupe uses.
+//!
+//! A kind supervisor also activates entities on demand (`Activate`): activations of
+//! one kind on one node are serialized through its mailbox, so a key never gets two
+//! live incarnations on a node, and a key being passivated is re-activated only
+//! after the old incarnation has stopped.
+
+use super::policy::{Decision, Intensity, RestartPolicy, Strategy};
+use crate::actor::PASSIVATED;
+use crate::kinds::KindInstance;
+use crate::node::Node;
+use crate::slot::ErasedSlot;
+use crate::stats::{ActorEntry, ActorStats};
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use troupe_wire::introspect::ActorState;
+use troupe_wire::{ActorPath, RemoteError};
+
+pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, String>> + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Restarted whenever it stops (static children: singletons, per-node actors,
+    /// kind supervisors).
+    Permanent,
+    /// Restarted only when it fails; a normal stop (passivation) removes it.
+    Transient,
+}
+
+pub struct ChildSpec {
+    /// Unique among siblings: the child's path.
+    pub key: String,
+    pub entry: Arc<ActorEntry>,
+    pub start: StartFn,
+    pub restart: Restart,
+    /// The entity's slot, for kind supervisors (removed from the registry with it).
+    pub slot: Option<Arc<dyn ErasedSlot>>,
+}
+
+pub enum SupMsg {
+    /// Start and supervise one more child.
+    AddChild {
+        spec: ChildSpec,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Find or start the entity `path` (kind supervisors only).
+    Activate {
+        path: ActorPath,
+        reply: oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>,
+    },
+    /// Stop a child on purpose and forget it.
+    StopChild {
+        key: String,
+    },
+    RestartDue {
+        keys: Vec<String>,
+        round: u64,
+    },
+}
+
+pub struct SupervisorConfig {
+    pub path: String,
+    pub kind: String,
+    pub strategy: Strategy,
+    pub intensity: Intensity,
+    pub entry: Arc<ActorEntry>,
+    pub initial: Vec<ChildSpec>,
+    /// Set for kind supervisors of sharded kinds.
+    pub activator: Option<(Node, Arc<dyn KindInstance>)>,
+}
+
+impl SupervisorConfig {
+    pub fn new(path: impl Into<String>, kind: impl Into<String>, strategy: Strategy, intensity: Intensity) -> Self {
+        let path = path.into();
+        let kind = kind.into();
+        let entry =
+            ActorEntry::new(path.clone(), kind.clone(), strategy.to_string(), Arc::new(ActorStats::new(u64::MAX)));
+        Self { path, kind, strategy, intensity, entry, initial: Vec::new(), activator: None }
+    }
+}
+
+pub struct Supervisor;
+
+struct Child {
+    spec: ChildSpec,
+    cell: Option<ActorCell>,
+}
+
+pub struct SupState {
+    cfg_path: String,
+    entry: Arc<ActorEntry>,
+    children: Vec<Child>,
+    policy: RestartPolicy,
+    /// Bumped by every restart decision, so an older pending restart is dropped.
+    round: u64,
+    epoch: Instant,
+    activator: Option<(Node, Arc<dyn KindInstance>)>,
+    /// Activations waiting for a passivating incarnation to stop.
+    parked: Vec<(ActorPath, oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>)>,
+}
+
+impl Supervisor {
+    /// Spawns a supervisor, linked to `parent` when there is one.
+    pub async fn start(cfg: SupervisorConfig, parent: Option<ActorCell>) -> Result<ActorRef<SupMsg>, String> {
+        let r = match parent {
+            Some(p) => Actor::spawn_linked(None, Supervisor, cfg, p).await,
+            None => Actor::spawn(None, Supervisor, cfg).await,
+        };
+        r.map(|(a, _)| a).map_err(|e| e.to_string())
+    }
+
+    /// A child spec that runs a supervisor under another supervisor.
+    pub fn child_spec(
+        cfg_fn: Arc<dyn Fn() -> SupervisorConfig + Send + Sync>,
+        entry: Arc<ActorEntry>,
+        key: String,
+    ) -> ChildSpec {
+        let start: StartFn = Arc::new(move |parent: ActorCell| {
+            let cfg = cfg_fn();
+            Box::pin(async move { Supervisor::start(cfg, Some(parent)).await.map(|a| a.get_cell()) })
+        });
+        ChildSpec { key, entry, start, restart: Restart::Permanent, slot: None }
+    }
+}
+
+impl SupState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn index_of_cell(&self, cell: &ActorCell) -> Option<usize> {
+        let id = cell.get_id();
+        self.children.iter().position(|c| c.cell.as_ref().is_some_and(|x| x.get_id() == id))
+    }
+
+    async fn start_child(&mut self, i: usize, myself: &ActorRef<SupMsg>) -> Result<(), String> {
+        let start = self.children[i].spec.start.clone();
+        let entry = self.children[i].spec.entry.clone();
+        entry.stats.set_state(ActorState::Starting);
+        match start(myself.get_cell()).await {
+            Ok(cell) => {
+                self.children[i].cell = Some(cell);
+                entry.stats.set_state(ActorState::Running);
+                Ok(())
+            }
+            Err(e) => {
+                entry.stats.record_error(&format!("start: {e}"));
+                entry.stats.set_state(ActorState::Restarting);
+                Err(e)
+            }
+        }
+    }
+
+    fn remove_child(&mut self, i: usize, node_unregister: bool) {
+        let child = self.children.remove(i);
+        self.entry.remove_child(&child.spec.key);
+        child.spec.entry.stats.set_state(ActorState::Stopped);
+        if node_unregister && let (Some((node, _)), Some(slot)) = (&self.activator, &child.spec.slot) {
+            node.unregister(slot.path(), slot);
+        }
+    }
+
+    /// Applies the policy to the failure of child `i`.
+    fn on_failure(&mut self, i: usize, reason: &str, myself: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+        let now = self.now_ms();
+        self.children[i].cell = None;
+        self.children[i].spec.entry.stats.record_error(reason);
+        self.children[i].spec.entry.stats.set_state(ActorState::Restarting);
+        match self.policy.on_failure(now, i, self.children.len()) {
+            Decision::Restart { children, delay_ms } => {
+                let mut keys = Vec::new();
+                for j in children {
+                    let c = &mut self.children[j];
+                    if let Some(cell) = c.cell.take() {
+                        // Forgetting the cell first makes its termination event unknown
+                        // to us, so stopping it here is not counted as a failure.
+                        cell.stop(Some("restarting with a failed sibling".into()));
+                        c.spec.entry.stats.set_state(ActorState::Restarting);
+                    }
+                    keys.push(c.spec.key.clone());
+                }
+                self.round += 1;
+                let round = self.round;
+                tracing::warn!(supervisor = %self.cfg_path, child = %self.children[i].spec.key, %reason, delay_ms, restarting = keys.len(), "child failed; restarting");
+                myself.send_after(Duration::from_millis(delay_ms), move || SupMsg::RestartDue { keys, round });
+                Ok(())
+            }
+            Decision::Escalate { restarts, within_ms } => {
+                let msg = format!(
+                    "{}: {restarts} restarts within {within_ms} ms (max_restarts exceeded); last failure of {}: {reason}",
+                    self.cfg_path, self.children[i].spec.key
+                );
+                tracing::error!(supervisor = %self.cfg_path, "{msg}; escalating");
+                self.entry.stats.record_error(&msg);
+                self.entry.stats.set_state(ActorState::Failed);
+                for c in &mut self.children {
+                    if let Some(cell) = c.cell.take() {
+                        cell.stop(Some("supervisor escalating".into()));
+                    }
+                    c.spec.entry.stats.set_state(ActorState::Failed);
+                }
+                // Entities die with their supervisor: unregister their slots so the
+                // next message activates a fresh incarnation under the restarted one.
+                for i in (0..self.children.len()).rev() {
+                    if self.children[i].spec.slot.is_some() {
+                        self.remove_child(i, true);
+                    }
+                }
+                Err(msg.into())
+            }
+        }
+    }
+
+    async fn activate(
+        &mut self,
+        path: ActorPath,
+        reply: oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>,
+        myself: &ActorRef<SupMsg>,
+    ) {
+        let key = path.to_string();
+        if let Some(c) = self.children.iter().find(|c| c.spec.key == key) {
+            match (&c.spec.slot, c.spec.slot.as_ref().is_some_and(|s| s.is_closing())) {
+                (Some(_), true) => self.parked.push((path, reply)),
+                (Some(slot), false) => {
+                    let _ = reply.send(Ok(slot.clone()));
+                }
+                (None, _) => {
+                    let _ = reply.send(Err(RemoteError::UnknownPath { path: key, reason: "not an entity".into() }));
+                }
+            }
+            return;
+        }
+        let Some((node, kind)) = self.activator.clone() else {
+            let _ = reply.send(Err(RemoteError::UnknownPath { path: key, reason: "kind is not sharded".into() }));
+            return;
+        };
+        let entry = ActorEntry::new(
+            key.clone(),
+            kind.spec().name.clone(),
+            "",
+            Arc::new(ActorStats::new(kind.spec().mailbox_cap)),
+        );
+        let slot = kind.new_slot(path.clone(), entry.clone());
+        let start_slot = slot.clone();
+        let start_node = node.clone();
+        let start_kind = kind.clone();
+        let start: StartFn =
+            Arc::new(move |sup: ActorCell| start_kind.start(start_node.clone(), start_slot.clone(), sup));
+        self.children.push(Child {
+            spec: ChildSpec {
+                key: key.clone(),
+                entry: entry.clone(),
+                start,
+                restart: Restart::Transient,
+                slot: Some(slot.clone()),
+            },
+            cell: None,
+        });
+        self.entry.add_child(entry);
+        let i = self.children.len() - 1;
+        match self.start_child(i, myself).await {
+            Ok(()) => {
+                node.register(path, slot.clone());
+                let _ = reply.send(Ok(slot));
+            }
+            Err(e) => {
+                self.remove_child(i, false);
+                let _ =
+                    reply.send(Err(RemoteError::ActorFailed { path: key, reason: format!("activation failed: {e}") }));
+            }
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = SupervisorConfig;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        cfg: SupervisorConfig,
+    ) -> Result<SupState, ActorProcessingErr> {
+        cfg.entry.stats.set_state(ActorState::Running);
+        let children = cfg
+            .initial
+            .into_iter()
+            .map(|spec| {
+                cfg.entry.add_child(spec.entry.clone());
+                Child { spec, cell: None }
+            })
+            .collect();
+        Ok(SupState {
+            cfg_path: cfg.path,
+            entry: cfg.entry,
+            children,
+            policy: RestartPolicy::new(cfg.strategy, cfg.intensity),
+            round: 0,
+            epoch: Instant::now(),
+            activator: cfg.activator,
+            parked: Vec::new(),
+        })
+    }
+
+    async fn post_start(&self, myself: ActorRef<SupMsg>, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+        for i in 0..st.children.len() {
+            if let Err(e) = st.start_child(i, &myself).await {
+                st.on_failure(i, &format!("start failed: {e}"), &myself)?;
+                break;
+            }
+            if let Some(slot) = &st.children[i].spec.slot
+                && let Some((node, _)) = &st.activator
+            {
+                node.register(slot.path().clone(), slot.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::AddChild { spec, reply } => {
+                if st.children.iter().any(|c| c.spec.key == spec.key) {
+                    let _ = reply.send(Err(format!("{} already has a child {}", st.cfg_path, spec.key)));
+                    return Ok(());
+                }
+                st.entry.add_child(spec.entry.clone());
+                st.children.push(Child { spec, cell: None });
+                let i = st.children.len() - 1;
+                let r = st.start_child(i, &myself).await;
+                if r.is_err() {
+                    st.remove_child(i, false);
+                } else if let (Some(slot), Some((node, _))) = (&st.children[i].spec.slot, &st.activator) {
+                    node.register(slot.path().clone(), slot.clone());
+                }
+                let _ = reply.send(r);
+            }
+            SupMsg::Activate { path, reply } => st.activate(path, reply, &myself).await,
+            SupMsg::StopChild { key } => {
+                if let Some(i) = st.children.iter().position(|c| c.spec.key == key) {
+                    if let Some(cell) = st.children[i].cell.take() {
+                        cell.stop(Some("stopped by its supervisor".into()));
+                    }
+                    st.remove_child(i, true);
+                }
+            }
+            SupMsg::RestartDue { keys, round } => {
+                if round != st.round {
+                    return Ok(());
+                }
+                for key in keys {
+                    let Some(i) = st.children.iter().position(|c| c.spec.key == key && c.cell.is_none()) else {
+                        continue;
+                    };
+                    st.children[i].spec.entry.stats.record_restart();
+                    if let Err(e) = st.start_child(i, &myself).await {
+                        return st.on_failure(i, &format!("restart failed: {e}"), &myself);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(i) = st.index_of_cell(&cell) {
+                    st.on_failure(i, &err.to_string(), &myself)?;
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let Some(i) = st.index_of_cell(&cell) else {
+                    return Ok(());
+                };
+                let passivated = reason.as_deref() == Some(PASSIVATED);
+                if passivated || st.children[i].spec.restart == Restart::Transient {
+                    st.remove_child(i, true);
+                    // Activations that waited for this incarnation to stop.
+                    let parked = std::mem::take(&mut st.parked);
+                    for (path, reply) in parked {
+                        st.activate(path, reply, &myself).await;
+                    }
+                } else {
+                    let why = format!("stopped unexpectedly ({})", reason.unwrap_or_else(|| "no reason".into()));
+                    st.on_failure(i, &why, &myself)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

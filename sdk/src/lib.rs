@@ -1,0 +1,1 @@
+//! troupe-client: the SDK (lands with the client issue).
