@@ -75,7 +75,14 @@ pub fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
         ModelsCmd::List => {
             for m in fetch::MODELS {
                 let at = fetch::locate(m.name).map_or("not pulled".to_string(), |p| p.display().to_string());
-                println!("{:<16} {:>6.1} MB  pypi:{}=={}  {}", m.name, m.size as f64 / 1e6, m.pypi_package, m.pypi_version, at);
+                println!(
+                    "{:<16} {:>6.1} MB  pypi:{}=={}  {}",
+                    m.name,
+                    m.size as f64 / 1e6,
+                    m.pypi_package,
+                    m.pypi_version,
+                    at
+                );
             }
         }
     }
@@ -115,7 +122,12 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         stop_token_ids,
         ignore_eos: false,
     };
-    eprintln!("[{} loaded in {:.2}s; prompt {} tokens]", engine.backend_name(), t_load.elapsed().as_secs_f64(), prompt.len());
+    eprintln!(
+        "[{} loaded in {:.2}s; prompt {} tokens]",
+        engine.backend_name(),
+        t_load.elapsed().as_secs_f64(),
+        prompt.len()
+    );
     let n_prompt = prompt.len();
     let t0 = Instant::now();
     let mut first: Option<f64> = None;

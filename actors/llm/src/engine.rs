@@ -1,0 +1,357 @@
+//! The engine: weights + backend + KV cache + scheduler + sampler, driven one
+//! step at a time by its owner.
+//!
+//! `step()` plans a batch (scheduler), runs it (backend), samples the sequences
+//! whose chunk reached the end of their tokens, and reports per request the new
+//! token(s), the final text delta, and a finish reason. Preemption is invisible to
+//! the caller: a preempted request is recomputed later and continues its stream.
+//! No async, no threads beyond the backend's compute pool, no clock: an actor can
+//! own an `Engine` on a dedicated OS thread and call `step()` in a loop.
+
+use std::collections::HashMap;
+
+use crate::backend::{BLOCK_SIZE, Backend, Batch, SeqBatch};
+use crate::chat::{ChatTemplate, Message};
+use crate::sampler::{Rng, SamplingParams, sample};
+use crate::scheduler::{Plan, ScheduleError, Scheduler, SchedulerConfig};
+use crate::text::TextStream;
+use crate::tokenizer::Tokenizer;
+use crate::{EngineError, RequestId};
+
+/// Engine limits. Every queue and buffer is bounded by one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Most sequences in one batch (running at once).
+    pub max_num_seqs: usize,
+    /// Most tokens computed per step (prefill chunks + decodes).
+    pub max_batched_tokens: usize,
+    /// KV cache size in blocks of `BLOCK_SIZE` (16) tokens.
+    pub num_kv_blocks: usize,
+    /// Longest sequence, prompt + generated, in tokens (also capped by the model).
+    pub max_model_len: usize,
+    /// Most requests waiting for admission; `add_request` fails beyond it.
+    pub max_waiting: usize,
+    pub enable_prefix_caching: bool,
+    /// Compute threads for the CPU backend (0 = all cores).
+    pub threads: usize,
+    /// Seed for requests that do not set one (mixed with the request id).
+    pub seed: u64,
+    /// CPU backend: f32 activations in matmuls instead of 8-bit (slower; exact
+    /// greedy agreement with a float reference). Default false, like llama.cpp.
+    pub f32_activations: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_seqs: 64,
+            max_batched_tokens: 512,
+            num_kv_blocks: 1024,
+            max_model_len: 4096,
+            max_waiting: 4096,
+            enable_prefix_caching: true,
+            threads: 0,
+            seed: 0,
+            f32_activations: false,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (self.max_num_seqs >= 1 && self.max_num_seqs <= 4096, "max_num_seqs in 1..=4096"),
+            (self.max_batched_tokens >= 1 && self.max_batched_tokens <= 65536, "max_batched_tokens in 1..=65536"),
+            (self.num_kv_blocks >= 1 && self.num_kv_blocks <= 1 << 20, "num_kv_blocks in 1..=1048576"),
+            (self.max_model_len >= 1, "max_model_len >= 1"),
+            (self.max_waiting >= 1, "max_waiting >= 1"),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(msg.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token id, or a stop string.
+    Stop,
+    /// `max_tokens` generated, or the model's length limit reached.
+    Length,
+    Cancelled,
+}
+
+/// What one step produced for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    pub id: RequestId,
+    /// Tokens sampled this step (0 or 1 today; a Vec so speculative decoding fits).
+    pub new_tokens: Vec<u32>,
+    /// Text that became final this step (UTF-8 complete, stop strings removed).
+    pub text_delta: String,
+    pub finished: Option<FinishReason>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    pub prefix_evictions: u64,
+    pub tokens_generated: u64,
+    pub prefill_tokens: u64,
+    pub steps: u64,
+    pub preemptions: u64,
+}
+
+#[derive(Debug)]
+struct Request {
+    params: SamplingParams,
+    rng: Rng,
+    prompt_len: usize,
+    generated: usize,
+    text: TextStream,
+}
+
+pub struct Engine {
+    backend: Box<dyn Backend>,
+    tokenizer: Tokenizer,
+    sched: Scheduler,
+    requests: HashMap<RequestId, Request>,
+    /// Outputs decided outside `step` (cancellations), reported by the next step.
+    pending: Vec<StepOutput>,
+    cfg: EngineConfig,
+    stats: EngineStats,
+    logits: Vec<f32>,
+    scratch: Vec<(f32, u32)>,
+    eos: Option<u32>,
+    chat: ChatTemplate,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("backend", &self.backend.name()).field("stats", &self.stats).finish()
+    }
+}
+
+impl Engine {
+    /// Build from a ready backend (its KV cache must have `cfg.num_kv_blocks`).
+    pub fn new(backend: Box<dyn Backend>, tokenizer: Tokenizer, cfg: EngineConfig) -> Result<Engine, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        if backend.num_kv_blocks() != cfg.num_kv_blocks {
+            return Err(EngineError::Config("backend KV cache size differs from num_kv_blocks".into()));
+        }
+        let model_len = backend.config().context_len.max(1);
+        let sched = Scheduler::new(SchedulerConfig {
+            max_num_seqs: cfg.max_num_seqs,
+            max_batched_tokens: cfg.max_batched_tokens,
+            max_model_len: cfg.max_model_len.min(model_len),
+            max_waiting: cfg.max_waiting,
+            num_kv_blocks: cfg.num_kv_blocks,
+            enable_prefix_caching: cfg.enable_prefix_caching,
+        });
+        let eos = tokenizer.eos;
+        Ok(Engine {
+            backend,
+            tokenizer,
+            sched,
+            requests: HashMap::new(),
+            pending: Vec::new(),
+            stats: EngineStats { kv_blocks_total: cfg.num_kv_blocks, ..Default::default() },
+            cfg,
+            logits: Vec::new(),
+            scratch: Vec::new(),
+            eos,
+            chat: ChatTemplate { default_system: None },
+        })
+    }
+
+    /// Use the model's chat template (from its GGUF) for `render_chat`.
+    pub fn with_chat(mut self, chat: ChatTemplate) -> Engine {
+        self.chat = chat;
+        self
+    }
+
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat
+    }
+
+    /// Render messages with the chat template (plus the assistant turn opener)
+    /// and tokenize, special tokens parsed.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<Vec<u32>, crate::LlmError> {
+        let text = self.chat.render(messages, true)?;
+        Ok(self.tokenizer.encode(&text, true)?)
+    }
+
+    /// Stop ids a chat turn should end on: EOS and `<|im_end|>` when present.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        self.tokenizer.eos.into_iter().chain(self.tokenizer.special_id("<|im_end|>")).collect()
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn backend_name(&self) -> String {
+        self.backend.name()
+    }
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+    /// Longest prompt + max_tokens accepted.
+    pub fn max_sequence_len(&self) -> usize {
+        self.sched.max_len()
+    }
+
+    /// Queue a request. `priority`: higher is scheduled first (and preempted last).
+    pub fn add_request(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<(), EngineError> {
+        params.validate().map_err(EngineError::BadParams)?;
+        let vocab = self.backend.config().vocab;
+        if let Some(t) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadParams(format!("prompt token {t} out of vocabulary ({vocab})")));
+        }
+        if self.requests.contains_key(&id) {
+            return Err(EngineError::Schedule(ScheduleError::Duplicate(id)));
+        }
+        let prompt_len = prompt.len();
+        self.sched.add(id, prompt, params.max_tokens, priority)?;
+        let seed = params.seed.unwrap_or(self.cfg.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let text = TextStream::new(params.stop.clone());
+        self.requests.insert(id, Request { rng: Rng::new(seed), params, prompt_len, generated: 0, text });
+        Ok(())
+    }
+
+    /// Cancel a request; its final output (reason `Cancelled`) comes with the
+    /// next `step()`. Returns false for an unknown or finished request.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let Some(mut r) = self.requests.remove(&id) else { return false };
+        self.sched.finish(id);
+        self.pending.push(StepOutput {
+            id,
+            new_tokens: Vec::new(),
+            text_delta: r.text.finish(),
+            finished: Some(FinishReason::Cancelled),
+        });
+        true
+    }
+
+    /// Whether `step()` has anything to do.
+    pub fn has_work(&self) -> bool {
+        !self.sched.is_empty() || !self.pending.is_empty()
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let b = &self.sched.blocks;
+        EngineStats {
+            running: self.sched.num_running(),
+            waiting: self.sched.num_waiting(),
+            kv_blocks_used: b.num_used(),
+            prefix_queries: b.stats.queries,
+            prefix_hits: b.stats.hits,
+            prefix_evictions: b.stats.evictions,
+            preemptions: self.sched.total_preemptions,
+            ..self.stats
+        }
+    }
+
+    /// Run one iteration: schedule, compute, sample. Returns one output per
+    /// request that produced a token, text, or finished.
+    pub fn step(&mut self) -> Result<Vec<StepOutput>, EngineError> {
+        let mut outputs = std::mem::take(&mut self.pending);
+        let plan = self.sched.schedule();
+        if plan.scheduled.is_empty() {
+            return Ok(outputs);
+        }
+        self.run_backend(&plan)?;
+        self.sched.on_computed(&plan);
+        self.stats.steps += 1;
+        let vocab = self.backend.config().vocab;
+        let mut row = 0;
+        for sc in &plan.scheduled {
+            let Some(req) = self.requests.get_mut(&sc.id) else { continue };
+            let seq_len = self.sched.get(sc.id).map_or(0, |s| s.tokens.len());
+            // A decode is one new token past the prompt; anything else (prompt
+            // chunks, recompute after preemption) counts as prefill.
+            if sc.n_tokens > 1 || sc.start < req.prompt_len {
+                self.stats.prefill_tokens += sc.n_tokens as u64;
+            }
+            if !sc.want_logits {
+                continue;
+            }
+            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let tok = sample(logits, &req.params, &mut req.rng, &mut self.scratch);
+            req.generated += 1;
+            self.stats.tokens_generated += 1;
+            let is_stop_tok =
+                (!req.params.ignore_eos && Some(tok) == self.eos) || req.params.stop_token_ids.contains(&tok);
+            let mut out = StepOutput { id: sc.id, new_tokens: vec![tok], text_delta: String::new(), finished: None };
+            if is_stop_tok {
+                out.finished = Some(FinishReason::Stop);
+            } else {
+                let bytes = self.tokenizer.token_bytes(tok).unwrap_or(&[]);
+                let (delta, hit) = req.text.push(bytes);
+                out.text_delta = delta;
+                if hit {
+                    out.finished = Some(FinishReason::Stop);
+                } else if req.generated >= req.params.max_tokens || seq_len + 1 >= self.sched.max_len() {
+                    out.finished = Some(FinishReason::Length);
+                }
+            }
+            if out.finished.is_some() {
+                out.text_delta.push_str(&req.text.finish());
+                self.requests.remove(&sc.id);
+                self.sched.finish(sc.id);
+            } else {
+                self.sched.append_token(sc.id, tok);
+            }
+            outputs.push(out);
+        }
+        Ok(outputs)
+    }
+
+    fn run_backend(&mut self, plan: &Plan) -> Result<(), EngineError> {
+        let mut tokens = Vec::with_capacity(plan.n_tokens());
+        let mut positions = Vec::with_capacity(plan.n_tokens());
+        let mut slots = Vec::with_capacity(plan.n_tokens());
+        let mut metas = Vec::with_capacity(plan.scheduled.len());
+        for sc in &plan.scheduled {
+            let s = self.sched.get(sc.id).ok_or(EngineError::Internal("scheduled sequence vanished"))?;
+            let start = tokens.len();
+            for p in sc.start..sc.start + sc.n_tokens {
+                tokens.push(s.tokens[p]);
+                positions.push(p as u32);
+                slots.push(s.block_table[p / BLOCK_SIZE] * BLOCK_SIZE as u32 + (p % BLOCK_SIZE) as u32);
+            }
+            metas.push((start, sc));
+        }
+        let seqs: Vec<SeqBatch<'_>> = metas
+            .iter()
+            .map(|&(start, sc)| {
+                let s = self.sched.get(sc.id).map_or(&[][..], |s| s.block_table.as_slice());
+                SeqBatch {
+                    token_start: start,
+                    n_tokens: sc.n_tokens,
+                    context_len: sc.start + sc.n_tokens,
+                    block_table: s,
+                    want_logits: sc.want_logits,
+                }
+            })
+            .collect();
+        if !plan.copies.is_empty() {
+            self.backend.copy_blocks(&plan.copies)?;
+        }
+        let batch = Batch { tokens: &tokens, positions: &positions, slots: &slots, seqs: &seqs };
+        self.backend.forward(&batch, &mut self.logits)?;
+        Ok(())
+    }
+}
