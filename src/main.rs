@@ -1,1 +1,55 @@
-fn main() {}
+//! `troupe`: run nodes, talk to actors, watch and break the cluster.
+//!
+//! Exit codes scripts can rely on: 0 success, 1 a request or runtime failure, 2 a
+//! bad configuration or usage, 3 the target was unreachable, 4 a timeout.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "troupe", version, about = "An actor-model distributed runtime and the systems on it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start every node of the cluster file on this machine (dev cluster).
+    Up(cli::up::UpArgs),
+    /// Run one node of a cluster.
+    Node(cli::node::NodeArgs),
+    /// Check a cluster file and its topologies; print every error.
+    Check {
+        #[arg(long, default_value = "cluster.toml")]
+        cluster: PathBuf,
+    },
+    /// Manage the cluster's certificates and key.
+    #[command(subcommand)]
+    Certs(cli::certs::CertsCmd),
+    /// Break things on purpose: kill, partition, delay, drop, heal.
+    #[command(subcommand)]
+    Chaos(cli::chaos::ChaosCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(a) => cli::up::run(a),
+        Command::Node(a) => cli::node::run(a),
+        Command::Check { cluster } => cli::node::check(&cluster),
+        Command::Certs(c) => cli::certs::run(c),
+        Command::Chaos(c) => cli::chaos::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = cli::exit_code(&e);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,1 +1,20 @@
-//! troupe-actors: the actor kinds of the ten systems (land system by system).
+//! troupe-actors: the actor kinds of troupe's systems. Each module is one capability:
+//! a pure core (no I/O, time passed in) and a thin actor shell around it.
+//!
+//! [`register_all`] registers every kind with the runtime; topology files name them.
+
+pub mod kv;
+
+use troupe_runtime::KindRegistry;
+
+/// Every actor kind this build provides, by factory name.
+pub fn register_all(kinds: &mut KindRegistry) {
+    kinds.register::<kv::KvStoreActor>("kv.store");
+}
+
+/// A registry with every kind.
+pub fn registry() -> KindRegistry {
+    let mut k = KindRegistry::new();
+    register_all(&mut k);
+    k
+}

@@ -83,11 +83,14 @@ pub enum Delivery<P: Protocol> {
 tokio::task_local! {
     /// The trace id of the message being handled on this task.
     pub static CURRENT_TRACE: TraceId;
+    /// The path of the actor handling it (FIFO lanes are per sender → receiver).
+    pub static CURRENT_ACTOR: Arc<str>;
 }
 
-/// The current trace id, or a fresh one when none is being handled.
+/// The current trace id, or a fresh unsampled one when none is being handled.
+/// Odd ids are sampled: their spans are recorded for `troupe trace`.
 pub fn current_trace() -> TraceId {
-    CURRENT_TRACE.try_with(|t| *t).unwrap_or_else(|_| rand::random::<u64>() | 1)
+    CURRENT_TRACE.try_with(|t| *t).unwrap_or_else(|_| rand::random::<u64>() & !1)
 }
 
 /// An actor's view of itself and of the node it runs on.
@@ -256,7 +259,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
                 st.last_active = Instant::now();
                 let started = st.ctx.node.clock_us();
                 let fut = self.behavior.handle(&st.ctx, &mut st.state, msg, reply);
-                let r = CURRENT_TRACE.scope(trace, fut).await;
+                let r = CURRENT_ACTOR.scope(st.ctx.slot.path_str().clone(), CURRENT_TRACE.scope(trace, fut)).await;
                 st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
                 r
             }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use troupe_wire::{ActorPath, Protocol, RemoteError, RequestKind, codec};
+use troupe_wire::{ActorPath, Protocol, RemoteError, codec};
 
 /// Attempts for one send when the target is restarting or moving.
 const SEND_ATTEMPTS_MAX: u32 = 8;
@@ -98,7 +98,7 @@ impl<P: Protocol> ActorHandle<P> {
                 },
                 Ok(Resolved::Remote(node)) => {
                     let payload = encode_msg::<P>(&self.path, &msg)?;
-                    match self.node.send_remote(&node, &self.path, RequestKind::Tell, trace, payload) {
+                    match self.node.send_remote(&node, &self.path, trace, payload).await {
                         Ok(()) => return Ok(()),
                         Err(e) => e,
                     }
@@ -199,7 +199,7 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Ok(Resolved::Remote(node)) => {
                     let payload = encode_msg::<P>(&self.path, &msg)?;
-                    match self.node.stream_remote(&node, &self.path, trace, payload) {
+                    match self.node.stream_remote(&node, &self.path, trace, payload).await {
                         Ok(s) => return Ok(s),
                         Err(e) => e,
                     }

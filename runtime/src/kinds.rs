@@ -137,6 +137,10 @@ impl KindRegistry {
         self.map.get(name).cloned()
     }
 
+    pub fn get_ref(&self, name: &str) -> Option<&dyn KindFactory> {
+        self.map.get(name).map(|f| f.as_ref())
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.map.keys().map(|s| s.as_str()).collect()
     }

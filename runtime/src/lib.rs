@@ -6,9 +6,11 @@
 //! talk to actors with [`ActorHandle`].
 
 pub mod actor;
+pub mod admin;
 pub mod agent;
 pub mod cluster;
 pub mod config;
+pub mod gateway;
 pub mod handle;
 pub mod kinds;
 pub mod metrics;

@@ -14,14 +14,15 @@
 
 use crate::agent::NodeAgentBehavior;
 use crate::cluster::Cluster;
+use crate::cluster::replica::ReplicaAgent;
 use crate::config::{KindSpec, Loaded, Placement};
 use crate::handle::ActorHandle;
 use crate::kinds::{KindInstance, KindRegistry};
 use crate::metrics::Metrics;
 use crate::placement::{self, Candidate};
 use crate::registry::Registry;
-use crate::reply::ReplyStream;
-use crate::slot::ErasedSlot;
+use crate::reply::{ReplySink, ReplyStream, StreamEvent};
+use crate::slot::{ErasedSlot, WireRequest};
 use crate::stats::{ActorEntry, ActorStats};
 use crate::store::{Recovered, Store, StoreError, WriteOp};
 use crate::supervision::{ChildSpec, Intensity, Restart, StartFn, Strategy, SupMsg, Supervisor, SupervisorConfig};
@@ -30,9 +31,9 @@ use ractor::{ActorCell, ActorRef};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use troupe_wire::introspect::{ActorInfo, Health, MemberInfo, MemberState, SpanRecord, SystemHealth};
-use troupe_wire::{ActorPath, Protocol, RemoteError, RequestKind, TraceId};
+use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId};
 
 /// Spans kept per node for `troupe trace` (oldest dropped first).
 pub const SPANS_MAX: usize = 50_000;
@@ -51,6 +52,44 @@ pub enum NodeError {
     Cluster(String),
 }
 
+/// Attempts of a raw request while the target restarts or moves.
+const RAW_ATTEMPTS_MAX: u32 = 8;
+
+fn retryable(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Restarting { .. } | RemoteError::WrongOwner { .. } | RemoteError::Unreachable { .. })
+}
+
+/// A raw stream: its events and a hook that cancels it.
+pub type RawStream = (mpsc::Receiver<StreamEvent<Vec<u8>>>, Box<dyn FnOnce() + Send>);
+
+/// Answers a local raw ask through a oneshot.
+struct OnceSink(Mutex<Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>>);
+
+impl ReplySink for OnceSink {
+    fn reply(&self, _corr: u64, result: Result<Vec<u8>, RemoteError>) {
+        if let Some(tx) = self.0.lock().take() {
+            let _ = tx.send(result);
+        }
+    }
+    fn stream_item(&self, _corr: u64, _payload: Vec<u8>) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
+    fn stream_end(&self, _corr: u64, _result: Result<(), RemoteError>) {}
+}
+
+/// Feeds a local raw stream.
+struct ChanSink(mpsc::Sender<StreamEvent<Vec<u8>>>);
+
+impl ReplySink for ChanSink {
+    fn reply(&self, _corr: u64, _result: Result<Vec<u8>, RemoteError>) {}
+    fn stream_item(&self, _corr: u64, payload: Vec<u8>) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move { self.0.send(StreamEvent::Item(payload)).await.is_ok() })
+    }
+    fn stream_end(&self, _corr: u64, result: Result<(), RemoteError>) {
+        let _ = self.0.try_send(StreamEvent::End(result));
+    }
+}
+
 /// Where a path lives right now.
 pub enum Target {
     Local(Arc<dyn ErasedSlot>),
@@ -66,7 +105,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-pub struct NodeInner {
+pub(crate) struct NodeInner {
     name: String,
     epoch: u64,
     loaded: Arc<Loaded>,
@@ -89,12 +128,17 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The node agent's kind, built in (not from a topology file).
-fn agent_spec() -> KindSpec {
+/// The built-in kinds of the `troupe` system (not from a topology file): the node
+/// agent and the replica agent, one of each per node.
+fn builtin_specs() -> Vec<KindSpec> {
+    vec![builtin_spec("node"), builtin_spec("replica")]
+}
+
+fn builtin_spec(kind: &str) -> KindSpec {
     KindSpec {
         system: "troupe".into(),
-        name: "node".into(),
-        factory: "troupe.node".into(),
+        name: kind.into(),
+        factory: format!("troupe.{kind}"),
         placement: Placement::PerNode,
         role: None,
         mailbox_cap: 1024,
@@ -106,13 +150,26 @@ fn agent_spec() -> KindSpec {
 }
 
 impl Node {
-    /// Starts node `name` of `loaded`: opens its store, builds every enabled
-    /// system's kinds and starts the supervision tree.
+    /// Starts node `name` of `loaded` on its own (no membership, no transport):
+    /// every path resolves here. For tests and single-process tools.
     pub async fn start(loaded: Arc<Loaded>, kinds: KindRegistry, name: &str) -> Result<Node, NodeError> {
+        Self::start_with(loaded, kinds, name, false).await
+    }
+
+    /// Starts node `name` of `loaded`: opens its store, builds every enabled
+    /// system's kinds, joins the cluster when `clustered` (SWIM + QUIC, certificates
+    /// and key from the cluster file), and starts the supervision tree.
+    pub async fn start_with(
+        loaded: Arc<Loaded>,
+        kinds: KindRegistry,
+        name: &str,
+        clustered: bool,
+    ) -> Result<Node, NodeError> {
         let spec = loaded.cluster.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
         let store = Store::open(&loaded.cluster.node_data_dir(name).join("state.redb"))?;
         let mut kinds = kinds;
         kinds.register::<NodeAgentBehavior>("troupe.node");
+        kinds.register::<ReplicaAgent>("troupe.replica");
         let root_entry =
             ActorEntry::new("/", "node", Strategy::OneForOne.to_string(), Arc::new(ActorStats::new(u64::MAX)));
         let inner = NodeInner {
@@ -137,7 +194,7 @@ impl Node {
         // Build each kind once for this node (checks resources such as model files).
         let mut instances = HashMap::new();
         let mut all_specs: Vec<KindSpec> = loaded.topologies.iter().flat_map(|t| t.kinds.clone()).collect();
-        all_specs.push(agent_spec());
+        all_specs.extend(builtin_specs());
         for ks in all_specs {
             let factory = node.0.kinds.get(&ks.factory).ok_or_else(|| NodeError::Kind {
                 system: ks.system.clone(),
@@ -155,6 +212,7 @@ impl Node {
         let want = instances.len();
         let _ = node.0.instances.set(instances);
 
+        let cluster = if clustered { Some(Cluster::join(&node).await?) } else { None };
         let root_cfg = node.root_config();
         let root = Supervisor::start(root_cfg, None).await.map_err(NodeError::Tree)?;
         *node.0.root.lock() = Some(root);
@@ -163,6 +221,11 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(30);
         while node.0.kind_sups.read().len() < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(c) = cluster {
+            c.watch(&node);
+            // Re-home once now, in case membership moved while the tree started.
+            crate::cluster::rehome(&node).await;
         }
         tracing::info!(node = %node.0.name, epoch = node.0.epoch, systems = loaded.topologies.len(), "node started");
         Ok(node)
@@ -208,7 +271,7 @@ impl Node {
         cfg.entry = entry;
         // Kinds in declaration (= start) order.
         let specs: Vec<KindSpec> = if system == "troupe" {
-            vec![agent_spec()]
+            builtin_specs()
         } else {
             self.0.loaded.topology(system).map(|t| t.kinds.clone()).unwrap_or_default()
         };
@@ -329,6 +392,14 @@ impl Node {
         self.0.cluster.set(c).is_ok()
     }
 
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
+        Node(inner)
+    }
+
     pub fn default_ask_timeout(&self) -> Duration {
         Duration::from_millis(self.0.loaded.cluster.transport.ask_timeout_ms)
     }
@@ -446,22 +517,33 @@ impl Node {
         rx.await.map_err(|_| restarting())?
     }
 
+    /// Stops the local actor at `path` (handoff after a membership change).
+    pub fn stop_local(&self, path: &ActorPath) {
+        let sup = self.0.kind_sups.read().get(&(path.system().to_string(), path.kind().to_string())).cloned();
+        if let Some(sup) = sup {
+            let _ = sup.send_message(SupMsg::StopChild { key: path.to_string() });
+        }
+    }
+
     /// Local actor for `path`, if live here (no activation).
     pub fn local_slot(&self, path: &ActorPath) -> Option<Arc<dyn ErasedSlot>> {
         self.0.registry.get(path).filter(|s| s.is_live())
     }
 
-    pub(crate) fn send_remote(
+    fn not_clustered(node: &str) -> RemoteError {
+        RemoteError::Unreachable { node: node.into(), reason: "this node is not clustered".into() }
+    }
+
+    pub(crate) async fn send_remote(
         &self,
         node: &str,
         path: &ActorPath,
-        kind: RequestKind,
         trace: TraceId,
         payload: Vec<u8>,
     ) -> Result<(), RemoteError> {
         match self.cluster() {
-            Some(c) => c.send(node, path, kind, trace, payload),
-            None => Err(RemoteError::Unreachable { node: node.into(), reason: "this node is not clustered".into() }),
+            Some(c) => c.transport.tell(node, path, trace, payload).await,
+            None => Err(Self::not_clustered(node)),
         }
     }
 
@@ -474,12 +556,12 @@ impl Node {
         timeout: Duration,
     ) -> Result<Vec<u8>, RemoteError> {
         match self.cluster() {
-            Some(c) => c.ask(node, path, trace, payload, timeout).await,
-            None => Err(RemoteError::Unreachable { node: node.into(), reason: "this node is not clustered".into() }),
+            Some(c) => c.transport.ask(node, path, trace, payload, timeout).await,
+            None => Err(Self::not_clustered(node)),
         }
     }
 
-    pub(crate) fn stream_remote<R: serde::de::DeserializeOwned>(
+    pub(crate) async fn stream_remote<R: serde::de::DeserializeOwned>(
         &self,
         node: &str,
         path: &ActorPath,
@@ -487,9 +569,119 @@ impl Node {
         payload: Vec<u8>,
     ) -> Result<ReplyStream<R>, RemoteError> {
         match self.cluster() {
-            Some(c) => c.stream(node, path, trace, payload),
-            None => Err(RemoteError::Unreachable { node: node.into(), reason: "this node is not clustered".into() }),
+            Some(c) => {
+                let (rx, cancel) = c.transport.stream(node, path, trace, payload).await?;
+                Ok(ReplyStream::remote(rx, path.to_string().into(), cancel))
+            }
+            None => Err(Self::not_clustered(node)),
         }
+    }
+
+    /// Sends an encoded message to `path` wherever it lives (no type needed).
+    pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
+        let mut attempt = 0;
+        loop {
+            let r = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => slot.deliver_bytes(&payload, WireRequest::Tell, trace),
+                Ok(Target::Remote(n)) => self.send_remote(&n, path, trace, payload.clone()).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Asks `path` with an encoded message; returns the encoded reply.
+    pub async fn ask_raw(
+        &self,
+        path: &ActorPath,
+        payload: Vec<u8>,
+        trace: TraceId,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let deadline = Instant::now() + timeout;
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 });
+            }
+            let r = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let sink = Arc::new(OnceSink(Mutex::new(Some(tx))));
+                    match slot.deliver_bytes(&payload, WireRequest::Ask { sink, corr: 0 }, trace) {
+                        Err(e) => Err(e),
+                        Ok(()) => match tokio::time::timeout(left, rx).await {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(_)) => Err(RemoteError::NoReply { path: path.to_string() }),
+                            Err(_) => {
+                                Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 })
+                            }
+                        },
+                    }
+                }
+                Ok(Target::Remote(n)) => self.ask_remote(&n, path, trace, payload.clone(), left).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4)).min(left)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Starts a stream from `path` with an encoded message.
+    pub async fn stream_raw(
+        &self,
+        path: &ActorPath,
+        payload: Vec<u8>,
+        trace: TraceId,
+    ) -> Result<RawStream, RemoteError> {
+        let mut attempt = 0;
+        loop {
+            let r: Result<RawStream, RemoteError> = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => {
+                    let (tx, rx) = mpsc::channel(self.stream_buffer());
+                    let sink = Arc::new(ChanSink(tx));
+                    slot.deliver_bytes(&payload, WireRequest::Stream { sink, corr: 0 }, trace)
+                        .map(|()| (rx, Box::new(|| {}) as Box<dyn FnOnce() + Send>))
+                }
+                Ok(Target::Remote(n)) => match self.cluster() {
+                    Some(c) => c.transport.stream(&n, path, trace, payload.clone()).await,
+                    None => Err(Self::not_clustered(&n)),
+                },
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The JSON conversions of the protocol spoken at `path`.
+    pub fn json_codec(&self, path: &ActorPath) -> Result<&dyn troupe_wire::JsonCodec, RemoteError> {
+        let ks = self.kind_spec(path.system(), path.kind()).ok_or_else(|| RemoteError::UnknownPath {
+            path: path.to_string(),
+            reason: format!("no kind `{}` in system `{}`", path.kind(), path.system()),
+        })?;
+        self.0
+            .kinds
+            .get_ref(&ks.factory)
+            .map(|f| f.json())
+            .ok_or_else(|| RemoteError::UnknownPath { path: path.to_string(), reason: "kind has no factory".into() })
     }
 
     /// Makes `op` durable on `rf` nodes (this one and the next owners of `path`).
@@ -503,7 +695,9 @@ impl Node {
     /// Reads `path`'s durable state; clustered, the newest copy among live replicas.
     pub async fn recover(&self, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
         match self.cluster() {
-            Some(c) if rf > 1 => c.recover(self, path).await,
+            // Clustered, recovery always looks at the live copies: even with one copy,
+            // an entity that moved finds its state on the node it moved from.
+            Some(c) => c.recover(self, path, rf).await,
             _ => {
                 let store = self.0.store.clone();
                 let p = path.to_string();

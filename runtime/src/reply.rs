@@ -142,8 +142,8 @@ impl<R> Drop for ReplyTo<R> {
     }
 }
 
-/// One event of a local stream.
-pub(crate) enum StreamEvent<R> {
+/// One event of a stream: an item, or the end with its outcome.
+pub enum StreamEvent<R> {
     Item(R),
     End(Result<(), RemoteError>),
 }

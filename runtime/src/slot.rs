@@ -18,21 +18,41 @@ use ractor::{ActorCell, ActorRef};
 use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use troupe_wire::introspect::ActorState;
 use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId, codec};
 
-/// How a request that arrived as bytes wants its answer.
+/// How a request that arrived as bytes wants its answer. Whoever consumes it
+/// answers it exactly once (or not at all for a tell).
 pub enum WireRequest {
     Tell,
     Ask { sink: Arc<dyn ReplySink>, corr: u64 },
     Stream { sink: Arc<dyn ReplySink>, corr: u64 },
 }
 
+impl WireRequest {
+    pub fn new(kind: troupe_wire::RequestKind, sink: Arc<dyn ReplySink>) -> Self {
+        match kind {
+            troupe_wire::RequestKind::Tell => WireRequest::Tell,
+            troupe_wire::RequestKind::Ask { corr, .. } => WireRequest::Ask { sink, corr },
+            troupe_wire::RequestKind::Stream { corr } => WireRequest::Stream { sink, corr },
+        }
+    }
+
+    /// Answers the request with an error.
+    pub fn fail(self, e: RemoteError) {
+        match self {
+            WireRequest::Tell => {}
+            WireRequest::Ask { sink, corr } => sink.reply(corr, Err(e)),
+            WireRequest::Stream { sink, corr } => sink.stream_end(corr, Err(e)),
+        }
+    }
+}
+
 /// What the node needs from any slot, whatever its protocol.
 pub trait ErasedSlot: Send + Sync {
     fn path(&self) -> &ActorPath;
     fn entry(&self) -> &Arc<ActorEntry>;
-    /// Decodes `payload` as this actor's message and enqueues it.
+    /// Decodes `payload` as this actor's message and enqueues it. On failure the
+    /// request is answered with the error, which is also returned.
     fn deliver_bytes(&self, payload: &[u8], request: WireRequest, trace: TraceId) -> Result<(), RemoteError>;
     fn cell(&self) -> Option<ActorCell>;
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
@@ -76,12 +96,6 @@ impl<P: Protocol> LocalSlot<P> {
     pub(crate) fn attach(&self, actor: ActorRef<Delivery<P>>) {
         self.entry.stats.reset_queue();
         *self.actor.write() = Some(actor);
-    }
-
-    pub(crate) fn detach(&self, state: ActorState) {
-        *self.actor.write() = None;
-        self.entry.stats.reset_queue();
-        self.entry.stats.set_state(state);
     }
 
     /// Enqueues one delivery, enforcing the mailbox bound. On failure the delivery
@@ -135,18 +149,22 @@ impl<P: Protocol> ErasedSlot for LocalSlot<P> {
         &self.entry
     }
     fn deliver_bytes(&self, payload: &[u8], request: WireRequest, trace: TraceId) -> Result<(), RemoteError> {
-        let msg: P::Msg = codec::decode(payload)
-            .map_err(|e| RemoteError::BadMessage { path: self.path_str.to_string(), reason: e.to_string() })?;
         let reply = match request {
             WireRequest::Tell => Reply::None,
             WireRequest::Ask { sink, corr } => Reply::Ask(ReplyTo::remote(sink, corr, self.path_str.clone())),
             WireRequest::Stream { sink, corr } => Reply::Stream(StreamTo::remote(sink, corr, self.path_str.clone())),
         };
-        // On failure the reply port is defused: the caller answers with the precise
-        // error it gets back, so the request still gets exactly one answer.
+        let msg: P::Msg = match codec::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                let err = RemoteError::BadMessage { path: self.path_str.to_string(), reason: e.to_string() };
+                reply.fail(err.clone());
+                return Err(err);
+            }
+        };
         self.enqueue(Delivery::Msg { msg, reply, trace }).map_err(|(err, d)| {
             if let Delivery::Msg { reply, .. } = d {
-                reply.defuse();
+                reply.fail(err.clone());
             }
             err
         })

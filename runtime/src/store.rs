@@ -38,7 +38,7 @@ pub enum StoreError {
     Closed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     Append {
         path: String,
@@ -67,7 +67,7 @@ struct WriteReq {
 }
 
 /// What is durable for one actor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recovered {
     pub snapshot: Option<(u64, Vec<u8>)>,
     /// Log entries after the snapshot, in order.
@@ -75,6 +75,18 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// The operations that make another store hold exactly this state.
+    pub fn as_ops(&self, path: &str) -> Vec<WriteOp> {
+        let mut ops = vec![WriteOp::Remove { path: path.to_string() }];
+        if let Some((seq, bytes)) = &self.snapshot {
+            ops.push(WriteOp::Snapshot { path: path.to_string(), seq: *seq, bytes: bytes.clone() });
+        }
+        for (seq, bytes) in &self.entries {
+            ops.push(WriteOp::Append { path: path.to_string(), seq: *seq, bytes: bytes.clone() });
+        }
+        ops
+    }
+
     /// The highest sequence number covered (0 when empty).
     pub fn last_seq(&self) -> u64 {
         self.entries.last().map(|e| e.0).or(self.snapshot.as_ref().map(|s| s.0)).unwrap_or(0)

@@ -56,6 +56,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes one value from the front of `bytes`; returns it and the bytes used.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice(bytes, config()).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 /// Appends one length-prefixed frame to `out`. On error `out` is left as it was.
 pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>, cap: usize) -> Result<(), CodecError> {
     let start = out.len();

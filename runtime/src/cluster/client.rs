@@ -1,0 +1,138 @@
+//! Requests from clients (SDK, CLI): clients do not know placement, so the node they
+//! are connected to resolves the target and forwards, relaying the answer back. JSON
+//! requests are converted with the target kind's protocol ("JSON for people, bincode
+//! on the wire").
+
+use super::transport::Link;
+use crate::node::Node;
+use crate::reply::StreamEvent;
+use crate::slot::WireRequest;
+use std::sync::Arc;
+use std::time::Duration;
+use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId};
+
+/// Forwards a client's binary request to wherever its target lives.
+pub(crate) async fn forward(node: Node, env: Envelope, request: WireRequest) {
+    match request {
+        WireRequest::Tell => {
+            if let Err(e) = node.tell_raw(&env.target, env.payload, env.trace).await {
+                tracing::debug!(target = %env.target, error = %e, "client tell not delivered");
+            }
+        }
+        WireRequest::Ask { sink, corr } => {
+            let timeout = match env.request {
+                RequestKind::Ask { timeout_ms, .. } => Duration::from_millis(timeout_ms as u64),
+                _ => node.default_ask_timeout(),
+            };
+            let r = node.ask_raw(&env.target, env.payload, env.trace, timeout).await;
+            sink.reply(corr, r);
+        }
+        WireRequest::Stream { sink, corr } => match node.stream_raw(&env.target, env.payload, env.trace).await {
+            Err(e) => sink.stream_end(corr, Err(e)),
+            Ok((mut rx, cancel)) => {
+                let mut cancel = Some(cancel);
+                while let Some(ev) = rx.recv().await {
+                    match ev {
+                        StreamEvent::Item(bytes) => {
+                            if !sink.stream_item(corr, bytes).await {
+                                if let Some(c) = cancel.take() {
+                                    c();
+                                }
+                                return;
+                            }
+                        }
+                        StreamEvent::End(r) => {
+                            cancel.take();
+                            sink.stream_end(corr, r);
+                            return;
+                        }
+                    }
+                }
+                cancel.take();
+                sink.stream_end(corr, Err(RemoteError::NoReply { path: env.target.to_string() }));
+            }
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn json_request(
+    node: Node,
+    link: Arc<Link>,
+    target: ActorPath,
+    corr: u64,
+    timeout_ms: u32,
+    json: String,
+    stream: bool,
+    trace: TraceId,
+) {
+    let send = |result: Result<String, RemoteError>, last: bool| {
+        let link = link.clone();
+        async move { link.send_frame_wait(corr, Frame::JsonReply { corr, result, last }).await }
+    };
+    let codec = match node.json_codec(&target) {
+        Ok(c) => c,
+        Err(e) => {
+            send(Err(e), true).await;
+            return;
+        }
+    };
+    let payload = match codec.msg_from_json(&json) {
+        Ok(p) => p,
+        Err(e) => {
+            send(
+                Err(RemoteError::Invalid(format!(
+                    "{} is not a valid `{}` message: {e}",
+                    json_preview(&json),
+                    codec.name()
+                ))),
+                true,
+            )
+            .await;
+            return;
+        }
+    };
+    if !stream {
+        let timeout = Duration::from_millis(timeout_ms.max(1) as u64);
+        let r = node.ask_raw(&target, payload, trace, timeout).await.and_then(|b| {
+            codec.reply_to_json(&b).map_err(|e| RemoteError::BadMessage { path: target.to_string(), reason: e })
+        });
+        send(r, true).await;
+        return;
+    }
+    match node.stream_raw(&target, payload, trace).await {
+        Err(e) => {
+            send(Err(e), true).await;
+        }
+        Ok((mut rx, cancel)) => {
+            let mut cancel = Some(cancel);
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    StreamEvent::Item(b) => {
+                        let item = codec
+                            .reply_to_json(&b)
+                            .map_err(|e| RemoteError::BadMessage { path: target.to_string(), reason: e });
+                        if !send(item, false).await {
+                            if let Some(c) = cancel.take() {
+                                c();
+                            }
+                            return;
+                        }
+                    }
+                    StreamEvent::End(r) => {
+                        cancel.take();
+                        send(r.map(|()| String::new()), true).await;
+                        return;
+                    }
+                }
+            }
+            cancel.take();
+            send(Err(RemoteError::NoReply { path: target.to_string() }), true).await;
+        }
+    }
+}
+
+fn json_preview(s: &str) -> String {
+    let t: String = s.chars().take(80).collect();
+    if t.len() < s.len() { format!("`{t}…`") } else { format!("`{t}`") }
+}

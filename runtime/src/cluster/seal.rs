@@ -1,0 +1,160 @@
+//! Sealed gossip: every SWIM packet is encrypted and authenticated with a key derived
+//! from the cluster key (ChaCha20-Poly1305, HKDF-SHA256), so a process outside the
+//! cluster can neither join, read the membership, nor forge a suspicion or a death.
+//!
+//! Packet: `[version=1][nonce: 12][ciphertext of (sent_ms: u64 LE, payload)][tag: 16]`.
+//! The cluster name is the associated data, so two clusters that share a key still
+//! do not mix. A packet older or newer than `SKEW_MS_MAX` is refused, which bounds
+//! how long a recorded packet can be replayed.
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hkdf;
+use std::path::Path;
+
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 16;
+/// Accepted clock difference between sender and receiver, in milliseconds.
+pub const SKEW_MS_MAX: u64 = 30_000;
+/// Bytes of a cluster key.
+pub const KEY_BYTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("packet too short")]
+    TooShort,
+    #[error("unknown packet version {0}")]
+    Version(u8),
+    #[error("packet failed authentication (not sealed with this cluster's key)")]
+    Auth,
+    #[error("packet is {0} ms away from our clock (replayed or clocks too far apart)")]
+    Stale(u64),
+}
+
+pub struct Sealer {
+    key: LessSafeKey,
+    aad: Vec<u8>,
+}
+
+struct Len32;
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        KEY_BYTES
+    }
+}
+
+impl Sealer {
+    pub fn new(cluster_key: &[u8], cluster_name: &str) -> Self {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"troupe-gossip-v1");
+        let prk = salt.extract(cluster_key);
+        let mut okm = [0u8; KEY_BYTES];
+        let info = [cluster_name.as_bytes()];
+        // Expanding 32 bytes from SHA-256 cannot fail (limit is 255 * 32).
+        if let Ok(o) = prk.expand(&info, Len32) {
+            let _ = o.fill(&mut okm);
+        }
+        let key = match UnboundKey::new(&CHACHA20_POLY1305, &okm) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => unreachable!("a 32-byte key is valid for ChaCha20-Poly1305"),
+        };
+        Self { key, aad: cluster_name.as_bytes().to_vec() }
+    }
+
+    pub fn seal(&self, payload: &[u8], now_ms: u64) -> Vec<u8> {
+        let nonce_bytes: [u8; NONCE_LEN] = rand::random();
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + 8 + payload.len() + TAG_LEN);
+        out.push(VERSION);
+        out.extend_from_slice(&nonce_bytes);
+        let mut body = Vec::with_capacity(8 + payload.len() + TAG_LEN);
+        body.extend_from_slice(&now_ms.to_le_bytes());
+        body.extend_from_slice(payload);
+        let nonce = Nonce::assume_unique_for_key(nonce_bytes);
+        if self.key.seal_in_place_append_tag(nonce, Aad::from(&self.aad), &mut body).is_err() {
+            unreachable!("sealing only fails on oversize input (> 256 GiB)");
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn open(&self, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, SealError> {
+        if packet.len() < 1 + NONCE_LEN + 8 + TAG_LEN {
+            return Err(SealError::TooShort);
+        }
+        if packet[0] != VERSION {
+            return Err(SealError::Version(packet[0]));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&packet[1..1 + NONCE_LEN]);
+        let mut body = packet[1 + NONCE_LEN..].to_vec();
+        let plain = self
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&self.aad), &mut body)
+            .map_err(|_| SealError::Auth)?;
+        let mut ts = [0u8; 8];
+        ts.copy_from_slice(&plain[..8]);
+        let sent = u64::from_le_bytes(ts);
+        let skew = sent.abs_diff(now_ms);
+        if skew > SKEW_MS_MAX {
+            return Err(SealError::Stale(skew));
+        }
+        Ok(plain[8..].to_vec())
+    }
+}
+
+/// Reads the cluster key file (64 hex characters), creating it when `create` is set
+/// and it does not exist yet.
+pub fn load_key(path: &Path, create: bool) -> Result<Vec<u8>, String> {
+    if !path.exists() {
+        if !create {
+            return Err(format!("cluster key {} is missing (run `troupe certs init`)", path.display()));
+        }
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let key: [u8; KEY_BYTES] = rand::random();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(path, format!("{hex}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    if hex.len() != KEY_BYTES * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{}: a cluster key is {} hex characters", path.display(), KEY_BYTES * 2));
+    }
+    Ok((0..KEY_BYTES).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrip_and_refusals() {
+        let s = Sealer::new(&[7; 32], "dev");
+        let p = s.seal(b"hello", 1_000_000);
+        assert_eq!(s.open(&p, 1_000_500).unwrap(), b"hello");
+        // Another key, or another cluster name with the same key: refused.
+        assert_eq!(Sealer::new(&[8; 32], "dev").open(&p, 1_000_000), Err(SealError::Auth));
+        assert_eq!(Sealer::new(&[7; 32], "prod").open(&p, 1_000_000), Err(SealError::Auth));
+        // A replay long after: refused.
+        assert!(matches!(s.open(&p, 1_000_000 + SKEW_MS_MAX + 1), Err(SealError::Stale(_))));
+        // Any flipped bit: refused.
+        for i in 0..p.len() {
+            let mut q = p.clone();
+            q[i] ^= 1;
+            assert!(s.open(&q, 1_000_000).is_err(), "bit flip at {i} accepted");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_opens(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let s = Sealer::new(&[1; 32], "c");
+            prop_assert!(s.open(&bytes, 0).is_err());
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Cluster trust: a cluster CA, node and client certificates, and the rustls
+//! configurations for mutual TLS on the QUIC endpoints.
+//!
+//! A node certificate carries the DNS name `<node>.node.troupe`; a client
+//! certificate `<name>.client.troupe`. A peer's identity is read from the
+//! certificate it presented (verified against the CA), never from a payload.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const NODE_SUFFIX: &str = ".node.troupe";
+pub const CLIENT_SUFFIX: &str = ".client.troupe";
+pub const ALPN: &[u8] = b"troupe/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("certificate error: {0}")]
+    Cert(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerId {
+    Node(String),
+    Client(String),
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerId::Node(n) => write!(f, "node {n}"),
+            PeerId::Client(c) => write!(f, "client {c}"),
+        }
+    }
+}
+
+/// The files of one cluster's trust folder.
+#[derive(Debug, Clone)]
+pub struct TlsDir(pub PathBuf);
+
+impl TlsDir {
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.0.join("ca.key")
+    }
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.pem"))
+    }
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.key"))
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(|e| file_err(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| file_err(path, e))?;
+    }
+    Ok(())
+}
+
+/// Makes the CA if it is missing. Returns true when it was created.
+pub fn ensure_ca(dir: &TlsDir, cluster: &str) -> Result<bool, TlsError> {
+    if dir.ca_cert().exists() && dir.ca_key().exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(&dir.0).map_err(|e| file_err(&dir.0, e))?;
+    let key = KeyPair::generate().map_err(|e| TlsError::Cert(e.to_string()))?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Cert(e.to_string()))?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, format!("troupe cluster CA ({cluster})"));
+    let cert = p.self_signed(&key).map_err(|e| TlsError::Cert(e.to_string()))?;
+    std::fs::write(dir.ca_cert(), cert.pem()).map_err(|e| file_err(&dir.ca_cert(), e))?;
+    write_private(&dir.ca_key(), &key.serialize_pem())?;
+    Ok(true)
+}
+
+/// Issues a certificate for `id` signed by the cluster CA, unless one exists.
+/// Returns true when it was created.
+pub fn ensure_cert(dir: &TlsDir, id: &PeerId) -> Result<bool, TlsError> {
+    let (file, dns) = match id {
+        PeerId::Node(n) => (n.clone(), format!("{n}{NODE_SUFFIX}")),
+        PeerId::Client(c) => (format!("client-{c}"), format!("{c}{CLIENT_SUFFIX}")),
+    };
+    if dir.cert(&file).exists() && dir.key(&file).exists() {
+        return Ok(false);
+    }
+    let ca_pem = std::fs::read_to_string(dir.ca_cert()).map_err(|e| file_err(&dir.ca_cert(), e))?;
+    let ca_key_pem = std::fs::read_to_string(dir.ca_key()).map_err(|e| {
+        file_err(&dir.ca_key(), format!("{e} (the CA key is needed to issue certificates: run `troupe certs init`)"))
+    })?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| TlsError::Cert(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| TlsError::Cert(e.to_string()))?;
+    let key = KeyPair::generate().map_err(|e| TlsError::Cert(e.to_string()))?;
+    let mut p = CertificateParams::new(vec![dns.clone()]).map_err(|e| TlsError::Cert(e.to_string()))?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, dns);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &issuer).map_err(|e| TlsError::Cert(e.to_string()))?;
+    std::fs::write(dir.cert(&file), cert.pem()).map_err(|e| file_err(&dir.cert(&file), e))?;
+    write_private(&dir.key(&file), &key.serialize_pem())?;
+    Ok(true)
+}
+
+/// The certificate chain and key of `id`, and the CA roots.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+pub fn load_identity(dir: &TlsDir, id: &PeerId) -> Result<Identity, TlsError> {
+    let file = match id {
+        PeerId::Node(n) => n.clone(),
+        PeerId::Client(c) => format!("client-{c}"),
+    };
+    let hint = |p: &Path, e: &dyn std::fmt::Display| {
+        file_err(p, format!("{e} (run `troupe certs init --cluster <file>` to make the cluster's certificates)"))
+    };
+    let chain = CertificateDer::pem_file_iter(dir.cert(&file))
+        .map_err(|e| hint(&dir.cert(&file), &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| hint(&dir.cert(&file), &e))?;
+    let key = PrivateKeyDer::from_pem_file(dir.key(&file)).map_err(|e| hint(&dir.key(&file), &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.ca_cert()).map_err(|e| hint(&dir.ca_cert(), &e))? {
+        let ca = ca.map_err(|e| hint(&dir.ca_cert(), &e))?;
+        roots.add(ca).map_err(|e| TlsError::Cert(e.to_string()))?;
+    }
+    Ok(Identity { chain, key, roots: Arc::new(roots) })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server side of a node endpoint: requires a client certificate from the CA.
+pub fn server_config(id: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(c)
+}
+
+/// Client side: verifies the server against the CA and presents our certificate.
+pub fn client_config(id: &Identity) -> Result<rustls::ClientConfig, TlsError> {
+    let mut c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(id.roots.clone())
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    c.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(c)
+}
+
+/// The peer identity in a (CA-verified) certificate.
+pub fn peer_from_cert(cert: &CertificateDer<'_>) -> Option<PeerId> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = x.subject_alternative_name().ok()??;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::DNSName(d) = name {
+            if let Some(n) = d.strip_suffix(NODE_SUFFIX) {
+                return Some(PeerId::Node(n.to_string()));
+            }
+            if let Some(c) = d.strip_suffix(CLIENT_SUFFIX) {
+                return Some(PeerId::Client(c.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// Server name to dial node `name`.
+pub fn node_server_name(name: &str) -> String {
+    format!("{name}{NODE_SUFFIX}")
+}
+
+/// Makes the cluster's CA, a certificate for every node and one client
+/// certificate (`cli`), skipping what exists. Returns the files it created.
+pub fn init_cluster(dir: &TlsDir, cluster: &str, nodes: &[String]) -> Result<Vec<PathBuf>, TlsError> {
+    let mut made = Vec::new();
+    if ensure_ca(dir, cluster)? {
+        made.push(dir.ca_cert());
+    }
+    for n in nodes {
+        if ensure_cert(dir, &PeerId::Node(n.clone()))? {
+            made.push(dir.cert(n));
+        }
+    }
+    if ensure_cert(dir, &PeerId::Client("cli".into()))? {
+        made.push(dir.cert("client-cli"));
+    }
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_and_reads_back_identities() {
+        let d = std::env::temp_dir().join(format!("troupe-tls-{}", rand::random::<u64>()));
+        let dir = TlsDir(d.clone());
+        let made = init_cluster(&dir, "t", &["n1".into(), "n2".into()]).unwrap();
+        assert_eq!(made.len(), 4);
+        assert!(init_cluster(&dir, "t", &["n1".into()]).unwrap().is_empty(), "idempotent");
+        let id = load_identity(&dir, &PeerId::Node("n2".into())).unwrap();
+        assert_eq!(peer_from_cert(&id.chain[0]), Some(PeerId::Node("n2".into())));
+        let cli = load_identity(&dir, &PeerId::Client("cli".into())).unwrap();
+        assert_eq!(peer_from_cert(&cli.chain[0]), Some(PeerId::Client("cli".into())));
+        server_config(&id).unwrap();
+        client_config(&cli).unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -1,0 +1,59 @@
+//! `troupe certs`: the cluster CA, node and client certificates, and the gossip key.
+
+use clap::Subcommand;
+use std::path::PathBuf;
+use troupe_runtime::cluster::{seal, tls};
+
+#[derive(Subcommand)]
+pub enum CertsCmd {
+    /// Make the CA, a certificate per node, a CLI client certificate and the cluster
+    /// key (whatever is missing).
+    Init {
+        #[arg(long, default_value = "cluster.toml")]
+        cluster: PathBuf,
+    },
+    /// Issue a client certificate for an application using the SDK.
+    Client {
+        name: String,
+        #[arg(long, default_value = "cluster.toml")]
+        cluster: PathBuf,
+    },
+}
+
+/// Makes whatever certificates and key are missing; returns what was created.
+pub fn ensure(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = tls::TlsDir(cluster.tls_dir.clone());
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut made = tls::init_cluster(&dir, &cluster.name, &nodes)?;
+    if !cluster.key_file.exists() {
+        seal::load_key(&cluster.key_file, true).map_err(anyhow::Error::msg)?;
+        made.push(cluster.key_file.clone());
+    }
+    Ok(made)
+}
+
+pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
+    match cmd {
+        CertsCmd::Init { cluster } => {
+            let loaded = super::load(&cluster)?;
+            let made = ensure(&loaded.cluster)?;
+            if made.is_empty() {
+                println!("everything is already there in {}", loaded.cluster.tls_dir.display());
+            }
+            for f in made {
+                println!("created {}", f.display());
+            }
+            Ok(())
+        }
+        CertsCmd::Client { name, cluster } => {
+            let loaded = super::load(&cluster)?;
+            let dir = tls::TlsDir(loaded.cluster.tls_dir.clone());
+            if tls::ensure_cert(&dir, &tls::PeerId::Client(name.clone()))? {
+                println!("created {}", dir.cert(&format!("client-{name}")).display());
+            } else {
+                println!("{} already exists", dir.cert(&format!("client-{name}")).display());
+            }
+            Ok(())
+        }
+    }
+}

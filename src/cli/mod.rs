@@ -1,0 +1,48 @@
+//! The CLI's subcommands. Each module parses its arguments and reports errors with
+//! context a person can act on.
+
+pub mod certs;
+pub mod chaos;
+pub mod node;
+pub mod up;
+
+use std::path::Path;
+use troupe_runtime::{ConfigErrors, KindRegistry, Loaded, RemoteError};
+
+/// A configuration error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<ConfigErrors>().is_some() || e.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    match e.downcast_ref::<RemoteError>() {
+        Some(RemoteError::Unreachable { .. }) => 3,
+        Some(RemoteError::Timeout { .. }) => 4,
+        _ => 1,
+    }
+}
+
+pub fn kinds() -> KindRegistry {
+    troupe_actors::registry()
+}
+
+/// Loads and checks a cluster file with every registered kind.
+pub fn load(cluster: &Path) -> anyhow::Result<Loaded> {
+    troupe_runtime::config::load(cluster, &kinds()).map_err(anyhow::Error::new)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
