@@ -4,12 +4,14 @@
 //! [`register_all`] registers every kind with the runtime; topology files name them.
 
 pub mod kv;
+pub mod ranges;
 
 use troupe_runtime::KindRegistry;
 
 /// Every actor kind this build provides, by factory name.
 pub fn register_all(kinds: &mut KindRegistry) {
     kinds.register::<kv::KvStoreActor>("kv.store");
+    kinds.register::<ranges::RangesActor>("kv.ranges");
 }
 
 /// A registry with every kind.

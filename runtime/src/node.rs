@@ -485,6 +485,26 @@ impl Node {
         }
     }
 
+    /// The nodes that hold `path`'s durable state: its owner first, then the next
+    /// `rf - 1` live nodes in rendezvous order.
+    pub fn replica_set(&self, ks: &KindSpec, path: &ActorPath, rf: u64) -> Result<Vec<String>, RemoteError> {
+        let owner = self.owner_of(ks, path)?;
+        let key = match ks.placement {
+            Placement::Singleton => format!("/{}/{}", ks.system, ks.name),
+            _ => path.to_string(),
+        };
+        let cands = self.candidates();
+        let mut set = vec![owner.clone()];
+        set.extend(
+            placement::rank(&key, &cands, ks.role.as_deref())
+                .into_iter()
+                .filter(|c| c.name != owner)
+                .take(rf.saturating_sub(1) as usize)
+                .map(|c| c.name.clone()),
+        );
+        Ok(set)
+    }
+
     /// Finds or activates `path`.
     pub async fn resolve(&self, path: &ActorPath) -> Result<Target, RemoteError> {
         if let Some(slot) = self.0.registry.get(path)

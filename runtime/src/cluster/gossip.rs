@@ -143,6 +143,7 @@ struct Stats {
     rejected: Counter,
     dropped_chaos: Counter,
     local_health: Gauge,
+    stale_suspicions: Counter,
 }
 
 fn unix_ms() -> u64 {
@@ -207,6 +208,11 @@ impl Gossip {
                 "Lifeguard local health score (0 = healthy).",
                 &[],
             ),
+            stale_suspicions: metrics.counter(
+                "troupe_gossip_stale_suspicions_total",
+                "Suspicions whose timeout foca dropped (after a rejoin) and the driver resolved as down.",
+                &[],
+            ),
         };
         let driver = Driver {
             foca: Foca::new(
@@ -228,6 +234,7 @@ impl Gossip {
             tuning: cfg.tuning,
             chaos,
             stats,
+            suspect_since: BTreeMap::new(),
         };
         tokio::spawn(driver.run(cmd_rx));
         Ok(Gossip { view, events, cmd: cmd_tx })
@@ -257,6 +264,8 @@ struct Driver {
     tuning: MembershipTuning,
     chaos: Arc<RwLock<ChaosRules>>,
     stats: Stats,
+    /// When each member currently suspected was first seen suspected.
+    suspect_since: BTreeMap<String, Instant>,
 }
 
 impl Driver {
@@ -291,6 +300,7 @@ impl Driver {
                 _ = period_tick.tick() => {
                     self.health.on_period();
                     self.stats.local_health.set(self.health.score() as f64);
+                    self.resolve_stale_suspicions();
                 }
                 c = cmd.recv() => match c {
                     Some(Cmd::Leave(done)) => {
@@ -338,6 +348,7 @@ impl Driver {
             }
             let Some(Reverse((due, _, timer))) = self.timers.pop() else { break };
             self.health.on_timer(0, now.saturating_duration_since(due).as_millis() as u64);
+            tracing::trace!(?timer, "gossip timer fired");
             if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
                 tracing::debug!(error = %e, "gossip timer not handled");
             }
@@ -377,6 +388,7 @@ impl Driver {
                 }
                 _ => after,
             };
+            tracing::trace!(?timer, ?after, "gossip timer scheduled");
             self.timer_seq += 1;
             self.timers.push(Reverse((Instant::now() + after, self.timer_seq, timer)));
         }
@@ -398,6 +410,34 @@ impl Driver {
         self.refresh_view();
     }
 
+    /// foca invalidates its pending timers when this node rejoins (its timer token
+    /// changes), which can strand a suspicion forever: nobody refutes it and no
+    /// timeout declares the member down. A suspicion older than the suspicion timeout
+    /// plus slack is resolved here as foca would have: the member is declared down,
+    /// and if it is in fact alive it learns so and rejoins with a new identity.
+    fn resolve_stale_suspicions(&mut self) {
+        let limit = self.health.stretch(Duration::from_millis(self.tuning.suspect_to_down_ms))
+            + Duration::from_millis(2 * self.tuning.probe_period_ms);
+        let now = Instant::now();
+        let stale: Vec<Member<NodeId>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .filter(|m| self.suspect_since.get(&m.id().name).is_some_and(|t| now.duration_since(*t) > limit))
+            .map(|m| Member::new(m.id().clone(), m.incarnation(), State::Down))
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for m in &stale {
+            tracing::warn!(member = %m.id().name, "suspicion outlived its timeout; declaring the member down");
+            self.stats.stale_suspicions.inc();
+        }
+        if let Err(e) = self.foca.apply_many(stale.into_iter(), true, &mut self.rt) {
+            tracing::debug!(error = %e, "could not resolve stale suspicions");
+        }
+    }
+
     /// Rebuilds the view from foca's membership table and emits the differences.
     fn refresh_view(&mut self) {
         let mut fresh: BTreeMap<String, ViewMember> = BTreeMap::new();
@@ -416,6 +456,13 @@ impl Driver {
         }
         let me = self.foca.identity().clone();
         fresh.insert(me.name.clone(), ViewMember { id: me, state: MemberState::Alive, incarnation: 0 });
+        let now = Instant::now();
+        self.suspect_since.retain(|name, _| fresh.get(name).is_some_and(|m| m.state == MemberState::Suspect));
+        for (name, m) in &fresh {
+            if m.state == MemberState::Suspect {
+                self.suspect_since.entry(name.clone()).or_insert(now);
+            }
+        }
         let mut v = self.view.write();
         // Members foca forgot (removed after remove_down_after) stay listed as down.
         for (name, old) in &v.members {

@@ -100,6 +100,7 @@ impl Cluster {
         let weak = node.downgrade();
         let me = self.clone();
         tokio::spawn(async move {
+            let mut epochs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
             loop {
                 let ev = match events.recv().await {
                     Ok(e) => e,
@@ -108,8 +109,11 @@ impl Cluster {
                 };
                 let Some(inner) = weak.upgrade() else { return };
                 let node = Node::from_inner(inner);
+                let restarted = epochs.insert(ev.name.clone(), ev.epoch).is_some_and(|old| old != ev.epoch);
                 if ev.state == MemberState::Down {
-                    me.transport.fail_pending_to(&ev.name, "member declared down");
+                    me.transport.reset_peer(&ev.name, "member declared down");
+                } else if restarted {
+                    me.transport.reset_peer(&ev.name, "member restarted");
                 }
                 // Let a burst of changes settle before re-homing.
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -17,7 +17,6 @@
 use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf};
 use crate::config::KindSpec;
 use crate::node::Node;
-use crate::placement;
 use crate::reply::Reply;
 use crate::store::{Recovered, StoreError, WriteOp};
 use serde::{Deserialize, Serialize};
@@ -161,13 +160,7 @@ async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, Rem
 fn replica_set(node: &Node, path: &ActorPath, rf: u64) -> Result<Vec<String>, StoreError> {
     let ks =
         node.kind_spec(path.system(), path.kind()).ok_or_else(|| StoreError::Write(format!("no kind for {path}")))?;
-    let key = path.to_string();
-    let cands = node.candidates();
-    Ok(placement::rank(&key, &cands, ks.role.as_deref())
-        .into_iter()
-        .take(rf as usize)
-        .map(|c| c.name.clone())
-        .collect())
+    node.replica_set(ks, path, rf).map_err(|e| StoreError::Write(e.to_string()))
 }
 
 /// Makes `op` durable on the replica set of `path`; this node must own it.

@@ -694,6 +694,20 @@ impl Transport {
         }
     }
 
+    /// Drops our link to `node` (it died or restarted): the next send reconnects
+    /// instead of writing into a connection nobody reads.
+    pub fn reset_peer(&self, node: &str, reason: &str) {
+        if let Some(p) = self.peers.get(node) {
+            if let Some(link) = p.link.write().take() {
+                link.closed.store(true, Ordering::Relaxed);
+                link.conn.close(quinn::VarInt::from_u32(4), reason.as_bytes());
+            }
+            *p.retry_at.lock() = None;
+            p.backoff_ms.store(self.tuning.reconnect_backoff_min_ms, Ordering::Relaxed);
+        }
+        self.fail_pending_to(node, reason);
+    }
+
     pub async fn close(&self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"node stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

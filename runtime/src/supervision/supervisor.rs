@@ -18,6 +18,7 @@ use crate::slot::ErasedSlot;
 use crate::stats::{ActorEntry, ActorStats};
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -54,7 +55,7 @@ pub enum SupMsg {
     /// Find or start the entity `path` (kind supervisors only).
     Activate {
         path: ActorPath,
-        reply: oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>,
+        reply: ActivateReply,
     },
     /// Stop a child on purpose and forget it.
     StopChild {
@@ -64,6 +65,20 @@ pub enum SupMsg {
         keys: Vec<String>,
         round: u64,
     },
+    /// A start launched in the background finished.
+    Started {
+        key: String,
+        attempt: u64,
+        result: Result<ActorCell, String>,
+    },
+}
+
+pub type ActivateReply = oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>;
+
+/// Someone waiting for a child's start to finish.
+enum Waiter {
+    Add(oneshot::Sender<Result<(), String>>),
+    Activate(ActivateReply),
 }
 
 pub struct SupervisorConfig {
@@ -92,6 +107,8 @@ pub struct Supervisor;
 struct Child {
     spec: ChildSpec,
     cell: Option<ActorCell>,
+    /// The attempt id of a start running in the background.
+    starting: Option<u64>,
 }
 
 pub struct SupState {
@@ -101,10 +118,13 @@ pub struct SupState {
     policy: RestartPolicy,
     /// Bumped by every restart decision, so an older pending restart is dropped.
     round: u64,
+    attempts: u64,
     epoch: Instant,
     activator: Option<(Node, Arc<dyn KindInstance>)>,
+    /// Waiting for a start to finish, by child key.
+    waiters: HashMap<String, Vec<Waiter>>,
     /// Activations waiting for a passivating incarnation to stop.
-    parked: Vec<(ActorPath, oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>)>,
+    parked: Vec<(ActorPath, ActivateReply)>,
 }
 
 impl Supervisor {
@@ -141,20 +161,95 @@ impl SupState {
         self.children.iter().position(|c| c.cell.as_ref().is_some_and(|x| x.get_id() == id))
     }
 
-    async fn start_child(&mut self, i: usize, myself: &ActorRef<SupMsg>) -> Result<(), String> {
-        let start = self.children[i].spec.start.clone();
-        let entry = self.children[i].spec.entry.clone();
-        entry.stats.set_state(ActorState::Starting);
-        match start(myself.get_cell()).await {
+    /// Starts child `i` in the background: starts can be slow (recovering state,
+    /// loading a model) and the supervisor must keep answering meanwhile. The result
+    /// comes back as `Started`.
+    fn launch(&mut self, i: usize, myself: &ActorRef<SupMsg>) {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let c = &mut self.children[i];
+        c.starting = Some(attempt);
+        c.spec.entry.stats.set_state(ActorState::Starting);
+        let start = c.spec.start.clone();
+        let key = c.spec.key.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = start(me.get_cell()).await;
+            if let Err(ractor::MessagingErr::SendErr(SupMsg::Started { result: Ok(cell), .. })) =
+                me.send_message(SupMsg::Started { key, attempt, result })
+            {
+                // The supervisor is gone: do not leave an orphan running.
+                cell.stop(Some("supervisor stopped".into()));
+            }
+        });
+    }
+
+    fn answer(&mut self, key: &str, outcome: Result<Option<Arc<dyn ErasedSlot>>, String>) {
+        for w in self.waiters.remove(key).unwrap_or_default() {
+            match (w, &outcome) {
+                (Waiter::Add(tx), Ok(_)) => {
+                    let _ = tx.send(Ok(()));
+                }
+                (Waiter::Add(tx), Err(e)) => {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                (Waiter::Activate(tx), Ok(slot)) => {
+                    let r = slot.clone().ok_or_else(|| RemoteError::UnknownPath {
+                        path: key.to_string(),
+                        reason: "not an entity".into(),
+                    });
+                    let _ = tx.send(r);
+                }
+                (Waiter::Activate(tx), Err(e)) => {
+                    let _ = tx.send(Err(RemoteError::ActorFailed {
+                        path: key.to_string(),
+                        reason: format!("activation failed: {e}"),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn on_started(
+        &mut self,
+        key: String,
+        attempt: u64,
+        result: Result<ActorCell, String>,
+        myself: &ActorRef<SupMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(i) = self.children.iter().position(|c| c.spec.key == key && c.starting == Some(attempt)) else {
+            // Superseded: a restart decision or a stop came first.
+            if let Ok(cell) = result {
+                cell.stop(Some("superseded start".into()));
+            }
+            return Ok(());
+        };
+        self.children[i].starting = None;
+        match result {
             Ok(cell) => {
+                let dead = cell.get_status() >= ractor::ActorStatus::Stopping;
                 self.children[i].cell = Some(cell);
-                entry.stats.set_state(ActorState::Running);
+                self.children[i].spec.entry.stats.set_state(ActorState::Running);
+                let slot = self.children[i].spec.slot.clone();
+                if let (Some(slot), Some((node, _))) = (&slot, &self.activator) {
+                    node.register(slot.path().clone(), slot.clone());
+                }
+                self.answer(&key, Ok(slot));
+                if dead {
+                    return self.on_failure(i, "stopped right after it started", myself);
+                }
                 Ok(())
             }
             Err(e) => {
-                entry.stats.record_error(&format!("start: {e}"));
-                entry.stats.set_state(ActorState::Restarting);
-                Err(e)
+                self.children[i].spec.entry.stats.record_error(&format!("start: {e}"));
+                self.answer(&key, Err(e.clone()));
+                if self.children[i].spec.restart == Restart::Transient {
+                    // An entity that cannot start is not kept: the next message tries again.
+                    self.remove_child(i, false);
+                    Ok(())
+                } else {
+                    self.on_failure(i, &format!("start failed: {e}"), myself)
+                }
             }
         }
     }
@@ -179,6 +274,7 @@ impl SupState {
                 let mut keys = Vec::new();
                 for j in children {
                     let c = &mut self.children[j];
+                    c.starting = None;
                     if let Some(cell) = c.cell.take() {
                         // Forgetting the cell first makes its termination event unknown
                         // to us, so stopping it here is not counted as a failure.
@@ -202,6 +298,7 @@ impl SupState {
                 self.entry.stats.record_error(&msg);
                 self.entry.stats.set_state(ActorState::Failed);
                 for c in &mut self.children {
+                    c.starting = None;
                     if let Some(cell) = c.cell.take() {
                         cell.stop(Some("supervisor escalating".into()));
                     }
@@ -219,21 +316,20 @@ impl SupState {
         }
     }
 
-    async fn activate(
-        &mut self,
-        path: ActorPath,
-        reply: oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>,
-        myself: &ActorRef<SupMsg>,
-    ) {
+    fn activate(&mut self, path: ActorPath, reply: ActivateReply, myself: &ActorRef<SupMsg>) {
         let key = path.to_string();
         if let Some(c) = self.children.iter().find(|c| c.spec.key == key) {
-            match (&c.spec.slot, c.spec.slot.as_ref().is_some_and(|s| s.is_closing())) {
-                (Some(_), true) => self.parked.push((path, reply)),
-                (Some(slot), false) => {
-                    let _ = reply.send(Ok(slot.clone()));
-                }
-                (None, _) => {
+            let closing = c.spec.slot.as_ref().is_some_and(|s| s.is_closing());
+            match &c.spec.slot {
+                None => {
                     let _ = reply.send(Err(RemoteError::UnknownPath { path: key, reason: "not an entity".into() }));
+                }
+                Some(_) if closing => self.parked.push((path, reply)),
+                Some(_) if c.starting.is_some() || c.cell.is_none() => {
+                    self.waiters.entry(key).or_default().push(Waiter::Activate(reply));
+                }
+                Some(slot) => {
+                    let _ = reply.send(Ok(slot.clone()));
                 }
             }
             return;
@@ -250,33 +346,22 @@ impl SupState {
         );
         let slot = kind.new_slot(path.clone(), entry.clone());
         let start_slot = slot.clone();
-        let start_node = node.clone();
-        let start_kind = kind.clone();
-        let start: StartFn =
-            Arc::new(move |sup: ActorCell| start_kind.start(start_node.clone(), start_slot.clone(), sup));
+        let start: StartFn = Arc::new(move |sup: ActorCell| kind.start(node.clone(), start_slot.clone(), sup));
         self.children.push(Child {
             spec: ChildSpec {
                 key: key.clone(),
                 entry: entry.clone(),
                 start,
                 restart: Restart::Transient,
-                slot: Some(slot.clone()),
+                slot: Some(slot),
             },
             cell: None,
+            starting: None,
         });
         self.entry.add_child(entry);
+        self.waiters.entry(key).or_default().push(Waiter::Activate(reply));
         let i = self.children.len() - 1;
-        match self.start_child(i, myself).await {
-            Ok(()) => {
-                node.register(path, slot.clone());
-                let _ = reply.send(Ok(slot));
-            }
-            Err(e) => {
-                self.remove_child(i, false);
-                let _ =
-                    reply.send(Err(RemoteError::ActorFailed { path: key, reason: format!("activation failed: {e}") }));
-            }
-        }
+        self.launch(i, myself);
     }
 }
 
@@ -296,7 +381,7 @@ impl Actor for Supervisor {
             .into_iter()
             .map(|spec| {
                 cfg.entry.add_child(spec.entry.clone());
-                Child { spec, cell: None }
+                Child { spec, cell: None, starting: None }
             })
             .collect();
         Ok(SupState {
@@ -305,23 +390,17 @@ impl Actor for Supervisor {
             children,
             policy: RestartPolicy::new(cfg.strategy, cfg.intensity),
             round: 0,
+            attempts: 0,
             epoch: Instant::now(),
             activator: cfg.activator,
+            waiters: HashMap::new(),
             parked: Vec::new(),
         })
     }
 
     async fn post_start(&self, myself: ActorRef<SupMsg>, st: &mut SupState) -> Result<(), ActorProcessingErr> {
         for i in 0..st.children.len() {
-            if let Err(e) = st.start_child(i, &myself).await {
-                st.on_failure(i, &format!("start failed: {e}"), &myself)?;
-                break;
-            }
-            if let Some(slot) = &st.children[i].spec.slot
-                && let Some((node, _)) = &st.activator
-            {
-                node.register(slot.path().clone(), slot.clone());
-            }
+            st.launch(i, &myself);
         }
         Ok(())
     }
@@ -334,22 +413,18 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 st.entry.add_child(spec.entry.clone());
-                st.children.push(Child { spec, cell: None });
+                st.waiters.entry(spec.key.clone()).or_default().push(Waiter::Add(reply));
+                st.children.push(Child { spec, cell: None, starting: None });
                 let i = st.children.len() - 1;
-                let r = st.start_child(i, &myself).await;
-                if r.is_err() {
-                    st.remove_child(i, false);
-                } else if let (Some(slot), Some((node, _))) = (&st.children[i].spec.slot, &st.activator) {
-                    node.register(slot.path().clone(), slot.clone());
-                }
-                let _ = reply.send(r);
+                st.launch(i, &myself);
             }
-            SupMsg::Activate { path, reply } => st.activate(path, reply, &myself).await,
+            SupMsg::Activate { path, reply } => st.activate(path, reply, &myself),
             SupMsg::StopChild { key } => {
                 if let Some(i) = st.children.iter().position(|c| c.spec.key == key) {
                     if let Some(cell) = st.children[i].cell.take() {
                         cell.stop(Some("stopped by its supervisor".into()));
                     }
+                    st.answer(&key, Err("stopped by its supervisor".into()));
                     st.remove_child(i, true);
                 }
             }
@@ -358,15 +433,16 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 for key in keys {
-                    let Some(i) = st.children.iter().position(|c| c.spec.key == key && c.cell.is_none()) else {
+                    let Some(i) =
+                        st.children.iter().position(|c| c.spec.key == key && c.cell.is_none() && c.starting.is_none())
+                    else {
                         continue;
                     };
                     st.children[i].spec.entry.stats.record_restart();
-                    if let Err(e) = st.start_child(i, &myself).await {
-                        return st.on_failure(i, &format!("restart failed: {e}"), &myself);
-                    }
+                    st.launch(i, &myself);
                 }
             }
+            SupMsg::Started { key, attempt, result } => return st.on_started(key, attempt, result, &myself),
         }
         Ok(())
     }
@@ -393,7 +469,7 @@ impl Actor for Supervisor {
                     // Activations that waited for this incarnation to stop.
                     let parked = std::mem::take(&mut st.parked);
                     for (path, reply) in parked {
-                        st.activate(path, reply, &myself).await;
+                        st.activate(path, reply, &myself);
                     }
                 } else {
                     let why = format!("stopped unexpectedly ({})", reason.unwrap_or_else(|| "no reason".into()));

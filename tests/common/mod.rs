@@ -1,0 +1,263 @@
+//! Test harness: real `troupe node` processes on 127.0.0.1, each with its own ports
+//! and data folder under a temporary directory. Every wait is bounded.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_troupe");
+
+pub struct NodePorts {
+    pub quic: u16,
+    pub gossip: u16,
+    pub admin: u16,
+    pub kv: u16,
+}
+
+pub struct TestCluster {
+    pub dir: PathBuf,
+    pub names: Vec<String>,
+    pub ports: BTreeMap<String, NodePorts>,
+    pub procs: BTreeMap<String, Child>,
+}
+
+fn free_port() -> u16 {
+    // Reserve by binding both TCP and UDP on the same port.
+    for _ in 0..200 {
+        let t = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = t.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port");
+}
+
+pub struct Options {
+    pub nodes: usize,
+    pub systems: Vec<&'static str>,
+    pub probe_period_ms: u64,
+    pub probe_rtt_ms: u64,
+    pub suspect_to_down_ms: u64,
+    pub extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            systems: vec!["kv"],
+            probe_period_ms: 300,
+            probe_rtt_ms: 150,
+            suspect_to_down_ms: 900,
+            extra: String::new(),
+        }
+    }
+}
+
+impl TestCluster {
+    pub fn start(opts: Options) -> TestCluster {
+        let dir = std::env::temp_dir().join(format!("troupe-it-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(dir.join("systems")).expect("mkdir");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for s in &opts.systems {
+            std::fs::copy(repo.join(format!("systems/{s}.toml")), dir.join(format!("systems/{s}.toml")))
+                .expect("copy topology");
+        }
+        let names: Vec<String> = (1..=opts.nodes).map(|i| format!("n{i}")).collect();
+        let mut ports = BTreeMap::new();
+        let mut nodes_toml = String::new();
+        for n in &names {
+            let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), kv: free_port() };
+            nodes_toml.push_str(&format!(
+                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\"]\nports = {{ kv = {} }}\n\n",
+                p.quic, p.gossip, p.admin, p.kv
+            ));
+            ports.insert(n.clone(), p);
+        }
+        let systems: Vec<String> = opts.systems.iter().map(|s| format!("\"{s}\"")).collect();
+        let toml = format!(
+            "[cluster]\nname = \"it\"\nsystems = [{}]\nseeds = [\"n1\", \"n2\"]\n\n[membership]\nprobe_period_ms = {}\nprobe_rtt_ms = {}\nsuspect_to_down_ms = {}\njoin_retry_ms = 200\n\n[transport]\nask_timeout_ms = 3000\nconnect_timeout_ms = 500\nidle_timeout_ms = 3000\nkeep_alive_ms = 500\n\n{}\n{}",
+            systems.join(", "),
+            opts.probe_period_ms,
+            opts.probe_rtt_ms,
+            opts.suspect_to_down_ms,
+            opts.extra,
+            nodes_toml
+        );
+        std::fs::write(dir.join("cluster.toml"), toml).expect("write cluster.toml");
+        let out = Command::new(BIN)
+            .args(["certs", "init", "--cluster"])
+            .arg(dir.join("cluster.toml"))
+            .output()
+            .expect("certs init");
+        assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut c = TestCluster { dir, names: names.clone(), ports, procs: BTreeMap::new() };
+        for n in &names {
+            c.spawn(n);
+        }
+        c
+    }
+
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.join("cluster.toml")
+    }
+
+    pub fn spawn(&mut self, name: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["node", "--cluster"])
+            .arg(self.cluster_file())
+            .args(["--name", name])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        self.procs.insert(name.to_string(), child);
+    }
+
+    /// SIGKILL, as `kill -9`.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut c) = self.procs.remove(name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn admin(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[name].admin))
+    }
+
+    pub fn kv(&self, name: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[name].kv))
+    }
+
+    pub fn alive(&self) -> Vec<String> {
+        self.procs.keys().cloned().collect()
+    }
+
+    /// Members as `name` sees them: name → (state, epoch).
+    pub fn members(&self, name: &str) -> Option<BTreeMap<String, (String, u64)>> {
+        let (code, body) = http(self.admin(name), "GET", "/v1/members", None).ok()?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_string(),
+                        (m["state"].as_str().unwrap_or("").to_string(), m["epoch"].as_u64().unwrap_or(0)),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until every running node sees every running node alive (and, if
+    /// `down` is given, those as down).
+    pub fn wait_converged(&self, down: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.procs.keys().all(|n| {
+                self.members(n).is_some_and(|m| {
+                    self.procs.keys().all(|o| m.get(o).is_some_and(|(s, _)| s == "Alive"))
+                        && down.iter().all(|d| m.get(*d).is_none_or(|(s, _)| s == "Down"))
+                })
+            });
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                let views: Vec<String> = self.procs.keys().map(|n| format!("{n}: {:?}", self.members(n))).collect();
+                panic!(
+                    "cluster did not converge (down={down:?}):\n{}\nlogs in {}",
+                    views.join("\n"),
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn metric(&self, name: &str, metric: &str) -> f64 {
+        let Ok((_, body)) = http(self.admin(name), "GET", "/metrics", None) else { return f64::NAN };
+        body.lines()
+            .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.procs) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+/// A minimal HTTP/1.1 request with a bounded wait. Returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Decode chunked bodies (axum uses them for streamed responses).
+    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    Ok((code, body))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
