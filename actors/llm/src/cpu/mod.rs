@@ -13,6 +13,7 @@ pub mod attention;
 pub mod kernels;
 pub mod pool;
 pub mod quant;
+pub mod vnni16;
 
 use std::sync::Mutex;
 
@@ -22,7 +23,7 @@ use crate::model::{ModelConfig, ModelError};
 use attention::{AttnItem, KvCache, attend};
 use kernels::{Isa, OutPtr, gemm_rows};
 use pool::{Chunks, Pool};
-use quant::{QActs, QMat, quantize_acts};
+use quant::{QActs, QMat};
 
 #[derive(Debug)]
 struct Layer {
@@ -81,6 +82,32 @@ impl CpuWeights {
     }
 }
 
+impl CpuWeights {
+    /// Put every matrix in the layout `isa`'s kernel reads (16-row interleaved
+    /// for AVX-512 VNNI, row-major otherwise). Done once at load.
+    pub fn for_isa(mut self, isa: Isa) -> CpuWeights {
+        if isa != Isa::Avx512Vnni {
+            return self;
+        }
+        let il = |m: &mut QMat| {
+            if !m.interleaved {
+                *m = vnni16::interleave(m);
+            }
+        };
+        il(&mut self.emb);
+        if let Some(o) = self.output.as_mut() {
+            il(o);
+        }
+        for l in &mut self.layers {
+            il(&mut l.wqkv);
+            il(&mut l.wo);
+            il(&mut l.wgu);
+            il(&mut l.wdown);
+        }
+        self
+    }
+}
+
 fn concat_checked(parts: &[QMat]) -> Result<QMat, ModelError> {
     if parts.iter().any(|p| p.fmt != parts[0].fmt) {
         return Err(ModelError::Shape("fused matrices have different quantization types".into()));
@@ -91,12 +118,12 @@ fn concat_checked(parts: &[QMat]) -> Result<QMat, ModelError> {
 #[derive(Debug, Default)]
 struct Scratch {
     x: Vec<f32>,
-    xb: Vec<f32>,
+    /// Final hidden states of the rows that want logits.
+    last: Vec<f32>,
     qkv: Vec<f32>,
     att: Vec<f32>,
     tmp: Vec<f32>,
     gu: Vec<f32>,
-    h: Vec<f32>,
     acts: QActs,
     rope: Vec<(f32, f32)>,
     tok_seq: Vec<u32>,
@@ -141,6 +168,7 @@ impl CpuBackend {
         let hd = cfg.head_dim;
         let inv_freq = (0..hd / 2).map(|i| (cfg.rope_base as f64).powf(-2.0 * i as f64 / hd as f64)).collect();
         let kv = KvCache::new(cfg.n_layer, num_kv_blocks, cfg.kv_dim());
+        let w = w.for_isa(isa);
         let scores = (0..pool.threads()).map(|_| Mutex::new(Vec::new())).collect();
         CpuBackend { cfg, w, pool, isa, f32_acts: false, f16c, kv, s: Scratch::default(), scores, inv_freq }
     }
@@ -164,7 +192,8 @@ impl CpuBackend {
 /// out[a][r] = W · acts[a], rows split into chunks handed out dynamically.
 fn matmul(pool: &Pool, isa: Option<Isa>, w: &QMat, acts: &QActs, out: &mut Vec<f32>) {
     out.resize(acts.rows * w.rows, 0.0);
-    let per = (w.rows / (pool.threads() * 8)).clamp(16, 256) & !3;
+    // Chunks of whole 16-row groups (the interleaved kernel's unit).
+    let per = (w.rows / (pool.threads() * 8)).clamp(16, 256) / 16 * 16;
     let n_chunks = w.rows.div_ceil(per);
     let chunks = Chunks::new();
     let ptr = OutPtr(out.as_mut_ptr());
@@ -179,6 +208,64 @@ fn matmul(pool: &Pool, isa: Option<Isa>, w: &QMat, acts: &QActs, out: &mut Vec<f
                     None => kernels::gemm_rows_f32(w, rows, acts, ptr, w.rows),
                 }
             };
+        }
+    });
+}
+
+/// Rows below this count are processed on the calling thread: a pool dispatch
+/// (~10 µs) costs more than normalizing a few rows.
+const PAR_ROWS_MIN: usize = 8;
+
+/// Run `f` over row ranges covering 0..n, on the pool when n is large.
+fn par_rows(pool: &Pool, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    if n < PAR_ROWS_MIN || pool.threads() == 1 {
+        f(0..n);
+        return;
+    }
+    let per = n.div_ceil(pool.threads() * 4);
+    let n_chunks = n.div_ceil(per);
+    let chunks = Chunks::new();
+    pool.run(&|_| {
+        while let Some(c) = chunks.next(n_chunks) {
+            f(c * per..((c + 1) * per).min(n));
+        }
+    });
+}
+
+/// acts row t = quantize(rmsnorm(x row t) * w) for every row.
+fn norm_quant(pool: &Pool, x: &[f32], n: usize, w: &[f32], eps: f32, acts: &mut QActs) {
+    let dim = w.len();
+    acts.prepare(n, dim);
+    let raw = acts.raw();
+    par_rows(pool, n, &|rows| {
+        for t in rows {
+            // SAFETY: each t is handed to exactly one thread; `acts` was prepared
+            // for n rows and is not touched elsewhere during the dispatch.
+            let mut row = unsafe { raw.row(t) };
+            rmsnorm(&x[t * dim..(t + 1) * dim], w, eps, row.x);
+            row.quantize();
+        }
+    });
+}
+
+/// acts = quantize(src) for `n` rows of `cols`; with `swiglu`, src rows hold
+/// [gate | up] (2·cols wide) and the row quantized is silu(gate) * up.
+fn quant_rows(pool: &Pool, src: &[f32], n: usize, cols: usize, swiglu: bool, acts: &mut QActs) {
+    acts.prepare(n, cols);
+    let raw = acts.raw();
+    par_rows(pool, n, &|rows| {
+        for t in rows {
+            // SAFETY: as in norm_quant.
+            let mut row = unsafe { raw.row(t) };
+            if swiglu {
+                let (g, u) = src[t * 2 * cols..(t + 1) * 2 * cols].split_at(cols);
+                for ((h, &g), &u) in row.x.iter_mut().zip(g).zip(u) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+            } else {
+                row.x.copy_from_slice(&src[t * cols..(t + 1) * cols]);
+            }
+            row.quantize();
         }
     });
 }
@@ -234,7 +321,6 @@ impl Backend for CpuBackend {
         let group = cfg.n_head / cfg.n_kv_head;
         let qkv_w = qd + 2 * kvd;
         s.x.resize(n * dim, 0.0);
-        s.xb.resize(n * dim, 0.0);
         for (t, &tok) in batch.tokens.iter().enumerate() {
             w.emb.row_f32(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
@@ -251,10 +337,7 @@ impl Backend for CpuBackend {
             s.tok_seq.extend(std::iter::repeat_n(i as u32, sq.n_tokens));
         }
         for (l, layer) in w.layers.iter().enumerate() {
-            for t in 0..n {
-                rmsnorm(&s.x[t * dim..][..dim], &layer.attn_norm, cfg.rms_eps, &mut s.xb[t * dim..][..dim]);
-            }
-            quantize_acts(&s.xb, n, dim, &mut s.acts);
+            norm_quant(pool, &s.x, n, &layer.attn_norm, cfg.rms_eps, &mut s.acts);
             matmul(pool, isa, &layer.wqkv, &s.acts, &mut s.qkv);
             for t in 0..n {
                 let row = &mut s.qkv[t * qkv_w..(t + 1) * qkv_w];
@@ -290,39 +373,27 @@ impl Backend for CpuBackend {
                     }
                 });
             }
-            quantize_acts(&s.att, n, qd, &mut s.acts);
+            quant_rows(pool, &s.att, n, qd, false, &mut s.acts);
             matmul(pool, isa, &layer.wo, &s.acts, &mut s.tmp);
             for (x, d) in s.x.iter_mut().zip(&s.tmp) {
                 *x += d;
             }
-            for t in 0..n {
-                rmsnorm(&s.x[t * dim..][..dim], &layer.ffn_norm, cfg.rms_eps, &mut s.xb[t * dim..][..dim]);
-            }
-            quantize_acts(&s.xb, n, dim, &mut s.acts);
+            norm_quant(pool, &s.x, n, &layer.ffn_norm, cfg.rms_eps, &mut s.acts);
             matmul(pool, isa, &layer.wgu, &s.acts, &mut s.gu);
-            let f = cfg.ffn_dim;
-            s.h.resize(n * f, 0.0);
-            for t in 0..n {
-                let (g, u) = s.gu[t * 2 * f..(t + 1) * 2 * f].split_at(f);
-                for ((h, &g), &u) in s.h[t * f..(t + 1) * f].iter_mut().zip(g).zip(u) {
-                    *h = g / (1.0 + (-g).exp()) * u;
-                }
-            }
-            quantize_acts(&s.h, n, f, &mut s.acts);
+            quant_rows(pool, &s.gu, n, cfg.ffn_dim, true, &mut s.acts);
             matmul(pool, isa, &layer.wdown, &s.acts, &mut s.tmp);
             for (x, d) in s.x.iter_mut().zip(&s.tmp) {
                 *x += d;
             }
         }
         // Final norm and logits for the last token of each sequence that wants them.
-        let mut r = 0;
+        s.last.clear();
         for sq in batch.seqs.iter().filter(|sq| sq.want_logits) {
             let t = sq.token_start + sq.n_tokens - 1;
-            let (src, dst) = (t * dim, r * dim);
-            rmsnorm(&s.x[src..src + dim], &w.out_norm, cfg.rms_eps, &mut s.xb[dst..dst + dim]);
-            r += 1;
+            s.last.extend_from_slice(&s.x[t * dim..(t + 1) * dim]);
         }
-        quantize_acts(&s.xb, r, dim, &mut s.acts);
+        let r = s.last.len() / dim;
+        norm_quant(pool, &s.last, r, &w.out_norm, cfg.rms_eps, &mut s.acts);
         let out_w = w.output.as_ref().unwrap_or(&w.emb);
         matmul(pool, isa, out_w, &s.acts, logits);
         logits.truncate(r * cfg.vocab);
