@@ -124,6 +124,40 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Encode f32 values (a multiple of 32) as GGUF Q4_1 blocks (ggml's reference
+/// quantizer: min/max per block). For synthetic test models.
+pub fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
+    use crate::f16::{f16_to_f32, f32_to_f16};
+    let mut out = Vec::with_capacity(x.len() / 32 * 20);
+    for blk in x.chunks_exact(QK) {
+        let (mn, mx) = blk.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let d = f16_to_f32(f32_to_f16((mx - mn) / 15.0));
+        let m = f16_to_f32(f32_to_f16(mn));
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f32_to_f16(d).to_le_bytes());
+        out.extend(f32_to_f16(m).to_le_bytes());
+        let q = |v: f32| (((v - m) * id + 0.5) as i32).clamp(0, 15) as u8;
+        for j in 0..16 {
+            out.push(q(blk[j]) | (q(blk[j + 16]) << 4));
+        }
+    }
+    out
+}
+
+/// Encode f32 values (a multiple of 32) as GGUF Q8_0 blocks.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    use crate::f16::{f16_to_f32, f32_to_f16};
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for blk in x.chunks_exact(QK) {
+        let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = f16_to_f32(f32_to_f16(amax / 127.0));
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f32_to_f16(d).to_le_bytes());
+        out.extend(blk.iter().map(|&v| ((v * id).round() as i32).clamp(-127, 127) as i8 as u8));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,3 +139,88 @@ pub fn sample_file() -> Vec<u8> {
     );
     w.to_bytes()
 }
+
+/// Hyper-parameters of `tiny_model`.
+pub const TINY_DIM: usize = 64;
+pub const TINY_LAYERS: usize = 2;
+
+/// A complete, tiny llama GGUF (2 layers, dim 64, 2 heads / 1 KV head, byte-level
+/// vocabulary of 259 tokens with a few merges, ChatML template) with seeded random
+/// weights: lets engine tests and the fuzzer run without the real model.
+pub fn tiny_model(seed: u64) -> Vec<u8> {
+    use super::quant::{quantize_q4_1, quantize_q8_0};
+    let (dim, ffn, n_head, n_kv) = (TINY_DIM, 96usize, 2usize, 1usize);
+    let hd = dim / n_head;
+    let mut rng = crate::sampler::Rng::new(seed);
+    let mut rand =
+        |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * scale).collect() };
+    // Vocabulary: specials, then GPT-2's 256 byte chars, then merged tokens.
+    let mut toks: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut types = vec![3i32, 3, 3];
+    toks.resize(3 + 256, String::new());
+    types.resize(3 + 256, 1);
+    // Fill the byte chars in GPT-2 order (printable map to themselves, the rest
+    // to U+0100.. in byte order).
+    let mut n = 0u32;
+    for b in 0..256u32 {
+        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let c = if printable {
+            b
+        } else {
+            n += 1;
+            255 + n
+        };
+        toks[3 + b as usize] = char::from_u32(c).map(String::from).unwrap_or_default();
+    }
+    let merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"];
+    for m in merges {
+        toks.push(m.replace(' ', ""));
+        types.push(1);
+    }
+    let vocab = toks.len();
+    let mut w = GgufWriter::new();
+    let s = |v: &str| Value::String(v.into());
+    w.kv("general.architecture", s("llama"))
+        .kv("llama.block_count", Value::U32(TINY_LAYERS as u32))
+        .kv("llama.context_length", Value::U32(512))
+        .kv("llama.embedding_length", Value::U32(dim as u32))
+        .kv("llama.feed_forward_length", Value::U32(ffn as u32))
+        .kv("llama.attention.head_count", Value::U32(n_head as u32))
+        .kv("llama.attention.head_count_kv", Value::U32(n_kv as u32))
+        .kv("llama.rope.freq_base", Value::F32(10000.0))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .kv("tokenizer.ggml.model", s("gpt2"))
+        .kv("tokenizer.ggml.pre", s("smollm"))
+        .kv("tokenizer.ggml.tokens", Value::Array(toks.into_iter().map(Value::String).collect()))
+        .kv("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()))
+        .kv("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| s(m)).collect()))
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(1))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(2))
+        .kv(
+            "tokenizer.chat_template",
+            s("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are tiny.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+        );
+    let d = dim as u64;
+    w.tensor("token_embd.weight", &[d, vocab as u64], GgmlType::Q8_0, quantize_q8_0(&rand(vocab * dim, 1.0)));
+    // An untied output matrix (SmolLM ties it; this exercises the other path and
+    // keeps the random model from simply echoing its input token).
+    w.tensor("output.weight", &[d, vocab as u64], GgmlType::Q8_0, quantize_q8_0(&rand(vocab * dim, 1.0)));
+    w.tensor_f32("output_norm.weight", &[d], &vec![1.0; dim]);
+    // Tensors deliberately not in forward-pass order (the reader must not care).
+    for l in (0..TINY_LAYERS).rev() {
+        let p = |x: &str| format!("blk.{l}.{x}");
+        let q = |rows: usize, cols: usize, rand: &mut dyn FnMut(usize, f32) -> Vec<f32>| {
+            quantize_q4_1(&rand(rows * cols, 1.0 / (cols as f32).sqrt()))
+        };
+        w.tensor(&p("ffn_down.weight"), &[ffn as u64, d], GgmlType::Q4_1, q(dim, ffn, &mut rand));
+        w.tensor(&p("attn_q.weight"), &[d, (n_head * hd) as u64], GgmlType::Q4_1, q(n_head * hd, dim, &mut rand));
+        w.tensor(&p("attn_k.weight"), &[d, (n_kv * hd) as u64], GgmlType::Q4_1, q(n_kv * hd, dim, &mut rand));
+        w.tensor(&p("attn_v.weight"), &[d, (n_kv * hd) as u64], GgmlType::Q4_1, q(n_kv * hd, dim, &mut rand));
+        w.tensor(&p("attn_output.weight"), &[d, d], GgmlType::Q4_1, q(dim, dim, &mut rand));
+        w.tensor(&p("ffn_gate.weight"), &[d, ffn as u64], GgmlType::Q4_1, q(ffn, dim, &mut rand));
+        w.tensor(&p("ffn_up.weight"), &[d, ffn as u64], GgmlType::Q4_1, q(ffn, dim, &mut rand));
+        w.tensor_f32(&p("attn_norm.weight"), &[d], &vec![1.0; dim]);
+        w.tensor_f32(&p("ffn_norm.weight"), &[d], &vec![1.0; dim]);
+    }
+    w.to_bytes()
+}
