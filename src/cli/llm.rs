@@ -63,6 +63,9 @@ pub struct GenerateArgs {
     /// Compute threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// CPU: f32 activations instead of 8-bit (slower; matches a float reference).
+    #[arg(long)]
+    pub f32_activations: bool,
 }
 
 pub fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
@@ -98,7 +101,13 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if args.chat && args.raw {
         bail!("--chat and --raw exclude each other");
     }
-    let cfg = EngineConfig { threads: args.threads, num_kv_blocks: 512, max_num_seqs: 4, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        threads: args.threads,
+        num_kv_blocks: 512,
+        max_num_seqs: 4,
+        f32_activations: args.f32_activations,
+        ..EngineConfig::default()
+    };
     let t_load = Instant::now();
     let mut engine = troupe_llm::load_engine(&path, cfg).with_context(|| format!("loading {}", path.display()))?;
     let prompt = if args.raw {

