@@ -33,6 +33,20 @@ enum Command {
     /// Break things on purpose: kill, partition, delay, drop, heal.
     #[command(subcommand)]
     Chaos(cli::chaos::ChaosCmd),
+    /// Ask an actor and print its reply (JSON in, JSON out).
+    Ask(cli::client::RequestArgs),
+    /// Send a message to an actor without waiting.
+    Send(cli::client::RequestArgs),
+    /// Stream replies from an actor, one JSON per line.
+    Stream(cli::client::RequestArgs),
+    /// Cluster membership as a node sees it.
+    Members(cli::client::NodeArgs),
+    /// Supervision trees of the nodes.
+    Tree(cli::client::NodeArgs),
+    /// Metrics of the nodes.
+    Metrics(cli::client::NodeArgs),
+    /// Spans of one request across the cluster, in order.
+    Trace(cli::client::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,12 +57,24 @@ fn main() -> ExitCode {
         Command::Check { cluster } => cli::node::check(&cluster),
         Command::Certs(c) => cli::certs::run(c),
         Command::Chaos(c) => cli::chaos::run(c),
+        Command::Ask(a) => cli::client::ask(a),
+        Command::Send(a) => cli::client::send(a),
+        Command::Stream(a) => cli::client::stream(a),
+        Command::Members(a) => cli::client::members(a),
+        Command::Tree(a) => cli::client::tree(a),
+        Command::Metrics(a) => cli::client::metrics(a),
+        Command::Trace(a) => cli::client::trace(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cli::exit_code(&e);
-            eprintln!("error: {e:#}");
+            if e.downcast_ref::<troupe_runtime::ConfigErrors>().is_some() {
+                // Already rendered like a compiler: one block per error.
+                eprintln!("{e}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(code)
         }
     }

@@ -80,17 +80,35 @@ pub enum Delivery<P: Protocol> {
     IdleCheck,
 }
 
-tokio::task_local! {
-    /// The trace id of the message being handled on this task.
-    pub static CURRENT_TRACE: TraceId;
+/// What the task handling a message knows about it.
+#[derive(Clone)]
+pub struct Current {
+    /// The trace id of the message being handled.
+    pub trace: TraceId,
     /// The path of the actor handling it (FIFO lanes are per sender → receiver).
-    pub static CURRENT_ACTOR: Arc<str>;
+    pub actor: Arc<str>,
+}
+
+tokio::task_local! {
+    pub static CURRENT: Current;
+}
+
+thread_local! {
+    /// Fresh unsampled trace ids: a Weyl sequence from a random start per thread,
+    /// cheap enough for every tell.
+    static NEXT_TRACE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
 }
 
 /// The current trace id, or a fresh unsampled one when none is being handled.
 /// Odd ids are sampled: their spans are recorded for `troupe trace`.
 pub fn current_trace() -> TraceId {
-    CURRENT_TRACE.try_with(|t| *t).unwrap_or_else(|_| rand::random::<u64>() & !1)
+    CURRENT.try_with(|c| c.trace).unwrap_or_else(|_| {
+        NEXT_TRACE.with(|n| {
+            let v = n.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            n.set(v);
+            v & !1
+        })
+    })
 }
 
 /// An actor's view of itself and of the node it runs on.
@@ -256,11 +274,17 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
         let result = match d {
             Delivery::Msg { msg, reply, trace } => {
                 stats.dequeued();
-                st.last_active = Instant::now();
-                let started = st.ctx.node.clock_us();
+                if st.ctx.spec.passivate_after_ms.is_some() {
+                    st.last_active = Instant::now();
+                }
+                let sampled = trace & 1 == 1;
+                let started = if sampled { st.ctx.node.clock_us() } else { 0 };
                 let fut = self.behavior.handle(&st.ctx, &mut st.state, msg, reply);
-                let r = CURRENT_ACTOR.scope(st.ctx.slot.path_str().clone(), CURRENT_TRACE.scope(trace, fut)).await;
-                st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
+                let current = Current { trace, actor: st.ctx.slot.path_str().clone() };
+                let r = CURRENT.scope(current, fut).await;
+                if sampled {
+                    st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
+                }
                 r
             }
             Delivery::Tick => self.behavior.tick(&st.ctx, &mut st.state).await,

@@ -82,6 +82,20 @@ impl<P: Protocol> ActorHandle<P> {
     /// mailbox (local) or send queue (remote), not that it was handled.
     pub async fn tell(&self, msg: P::Msg) -> Result<(), RemoteError> {
         let trace = current_trace();
+        // Fast path: a cached live local slot, without cloning it.
+        let msg = {
+            let cached = self.local.lock();
+            match cached.as_ref() {
+                Some(slot) if crate::slot::ErasedSlot::is_live(slot.as_ref()) => {
+                    match slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace }) {
+                        Ok(()) => return Ok(()),
+                        Err((e, Delivery::Msg { msg, .. })) if retry_send(&e) => msg,
+                        Err((e, _)) => return Err(e),
+                    }
+                }
+                _ => msg,
+            }
+        };
         let mut msg = msg;
         let mut attempt = 0;
         loop {

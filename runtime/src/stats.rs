@@ -10,12 +10,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use troupe_wire::introspect::{ActorInfo, ActorState};
 
+/// Keeps a hot counter on its own cache line: senders and the receiving actor both
+/// write `queued`, and sharing a line with the receiver-only counters would make
+/// every message bounce it between cores.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
+
 #[derive(Debug)]
 pub struct ActorStats {
     /// Messages enqueued and not yet handled.
-    queued: AtomicU64,
+    queued: Padded,
     pub cap: u64,
-    handled: AtomicU64,
+    handled: Padded,
     restarts: AtomicU64,
     state: AtomicU8,
     last_error: Mutex<Option<String>>,
@@ -26,9 +33,9 @@ const ERROR_CHARS_MAX: usize = 300;
 impl ActorStats {
     pub fn new(cap: u64) -> Self {
         Self {
-            queued: AtomicU64::new(0),
+            queued: Padded(AtomicU64::new(0)),
             cap,
-            handled: AtomicU64::new(0),
+            handled: Padded(AtomicU64::new(0)),
             restarts: AtomicU64::new(0),
             state: AtomicU8::new(ActorState::Starting as u8),
             last_error: Mutex::new(None),
@@ -39,8 +46,8 @@ impl ActorStats {
     #[inline]
     pub fn try_enqueue(&self) -> bool {
         // fetch_add then undo keeps the common case to one atomic op.
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.cap {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        if self.queued.0.fetch_add(1, Ordering::Relaxed) >= self.cap {
+            self.queued.0.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         true
@@ -49,18 +56,18 @@ impl ActorStats {
     /// Gives a place back when a send failed after `try_enqueue`.
     #[inline]
     pub fn unenqueue(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queued.0.fetch_sub(1, Ordering::Relaxed);
     }
 
     #[inline]
     pub fn dequeued(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.handled.fetch_add(1, Ordering::Relaxed);
+        self.queued.0.fetch_sub(1, Ordering::Relaxed);
+        self.handled.0.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A dead incarnation's mailbox is dropped with it.
     pub fn reset_queue(&self) {
-        self.queued.store(0, Ordering::Relaxed);
+        self.queued.0.store(0, Ordering::Relaxed);
     }
 
     pub fn record_restart(&self) {
@@ -90,10 +97,10 @@ impl ActorStats {
     }
 
     pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.0.load(Ordering::Relaxed)
     }
     pub fn handled(&self) -> u64 {
-        self.handled.load(Ordering::Relaxed)
+        self.handled.0.load(Ordering::Relaxed)
     }
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)

@@ -98,6 +98,7 @@ pub struct Store {
     db: Arc<Database>,
     tx: mpsc::Sender<WriteReq>,
     path: PathBuf,
+    writer: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -130,11 +131,22 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAP);
         let wdb = db.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("troupe-store".into())
             .spawn(move || writer_loop(wdb, rx))
             .map_err(|e| err(e.to_string()))?;
-        Ok(Store { db, tx, path: path.to_path_buf() })
+        Ok(Store { db, tx, path: path.to_path_buf(), writer: Arc::new(parking_lot::Mutex::new(Some(writer))) })
+    }
+
+    /// Closes the file: waits for queued writes, then releases the lock so another
+    /// process may open it. Other clones of this store must be dropped first.
+    pub fn close(self) {
+        let Store { db, tx, writer, .. } = self;
+        drop(tx);
+        drop(db);
+        if let Some(h) = writer.lock().take() {
+            let _ = h.join();
+        }
     }
 
     /// Applies `ops` atomically and durably.

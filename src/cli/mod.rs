@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod chaos;
+pub mod client;
 pub mod node;
 pub mod up;
 

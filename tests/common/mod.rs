@@ -80,9 +80,11 @@ impl TestCluster {
             ports.insert(n.clone(), p);
         }
         let systems: Vec<String> = opts.systems.iter().map(|s| format!("\"{s}\"")).collect();
+        let seeds: Vec<String> = names.iter().take(2).map(|n| format!("\"{n}\"")).collect();
         let toml = format!(
-            "[cluster]\nname = \"it\"\nsystems = [{}]\nseeds = [\"n1\", \"n2\"]\n\n[membership]\nprobe_period_ms = {}\nprobe_rtt_ms = {}\nsuspect_to_down_ms = {}\njoin_retry_ms = 200\n\n[transport]\nask_timeout_ms = 3000\nconnect_timeout_ms = 500\nidle_timeout_ms = 3000\nkeep_alive_ms = 500\n\n{}\n{}",
+            "[cluster]\nname = \"it\"\nsystems = [{}]\nseeds = [{}]\n\n[membership]\nprobe_period_ms = {}\nprobe_rtt_ms = {}\nsuspect_to_down_ms = {}\njoin_retry_ms = 200\n\n[transport]\nask_timeout_ms = 3000\nconnect_timeout_ms = 500\nidle_timeout_ms = 3000\nkeep_alive_ms = 500\n\n{}\n{}",
             systems.join(", "),
+            seeds.join(", "),
             opts.probe_period_ms,
             opts.probe_rtt_ms,
             opts.suspect_to_down_ms,

@@ -132,6 +132,19 @@ pub(crate) async fn json_request(
     }
 }
 
+pub(crate) async fn json_tell(node: Node, target: ActorPath, json: String, trace: TraceId) {
+    let payload = match node.json_codec(&target).and_then(|c| c.msg_from_json(&json).map_err(RemoteError::Invalid)) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(%target, error = %e, "client JSON tell refused");
+            return;
+        }
+    };
+    if let Err(e) = node.tell_raw(&target, payload, trace).await {
+        tracing::debug!(%target, error = %e, "client JSON tell not delivered");
+    }
+}
+
 fn json_preview(s: &str) -> String {
     let t: String = s.chars().take(80).collect();
     if t.len() < s.len() { format!("`{t}…`") } else { format!("`{t}`") }

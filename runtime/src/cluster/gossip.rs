@@ -488,3 +488,89 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::{Codec, Message};
+
+    fn id(name: &str, port: u16) -> NodeId {
+        NodeId { name: name.into(), gossip: ([127, 0, 0, 1], port).into(), epoch: 1, bump: 0 }
+    }
+
+    fn free_udp() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    fn tuning() -> MembershipTuning {
+        MembershipTuning {
+            probe_period_ms: 200,
+            probe_rtt_ms: 80,
+            suspect_to_down_ms: 600,
+            join_retry_ms: 100,
+            ..Default::default()
+        }
+    }
+
+    async fn start(me: NodeId, seeds: Vec<NodeId>, key: &[u8], metrics: &Metrics) -> Gossip {
+        let cfg = GossipConfig { me, seeds, tuning: tuning(), cluster_size: 2, sealer: Sealer::new(key, "t") };
+        Gossip::start(cfg, metrics, Arc::new(RwLock::new(ChaosRules::default()))).await.unwrap()
+    }
+
+    /// A foca packet from `src` to `dst` that claims `victim` is down.
+    fn forged_death(src: &NodeId, dst: &NodeId, victim: &NodeId) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let header = Header { src: src.clone(), src_incarnation: 0, dst: dst.clone(), message: Message::Gossip };
+        BinCodec.encode_header(&header, &mut buf).unwrap();
+        // foca's gossip payload: a u16 member count, then the members.
+        buf.extend_from_slice(&1u16.to_be_bytes());
+        BinCodec.encode_member(&Member::new(victim.clone(), 5, State::Down), &mut buf).unwrap();
+        buf
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outsiders_cannot_join_or_forge_a_death() {
+        let key = [42u8; 32];
+        let (p1, p2, p3) = (free_udp(), free_udp(), free_udp());
+        let (a, b) = (id("n1", p1), id("n2", p2));
+        let m1 = Metrics::new();
+        let g1 = start(a.clone(), vec![b.clone()], &key, &m1).await;
+        let _g2 = start(b.clone(), vec![a.clone()], &key, &Metrics::new()).await;
+        let alive = |g: &Gossip, n: &str| g.view.read().members.get(n).is_some_and(|m| m.state == MemberState::Alive);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !alive(&g1, "n2") {
+            assert!(Instant::now() < deadline, "n1 and n2 never met");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // An outsider with another key tries to join through n1.
+        let _outsider = start(id("n9", p3), vec![a.clone()], &[7u8; 32], &Metrics::new()).await;
+        // And forges n2's death, sealed with the wrong key, and replayed with the
+        // right key but an old timestamp.
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let forged = forged_death(&id("n9", p3), &a, &b);
+        sock.send_to(&Sealer::new(&[7u8; 32], "t").seal(&forged, unix_ms()), a.gossip).await.unwrap();
+        sock.send_to(&Sealer::new(&key, "t").seal(&forged, unix_ms() - 10 * super::super::seal::SKEW_MS_MAX), a.gossip)
+            .await
+            .unwrap();
+        sock.send_to(b"not even a packet", a.gossip).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let rejected = m1
+            .snapshot()
+            .iter()
+            .filter(|m| m.name == "troupe_gossip_packets_rejected_total")
+            .map(|m| m.value)
+            .sum::<f64>();
+        assert!(rejected >= 3.0, "rejected packets were not counted: {rejected}");
+        let v = g1.view.read().clone();
+        assert!(!v.members.contains_key("n9"), "an outsider joined: {v:?}");
+        assert!(alive(&g1, "n2"), "a forged death was believed: {v:?}");
+        // Control: the same forged packet sealed with the cluster key *is* believed,
+        // so the test forges a real message and the seal is what stops it.
+        sock.send_to(&Sealer::new(&key, "t").seal(&forged, unix_ms()), a.gossip).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while alive(&g1, "n2") {
+            assert!(Instant::now() < deadline, "the control packet was not believed; the forgery test proves nothing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

@@ -456,7 +456,7 @@ impl Transport {
 
     fn lane_key(path: &ActorPath) -> u64 {
         let target = path.to_string();
-        match crate::actor::CURRENT_ACTOR.try_with(|s| stable_hash(&[s.as_bytes(), target.as_bytes()])) {
+        match crate::actor::CURRENT.try_with(|c| stable_hash(&[c.actor.as_bytes(), target.as_bytes()])) {
             Ok(h) => h,
             Err(_) => stable_hash(&[target.as_bytes()]),
         }
@@ -635,6 +635,11 @@ impl Transport {
                 let link = link.clone();
                 let fut: BoxFuture<'static, ()> =
                     Box::pin(super::client::json_request(node, link, target, corr, timeout_ms, json, stream, trace));
+                tokio::spawn(fut);
+            }
+            Frame::JsonTell { target, json, trace } => {
+                let Some(node) = self.node() else { return };
+                let fut: BoxFuture<'static, ()> = Box::pin(super::client::json_tell(node, target, json, trace));
                 tokio::spawn(fut);
             }
             Frame::JsonReply { .. } => {}

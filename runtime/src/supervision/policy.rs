@@ -117,7 +117,7 @@ impl RestartPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 
     fn intensity(max: u32, within: u64) -> Intensity {
         Intensity { max_restarts: max, within_ms: within, backoff_initial_ms: 10, backoff_max_ms: 100 }
@@ -174,7 +174,7 @@ mod tests {
                 let in_window = times.iter().filter(|&&t| t + within >= now).count() as u32;
                 let d = p.on_failure(now, 0, 1);
                 if in_window > max {
-                    prop_assert!(matches!(d, Decision::Escalate { .. }));
+                    prop_assert!(matches!(d, Decision::Escalate { .. }), "expected escalation");
                     break;
                 } else {
                     match d {

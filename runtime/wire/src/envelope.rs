@@ -60,6 +60,12 @@ pub enum Frame {
         stream: bool,
         trace: TraceId,
     },
+    /// A client's JSON message, fire and forget.
+    JsonTell {
+        target: ActorPath,
+        json: String,
+        trace: TraceId,
+    },
     /// JSON rendering of a reply or a stream item for a `JsonAsk`.
     JsonReply {
         corr: u64,

@@ -1,0 +1,233 @@
+//! Configuration errors, one class per test: each message names the file, the line
+//! and the fix, and every error of a load is reported at once.
+
+use std::path::PathBuf;
+use troupe_runtime::config::{self, Diag};
+use troupe_runtime::{
+    ActorError, Behavior, Ctx, FromParams, KindRegistry, KindSpec, MsgOf, Node, Protocol, Reply, ReplyOf,
+};
+
+struct Echo;
+impl Protocol for Echo {
+    type Msg = String;
+    type Reply = String;
+    const NAME: &'static str = "test.echo";
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EchoParams {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "one")]
+    repeat: u32,
+}
+fn one() -> u32 {
+    1
+}
+
+struct EchoActor;
+impl FromParams for EchoActor {
+    type Params = EchoParams;
+    fn from_params(_: EchoParams, _: &KindSpec, _: &Node) -> Result<Self, String> {
+        Ok(EchoActor)
+    }
+    fn check(p: &EchoParams) -> Result<(), String> {
+        let _ = &p.prefix;
+        if p.repeat == 0 { Err("repeat must be at least 1".into()) } else { Ok(()) }
+    }
+}
+impl Behavior for EchoActor {
+    type Proto = Echo;
+    type State = ();
+    async fn init(&self, _: &Ctx<Echo>) -> Result<(), ActorError> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: &Ctx<Echo>,
+        _: &mut (),
+        m: MsgOf<Self>,
+        r: Reply<ReplyOf<Self>>,
+    ) -> Result<(), ActorError> {
+        r.send(m).await;
+        Ok(())
+    }
+}
+
+fn kinds() -> KindRegistry {
+    let mut k = KindRegistry::new();
+    k.register::<EchoActor>("test.echo");
+    k
+}
+
+const CLUSTER: &str = r#"
+[cluster]
+name = "t"
+systems = ["echo"]
+seeds = ["n1"]
+
+[[nodes]]
+name = "n1"
+addr = "127.0.0.1:7101"
+gossip = "127.0.0.1:7201"
+admin = "127.0.0.1:7301"
+roles = ["gateway"]
+"#;
+
+const ECHO: &str = r#"
+[system]
+name = "echo"
+
+[kinds.echo]
+factory = "test.echo"
+placement = "sharded"
+mailbox_cap = 16
+"#;
+
+fn load(cluster: &str, systems: &[(&str, &str)]) -> Result<config::Loaded, Vec<Diag>> {
+    let dir = std::env::temp_dir().join(format!("troupe-cfg-{}-{}", std::process::id(), rand_id()));
+    std::fs::create_dir_all(dir.join("systems")).unwrap();
+    std::fs::write(dir.join("cluster.toml"), cluster).unwrap();
+    for (name, text) in systems {
+        std::fs::write(dir.join(format!("systems/{name}.toml")), text).unwrap();
+    }
+    let r = config::load(&dir.join("cluster.toml"), &kinds()).map_err(|e| e.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// The one error expected, with its text rendered like the CLI prints it.
+fn only_error(r: Result<config::Loaded, Vec<Diag>>) -> (Diag, String) {
+    let errs = r.expect_err("the configuration should be rejected");
+    assert_eq!(errs.len(), 1, "expected one error, got: {errs:#?}");
+    let text = errs[0].to_string();
+    (errs[0].clone(), text)
+}
+
+fn file_name(d: &Diag) -> String {
+    PathBuf::from(&d.file).file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn valid_configuration_loads() {
+    let l = load(CLUSTER, &[("echo", ECHO)]).unwrap();
+    assert_eq!(l.topologies[0].kinds[0].mailbox_cap, 16);
+}
+
+#[test]
+fn unknown_kind_names_the_factory_and_suggests() {
+    let bad = ECHO.replace("test.echo", "test.ecoh");
+    let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert_eq!((file_name(&d).as_str(), d.line), ("echo.toml", 6));
+    assert!(text.contains("unknown actor kind `test.ecoh`"), "{text}");
+    assert!(text.contains("did you mean `test.echo`"), "{text}");
+}
+
+#[test]
+fn bad_placement_lists_the_valid_ones() {
+    let bad = ECHO.replace("\"sharded\"", "\"shardd\"");
+    let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert_eq!(d.line, 7);
+    assert!(text.contains("unknown placement `shardd`") && text.contains("did you mean `sharded`"), "{text}");
+}
+
+#[test]
+fn missing_dependency_says_what_to_enable() {
+    let bad = ECHO.replace("name = \"echo\"", "name = \"echo\"\nrequires = [\"rate-limiter\"]");
+    let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert_eq!(d.line, 4);
+    assert!(text.contains("requires `rate-limiter`, which the cluster does not enable"), "{text}");
+    assert!(text.contains("add \"rate-limiter\" to `systems`"), "{text}");
+}
+
+#[test]
+fn out_of_range_value_names_the_unit() {
+    let bad = ECHO.replace("mailbox_cap = 16", "mailbox_cap = 0");
+    let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert_eq!(d.line, 8);
+    assert!(text.contains("`mailbox_cap` = 0 is out of range") && text.contains("(messages)"), "{text}");
+}
+
+#[test]
+fn wrong_type_is_reported() {
+    let bad = ECHO.replace("mailbox_cap = 16", "mailbox_cap = \"lots\"");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("must be an integer (messages), not string"), "{text}");
+}
+
+#[test]
+fn unknown_field_suggests_the_close_one() {
+    let bad = ECHO.replace("mailbox_cap = 16", "mailbox_capp = 16");
+    let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert_eq!(d.line, 8);
+    assert!(
+        text.contains("unknown field `mailbox_capp` in [kinds.echo]") && text.contains("did you mean `mailbox_cap`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_params_are_checked_by_the_kind() {
+    let bad = format!("{ECHO}\n[kinds.echo.params]\nrepeat = 0\n");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("bad params for `test.echo`: repeat must be at least 1"), "{text}");
+    let bad = format!("{ECHO}\n[kinds.echo.params]\nrepaet = 2\n");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("unknown field `repaet`"), "{text}");
+}
+
+#[test]
+fn syntax_error_points_at_the_line() {
+    let bad = ECHO.replace("mailbox_cap = 16", "mailbox_cap = = 16");
+    let errs = load(CLUSTER, &[("echo", &bad)]).unwrap_err();
+    assert!(errs.iter().all(|d| d.line == 8), "{errs:#?}");
+    assert!(errs[0].message.starts_with("TOML syntax"), "{errs:#?}");
+}
+
+#[test]
+fn missing_topology_file_lists_what_exists() {
+    let c = CLUSTER.replace("systems = [\"echo\"]", "systems = [\"echo\", \"ekho\"]");
+    let (d, text) = only_error(load(&c, &[("echo", ECHO)]));
+    assert_eq!((file_name(&d).as_str(), d.line), ("cluster.toml", 4));
+    assert!(text.contains("no topology file for system `ekho`") && text.contains("did you mean `echo`"), "{text}");
+}
+
+#[test]
+fn cluster_file_errors_bad_address_duplicate_and_unknown_seed() {
+    let c = format!(
+        "{CLUSTER}\n[[nodes]]\nname = \"n1\"\naddr = \"localhost\"\ngossip = \"127.0.0.1:7202\"\nadmin = \"127.0.0.1:7301\"\n"
+    )
+    .replace("seeds = [\"n1\"]", "seeds = [\"n9\"]");
+    let errs = load(&c, &[("echo", ECHO)]).unwrap_err();
+    let all: String = errs.iter().map(|d| d.to_string()).collect();
+    assert!(all.contains("`addr` = \"localhost\" is not a socket address"), "{all}");
+    assert!(all.contains("seed `n9` is not a node of this cluster"), "{all}");
+    assert!(errs.len() >= 2, "{all}");
+}
+
+#[test]
+fn role_that_no_node_has_is_a_placement_error() {
+    let bad = ECHO.replace("placement = \"sharded\"", "placement = \"per_node\"\nrole = \"gpu\"");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("runs on nodes with role `gpu`, and no node has it"), "{text}");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let bad = ECHO.replace("test.echo", "nope").replace("mailbox_cap = 16", "mailbox_cap = -1\ncolour = \"blue\"");
+    let c = CLUSTER.replace("name = \"t\"", "name = \"t\"\nsytems_dir = \"x\"");
+    let errs = load(&c, &[("echo", &bad)]).unwrap_err();
+    let files: Vec<String> = errs.iter().map(file_name).collect();
+    assert!(errs.len() >= 4, "{errs:#?}");
+    assert!(files.contains(&"cluster.toml".to_string()) && files.contains(&"echo.toml".to_string()));
+    let rendered = troupe_runtime::ConfigErrors(errs).to_string();
+    assert!(rendered.contains("errors in the configuration"), "{rendered}");
+    assert!(rendered.contains("  --> "), "{rendered}");
+}
