@@ -109,6 +109,17 @@ pub trait Backend: Send {
     /// Run one step; `logits` is resized to `n_logit_rows * vocab` and filled in
     /// sequence order.
     fn forward(&mut self, batch: &Batch<'_>, logits: &mut Vec<f32>) -> Result<(), BackendError>;
+    /// Greedy fast path: the argmax token of each logit row, in sequence order.
+    /// A GPU backend computes it on the device and reads back one u32 per row
+    /// instead of a vocabulary of logits; the default goes through `forward`.
+    fn forward_argmax(&mut self, batch: &Batch<'_>, out: &mut Vec<u32>) -> Result<(), BackendError> {
+        let mut logits = Vec::new();
+        self.forward(batch, &mut logits)?;
+        let vocab = self.config().vocab;
+        out.clear();
+        out.extend(logits.chunks_exact(vocab).map(crate::sampler::argmax));
+        Ok(())
+    }
     /// Copy whole KV blocks (copy-on-write of shared blocks), all layers.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<(), BackendError>;
 }

@@ -127,6 +127,8 @@ pub struct Engine {
     cfg: EngineConfig,
     stats: EngineStats,
     logits: Vec<f32>,
+    /// Device-side argmax results when every sampled row is greedy.
+    greedy: Vec<u32>,
     scratch: Vec<(f32, u32)>,
     eos: Option<u32>,
     chat: ChatTemplate,
@@ -164,6 +166,7 @@ impl Engine {
             stats: EngineStats { kv_blocks_total: cfg.num_kv_blocks, ..Default::default() },
             cfg,
             logits: Vec::new(),
+            greedy: Vec::new(),
             scratch: Vec::new(),
             eos,
             chat: ChatTemplate { default_system: None },
@@ -271,7 +274,12 @@ impl Engine {
         if plan.scheduled.is_empty() {
             return Ok(outputs);
         }
-        self.run_backend(&plan)?;
+        let all_greedy = plan
+            .scheduled
+            .iter()
+            .filter(|s| s.want_logits)
+            .all(|s| self.requests.get(&s.id).is_some_and(|r| r.params.temperature <= 0.0));
+        self.run_backend(&plan, all_greedy)?;
         self.sched.on_computed(&plan);
         self.stats.steps += 1;
         let vocab = self.backend.config().vocab;
@@ -287,9 +295,12 @@ impl Engine {
             if !sc.want_logits {
                 continue;
             }
-            let logits = &self.logits[row * vocab..(row + 1) * vocab];
+            let tok = if all_greedy {
+                self.greedy[row]
+            } else {
+                sample(&self.logits[row * vocab..(row + 1) * vocab], &req.params, &mut req.rng, &mut self.scratch)
+            };
             row += 1;
-            let tok = sample(logits, &req.params, &mut req.rng, &mut self.scratch);
             req.generated += 1;
             self.stats.tokens_generated += 1;
             let is_stop_tok =
@@ -319,7 +330,7 @@ impl Engine {
         Ok(outputs)
     }
 
-    fn run_backend(&mut self, plan: &Plan) -> Result<(), EngineError> {
+    fn run_backend(&mut self, plan: &Plan, all_greedy: bool) -> Result<(), EngineError> {
         let mut tokens = Vec::with_capacity(plan.n_tokens());
         let mut positions = Vec::with_capacity(plan.n_tokens());
         let mut slots = Vec::with_capacity(plan.n_tokens());
@@ -351,7 +362,11 @@ impl Engine {
             self.backend.copy_blocks(&plan.copies)?;
         }
         let batch = Batch { tokens: &tokens, positions: &positions, slots: &slots, seqs: &seqs };
-        self.backend.forward(&batch, &mut self.logits)?;
+        if all_greedy {
+            self.backend.forward_argmax(&batch, &mut self.greedy)?;
+        } else {
+            self.backend.forward(&batch, &mut self.logits)?;
+        }
         Ok(())
     }
 }
