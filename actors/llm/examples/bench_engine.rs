@@ -23,6 +23,10 @@ struct Args {
     f32_acts: bool,
     mixed_requests: usize,
     seed: u64,
+    /// "cpu", "cuda" or "auto".
+    backend: String,
+    /// Skip the mixed-workload comparison (the GPU script measures HF instead).
+    no_mixed: bool,
 }
 
 fn parse() -> Args {
@@ -35,6 +39,8 @@ fn parse() -> Args {
         f32_acts: false,
         mixed_requests: 48,
         seed: 7,
+        backend: "cpu".into(),
+        no_mixed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -48,6 +54,8 @@ fn parse() -> Args {
             "--mixed-requests" => a.mixed_requests = v().parse().unwrap_or(48),
             "--seed" => a.seed = v().parse().unwrap_or(7),
             "--f32-activations" => a.f32_acts = true,
+            "--backend" => a.backend = v(),
+            "--no-mixed" => a.no_mixed = true,
             other => eprintln!("ignoring unknown argument {other}"),
         }
     }
@@ -76,8 +84,14 @@ fn engine(
         f32_activations: a.f32_acts,
         ..EngineConfig::default()
     };
-    let b = m.cpu_backend(&cfg).expect("backend");
-    Engine::new(Box::new(b), m.tokenizer.clone(), cfg).expect("engine")
+    let b: Box<dyn troupe_llm::Backend> = match a.backend.as_str() {
+        "cuda" => Box::new(troupe_llm::cuda::CudaBackend::new(m, &cfg).expect("CUDA backend")),
+        "auto" if troupe_llm::cuda::probe().is_ok() => {
+            Box::new(troupe_llm::cuda::CudaBackend::new(m, &cfg).expect("CUDA backend"))
+        }
+        _ => Box::new(m.cpu_backend(&cfg).expect("backend")),
+    };
+    Engine::new(b, m.tokenizer.clone(), cfg).expect("engine")
 }
 
 fn params(n: usize) -> SamplingParams {
@@ -179,10 +193,15 @@ fn main() {
         eprintln!("decode batch {b}: {tps:.1} tok/s ({ms:.2} ms/step)");
         decode.push(serde_json::json!({"batch": b, "tok_s": tps, "ms_per_step": ms}));
     }
-    let cont = run_mixed(&m, &a, true);
-    eprintln!("mixed continuous: {:.1} generated tok/s", cont["generated_tok_s"].as_f64().unwrap_or(0.0));
-    let stat = run_mixed(&m, &a, false);
-    eprintln!("mixed static: {:.1} generated tok/s", stat["generated_tok_s"].as_f64().unwrap_or(0.0));
+    let (cont, stat) = if a.no_mixed {
+        (serde_json::Value::Null, serde_json::Value::Null)
+    } else {
+        let cont = run_mixed(&m, &a, true);
+        eprintln!("mixed continuous: {:.1} generated tok/s", cont["generated_tok_s"].as_f64().unwrap_or(0.0));
+        let stat = run_mixed(&m, &a, false);
+        eprintln!("mixed static: {:.1} generated tok/s", stat["generated_tok_s"].as_f64().unwrap_or(0.0));
+        (cont, stat)
+    };
     let out = serde_json::json!({
         "engine": "troupe-llm", "backend": name, "threads": a.threads,
         "prefill": [{"batch": 1, "prompt_len": a.prompt_len, "tok_s": prefill1}, {"batch": 8, "prompt_len": 128, "tok_s": prefill8}],
