@@ -1,0 +1,102 @@
+//! Lab (a) as a picture: the admitted count in the trailing window over time for the fixed
+//! window, the sliding counter and the exact log, with the limit and twice the limit marked.
+//!
+//! Returns PNG bytes; writing the file is the caller's business (the crate does no I/O). Text
+//! uses DejaVu Sans embedded by the `dejavu` crate, so no system font is needed.
+
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+use super::boundary::BoundaryReport;
+
+/// Why a plot could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    /// plotters failed while drawing.
+    #[error("drawing the plot failed: {0}")]
+    Draw(String),
+    /// PNG encoding failed.
+    #[error("encoding the PNG failed: {0}")]
+    Encode(String),
+    /// Width or height was 0 or above 8192.
+    #[error("plot size must be between 1x1 and 8192x8192 pixels")]
+    Size,
+}
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        // A failure leaves text unrendered, which plotters reports per call; nothing to retry.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> PlotError {
+    PlotError::Draw(format!("{e:?}"))
+}
+
+/// Renders lab (a) to PNG bytes of `width × height` pixels.
+pub fn render_boundary_png(report: &BoundaryReport, width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+    if width == 0 || height == 0 || width > 8192 || height > 8192 {
+        return Err(PlotError::Size);
+    }
+    register_font();
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let limit = report.config.limit;
+        let w_s = report.config.window_ns as f64 / 1e9;
+        let x_max = report.samples_ns.last().copied().unwrap_or(1) as f64 / 1e9;
+        let y_max = report.series.iter().flat_map(|s| s.trailing.iter().copied()).max().unwrap_or(limit).max(2 * limit)
+            as f64
+            * 1.4;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("Admitted in the trailing {w_s} s window (limit {limit})"), ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(draw_err)?;
+        chart.configure_mesh().x_desc("time (s)").y_desc("admitted in window").draw().map_err(draw_err)?;
+        let colors = [RED, BLUE, GREEN];
+        for (series, color) in report.series.iter().zip(colors) {
+            let points = report.samples_ns.iter().zip(&series.trailing).map(|(t, c)| (*t as f64 / 1e9, *c as f64));
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(draw_err)?
+                .label(format!("{} (max {})", series.kind.as_str(), series.max_in_any_window))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        for (level, label) in [(limit, "limit"), (2 * limit, "2 x limit")] {
+            chart
+                .draw_series(LineSeries::new([(0.0, level as f64), (x_max, level as f64)], BLACK.mix(0.5)))
+                .map_err(draw_err)?
+                .label(label)
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperMiddle)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&rgb, width, height)
+}
+
+fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let enc_err = |e: png::EncodingError| PlotError::Encode(e.to_string());
+    let mut writer = enc.write_header().map_err(enc_err)?;
+    writer.write_image_data(rgb).map_err(enc_err)?;
+    writer.finish().map_err(enc_err)?;
+    Ok(out)
+}
