@@ -202,3 +202,24 @@ fn prefix_cache_does_not_change_outputs() {
     assert_eq!(a, c);
     assert_eq!(b, c);
 }
+
+mod round_trip {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tokenizer() -> troupe_llm::Tokenizer {
+        ModelFile::open(&model_path()).expect("model").tokenizer
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// With the real 49,152-token vocabulary: decode(encode(s)) == s for text
+        /// whose bytes all have tokens (printable Unicode, whitespace, digits).
+        #[test]
+        fn real_vocab_round_trips(s in "[\\PC\t\n ]{0,80}") {
+            thread_local!(static TOK: troupe_llm::Tokenizer = tokenizer());
+            let back = TOK.with(|t| t.decode(&t.encode(&s, false).expect("encode")).expect("decode"));
+            prop_assert_eq!(back, s);
+        }
+    }
+}

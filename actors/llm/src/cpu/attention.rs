@@ -30,15 +30,12 @@ impl KvCache {
         (layer * self.num_blocks * BLOCK_SIZE + slot) * self.kv_dim
     }
 
-    /// Store one position's K and V (f32 → f16, round to nearest even).
-    pub fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32]) {
+    /// Store one position's K and V (f32 → f16, round to nearest even; F16C
+    /// when `fast`, which rounds identically).
+    pub fn write(&mut self, layer: usize, slot: usize, k: &[f32], v: &[f32], fast: bool) {
         let o = self.offset(layer, slot);
-        for (d, s) in self.k[o..o + self.kv_dim].iter_mut().zip(k) {
-            *d = f32_to_f16(*s);
-        }
-        for (d, s) in self.v[o..o + self.kv_dim].iter_mut().zip(v) {
-            *d = f32_to_f16(*s);
-        }
+        to_f16(k, &mut self.k[o..o + self.kv_dim], fast);
+        to_f16(v, &mut self.v[o..o + self.kv_dim], fast);
     }
 
     pub fn copy_block(&mut self, src: usize, dst: usize) {
@@ -82,12 +79,11 @@ pub fn attend(cache: &KvCache, layer: usize, head_dim: usize, item: AttnItem<'_>
     for h in 0..group {
         let s = &mut scores[h * ctx..(h + 1) * ctx];
         let mx = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0;
         for x in s.iter_mut() {
-            *x = (*x - mx).exp();
-            sum += *x;
+            *x -= mx;
         }
-        let inv = 1.0 / sum;
+        super::vecmath::exp_inplace(s);
+        let inv = 1.0 / s.iter().sum::<f32>();
         for x in s.iter_mut() {
             *x *= inv;
         }
@@ -99,6 +95,18 @@ pub fn attend(cache: &KvCache, layer: usize, head_dim: usize, item: AttnItem<'_>
         for h in 0..group {
             axpy_f16(&mut item.out[h * head_dim..(h + 1) * head_dim], scores[h * ctx + p], v, fast);
         }
+    }
+}
+
+fn to_f16(src: &[f32], dst: &mut [u16], fast: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` only when F16C was detected; equal lengths.
+        return unsafe { x86::to_f16(src, dst) };
+    }
+    let _ = fast;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32_to_f16(*s);
     }
 }
 
@@ -157,6 +165,23 @@ mod x86 {
             r += q[j] * crate::f16::f16_to_f32(k[j]);
         }
         r
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn to_f16(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        // SAFETY: i + 8 <= n keeps the load and the store in bounds.
+        unsafe {
+            while i + 8 <= n {
+                let h = _mm256_cvtps_ph(_mm256_loadu_ps(src.as_ptr().add(i)), _MM_FROUND_TO_NEAREST_INT);
+                _mm_storeu_si128(dst.as_mut_ptr().add(i) as *mut __m128i, h);
+                i += 8;
+            }
+        }
+        for j in i..n {
+            dst[j] = crate::f16::f32_to_f16(src[j]);
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod kernels;
 pub mod pool;
 pub mod quant;
+pub mod vecmath;
 pub mod vnni16;
 
 use std::sync::Mutex;
@@ -259,9 +260,7 @@ fn quant_rows(pool: &Pool, src: &[f32], n: usize, cols: usize, swiglu: bool, act
             let mut row = unsafe { raw.row(t) };
             if swiglu {
                 let (g, u) = src[t * 2 * cols..(t + 1) * 2 * cols].split_at(cols);
-                for ((h, &g), &u) in row.x.iter_mut().zip(g).zip(u) {
-                    *h = g / (1.0 + (-g).exp()) * u;
-                }
+                vecmath::swiglu(g, u, row.x);
             } else {
                 row.x.copy_from_slice(&src[t * cols..(t + 1) * cols]);
             }
@@ -343,7 +342,7 @@ impl Backend for CpuBackend {
                 let row = &mut s.qkv[t * qkv_w..(t + 1) * qkv_w];
                 let cs = &s.rope[t * hd / 2..(t + 1) * hd / 2];
                 rope(&mut row[..qd + kvd], hd, cs);
-                kv.write(l, batch.slots[t] as usize, &row[qd..qd + kvd], &row[qd + kvd..]);
+                kv.write(l, batch.slots[t] as usize, &row[qd..qd + kvd], &row[qd + kvd..], fast);
             }
             s.att.resize(n * qd, 0.0);
             {

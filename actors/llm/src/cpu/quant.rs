@@ -322,23 +322,9 @@ impl QActsRaw {
 }
 
 impl QRow<'_> {
-    /// Quantize this row's `x` into its int8 blocks.
+    /// Quantize this row's `x` into its int8 blocks (round half to even).
     pub fn quantize(&mut self) {
-        for (i, blk) in self.x.chunks_exact(32).enumerate() {
-            let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (qj, &v) in self.qs[i * 32..i * 32 + 32].iter_mut().zip(blk) {
-                // Round half to even with the 1.5·2^23 trick: two adds instead of a
-                // libm call (|v·id| <= 127, far inside the trick's range).
-                let r = ((v * id + 12_582_912.0) - 12_582_912.0) as i32;
-                *qj = r as i8;
-                sum += r;
-            }
-            self.d[i] = d;
-            self.s[i] = d * sum as f32;
-        }
+        super::vecmath::quantize_row(self.x, self.qs, self.d, self.s);
     }
 }
 
