@@ -120,8 +120,13 @@ pub(super) fn at_sign_trick(url: &ValidUrl, out: &mut Vec<Finding>) {
     let decoded = percent_decode_lossy(&rest);
     for (at, _) in decoded.match_indices('@') {
         let before = &decoded[..at];
-        let token_start =
-            before.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-')).map_or(0, |i| i + 1);
+        // Start of the domain-shaped token: just past the last other character (which may be
+        // multi-byte after percent-decoding, hence len_utf8).
+        let token_start = before
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let token = &before[token_start..];
         let dotted = token.split('.').filter(|l| !l.is_empty()).count() >= 2;
         let tld_alpha =

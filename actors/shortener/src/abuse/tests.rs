@@ -131,3 +131,32 @@ fn verdict_rules() {
     let chain = p.assess(&validate_url("https://bit.ly/x").expect("valid"));
     assert!(chain.blocked_reason().is_some_and(|r| r.contains("bit.ly")));
 }
+
+#[test]
+fn non_ascii_before_an_at_sign_is_handled() {
+    assert!(!has("https://example.com/caf\u{e9}@x", |f| matches!(f, Finding::AtSignTrick { .. })));
+    assert!(has("https://example.com/\u{e9}paypal.com@x", |f| matches!(f, Finding::AtSignTrick { .. })));
+}
+
+proptest::proptest! {
+    /// Screening any URL that passed validation never panics, and a blocked verdict always
+    /// comes with a reason.
+    #[test]
+    fn assess_never_panics(
+        host in "[a-z]{1,8}(\\.[a-z0-9-]{1,8}){1,8}|xn--[a-z0-9-]{1,12}\\.com|[0-9]{1,3}(\\.[0-9]{1,3}){3}",
+        path in proptest::collection::vec(proptest::sample::select(&['a', '.', '@', '%', '2', '5', '\u{e9}', '/', '-', 'F'][..]), 0..40),
+        query in proptest::option::of("[a-zA-Z0-9%=&+/@.]{0,700}"),
+    ) {
+        let path: String = path.into_iter().collect();
+        let raw = match query {
+            Some(q) => format!("https://{host}/{path}?{q}"),
+            None => format!("https://{host}/{path}"),
+        };
+        if let Ok(url) = validate_url(&raw) {
+            let assessment = policy().assess(&url);
+            if let Some(reason) = assessment.blocked_reason() {
+                proptest::prop_assert!(!reason.is_empty());
+            }
+        }
+    }
+}

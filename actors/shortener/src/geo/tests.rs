@@ -83,6 +83,22 @@ fn country_code_rules() {
 }
 
 proptest! {
+    /// Hostile or corrupt files are refused with an error, never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = GeoDb::from_bytes(&bytes);
+    }
+
+    #[test]
+    fn mutated_valid_files_never_panic(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut file = encode("src", &[(1, 2, cc("US")), (5, 9, cc("FR"))], &[(1, 3, cc("DE"))]);
+        let i = at.index(file.len());
+        file[i] = byte;
+        if let Ok(db) = GeoDb::from_bytes(&file) {
+            let _ = db.lookup(ip4(0, 0, 0, 5));
+        }
+    }
+
     /// Binary search agrees with a linear scan on random disjoint tables.
     #[test]
     fn lookup_matches_linear_scan(

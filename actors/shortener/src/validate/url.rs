@@ -395,6 +395,9 @@ fn parse_ipv4_whatwg(name: &str) -> Option<Ipv4Addr> {
     }
     let mut numbers = Vec::with_capacity(parts.len());
     for part in &parts {
+        if part.is_empty() {
+            return None;
+        }
         let (digits, radix) = if let Some(hex) = part.strip_prefix("0x") {
             (hex, 16)
         } else if part.len() > 1 && part.starts_with('0') {

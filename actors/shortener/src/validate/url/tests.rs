@@ -40,6 +40,8 @@ fn obfuscated_ip_hosts_become_dotted_quads() {
     assert!(matches!(err("http://256.1.1.1/"), UrlError::BadHost { .. }));
     assert!(matches!(err("http://1.2.3.4.5/"), UrlError::BadHost { .. }));
     assert!(matches!(err("http://[::g]/"), UrlError::BadHost { .. }));
+    assert!(matches!(err("http://.1/"), UrlError::BadHost { .. }));
+    assert!(matches!(err("http://1..2/"), UrlError::BadHost { .. }));
 }
 
 #[test]
@@ -127,6 +129,23 @@ proptest! {
             prop_assert!(url.as_str().len() <= URL_BYTES_MAX);
             prop_assert!(url.as_str().is_ascii());
             let again = validate_url(url.as_str()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(again.as_str(), url.as_str());
+        }
+    }
+
+    #[test]
+    fn url_shaped_garbage_never_panics(
+        scheme in "(https?|HTTP|javascript|data)(:|://)",
+        rest in proptest::collection::vec(
+            proptest::sample::select(&['a', 'Z', '0', '9', '.', ':', '@', '%', '[', ']', '/', '?', '#', '&', '=', '\\', ' ', '-', '\u{e9}', '\u{200B}', 'x'][..]),
+            0..60,
+        ),
+    ) {
+        let raw: String = scheme.chars().chain(rest).collect();
+        if let Ok(url) = validate_url(&raw) {
+            prop_assert!(url.as_str().starts_with("http"));
+            prop_assert!(url.as_str().is_ascii());
+            let again = validate_url(url.as_str()).map_err(|e| TestCaseError::fail(format!("{raw:?}: {e}")))?;
             prop_assert_eq!(again.as_str(), url.as_str());
         }
     }
