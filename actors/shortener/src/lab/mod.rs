@@ -1,7 +1,7 @@
 //! `troupe lab url-shortener`: seeded experiments for the card's key decisions.
 //!
 //! (a) [`redirects`]: clicks lost with 301 (cached by browsers) vs 302;
-//! (b) [`enumeration`]: how fast an attacker finds links under sequential vs permuted codes;
+//! (b) [`mod@enumeration`]: how fast an attacker finds links under sequential vs permuted codes;
 //! (c) [`cache_zipf`]: LRU hit rate vs cache size on a Zipf workload.
 //!
 //! Invariants: every experiment is a pure function of its parameters (seeded SplitMix64,
