@@ -295,7 +295,8 @@ pub type SlidingCounter = WithParams<SlidingCounterState>;
 pub type FixedWindow = WithParams<FixedWindowState>;
 
 /// Any algorithm's bare state, dispatched by `match` (no allocation except the log's entries,
-/// boxed so the common states stay small: 40 bytes with the tag).
+/// boxed so the common states stay small: 32 bytes with the tag). The keyed table packs states
+/// tighter still (see `table`).
 #[derive(Debug, Clone)]
 pub enum AnyState {
     /// See [`TokenBucketState`].
