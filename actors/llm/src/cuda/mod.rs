@@ -44,6 +44,9 @@ pub const GRAPH_BATCH_MAX: usize = 256;
 const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 /// Threads per block of the attention kernel (two groups of head_dim=64).
 const ATTN_THREADS: u32 = 128;
+/// Default dynamic shared memory a kernel may use without opting in (bytes);
+/// bounds max_model_len to ~12K tokens on this kernel.
+const ATTN_SMEM_BYTES_MAX: usize = 48 << 10;
 
 fn dev_err(e: impl std::fmt::Debug) -> BackendError {
     BackendError::Device(format!("{e:?}"))
@@ -266,6 +269,14 @@ impl CudaBackend {
         let max_seqs = ecfg.max_num_seqs.max(1);
         let max_table = ecfg.max_model_len.min(c.context_len.max(1)).div_ceil(BLOCK_SIZE) + 1;
         let layout = Layout { max_tokens, max_seqs, max_table };
+        // The attention kernel keeps a sequence's scores in shared memory.
+        let attn_smem = (max_table * BLOCK_SIZE + 3 * c.head_dim) * 4;
+        if attn_smem > ATTN_SMEM_BYTES_MAX {
+            return Err(BackendError::Unavailable(format!(
+                "max_model_len {} needs {attn_smem} B of attention shared memory (limit {ATTN_SMEM_BYTES_MAX})",
+                ecfg.max_model_len
+            )));
+        }
         // One spare block for graph padding rows.
         let num_blocks = ecfg.num_kv_blocks;
         let cache_len = c.n_layer * (num_blocks + 1) * BLOCK_SIZE * c.kv_dim();
@@ -582,10 +593,8 @@ impl Backend for CudaBackend {
                         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                         .map_err(dev_err)?;
                     let r = self.enqueue(p, true);
-                    let g = self
-                        .stream
-                        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD)
-                        .map_err(dev_err)?;
+                    // No flags: cuGraphInstantiateWithFlags rejects UPLOAD/DEVICE_LAUNCH.
+                    let g = self.stream.end_capture(CUgraphInstantiate_flags(0)).map_err(dev_err)?;
                     r?;
                     let g = g.ok_or_else(|| BackendError::Device("empty CUDA graph".into()))?;
                     self.graphs.insert(bucket, g);
