@@ -1,5 +1,5 @@
 //! Lab simulations for `troupe lab rate-limiter`: deterministic (seeded), pure, and returning
-//! plain structs of numbers. The CLI prints them; [`plot`] (feature `plot`) draws (a).
+//! plain structs of numbers. The CLI prints them; the `plot` module (feature `plot`) draws (a).
 //!
 //! (a) [`boundary`]: fixed window's boundary burst vs the sliding counter on one trace.
 //! (b) [`accuracy`]: every algorithm against the exact sliding log on one trace.
