@@ -47,6 +47,8 @@ enum Command {
     Metrics(cli::client::NodeArgs),
     /// Spans of one request across the cluster, in order.
     Trace(cli::client::TraceArgs),
+    /// Live view of the cluster: nodes, supervision trees, rates, metrics.
+    Top(cli::top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Tree(a) => cli::client::tree(a),
         Command::Metrics(a) => cli::client::metrics(a),
         Command::Trace(a) => cli::client::trace(a),
+        Command::Top(a) => cli::top::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

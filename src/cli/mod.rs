@@ -5,6 +5,7 @@ pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod node;
+pub mod top;
 pub mod up;
 
 use std::path::Path;

@@ -1,0 +1,178 @@
+//! Renders a fake cluster (three nodes, n2 down, a failed actor) with ratatui's
+//! TestBackend at 80×24 and 120×40 and checks the screen text: nodes and states, the
+//! tree, the details pane, the metrics panel and the footer.
+
+use super::app::{App, Key, Panel};
+use super::data::Report;
+use super::{fixture, view};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use std::time::{Duration, Instant};
+
+fn screen(app: &mut App, w: u16, h: u16, now: Instant) -> Vec<String> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    t.draw(|f| view::draw(f, app, now)).expect("draw");
+    let buf = t.backend().buffer();
+    let lines: Vec<String> = (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>()).collect();
+    // Shown with --nocapture: the quickest way to look at the layout.
+    println!("{}", lines.join("\n"));
+    lines
+}
+
+fn has(lines: &[String], needle: &str) -> bool {
+    lines.iter().any(|l| l.contains(needle))
+}
+
+#[track_caller]
+fn assert_has(lines: &[String], needles: &[&str]) {
+    let text = lines.join("\n");
+    for n in needles {
+        assert!(text.contains(n), "screen lacks {n:?}:\n{text}");
+    }
+}
+
+/// n1 and n3 answer twice a second apart (so there are rates), n2 answered once and
+/// then stopped; n1's cursor is on the failed entity. Returns the app and "now".
+fn scenario(entities: usize) -> (App, Instant) {
+    let t0 = Instant::now();
+    let mut app =
+        App::new("cluster.toml", fixture::NODES.iter().map(|s| s.to_string()).collect(), Duration::from_secs(1));
+    for n in fixture::NODES {
+        let mut d = fixture::node(n, 100, &[]);
+        d.tree = fixture::tree(n, 100, fixture::entities(entities));
+        d.metrics.unix_ms = 1_700_000_000_000;
+        app.ingest(Report { node: n.into(), outcome: Ok(d) }, t0);
+    }
+    for (n, handled) in [("n1", 112), ("n3", 100)] {
+        let mut d = fixture::node(n, handled, &["n2"]);
+        d.tree = fixture::tree(n, handled, fixture::entities(entities));
+        d.metrics.unix_ms = 1_700_000_001_000;
+        app.ingest(Report { node: n.into(), outcome: Ok(d) }, t0 + Duration::from_secs(1));
+    }
+    app.ingest(
+        Report { node: "n2".into(), outcome: Err("no answer within 800 ms".into()) },
+        t0 + Duration::from_secs(1),
+    );
+    // Down to /kv/store, open it, down to cart-7 (first by path).
+    for k in [Key::Down, Key::Toggle, Key::Down] {
+        app.on_key(k);
+    }
+    (app, t0 + Duration::from_secs(13))
+}
+
+#[test]
+fn at_80x24_everything_is_on_screen() {
+    let (mut app, now) = scenario(0);
+    let s = screen(&mut app, 80, 24, now);
+    assert_has(
+        &s,
+        &[
+            "troupe top",
+            "2/3 nodes up",
+            // Nodes and how each sees the others.
+            "▶ n1",
+            "DOWN 13s ago",
+            "UP",
+            "1h02m",
+            // The tree with the kind expanded.
+            "Tree n1",
+            "▾ /kv",
+            "▾ store (3, 1 failed)",
+            "cart-7 FAILED ↻5",
+            "hello mbox 2",
+            "▸ ranges (1)",
+            "▾ /troupe",
+            // Details of the failed actor.
+            "path     /kv/store/cart-7",
+            "kind     store · FAILED",
+            "mailbox  0/1024 · handled 3",
+            "restarts 5 (0.0/min)",
+            "error    disk full",
+            // Metrics of kv on n1.
+            "Metrics n1 · kv (1/2)",
+            "messages_handled_total",
+            // Footer.
+            "q quit",
+            "tab panel",
+            "? help",
+        ],
+    );
+    // n1's row: it sees n2 as DOWN; n2's row: its view is not shown as current.
+    let n1 = s.iter().find(|l| l.contains("▶ n1")).expect("n1 row");
+    assert!(n1.contains("up   DOWN up"), "{n1}");
+    let n2 = s.iter().find(|l| l.contains("n2  ") && l.contains("DOWN 13s ago")).expect("n2 row");
+    assert!(n2.contains("-    -    -"), "{n2}");
+    assert!(s.iter().all(|l| l.chars().count() == 80));
+}
+
+#[test]
+fn rates_show_in_the_details() {
+    let (mut app, now) = scenario(0);
+    app.on_key(Key::Down); // hello: 100 → 112 in one second
+    let s = screen(&mut app, 80, 24, now);
+    assert_has(&s, &["path     /kv/store/hello", "mailbox  2/1024 · handled 112", "rate     12.0 msg/s"]);
+    let n1 = s.iter().find(|l| l.contains("▶ n1")).expect("n1 row");
+    assert!(n1.contains("12.0"), "node messages/s: {n1}");
+}
+
+#[test]
+fn a_down_node_shows_its_last_tree_marked_stale() {
+    let (mut app, now) = scenario(0);
+    app.on_key(Key::NextNode);
+    let s = screen(&mut app, 80, 24, now);
+    assert_has(&s, &["Tree n2 · DOWN, as of 13s ago", "Actor (stale)", "▶ n2"]);
+    assert!(has(&s, "cart-7"), "the last known tree stays visible");
+}
+
+#[test]
+fn at_120x40_a_big_kind_is_paged() {
+    let (mut app, now) = scenario(3000);
+    let s = screen(&mut app, 120, 40, now);
+    assert_has(
+        &s,
+        &[
+            "store (3003, 1 failed)",
+            "key0000",
+            "path     /kv/store/cart-7",
+            "error    disk full: cannot append to the log",
+            "messages_handled_total kind=store",
+            "12.0/s",
+        ],
+    );
+    assert!(s.iter().all(|l| l.chars().count() == 120));
+    // The tree panel scrolls with the cursor: go to the end of the page.
+    for _ in 0..60 {
+        app.on_key(Key::Down);
+    }
+    let s = screen(&mut app, 120, 40, now);
+    assert_has(&s, &["… 2953 more (enter)", "▸ ranges (1)"]);
+    assert!(!has(&s, "▾ /kv "), "scrolled past the top");
+}
+
+#[test]
+fn help_and_pause_are_drawn() {
+    let (mut app, now) = scenario(0);
+    app.on_key(Key::Help);
+    app.on_key(Key::Pause); // closes the help (any key does)
+    app.on_key(Key::Pause);
+    app.on_key(Key::Help);
+    let s = screen(&mut app, 80, 24, now);
+    assert_has(&s, &["PAUSED", " keys ", "show the next node", "quit"]);
+}
+
+#[test]
+fn focus_moves_between_panels() {
+    let (mut app, now) = scenario(0);
+    app.on_key(Key::Tab);
+    assert_eq!(app.focus, Panel::Metrics);
+    app.on_key(Key::Right);
+    let s = screen(&mut app, 80, 24, now);
+    assert_has(&s, &["Metrics n1 · runtime (2/2)", "gossip_packets_sent_total", "4242"]);
+}
+
+#[test]
+fn nothing_heard_yet_says_waiting() {
+    let mut app = App::new("cluster.toml", vec!["n1".into()], Duration::from_secs(1));
+    let s = screen(&mut app, 80, 24, Instant::now());
+    assert_has(&s, &["waiting for n1…", "0/1 nodes up", "no metrics yet"]);
+}
