@@ -118,10 +118,10 @@ pub fn summarize(info: &ActorInfo) -> Summary {
     s
 }
 
-/// Systems and the node itself start expanded; kinds start collapsed because a
-/// sharded kind may hold thousands of entities.
+/// Systems start expanded; kinds start collapsed because a sharded kind may hold
+/// thousands of entities. (The root is never a row: its children are the systems.)
 fn expanded_by_default(info: &ActorInfo) -> bool {
-    matches!(info.kind.as_str(), "node" | "system")
+    info.kind == "system"
 }
 
 fn parent_path(path: &str) -> Option<&str> {

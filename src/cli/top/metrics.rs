@@ -14,7 +14,7 @@ pub const RUNTIME: &str = "runtime";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
-    /// Name without `troupe_` and the system prefix, e.g. `messages_handled_total`.
+    /// Name without `troupe_`, the system prefix and a counter's `_total`, e.g. `messages_handled`.
     pub name: String,
     /// Labels other than `system`, as `k=v` joined by spaces.
     pub labels: String,
@@ -44,9 +44,13 @@ pub fn system_of(m: &Metric, systems: &[String]) -> String {
         .unwrap_or_else(|| RUNTIME.to_string())
 }
 
-fn short_name(name: &str, system: &str) -> String {
+/// Drops what the panel already says: `troupe_`, the system, and a counter's `_total`
+/// (counters are the ones with a rate).
+fn short_name(name: &str, system: &str, counter: bool) -> String {
     let n = name.strip_prefix("troupe_").unwrap_or(name);
-    n.strip_prefix(&format!("{system}_")).unwrap_or(n).to_string()
+    let n = n.strip_prefix(&format!("{system}_")).unwrap_or(n);
+    let n = if counter { n.strip_suffix("_total").unwrap_or(n) } else { n };
+    n.to_string()
 }
 
 fn labels_of(m: &Metric) -> String {
@@ -73,7 +77,12 @@ pub fn group(now: &MetricsSnapshot, prev: Option<&MetricsSnapshot>, systems: &[S
                 .map(|o| ((m.value - o.value) / dt).max(0.0)),
             _ => None,
         };
-        let series = Series { name: short_name(&m.name, &system), labels: labels_of(m), value: m.value, rate };
+        let series = Series {
+            name: short_name(&m.name, &system, m.kind == "counter"),
+            labels: labels_of(m),
+            value: m.value,
+            rate,
+        };
         match groups.iter_mut().find(|g| g.system == system) {
             Some(g) => g.series.push(series),
             None => groups.push(Group { system, series: vec![series] }),
@@ -124,7 +133,7 @@ mod tests {
         let g = group(&now, None, &systems);
         let names: Vec<&str> = g.iter().map(|g| g.system.as_str()).collect();
         assert_eq!(names, ["kv", "chat", "runtime"]);
-        assert_eq!(g[0].series[0].name, "messages_handled_total");
+        assert_eq!(g[0].series[0].name, "messages_handled");
         assert_eq!(g[0].series[0].labels, "kind=store");
         assert_eq!(g[1].series[0].name, "rooms", "prefix stripped");
         assert_eq!(g[1].series.len(), 1, "buckets are left out");
@@ -148,7 +157,7 @@ mod tests {
         );
         let g = group(&now, Some(&prev), &systems);
         let kv = &g[0];
-        assert_eq!(kv.series[0].name, "puts_total");
+        assert_eq!(kv.series[0].name, "puts");
         assert_eq!(kv.series[0].rate, Some(20.0));
         assert_eq!(kv.series[1].rate, Some(1.0));
         assert_eq!(kv.series[2].rate, None, "gauges have no rate");

@@ -24,6 +24,7 @@ use app::{Action, App, Key};
 use clap::Args;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TryRecvError;
 
 #[derive(Args)]
 pub struct TopArgs {
@@ -79,8 +80,13 @@ fn event_loop(
 ) -> anyhow::Result<()> {
     loop {
         // Bounded: at most what the pollers queued since the last pass.
-        while let Ok(r) = reports.try_recv() {
-            app.ingest(r, Instant::now());
+        loop {
+            match reports.try_recv() {
+                Ok(r) => app.ingest(r, Instant::now()),
+                Err(TryRecvError::Empty) => break,
+                // Only a panic on the polling thread gets here; a frozen screen would lie.
+                Err(TryRecvError::Disconnected) => anyhow::bail!("the polling thread stopped; see the message above"),
+            }
         }
         term.draw(|f| view::draw(f, app, Instant::now())).context("drawing")?;
         if !event::poll(TICK).context("reading the terminal")? {

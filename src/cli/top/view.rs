@@ -72,6 +72,16 @@ fn num(v: f64) -> String {
     }
 }
 
+/// A rate in at most 6 columns: `0.4`, `12.0`, `950`, `12.3k`.
+fn num_short(v: f64) -> String {
+    match v.abs() {
+        a if a >= 1e6 => format!("{:.1}M", v / 1e6),
+        a if a >= 1e3 => format!("{:.1}k", v / 1e3),
+        a if a >= 100.0 => format!("{v:.0}"),
+        _ => format!("{v:.1}"),
+    }
+}
+
 fn header(f: &mut Frame, app: &App, area: Rect) {
     let up = (0..app.nodes.len()).filter(|i| app.nodes[*i].failure.is_none() && app.nodes[*i].last_ok.is_some());
     let mut spans = vec![
@@ -180,7 +190,8 @@ fn tree_line(row: &Row<'_>, selected: bool, focused: bool) -> Line<'static> {
                 name.to_string(),
                 if a.kind == "system" { Style::new().bold() } else { Style::new() },
             ));
-            if row.expandable && a.kind != "system" {
+            // Kinds always show their count, so an empty kind still reads as one.
+            if (row.expandable || a.kind == "kind") && a.kind != "system" {
                 let s = summarize(a);
                 let mut t = format!(" ({}", s.actors);
                 if s.failed > 0 {
@@ -234,12 +245,19 @@ fn tree_panel(f: &mut Frame, app: &mut App, area: Rect, now: Instant) {
         f.render_widget(Paragraph::new(text).block(block(title, focused)), area);
         return;
     }
-    app.fit_tree(area.height.saturating_sub(2) as usize);
+    // A node that stopped answering says why on the first line, above its last tree.
+    let mut lines: Vec<Line> = Vec::new();
+    if let Status::Down { reason, .. } = &status {
+        let width = area.width.saturating_sub(2) as usize;
+        lines.extend(
+            wrap(&format!("not answering: {reason}"), width).into_iter().take(2).map(|l| l.fg(Color::Red).into()),
+        );
+    }
+    let h = (area.height.saturating_sub(2) as usize).saturating_sub(lines.len());
+    app.fit_tree(h);
     let rows = app.rows();
     let cur = app.cursor_index(&rows);
-    let h = area.height.saturating_sub(2) as usize;
-    let lines: Vec<Line> =
-        rows.iter().enumerate().skip(app.tree_offset).take(h).map(|(i, r)| tree_line(r, i == cur, focused)).collect();
+    lines.extend(rows.iter().enumerate().skip(app.tree_offset).take(h).map(|(i, r)| tree_line(r, i == cur, focused)));
     if rows.len() > h {
         title.push_str(&format!("{}/{} ", cur + 1, rows.len()));
     }
@@ -276,10 +294,13 @@ fn actor_lines(app: &App, a: &ActorInfo, width: usize) -> Vec<Line<'static>> {
     let mut lines = vec![
         field("path", a.path.clone()),
         Line::from([vec![Span::styled(format!("{:<9}", "kind"), Style::new().dim())], state].concat()),
-        field("mailbox", format!("{}/{cap} · handled {}", a.mailbox_len, a.handled)),
         field("restarts", format!("{}{per_min}", a.restarts)),
         field("rate", rate),
     ];
+    // A supervisor's own mailbox only carries child exits: its strategy says more.
+    if !supervisor {
+        lines.insert(2, field("mailbox", format!("{}/{cap} · handled {}", a.mailbox_len, a.handled)));
+    }
     if supervisor {
         let s = summarize(a);
         lines.push(field("strategy", format!("{} · {} below, {} failed", a.strategy, s.actors, s.failed)));
@@ -334,7 +355,7 @@ fn metrics_panel(f: &mut Frame, app: &mut App, area: Rect) {
     app.metric_offset = app.metric_offset.min(g.series.len().saturating_sub(h));
     let title = format!(" Metrics {} · {} ({}/{}) ←→ ", app.node().name, g.system, i + 1, groups.len());
     let inner = area.width.saturating_sub(2) as usize;
-    let name_w = inner.saturating_sub(17).max(8);
+    let name_w = inner.saturating_sub(15).max(8);
     let lines: Vec<Line> = g
         .series
         .iter()
@@ -345,11 +366,11 @@ fn metrics_panel(f: &mut Frame, app: &mut App, area: Rect) {
             if name.chars().count() > name_w {
                 name = name.chars().take(name_w.saturating_sub(1)).collect::<String>() + "…";
             }
-            let rate = s.rate.map(|r| format!("{r:.1}/s")).unwrap_or_default();
+            let rate = s.rate.map(|r| format!("{}/s", num_short(r))).unwrap_or_default();
             Line::from(vec![
                 Span::raw(format!("{name:<name_w$}")),
-                Span::raw(format!("{:>8}", num(s.value))).bold(),
-                Span::raw(format!("{rate:>9}")).fg(Color::Cyan),
+                Span::raw(format!("{:>7}", num(s.value))).bold(),
+                Span::raw(format!("{rate:>8}")).fg(Color::Cyan),
             ])
         })
         .collect();
@@ -376,7 +397,7 @@ fn footer(f: &mut Frame, area: Rect) {
     f.render_widget(Line::from(spans), area);
 }
 
-const HELP: [(&str, &str); 12] = [
+const HELP: [(&str, &str); 13] = [
     ("q, ctrl-c", "quit"),
     ("↑ ↓, j k", "move in the focused panel"),
     ("pgup pgdn, home end", "move a page, to the ends"),
@@ -388,11 +409,12 @@ const HELP: [(&str, &str); 12] = [
     ("p", "pause the screen (keep reading)"),
     ("?", "this help; any key closes it"),
     ("", ""),
-    ("", "DOWN = not answering; shows the last data"),
+    ("DOWN 12s ago", "not answering; last data kept, marked"),
+    ("up / susp / DOWN", "that row's node's view of the column"),
 ];
 
 fn help(f: &mut Frame, area: Rect) {
-    let w = 62.min(area.width);
+    let w = 64.min(area.width);
     let h = (HELP.len() as u16 + 2).min(area.height);
     let r = Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h };
     let lines: Vec<Line> = HELP

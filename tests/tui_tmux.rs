@@ -1,0 +1,178 @@
+//! Drives the real `troupe top` in tmux the way a person would: a real 3-node cluster,
+//! keys sent with `send-keys`, the screen read back with `capture-pane`. Checks the
+//! nodes and their states, an actor found by moving and expanding, a killed node
+//! shown as DOWN while the screen keeps answering, and a clean exit on `q`.
+//!
+//! Needs tmux (`apt-get install -y tmux`); without it the test fails and says so.
+//! Every wait is bounded; the tmux server has its own socket and is killed on drop.
+
+mod common;
+
+use common::{BIN, Options, TestCluster};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+    conf: String,
+}
+
+impl Tmux {
+    /// Fails at once, before any cluster starts, if tmux is missing.
+    fn require() {
+        match Command::new("tmux").arg("-V").output() {
+            Ok(o) if o.status.success() => {}
+            _ => panic!(
+                "tmux is not installed; this test drives `troupe top` in it: install it (apt-get install -y tmux)"
+            ),
+        }
+    }
+
+    fn start(dir: &Path, command: &str) -> Tmux {
+        // No status line, so the pane is the whole 100x30 window; keep a pane whose
+        // program exited so its exit status can be read.
+        let conf = dir.join("tmux.conf");
+        std::fs::write(&conf, "set -g status off\nset -g remain-on-exit on\n").expect("write tmux.conf");
+        let t = Tmux { socket: format!("troupe-top-{}", std::process::id()), conf: conf.display().to_string() };
+        let out = t.tmux(&["new-session", "-d", "-s", "top", "-x", "100", "-y", "30", command]);
+        assert!(out.status.success(), "tmux new-session failed: {}", String::from_utf8_lossy(&out.stderr));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", &self.conf])
+            .args(args)
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "top"];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    /// Waits until `ok` holds for the screen; fails showing the last screen.
+    fn wait(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; the screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pane(&self, format: &str) -> String {
+        let out = self.tmux(&["display-message", "-p", "-t", "top", format]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+/// The screen line of node `node` in the nodes panel.
+fn node_row<'a>(screen: &'a str, node: &str) -> Option<&'a str> {
+    screen.lines().find(|l| l.starts_with(&format!("│▶ {node} ")) || l.starts_with(&format!("│  {node} ")))
+}
+
+fn selected_path(screen: &str) -> Option<&str> {
+    screen.lines().find_map(|l| l.split("path     ").nth(1)).map(|p| p.split([' ', '│']).next().unwrap_or(""))
+}
+
+/// Moves the tree cursor down until the details pane shows `path` (at most `max` rows).
+fn select(t: &Tmux, path: &str, max: usize) {
+    for _ in 0..max {
+        let s = t.screen();
+        if selected_path(&s) == Some(path) {
+            return;
+        }
+        let before = selected_path(&s).map(str::to_string);
+        t.keys(&["j"]);
+        t.wait("the cursor to move", Duration::from_secs(5), |s| selected_path(s).map(str::to_string) != before);
+    }
+    panic!("never reached {path}; the screen:\n{}", t.screen());
+}
+
+#[test]
+fn top_in_tmux_shows_the_cluster_and_a_node_going_down() {
+    Tmux::require();
+    let mut c = TestCluster::start(Options::default());
+    c.wait_converged(&[], Duration::from_secs(30));
+    let file = c.cluster_file();
+    let put = Command::new(BIN)
+        .args(["ask", "/kv/store/hello", r#"{"Put":{"value":"world"}}"#, "--cluster"])
+        .arg(&file)
+        .output()
+        .expect("troupe ask");
+    assert!(put.status.success(), "troupe ask failed: {}", String::from_utf8_lossy(&put.stderr));
+
+    let t = Tmux::start(&c.dir, &format!("'{BIN}' top --cluster '{}' --refresh-ms 500", file.display()));
+    let s = t.wait("all three nodes UP", Duration::from_secs(30), |s| {
+        ["n1", "n2", "n3"].iter().all(|n| node_row(s, n).is_some_and(|r| r.contains(" UP ")))
+    });
+    assert!(s.contains("3/3 nodes up"), "{s}");
+    assert!(node_row(&s, "n1").is_some_and(|r| r.contains("up   up   up")), "n1 sees all alive:\n{s}");
+
+    // Open the kv store kind and find the node that holds `hello`.
+    select(&t, "/kv/store", 10);
+    t.keys(&["Enter"]);
+    let mut holder = None;
+    for _ in 0..3 {
+        let s = t.wait("the store kind to open", Duration::from_secs(5), |s| s.contains("▾ store"));
+        if s.contains(" hello") {
+            holder = s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string());
+            break;
+        }
+        let title = s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string());
+        t.keys(&["n"]);
+        t.wait("the next node's tree", Duration::from_secs(5), |s| {
+            s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string()) != title
+        });
+    }
+    let holder = holder.unwrap_or_else(|| panic!("no node shows /kv/store/hello:\n{}", t.screen()));
+    select(&t, "/kv/store/hello", 60);
+    let s = t.wait("hello's details", Duration::from_secs(5), |s| s.contains("kind     store · running"));
+    assert!(s.contains("mailbox  0/1024"), "{s}");
+
+    // Kill a node the screen is not showing; it turns DOWN, the rest stays live.
+    let victim = if holder == "n2" { "n3" } else { "n2" };
+    c.kill(victim);
+    let killed = Instant::now();
+    let s = t.wait(&format!("{victim} DOWN"), Duration::from_secs(20), |s| {
+        node_row(s, victim).is_some_and(|r| r.contains("DOWN ") && r.contains(" ago"))
+    });
+    eprintln!("{victim} shown DOWN after {:?}", killed.elapsed());
+    assert!(s.contains("2/3 nodes up"), "{s}");
+    // The survivors' membership views catch up (SWIM marks it down).
+    t.wait("the survivors to see the death", Duration::from_secs(20), |s| {
+        node_row(s, "n1").is_some_and(|r| r.contains("DOWN"))
+    });
+    // Still answering keys: the details pane follows the cursor.
+    t.keys(&["k"]);
+    t.wait("the cursor to move up", Duration::from_secs(5), |s| selected_path(s) != Some("/kv/store/hello"));
+
+    t.keys(&["q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // The exit status shows up a moment after the pane is marked dead.
+    while t.pane("#{pane_dead} #{pane_dead_status}").split(' ').nth(1).is_none_or(str::is_empty) {
+        assert!(Instant::now() < deadline, "troupe top did not exit on q:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(t.pane("#{pane_dead_status}"), "0", "troupe top exit status; screen:\n{}", t.screen());
+    // Back on the normal screen: nothing of the TUI is left behind.
+    assert!(!t.screen().contains("Nodes · membership"), "the alternate screen was not left:\n{}", t.screen());
+}
