@@ -3,6 +3,7 @@
 //!
 //! [`register_all`] registers every kind with the runtime; topology files name them.
 
+pub mod diag;
 pub mod kv;
 pub mod ranges;
 
@@ -10,6 +11,7 @@ use troupe_runtime::KindRegistry;
 
 /// Every actor kind this build provides, by factory name.
 pub fn register_all(kinds: &mut KindRegistry) {
+    kinds.register::<diag::CounterActor>("diag.counter");
     kinds.register::<kv::KvStoreActor>("kv.store");
     kinds.register::<ranges::RangesActor>("kv.ranges");
 }
