@@ -2,6 +2,8 @@
 //! Benchmarks run troupe and the real peer side by side in one run and report
 //! ratios; nothing here asserts a timing.
 
+pub mod cluster;
+
 use hdrhistogram::Histogram;
 use std::path::PathBuf;
 use std::time::Duration;

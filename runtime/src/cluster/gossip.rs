@@ -144,6 +144,8 @@ struct Stats {
     dropped_chaos: Counter,
     local_health: Gauge,
     stale_suspicions: Counter,
+    suspicions: Counter,
+    downs: Counter,
 }
 
 fn unix_ms() -> u64 {
@@ -208,6 +210,12 @@ impl Gossip {
                 "Lifeguard local health score (0 = healthy).",
                 &[],
             ),
+            suspicions: metrics.counter(
+                "troupe_gossip_suspicions_total",
+                "Times this node saw another member become suspect.",
+                &[],
+            ),
+            downs: metrics.counter("troupe_gossip_downs_total", "Times this node saw another member go down.", &[]),
             stale_suspicions: metrics.counter(
                 "troupe_gossip_stale_suspicions_total",
                 "Suspicions whose timeout foca dropped (after a rejoin) and the driver resolved as down.",
@@ -483,6 +491,13 @@ impl Driver {
         }
         drop(v);
         for e in events {
+            if e.name != self.me.name {
+                match e.state {
+                    MemberState::Suspect => self.stats.suspicions.inc(),
+                    MemberState::Down => self.stats.downs.inc(),
+                    MemberState::Alive => {}
+                }
+            }
             tracing::info!(member = %e.name, epoch = e.epoch, state = ?e.state, "membership changed");
             let _ = self.events.send(e);
         }

@@ -1,0 +1,130 @@
+//! SWIM failure detection, measured on real node processes with the default LAN
+//! settings of cluster.toml (probe 1000 ms, probe timeout 400 ms, suspicion 3000 ms):
+//!
+//! 1. 20 kills (SIGKILL) of a random node of 5: time until an observer sees it
+//!    suspect and down — p50 / p99.
+//! 2. False suspicions while one node is CPU-starved (SIGSTOP/SIGCONT duty cycle):
+//!    suspicions the starved node raises about healthy peers, with local health
+//!    awareness on (local_health_max = 8) and off (= 0).
+//!
+//! `cargo build --release && cargo run --release -p troupe-bench --bin failure_detection`
+
+use std::time::{Duration, Instant};
+use troupe_bench::cluster::LocalCluster;
+use troupe_bench::{new_histogram, record, summarize, write_result};
+
+const LAN: &str = "[membership]\nprobe_period_ms = 1000\nprobe_rtt_ms = 400\nsuspect_to_down_ms = 3000\n";
+
+fn detection(kills: usize) -> anyhow::Result<(troupe_bench::Latency, troupe_bench::Latency)> {
+    let mut c = LocalCluster::start(5, &[], LAN, &[])?;
+    c.wait_all_alive(Duration::from_secs(30))?;
+    let mut suspect = new_histogram();
+    let mut down = new_histogram();
+    let mut seed = 0x9e37_79b9_u64;
+    for i in 0..kills {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let victim = format!("n{}", 2 + (seed >> 33) as usize % 4);
+        let t = Instant::now();
+        c.kill(&victim);
+        let mut saw_suspect = None;
+        loop {
+            let s = c.states("n1").and_then(|m| m.get(&victim).cloned()).unwrap_or_default();
+            if s == "Suspect" && saw_suspect.is_none() {
+                saw_suspect = Some(t.elapsed());
+            }
+            if s == "Down" {
+                let d = t.elapsed();
+                record(&mut down, d);
+                record(&mut suspect, saw_suspect.unwrap_or(d));
+                println!(
+                    "kill {i:>2}: {victim} suspect after {:>6.0} ms, down after {:>6.0} ms",
+                    saw_suspect.unwrap_or(d).as_secs_f64() * 1e3,
+                    d.as_secs_f64() * 1e3
+                );
+                break;
+            }
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "{victim} never declared down");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        c.spawn(&victim)?;
+        c.wait_all_alive(Duration::from_secs(30))?;
+    }
+    Ok((summarize(&suspect), summarize(&down)))
+}
+
+/// Starves node n5 (stopped `stop_ms` out of every `stop_ms + run_ms`) for
+/// `secs` and returns (suspicions n5 raised, suspicions of n5 by the others).
+fn starvation(local_health_max: u32, secs: u64, stop_ms: u64, run_ms: u64) -> anyhow::Result<(f64, f64)> {
+    let cfg = format!("{LAN}local_health_max = {local_health_max}\n");
+    let mut c = LocalCluster::start(5, &[], &cfg, &[])?;
+    c.wait_all_alive(Duration::from_secs(30))?;
+    let before_n5 = c.metric("n5", "troupe_gossip_suspicions_total");
+    let before_others: f64 = (1..=4).map(|i| c.metric(&format!("n{i}"), "troupe_gossip_suspicions_total")).sum();
+    let pid = c.pid("n5").ok_or_else(|| anyhow::anyhow!("n5 not running"))? as i32;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        // SAFETY: signals to our own child process.
+        unsafe { libc_kill(pid, 19) }; // SIGSTOP
+        std::thread::sleep(Duration::from_millis(stop_ms));
+        unsafe { libc_kill(pid, 18) }; // SIGCONT
+        std::thread::sleep(Duration::from_millis(run_ms));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let n5 = c.metric("n5", "troupe_gossip_suspicions_total") - before_n5;
+    let others: f64 =
+        (1..=4).map(|i| c.metric(&format!("n{i}"), "troupe_gossip_suspicions_total")).sum::<f64>() - before_others;
+    c.kill("n5");
+    Ok((n5, others))
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+unsafe fn libc_kill(pid: i32, sig: i32) {
+    // SAFETY: forwarded to kill(2); the caller passes a child pid.
+    unsafe {
+        kill(pid, sig);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let kills: usize = std::env::var("KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("STARVE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let stop_ms: u64 = std::env::var("STOP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(900);
+    let run_ms: u64 = std::env::var("RUN_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let (suspect, down) = if kills > 0 {
+        detection(kills)?
+    } else {
+        let empty = summarize(&new_histogram());
+        (empty.clone(), empty)
+    };
+    println!("\ndetection over {kills} kills (probe period 1000 ms, suspicion timeout 3000 ms):");
+    println!("  first suspicion: p50 {:.0} ms, p99 {:.0} ms", suspect.p50_us / 1e3, suspect.p99_us / 1e3);
+    println!("  declared down:   p50 {:.0} ms, p99 {:.0} ms", down.p50_us / 1e3, down.p99_us / 1e3);
+    let (on_self, on_others) = starvation(8, secs, stop_ms, run_ms)?;
+    let (off_self, off_others) = starvation(0, secs, stop_ms, run_ms)?;
+    println!(
+        "\nfalse suspicions raised by a CPU-starved node (stopped {stop_ms} ms of every {} ms, {secs} s):",
+        stop_ms + run_ms
+    );
+    println!("  local health on  (max 8): {on_self:.0}   (others suspected the starved node {on_others:.0} times)");
+    println!("  local health off (max 0): {off_self:.0}   (others suspected the starved node {off_others:.0} times)");
+    let p = write_result(
+        "failure-detection",
+        &serde_json::json!({
+            "machine": troupe_bench::machine(),
+            "settings": { "probe_period_ms": 1000, "probe_rtt_ms": 400, "suspect_to_down_ms": 3000, "nodes": 5 },
+            "kills": kills,
+            "first_suspicion_ms": { "p50": suspect.p50_us / 1e3, "p99": suspect.p99_us / 1e3 },
+            "declared_down_ms": { "p50": down.p50_us / 1e3, "p99": down.p99_us / 1e3 },
+            "starvation": {
+                "duty_cycle": format!("SIGSTOP {stop_ms} ms / SIGCONT {run_ms} ms"), "seconds": secs,
+                "local_health_on": { "false_suspicions_by_starved_node": on_self, "suspicions_of_starved_node": on_others },
+                "local_health_off": { "false_suspicions_by_starved_node": off_self, "suspicions_of_starved_node": off_others },
+            },
+        }),
+    )?;
+    println!("\nwrote {}", p.display());
+    Ok(())
+}
