@@ -6,6 +6,7 @@
 pub mod diag;
 pub mod kv;
 pub mod ranges;
+pub mod shortener;
 
 use troupe_runtime::KindRegistry;
 
@@ -14,6 +15,9 @@ pub fn register_all(kinds: &mut KindRegistry) {
     kinds.register::<diag::CounterActor>("diag.counter");
     kinds.register::<kv::KvStoreActor>("kv.store");
     kinds.register::<ranges::RangesActor>("kv.ranges");
+    kinds.register::<shortener::link::LinkActor>("shortener.link");
+    kinds.register::<shortener::clicklog::ClickLogActor>("shortener.clicklog");
+    kinds.register::<shortener::gateway::GatewayActor>("shortener.gateway");
 }
 
 /// A registry with every kind.

@@ -1,0 +1,384 @@
+//! `link`: one sharded entity per short code, with replicated durable state.
+//!
+//! The entity holds at most one [`LinkRecord`]. Every change is an entry of its durable
+//! log ([`LinkOp`]), persisted on `replication_factor` nodes before the caller hears of it,
+//! so an acknowledged create, edit or delete survives `kill -9` of any one node.
+//!
+//! Invariants:
+//! - a code is created at most once: `Create` on an existing or deleted code answers
+//!   `Taken` (a deleted code stays a tombstone, so an old link in the wild can never start
+//!   pointing somewhere new);
+//! - only the owner (or the admin token) may edit or delete; anonymous links are immutable;
+//! - after an edit or delete is durable, every gateway is told to drop its cached copy
+//!   (at-most-once; the gateways' cache TTL bounds staleness when a tell is lost).
+
+use super::KIND_GATEWAY;
+use super::gateway::GatewayMsg;
+use serde::{Deserialize, Serialize};
+use troupe_runtime::wire::codec;
+use troupe_runtime::{
+    ActorError, ActorPath, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Protocol, RemoteError, Reply, ReplyOf,
+    fail,
+};
+
+pub struct Link;
+
+impl Protocol for Link {
+    type Msg = LinkMsg;
+    type Reply = LinkReply;
+    const NAME: &'static str = "shortener.link";
+}
+
+/// A short link as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// Normalized target URL (validated and screened by the gateway).
+    pub target: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Unix ms after which the link answers 410.
+    pub expires_ms: Option<u64>,
+    /// 301 instead of 302: browsers cache it, so later clicks never reach us (opt-in).
+    pub permanent: bool,
+    /// The user who created it (`X-User-Id`); `None` = anonymous, immutable.
+    pub owner: Option<String>,
+    /// Set when deleted; the record stays as a tombstone.
+    pub deleted_ms: Option<u64>,
+}
+
+impl LinkRecord {
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+/// Who asks for an edit or a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Requester {
+    pub user: Option<String>,
+    /// Presented the deployment's admin token (abuse takedowns).
+    pub admin: bool,
+}
+
+/// Fields an edit may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LinkChange {
+    pub target: Option<String>,
+    /// `Some(None)` removes the expiry.
+    pub expires_ms: Option<Option<u64>>,
+    pub permanent: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LinkMsg {
+    /// Store a new link under this code, unless the code was ever used.
+    Create {
+        link: LinkRecord,
+    },
+    /// The record (tombstones included; the caller decides 404/410).
+    Get,
+    Update {
+        change: LinkChange,
+        by: Requester,
+        at_ms: u64,
+    },
+    Delete {
+        by: Requester,
+        at_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LinkReply {
+    Created(LinkRecord),
+    /// The code is in use (or was, and was deleted).
+    Taken {
+        deleted: bool,
+    },
+    Found(LinkRecord),
+    NotFound,
+    Updated(LinkRecord),
+    Deleted,
+    Forbidden(String),
+}
+
+/// One entry of the durable log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LinkOp {
+    Created(LinkRecord),
+    Updated { change: LinkChange, at_ms: u64 },
+    Deleted { at_ms: u64 },
+}
+
+/// The pure state transition: what the log means.
+pub fn apply(state: &mut Option<LinkRecord>, op: LinkOp) {
+    match op {
+        LinkOp::Created(rec) => *state = Some(rec),
+        LinkOp::Updated { change, at_ms } => {
+            if let Some(rec) = state {
+                if let Some(t) = change.target {
+                    rec.target = t;
+                }
+                if let Some(e) = change.expires_ms {
+                    rec.expires_ms = e;
+                }
+                if let Some(p) = change.permanent {
+                    rec.permanent = p;
+                }
+                rec.updated_ms = at_ms;
+            }
+        }
+        LinkOp::Deleted { at_ms } => {
+            if let Some(rec) = state {
+                rec.deleted_ms.get_or_insert(at_ms);
+            }
+        }
+    }
+}
+
+/// Whether `by` may edit or delete `rec`; the error is the 403 message.
+pub fn may_manage(rec: &LinkRecord, by: &Requester) -> Result<(), String> {
+    if by.admin {
+        return Ok(());
+    }
+    match (&rec.owner, &by.user) {
+        (Some(owner), Some(user)) if owner == user => Ok(()),
+        (Some(_), Some(_)) => Err("this link belongs to another user".into()),
+        (Some(_), None) => Err("send the X-User-Id of the user who created this link".into()),
+        (None, _) => {
+            Err("anonymous links cannot be changed or deleted; create links with an X-User-Id to manage them".into())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkParams {
+    /// Snapshot the entity after this many log entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    16
+}
+
+pub struct LinkActor {
+    params: LinkParams,
+}
+
+impl FromParams for LinkActor {
+    type Params = LinkParams;
+    fn from_params(params: LinkParams, _: &KindSpec, _: &Node) -> Result<Self, String> {
+        Ok(Self { params })
+    }
+    fn check(p: &LinkParams) -> Result<(), String> {
+        if p.snapshot_every == 0 || p.snapshot_every > 10_000 {
+            return Err("snapshot_every must be 1..=10000 log entries".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct LinkState {
+    record: Option<LinkRecord>,
+    since_snapshot: u64,
+}
+
+impl LinkActor {
+    /// Makes `op` durable, then applies it. On failure the entity reloads from the durable
+    /// copies (the entry may have reached some disks) and the caller gets the error.
+    async fn write(&self, ctx: &Ctx<Link>, st: &mut LinkState, op: LinkOp) -> Result<(), RemoteError> {
+        let bytes = codec::encode(&op).map_err(|e| RemoteError::Invalid(e.to_string()))?;
+        if let Err(e) = ctx.persist(bytes).await {
+            tracing::warn!(path = %ctx.path(), error = %e, "link write not acknowledged");
+            if let Ok(fresh) = self.init(ctx).await {
+                *st = fresh;
+            }
+            return Err(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
+        }
+        apply(&mut st.record, op);
+        st.since_snapshot += 1;
+        if st.since_snapshot >= self.params.snapshot_every {
+            // A failed snapshot loses nothing: the log it would replace is still there.
+            if let Ok(snap) = codec::encode(&st.record)
+                && ctx.snapshot(snap).await.is_ok()
+            {
+                st.since_snapshot = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every gateway to drop its cached copy of this code.
+    async fn broadcast_invalidate(ctx: &Ctx<Link>) {
+        let node = ctx.node();
+        let system = ctx.path().system();
+        let role = node.kind_spec(system, KIND_GATEWAY).and_then(|k| k.role.clone());
+        for n in &node.loaded().cluster.nodes {
+            if role.as_ref().is_some_and(|r| !n.roles.contains(r)) {
+                continue;
+            }
+            let Ok(path) = ActorPath::new(system, KIND_GATEWAY, &n.name) else { continue };
+            let msg = GatewayMsg::Invalidate { code: ctx.key().to_string() };
+            // At-most-once; a dead node has no cache to clean, and the TTL covers a lost tell.
+            if let Err(e) = ctx.handle::<super::gateway::Gateway>(path).tell(msg).await {
+                tracing::debug!(node = %n.name, error = %e, "invalidation not delivered");
+            }
+        }
+    }
+}
+
+impl Behavior for LinkActor {
+    type Proto = Link;
+    type State = LinkState;
+
+    async fn init(&self, ctx: &Ctx<Link>) -> Result<LinkState, ActorError> {
+        let r = ctx.recover().await.map_err(|e| fail(format!("recovering {}: {e}", ctx.path())))?;
+        let mut record: Option<LinkRecord> = match &r.snapshot {
+            Some((_, b)) => codec::decode(b).map_err(|e| fail(format!("corrupt snapshot of {}: {e}", ctx.path())))?,
+            None => None,
+        };
+        for (_, b) in &r.entries {
+            let op: LinkOp = codec::decode(b).map_err(|e| fail(format!("corrupt log entry: {e}")))?;
+            apply(&mut record, op);
+        }
+        Ok(LinkState { record, since_snapshot: r.entries.len() as u64 })
+    }
+
+    async fn handle(
+        &self,
+        ctx: &Ctx<Link>,
+        st: &mut LinkState,
+        msg: MsgOf<Self>,
+        reply: Reply<ReplyOf<Self>>,
+    ) -> Result<(), ActorError> {
+        match msg {
+            LinkMsg::Get => match &st.record {
+                Some(rec) => reply.send(LinkReply::Found(rec.clone())).await,
+                None => {
+                    // Nothing to keep in memory for an unknown code (scans, typos).
+                    ctx.passivate();
+                    reply.send(LinkReply::NotFound).await;
+                }
+            },
+            LinkMsg::Create { link } => {
+                if let Some(rec) = &st.record {
+                    reply.send(LinkReply::Taken { deleted: rec.deleted_ms.is_some() }).await;
+                    return Ok(());
+                }
+                match self.write(ctx, st, LinkOp::Created(link.clone())).await {
+                    Ok(()) => {
+                        // A custom alias may sit in a gateway's negative cache (someone tried
+                        // it before it existed); generated codes are never guessed.
+                        if ctx.key().len() != troupe_shortener::ids::CODE_LEN {
+                            Self::broadcast_invalidate(ctx).await;
+                        }
+                        reply.send(LinkReply::Created(link)).await;
+                    }
+                    Err(e) => reply.fail(e),
+                }
+            }
+            LinkMsg::Update { change, by, at_ms } => {
+                let Some(rec) = st.record.as_ref().filter(|r| r.deleted_ms.is_none()) else {
+                    reply.send(LinkReply::NotFound).await;
+                    return Ok(());
+                };
+                if let Err(why) = may_manage(rec, &by) {
+                    reply.send(LinkReply::Forbidden(why)).await;
+                    return Ok(());
+                }
+                match self.write(ctx, st, LinkOp::Updated { change, at_ms }).await {
+                    Ok(()) => {
+                        Self::broadcast_invalidate(ctx).await;
+                        let rec = st.record.clone().ok_or_else(|| fail("updated link vanished"))?;
+                        reply.send(LinkReply::Updated(rec)).await;
+                    }
+                    Err(e) => reply.fail(e),
+                }
+            }
+            LinkMsg::Delete { by, at_ms } => {
+                let Some(rec) = st.record.as_ref().filter(|r| r.deleted_ms.is_none()) else {
+                    reply.send(LinkReply::NotFound).await;
+                    return Ok(());
+                };
+                if let Err(why) = may_manage(rec, &by) {
+                    reply.send(LinkReply::Forbidden(why)).await;
+                    return Ok(());
+                }
+                match self.write(ctx, st, LinkOp::Deleted { at_ms }).await {
+                    Ok(()) => {
+                        Self::broadcast_invalidate(ctx).await;
+                        reply.send(LinkReply::Deleted).await;
+                    }
+                    Err(e) => reply.fail(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(owner: Option<&str>) -> LinkRecord {
+        LinkRecord {
+            target: "https://example.com/".into(),
+            created_ms: 10,
+            updated_ms: 10,
+            expires_ms: None,
+            permanent: false,
+            owner: owner.map(str::to_string),
+            deleted_ms: None,
+        }
+    }
+
+    #[test]
+    fn log_replays_to_the_same_state() {
+        let ops = vec![
+            LinkOp::Created(rec(Some("ann"))),
+            LinkOp::Updated {
+                change: LinkChange { target: Some("https://example.org/".into()), ..Default::default() },
+                at_ms: 20,
+            },
+            LinkOp::Updated { change: LinkChange { expires_ms: Some(Some(99)), ..Default::default() }, at_ms: 30 },
+            LinkOp::Deleted { at_ms: 40 },
+            LinkOp::Deleted { at_ms: 50 },
+        ];
+        let mut st = None;
+        for op in ops.clone() {
+            let bytes = codec::encode(&op).unwrap_or_default();
+            apply(&mut st, codec::decode(&bytes).unwrap_or(op));
+        }
+        let r = st.unwrap_or_else(|| rec(None));
+        assert_eq!(r.target, "https://example.org/");
+        assert_eq!(r.expires_ms, Some(99));
+        assert_eq!(r.updated_ms, 30);
+        // The first delete wins: a repeated delete does not move the tombstone.
+        assert_eq!(r.deleted_ms, Some(40));
+        assert!(r.is_expired(99) && !r.is_expired(98));
+    }
+
+    #[test]
+    fn only_owner_or_admin_manage() {
+        let ann = Requester { user: Some("ann".into()), admin: false };
+        let bob = Requester { user: Some("bob".into()), admin: false };
+        let nobody = Requester::default();
+        let admin = Requester { user: None, admin: true };
+        assert!(may_manage(&rec(Some("ann")), &ann).is_ok());
+        assert!(may_manage(&rec(Some("ann")), &bob).is_err());
+        assert!(may_manage(&rec(Some("ann")), &nobody).is_err());
+        assert!(may_manage(&rec(None), &ann).is_err());
+        assert!(may_manage(&rec(None), &admin).is_ok());
+    }
+
+    #[test]
+    fn update_of_absent_link_changes_nothing() {
+        let mut st = None;
+        apply(&mut st, LinkOp::Updated { change: LinkChange::default(), at_ms: 1 });
+        apply(&mut st, LinkOp::Deleted { at_ms: 1 });
+        assert_eq!(st, None);
+    }
+}
