@@ -1,7 +1,8 @@
 //! Drives the real `troupe top` in tmux the way a person would: a real 3-node cluster,
 //! keys sent with `send-keys`, the screen read back with `capture-pane`. Checks the
 //! nodes and their states, an actor found by moving and expanding, a killed node
-//! shown as DOWN while the screen keeps answering, and a clean exit on `q`.
+//! shown as DOWN while the screen keeps answering, a partition seen from both sides,
+//! and a clean exit on `q`.
 //!
 //! Needs tmux (`apt-get install -y tmux`); without it the test fails and says so.
 //! Every wait is bounded; the tmux server has its own socket and is killed on drop.
@@ -89,6 +90,16 @@ fn node_row<'a>(screen: &'a str, node: &str) -> Option<&'a str> {
     screen.lines().find(|l| l.starts_with(&format!("│▶ {node} ")) || l.starts_with(&format!("│  {node} ")))
 }
 
+/// How `row` sees `col` in the membership columns (`up`, `susp`, `DOWN`, `-`).
+fn member_cell(screen: &str, row: &str, col: &str) -> Option<String> {
+    let header = screen.lines().find(|l| l.contains("NODE") && l.contains("MSG/S"))?;
+    let from = header.find("MSG/S")?;
+    let byte = from + header[from..].find(&format!(" {col} "))? + 1;
+    let at = header[..byte].chars().count();
+    let cells: String = node_row(screen, row)?.chars().skip(at).take(4).collect();
+    Some(cells.trim().to_string())
+}
+
 fn selected_path(screen: &str) -> Option<&str> {
     screen.lines().find_map(|l| l.split("path     ").nth(1)).map(|p| p.split([' ', '│']).next().unwrap_or(""))
 }
@@ -108,7 +119,7 @@ fn select(t: &Tmux, path: &str, max: usize) {
 }
 
 #[test]
-fn top_in_tmux_shows_the_cluster_and_a_node_going_down() {
+fn top_in_tmux_shows_the_cluster_a_dead_node_and_a_partition() {
     Tmux::require();
     let mut c = TestCluster::start(Options::default());
     c.wait_converged(&[], Duration::from_secs(30));
@@ -125,7 +136,9 @@ fn top_in_tmux_shows_the_cluster_and_a_node_going_down() {
         ["n1", "n2", "n3"].iter().all(|n| node_row(s, n).is_some_and(|r| r.contains(" UP ")))
     });
     assert!(s.contains("3/3 nodes up"), "{s}");
-    assert!(node_row(&s, "n1").is_some_and(|r| r.contains("up   up   up")), "n1 sees all alive:\n{s}");
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(member_cell(&s, "n1", n).as_deref(), Some("up"), "n1 sees {n} alive:\n{s}");
+    }
 
     // Open the kv store kind and find the node that holds `hello`.
     select(&t, "/kv/store", 10);
@@ -158,8 +171,25 @@ fn top_in_tmux_shows_the_cluster_and_a_node_going_down() {
     eprintln!("{victim} shown DOWN after {:?}", killed.elapsed());
     assert!(s.contains("2/3 nodes up"), "{s}");
     // The survivors' membership views catch up (SWIM marks it down).
+    let survivors: Vec<&str> = ["n1", "n2", "n3"].into_iter().filter(|n| *n != victim).collect();
     t.wait("the survivors to see the death", Duration::from_secs(20), |s| {
-        node_row(s, "n1").is_some_and(|r| r.contains("DOWN"))
+        survivors.iter().all(|n| member_cell(s, n, victim).as_deref() == Some("DOWN"))
+    });
+
+    // Cut the two survivors apart: top asks each node directly, so both stay UP while
+    // each one's own view loses the other.
+    let (a, b) = (survivors[0], survivors[1]);
+    let cut = Command::new(BIN)
+        .args(["chaos", "partition", a, "--from", b, "--for-ms", "30000", "--cluster"])
+        .arg(&file)
+        .output()
+        .expect("troupe chaos partition");
+    assert!(cut.status.success(), "partition failed: {}", String::from_utf8_lossy(&cut.stderr));
+    t.wait("each side to lose the other", Duration::from_secs(20), |s| {
+        [(a, b), (b, a)].iter().all(|(x, y)| {
+            node_row(s, x).is_some_and(|r| r.contains(" UP "))
+                && member_cell(s, x, y).is_some_and(|c| c == "susp" || c == "DOWN")
+        })
     });
     // Still answering keys: the details pane follows the cursor.
     t.keys(&["k"]);

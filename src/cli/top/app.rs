@@ -10,13 +10,15 @@
 
 use super::data::{NodeData, Report};
 use super::metrics::{self, Group};
-use super::rates::Rates;
-use std::collections::{HashMap, HashSet};
+use super::rates::{self, Rates};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use troupe_runtime::wire::introspect::{ActorInfo, ActorState, MemberState, MetricsSnapshot};
 
 /// Children shown per page of an expanded tree node.
 pub const PAGE: usize = 50;
+/// Metrics snapshots kept per node (the rate window at the fastest refresh is less).
+const METRIC_HISTORY_MAX: usize = 64;
 
 /// A key, after the terminal's own encoding is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,9 @@ pub struct NodeState {
     pub name: String,
     /// The last good answer, kept while the node is down.
     pub data: Option<NodeData>,
-    pub prev_metrics: Option<MetricsSnapshot>,
+    /// Earlier metrics snapshots, oldest first, for rates over the same window as the
+    /// actors' (`rates::MSG_WINDOW`); at most `METRIC_HISTORY_MAX`.
+    pub metric_history: VecDeque<MetricsSnapshot>,
     pub last_ok: Option<Instant>,
     /// Why the latest poll failed; `None` while the node answers.
     pub failure: Option<String>,
@@ -193,7 +197,18 @@ impl App {
                 self.rates.record((n.name.clone(), String::new()), now, total, 0);
                 let live: HashSet<&str> = walk.iter().map(|a| a.path.as_str()).collect();
                 self.rates.retain(&n.name, |p| p.is_empty() || live.contains(p));
-                n.prev_metrics = n.data.take().map(|old| old.metrics);
+                if let Some(old) = n.data.take() {
+                    n.metric_history.push_back(old.metrics);
+                }
+                let newest = d.metrics.unix_ms;
+                let window = rates::MSG_WINDOW.as_millis() as u64;
+                // Keep one snapshot older than the window, if it is the only earlier one,
+                // so a long gap between polls still gives a rate.
+                while n.metric_history.len() > METRIC_HISTORY_MAX
+                    || n.metric_history.get(1).is_some_and(|m| newest.saturating_sub(m.unix_ms) > window)
+                {
+                    n.metric_history.pop_front();
+                }
                 n.data = Some(d);
                 n.last_ok = Some(now);
                 n.failure = None;
@@ -356,7 +371,7 @@ impl App {
         let n = self.node();
         let Some(d) = &n.data else { return Vec::new() };
         let systems: Vec<String> = d.tree.children.iter().map(|s| s.path.trim_start_matches('/').to_string()).collect();
-        metrics::group(&d.metrics, n.prev_metrics.as_ref(), &systems)
+        metrics::group(&d.metrics, n.metric_history.front(), &systems)
     }
 
     /// Index of the shown group in `groups`.

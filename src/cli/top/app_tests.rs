@@ -182,3 +182,23 @@ fn metrics_groups_cycle_with_arrows() {
     app.on_key(Key::Right);
     assert_eq!(app.metric_group_index(&app.metric_groups()), 0, "wraps around");
 }
+
+#[test]
+fn metric_rates_use_the_same_window_as_actor_rates() {
+    let t0 = Instant::now();
+    let mut app = App::new("t", vec!["n1".into()], Duration::from_secs(1));
+    for (s, handled) in [(0u64, 100u64), (1, 110), (2, 130), (9, 130)] {
+        let mut d = fixture::node("n1", handled, &[]);
+        d.metrics.unix_ms = 1_700_000_000_000 + s * 1000;
+        app.ingest(Report { node: "n1".into(), outcome: Ok(d) }, t0 + Duration::from_secs(s));
+        if s == 2 {
+            let kv = &app.metric_groups()[0];
+            let handled = kv.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
+            assert_eq!(handled, Some(15.0), "30 messages over 2 s");
+        }
+    }
+    let kv = &app.metric_groups()[0];
+    let handled = kv.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
+    assert_eq!(handled, Some(0.0), "after a gap, the rate is over the gap");
+    assert_eq!(app.nodes[0].metric_history.len(), 1, "only the newest snapshot before the window is kept");
+}

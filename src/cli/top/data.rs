@@ -91,8 +91,10 @@ async fn poll_node<S: Source>(source: Arc<S>, node: String, cfg: PollConfig, tx:
     }
 }
 
-/// Polls real nodes through the SDK: one client per node that prefers that node, so
-/// a node that is down or cut off only ever slows its own row.
+/// Polls real nodes through the SDK: one client per node that connects to that node
+/// only. A row then shows what the node itself answers, never a relay through another
+/// node (which a partition could cut while the node is fine), and a node that is down
+/// only ever slows its own row.
 pub struct SdkSource {
     base: ClientConfig,
     clients: Vec<(String, tokio::sync::Mutex<Option<Arc<Client>>>)>,
@@ -112,7 +114,9 @@ impl SdkSource {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = Arc::new(Client::connect(self.base.clone().prefer(node)).await.map_err(|e| e.to_string())?);
+        let mut cfg = self.base.clone();
+        cfg.nodes.retain(|(n, _)| n == node);
+        let c = Arc::new(Client::connect(cfg).await.map_err(|e| e.to_string())?);
         *slot = Some(c.clone());
         Ok(c)
     }

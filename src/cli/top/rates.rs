@@ -58,8 +58,11 @@ impl Rates {
     pub fn msgs_per_sec(&self, node: &str, path: &str) -> Option<f64> {
         let h = self.get(node, path)?;
         let last = h.back()?;
-        // The oldest reading still inside the window, but never the last one itself.
-        let first = h.iter().find(|s| last.at.duration_since(s.at) <= MSG_WINDOW && s.at < last.at)?;
+        // The oldest earlier reading inside the window; after a gap longer than the
+        // window (a pause, a node that was down), the one just before the last.
+        let mut earlier = h.iter().filter(|s| s.at < last.at);
+        let first =
+            earlier.clone().find(|s| last.at.duration_since(s.at) <= MSG_WINDOW).or_else(|| earlier.next_back())?;
         let dt = last.at.duration_since(first.at).as_secs_f64();
         Some((last.handled - first.handled) as f64 / dt)
     }
@@ -112,6 +115,15 @@ mod tests {
             r.record(key("/a"), t0 + Duration::from_secs(s), 1000, 0);
         }
         assert_eq!(r.msgs_per_sec("n1", "/a"), Some(0.0), "the burst is older than the window");
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_window_still_gives_a_rate() {
+        let t0 = Instant::now();
+        let mut r = Rates::default();
+        r.record(key("/a"), t0, 0, 0);
+        r.record(key("/a"), t0 + Duration::from_secs(10), 50, 0);
+        assert_eq!(r.msgs_per_sec("n1", "/a"), Some(5.0));
     }
 
     #[test]

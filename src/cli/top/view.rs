@@ -289,8 +289,20 @@ fn actor_lines(app: &App, a: &ActorInfo, width: usize) -> Vec<Line<'static>> {
     spans_state(&mut state, a.state);
     let supervisor = !a.strategy.is_empty();
     let cap = if a.mailbox_cap == u64::MAX { "∞".to_string() } else { a.mailbox_cap.to_string() };
-    let per_min = app.rates.restarts_per_min(node, &a.path).map(|r| format!(" ({r:.1}/min)")).unwrap_or_default();
-    let rate = app.rates.msgs_per_sec(node, &a.path).map(|r| format!("{r:.1} msg/s")).unwrap_or_else(|| "-".into());
+    // Rates of a node that stopped answering would describe the past as if it were now.
+    let live = app.node().failure.is_none();
+    let per_min = app
+        .rates
+        .restarts_per_min(node, &a.path)
+        .filter(|_| live)
+        .map(|r| format!(" ({r:.1}/min)"))
+        .unwrap_or_default();
+    let rate = app
+        .rates
+        .msgs_per_sec(node, &a.path)
+        .filter(|_| live)
+        .map(|r| format!("{r:.1} msg/s"))
+        .unwrap_or_else(|| "-".into());
     let mut lines = vec![
         field("path", a.path.clone()),
         Line::from([vec![Span::styled(format!("{:<9}", "kind"), Style::new().dim())], state].concat()),
