@@ -128,6 +128,26 @@ fn a_down_node_shows_its_last_tree_marked_stale() {
 }
 
 #[test]
+fn a_node_that_stops_answering_shows_no_rates() {
+    let t0 = Instant::now();
+    let mut app = App::new("cluster.toml", vec!["n1".into()], Duration::from_secs(1));
+    for (s, handled) in [(0u64, 100u64), (1, 112)] {
+        let mut d = fixture::node("n1", handled, &[]);
+        d.metrics.unix_ms = 1_700_000_000_000 + s * 1000;
+        app.ingest(Report { node: "n1".into(), outcome: Ok(d) }, t0 + Duration::from_secs(s));
+    }
+    for k in [Key::Down, Key::Toggle, Key::Down, Key::Down] {
+        app.on_key(k);
+    }
+    let s = screen(&mut app, 80, 24, t0 + Duration::from_secs(1));
+    assert_has(&s, &["path     /kv/store/hello", "rate     12.0 msg/s", "12.0/s│"]);
+    app.ingest(Report { node: "n1".into(), outcome: Err("refused".into()) }, t0 + Duration::from_secs(2));
+    let s = screen(&mut app, 80, 24, t0 + Duration::from_secs(3));
+    assert_has(&s, &["path     /kv/store/hello", "rate     -"]);
+    assert!(!has(&s, "/s│"), "no metric rates for a node that stopped answering");
+}
+
+#[test]
 fn at_120x40_a_big_kind_is_paged() {
     let (mut app, now) = scenario(3000);
     let s = screen(&mut app, 120, 40, now);

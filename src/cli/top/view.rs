@@ -358,6 +358,7 @@ fn spans_state(out: &mut Vec<Span<'static>>, s: ActorState) {
 fn metrics_panel(f: &mut Frame, app: &mut App, area: Rect) {
     let groups: Vec<Group> = app.metric_groups();
     let focused = app.focus == Panel::Metrics;
+    let live = app.node().failure.is_none();
     let Some(g) = groups.get(app.metric_group_index(&groups)) else {
         f.render_widget(Paragraph::new("no metrics yet").block(block(" Metrics ".into(), focused)), area);
         return;
@@ -378,7 +379,7 @@ fn metrics_panel(f: &mut Frame, app: &mut App, area: Rect) {
             if name.chars().count() > name_w {
                 name = name.chars().take(name_w.saturating_sub(1)).collect::<String>() + "…";
             }
-            let rate = s.rate.map(|r| format!("{}/s", num_short(r))).unwrap_or_default();
+            let rate = s.rate.filter(|_| live).map(|r| format!("{}/s", num_short(r))).unwrap_or_default();
             Line::from(vec![
                 Span::raw(format!("{name:<name_w$}")),
                 Span::raw(format!("{:>7}", num(s.value))).bold(),
