@@ -16,6 +16,8 @@ pub struct NodePorts {
     pub gossip: u16,
     pub admin: u16,
     pub kv: u16,
+    /// `ports.<system>` of every other enabled system (e.g. `url-shortener`).
+    pub systems: BTreeMap<String, u16>,
 }
 
 pub struct TestCluster {
@@ -72,9 +74,12 @@ impl TestCluster {
         let mut ports = BTreeMap::new();
         let mut nodes_toml = String::new();
         for n in &names {
-            let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), kv: free_port() };
+            let systems: BTreeMap<String, u16> =
+                opts.systems.iter().filter(|s| **s != "kv").map(|s| (s.to_string(), free_port())).collect();
+            let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), kv: free_port(), systems };
+            let extra: String = p.systems.iter().map(|(s, port)| format!(", \"{s}\" = {port}")).collect();
             nodes_toml.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\"]\nports = {{ kv = {} }}\n\n",
+                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\"]\nports = {{ kv = {}{extra} }}\n\n",
                 p.quic, p.gossip, p.admin, p.kv
             ));
             ports.insert(n.clone(), p);
@@ -141,6 +146,11 @@ impl TestCluster {
 
     pub fn kv(&self, name: &str) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports[name].kv))
+    }
+
+    /// The `ports.<system>` listener of node `name` (systems other than kv).
+    pub fn port(&self, name: &str, system: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[name].systems[system]))
     }
 
     pub fn alive(&self) -> Vec<String> {

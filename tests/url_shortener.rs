@@ -1,0 +1,351 @@
+//! The URL shortener end to end: real node processes, HTTP on each node's
+//! `ports."url-shortener"`, SIGKILL under load. Every wait is bounded.
+
+mod common;
+
+use common::{Options, TestCluster, wait_for};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SYS: &str = "url-shortener";
+
+/// Gateway settings for tests: client IPs from X-Forwarded-For (to test geo), a short
+/// expiry minimum and cache TTL, a small per-user creation limit, a blocklist entry.
+const OVERRIDES: &str = r#"
+[overrides.url-shortener.gateway]
+trust_forwarded_for = true
+expiry_min_ahead_ms = 1000
+cache_ttl_ms = 1000
+ship_every_ms = 20
+create_per_ip = { limit = 100000, window_ms = 1000 }
+create_per_user = { limit = 3, window_ms = 600000 }
+blocked_domains = [".evil.example"]
+admin_token = "test-admin-token"
+"#;
+
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, with a bounded wait.
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.unwrap_or("");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.get(9..12)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Resp { status, headers, body: body.to_string() })
+}
+
+fn must(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    call(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+fn start() -> TestCluster {
+    let c = TestCluster::start(Options { systems: vec!["kv", SYS], extra: OVERRIDES.into(), ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(30));
+    for n in &c.names {
+        let gw = c.port(n, SYS);
+        wait_for(&format!("gateway of {n}"), Duration::from_secs(30), || {
+            call(gw, "GET", "/api/links/nope", &[], None).ok().filter(|r| r.status == 404)
+        });
+    }
+    c
+}
+
+fn create(gw: SocketAddr, body: &str, user: Option<&str>) -> Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(u) = user {
+        h.push(("X-User-Id", u));
+    }
+    must(gw, "POST", "/api/links", &h, Some(body))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Clicks counted for `code`, read through `gw`.
+fn clicks(gw: SocketAddr, code: &str) -> Option<serde_json::Value> {
+    let r = call(gw, "GET", &format!("/api/links/{code}/stats"), &[], None).ok()?;
+    (r.status == 200).then(|| r.json()["clicks"].clone())
+}
+
+#[test]
+fn http_api_end_to_end_on_three_nodes() {
+    let c = start();
+    let (g1, g2, g3) = (c.port("n1", SYS), c.port("n2", SYS), c.port("n3", SYS));
+
+    // Create on one node, follow on another.
+    let r = create(g1, r#"{"url": " HTTPS://Example.com/launch?utm=mail "}"#, Some("ann"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let code = r.json()["code"].as_str().unwrap_or_default().to_string();
+    assert_eq!(code.len(), 7, "{}", r.body);
+    assert!(r.json()["short_url"].as_str().is_some_and(|u| u.ends_with(&code)));
+    let red = must(g2, "GET", &format!("/{code}"), &[], None);
+    assert_eq!(red.status, 302);
+    assert_eq!(red.header("location"), Some("https://example.com/launch?utm=mail"));
+    let view = must(g3, "GET", &format!("/api/links/{code}"), &[], None);
+    assert_eq!((view.status, view.json()["url"].as_str()), (200, Some("https://example.com/launch?utm=mail")));
+
+    // Custom alias; taken → 409 from any node.
+    let r = create(g2, r#"{"url": "https://example.org/", "alias": "summer-sale"}"#, Some("ann"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = create(g3, r#"{"url": "https://example.net/", "alias": "summer-sale"}"#, None);
+    assert_eq!((r.status, r.json()["error"].as_str()), (409, Some("alias_taken")), "{}", r.body);
+
+    // Bad input: each refused with its own kind and a message, nothing stored.
+    let cases: [(&str, u16, &str); 8] = [
+        (r#"{"url": "https://example.com/", "#, 400, "invalid_json"),
+        (r#"{"link": "https://example.com/"}"#, 400, "invalid_field"),
+        (r#"{"url": "javascript:alert(1)"}"#, 400, "invalid_url"),
+        (r#"{"url": "https://example.com/", "alias": "admin"}"#, 400, "invalid_alias"),
+        (r#"{"url": "https://example.com/", "alias": "abcdefg"}"#, 400, "invalid_alias"),
+        (r#"{"url": "https://login.evil.example/x"}"#, 403, "blocked_url"),
+        (r#"{"url": "https://example.com/", "expires": "yesterday"}"#, 400, "invalid_expiry"),
+        (r#"{"url": "https://example.com/", "redirect": 307}"#, 400, "invalid_redirect"),
+    ];
+    for (body, status, kind) in cases {
+        let r = create(g1, body, None);
+        assert_eq!((r.status, r.json()["error"].as_str()), (status, Some(kind)), "{body} -> {}", r.body);
+        assert!(r.json()["message"].as_str().is_some_and(|m| m.len() > 20), "no actionable message: {}", r.body);
+    }
+    let long_url = format!(r#"{{"url": "https://example.com/{}"}}"#, "a".repeat(2100));
+    let r = create(g1, &long_url, None);
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_url")), "{}", r.body);
+    let r = create(g1, &format!(r#"{{"url": "https://example.com/", "pad": "{}"}}"#, "x".repeat(20_000)), None);
+    assert_eq!((r.status, r.json()["error"].as_str()), (413, Some("body_too_large")), "{}", r.body);
+    let r = must(g1, "GET", "/zzzzzzz", &[], None);
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("not_found")));
+
+    // Per-user creation limit: 3 per gateway node in the overrides (the in-process limiter).
+    for i in 0..3 {
+        assert_eq!(create(g1, &format!(r#"{{"url": "https://example.com/{i}"}}"#), Some("spammer")).status, 201);
+    }
+    let r = create(g1, r#"{"url": "https://example.com/4"}"#, Some("spammer"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (429, Some("rate_limited")), "{}", r.body);
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "{:?}", r.headers);
+
+    // Expiry: 302 now, 410 once past (the overrides allow 1 s ahead).
+    let at = now_ms() + 2_000;
+    let r = create(g2, &format!(r#"{{"url": "https://example.com/soon", "expires": {at}}}"#), None);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let soon = r.json()["code"].as_str().unwrap_or_default().to_string();
+    assert_eq!(must(g3, "GET", &format!("/{soon}"), &[], None).status, 302);
+    std::thread::sleep(Duration::from_millis(at.saturating_sub(now_ms()) + 50));
+    let r = must(g3, "GET", &format!("/{soon}"), &[], None);
+    assert_eq!((r.status, r.json()["error"].as_str()), (410, Some("expired")), "{}", r.body);
+
+    // 301 only on request.
+    let r = create(g3, r#"{"url": "https://example.com/forever", "redirect": 301}"#, None);
+    let perm = r.json()["code"].as_str().unwrap_or_default().to_string();
+    assert_eq!(must(g1, "GET", &format!("/{perm}"), &[], None).status, 301);
+
+    // Clicks: counted once each, with referrer, agent and (with the geo table) country.
+    let headers = [
+        ("Referer", "https://news.ycombinator.com/item?id=1"),
+        ("User-Agent", "curl/8.5.0"),
+        ("X-Forwarded-For", "8.8.8.8"),
+    ];
+    for gw in [g1, g2, g3, g1, g2] {
+        assert_eq!(must(gw, "GET", &format!("/{code}"), &headers, None).status, 302);
+    }
+    let stats = wait_for("6 clicks counted", Duration::from_secs(20), || {
+        clicks(g3, &code).filter(|s| s["total"].as_u64() == Some(6))
+    });
+    assert_eq!(stats["direct"].as_u64(), Some(1), "{stats}");
+    assert_eq!(stats["top_referrers"][0], serde_json::json!(["news.ycombinator.com", 5]), "{stats}");
+    let geo = must(g1, "GET", &format!("/api/links/{code}/stats"), &[], None).json()["geo"].as_bool();
+    if geo == Some(true) {
+        assert_eq!(stats["countries"][0], serde_json::json!(["US", 5]), "{stats}");
+    } else {
+        assert!(std::env::var_os("TROUPE_REQUIRE_GEO").is_none(), "TROUPE_REQUIRE_GEO set but no geo table loaded");
+        assert_eq!(stats["country_unknown"].as_u64(), Some(6), "{stats}");
+    }
+
+    // Edit and delete: owner only; every gateway stops serving the old answer within the
+    // cache TTL (1 s here), usually at once through the invalidation broadcast.
+    for gw in [g1, g2, g3] {
+        assert_eq!(must(gw, "GET", "/summer-sale", &[], None).header("location"), Some("https://example.org/"));
+    }
+    let patch = r#"{"url": "https://example.org/autumn"}"#;
+    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &[("X-User-Id", "bob")], Some(patch)).status, 403);
+    let edited = Instant::now();
+    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &[("X-User-Id", "ann")], Some(patch)).status, 200);
+    for gw in [g1, g2, g3] {
+        wait_for("edit visible", Duration::from_secs(5), || {
+            (must(gw, "GET", "/summer-sale", &[], None).header("location") == Some("https://example.org/autumn"))
+                .then_some(())
+        });
+    }
+    assert!(edited.elapsed() < Duration::from_millis(1_500), "edit took {:?} to reach every gateway", edited.elapsed());
+    assert_eq!(must(g2, "DELETE", &format!("/api/links/{code}"), &[], None).status, 403);
+    let deleted = Instant::now();
+    assert_eq!(must(g2, "DELETE", &format!("/api/links/{code}"), &[("X-User-Id", "ann")], None).status, 204);
+    for gw in [g1, g2, g3] {
+        wait_for("delete visible", Duration::from_secs(5), || {
+            (must(gw, "GET", &format!("/{code}"), &[], None).status == 410).then_some(())
+        });
+    }
+    assert!(deleted.elapsed() < Duration::from_millis(1_500), "delete took {:?}", deleted.elapsed());
+    // Anonymous links are immutable, except for the admin token (abuse takedowns).
+    assert_eq!(must(g1, "DELETE", &format!("/api/links/{perm}"), &[], None).status, 403);
+    let admin = [("Authorization", "Bearer test-admin-token")];
+    assert_eq!(must(g1, "DELETE", &format!("/api/links/{perm}"), &admin, None).status, 204);
+    // A deleted alias is never reused.
+    assert_eq!(must(g1, "DELETE", "/api/links/summer-sale", &admin, None).status, 204);
+    let r = create(g3, r#"{"url": "https://example.net/", "alias": "summer-sale"}"#, None);
+    assert_eq!(r.status, 409, "{}", r.body);
+}
+
+/// Load: creators on every gateway, redirects on n1 and n2; n3 is killed mid-way and
+/// restarted. Every acknowledged link must survive, redirects must keep working on the
+/// survivors, and every 302 must be counted exactly once.
+#[test]
+fn chaos_kill_under_create_and_redirect_load() {
+    let mut c = start();
+    let gws: Vec<SocketAddr> = c.names.iter().map(|n| c.port(n, SYS)).collect();
+    let (g1, g2) = (gws[0], gws[1]);
+    let seeds: Vec<String> = (0..12)
+        .map(|i| {
+            let r = create(gws[i % 3], &format!(r#"{{"url": "https://example.com/seed/{i}"}}"#), None);
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.json()["code"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let served: Arc<Mutex<BTreeMap<String, u64>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let failed_redirects = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let mut threads = Vec::new();
+    for t in 0..2 {
+        let (stop, acked, gws) = (stop.clone(), acked.clone(), gws.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let url = format!("https://example.com/load/{t}/{i}");
+                let gw = gws[(i + t) % 3];
+                if let Ok(r) = call(gw, "POST", "/api/links", &[], Some(&format!(r#"{{"url": "{url}"}}"#)))
+                    && r.status == 201
+                    && let Some(code) = r.json()["code"].as_str()
+                {
+                    acked.lock().unwrap_or_else(|e| e.into_inner()).insert(code.to_string(), url);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in 0..2 {
+        let (stop, served, failed, seeds) = (stop.clone(), served.clone(), failed_redirects.clone(), seeds.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = t;
+            while !stop.load(Ordering::Relaxed) {
+                let code = &seeds[i % seeds.len()];
+                let gw = if i % 2 == 0 { g1 } else { g2 };
+                match call(gw, "GET", &format!("/{code}"), &[("X-Forwarded-For", "81.2.69.142")], None) {
+                    Ok(r) if r.status == 302 => {
+                        *served.lock().unwrap_or_else(|e| e.into_inner()).entry(code.clone()).or_default() += 1;
+                    }
+                    other => failed.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        Instant::now(),
+                        other.map(|r| format!("{} {}", r.status, r.body)).unwrap_or_else(|e| e.to_string()),
+                    )),
+                }
+                i += 1;
+            }
+        }));
+    }
+
+    std::thread::sleep(Duration::from_secs(3));
+    c.kill("n3");
+    let killed = Instant::now();
+    c.wait_converged(&["n3"], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let served = served.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let failed = failed_redirects.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let total_served: u64 = served.values().sum();
+    eprintln!(
+        "chaos: {} links acknowledged, {total_served} redirects served, {} failed ({} after the kill)",
+        acked.len(),
+        failed.len(),
+        failed.iter().filter(|(at, _)| *at > killed).count()
+    );
+    assert!(acked.len() >= 20 && total_served >= 100, "too little load to mean anything");
+    // Redirects keep working on the survivors: the last two seconds of load saw no failure.
+    let late: Vec<&String> =
+        failed.iter().filter(|(at, _)| at.elapsed() < Duration::from_secs(2)).map(|(_, e)| e).collect();
+    assert!(late.is_empty(), "redirects still failing at the end: {late:?}");
+
+    c.spawn("n3");
+    c.wait_converged(&[], Duration::from_secs(30));
+    // No acknowledged link lost: each resolves to its URL (re-homing may need a moment).
+    for (code, url) in &acked {
+        let got = wait_for(&format!("link {code}"), Duration::from_secs(20), || {
+            call(g1, "GET", &format!("/api/links/{code}"), &[], None).ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(got.json()["url"].as_str(), Some(url.as_str()), "link {code}");
+    }
+    // Click counts exact: every 302 counted once, none twice.
+    for code in &seeds {
+        let want = served.get(code).copied().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = clicks(g1, code).and_then(|s| s["total"].as_u64());
+            if got == Some(want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "clicks of {code}: counted {got:?}, served {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // And they stay exact (no late duplicate creeps in).
+    std::thread::sleep(Duration::from_millis(500));
+    for code in &seeds {
+        let want = served.get(code).copied().unwrap_or(0);
+        assert_eq!(clicks(g2, code).and_then(|s| s["total"].as_u64()), Some(want), "clicks of {code}");
+    }
+}
