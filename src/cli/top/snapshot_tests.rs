@@ -199,3 +199,14 @@ fn nothing_heard_yet_says_waiting() {
     let s = screen(&mut app, 80, 24, Instant::now());
     assert_has(&s, &["waiting for n1…", "0/1 nodes up", "no metrics yet"]);
 }
+
+#[test]
+fn tiny_terminals_do_not_break_the_screen() {
+    // Below 80×24 is not supported, but a resize must never crash the program.
+    let (mut app, now) = scenario(3000);
+    app.on_key(Key::Help);
+    for (w, h) in [(40, 10), (20, 5), (1, 1), (80, 3)] {
+        let s = screen(&mut app, w, h, now);
+        assert_eq!(s.len(), h as usize);
+    }
+}
