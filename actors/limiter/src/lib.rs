@@ -15,6 +15,9 @@
 //! - [`lease`]: [`QuotaOwner`] / [`QuotaLease`], global limits without a round trip per request.
 //! - [`headers`]: `X-RateLimit-*`, `Retry-After`, and the IETF `RateLimit-Policy` / `RateLimit`.
 //! - [`lab`]: seeded simulations for `troupe lab rate-limiter` (PNG plot with feature `plot`).
+//! - [`proto`]: the system's wire protocol (service, shard, rules, quota messages) so that an
+//!   SDK user can talk to the limiter without linking the runtime; the only non-pure module
+//!   (it names `troupe_wire::Protocol`, still no I/O).
 //!
 //! # Example
 //!
@@ -102,6 +105,7 @@ pub mod headers;
 pub mod key;
 pub mod lab;
 pub mod lease;
+pub mod proto;
 pub mod rng;
 pub mod rules;
 pub mod table;
@@ -116,4 +120,4 @@ pub use lease::{
     LeaseCheck, LeaseConfig, LeaseError, LeaseGrant, LeaseRequest, NodeId, QuotaConfig, QuotaLease, QuotaOwner,
 };
 pub use rules::{ActiveRules, Dimension, FailMode, Rule, RuleDiff, RuleErrors, RuleSet, RuleUpdateError};
-pub use table::{CheckOutcome, KeyedTable, LimitCheck, LimitResult, TableConfig, TableError};
+pub use table::{CheckOutcome, KeyedTable, LimitCheck, LimitResult, TableConfig, TableError, TableSnapshot};

@@ -78,6 +78,16 @@ impl AlgorithmState for FixedWindowState {
         let end = (u128::from(self.last_ns / p.window_ns()) + 1) * u128::from(p.window_ns());
         crate::time::sat_u64(end)
     }
+
+    fn refund(&mut self, p: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        let (now, idx, count) = self.current(p, now_ns);
+        // Counts are additive, so subtracting from the window the admission was counted in is
+        // exact; once that window is over the admission no longer matters.
+        if admitted_at_ns / p.window_ns() == idx {
+            self.count = count - cost.min(count);
+            self.last_ns = now;
+        }
+    }
 }
 
 impl FixedWindowState {
@@ -86,5 +96,10 @@ impl FixedWindowState {
     }
     pub(crate) fn from_words(w: [u64; 3]) -> Self {
         FixedWindowState { count: w[0], last_ns: w[1] }
+    }
+    /// Words from an untrusted snapshot, brought within the invariant (`count <= limit`).
+    pub(crate) fn sanitized(w: [u64; 3], p: &LimitParams) -> [u64; 3] {
+        let s = Self::from_words(w);
+        FixedWindowState { count: s.count.min(p.limit()), last_ns: s.last_ns }.to_words()
     }
 }

@@ -78,6 +78,18 @@ impl AlgorithmState for GcraState {
         let at = div_ceil_u128(self.tat.get(), u128::from(p.limit()));
         sat_u64(at).max(self.last_ns)
     }
+
+    fn refund(&mut self, p: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        let now = now_ns.max(self.last_ns);
+        let rate = u128::from(p.limit());
+        let give = u128::from(cost.min(p.burst())) * u128::from(p.window_ns());
+        // Same bound as the token bucket (GCRA is that bucket): refill lost at the cap since the
+        // admission is not given back. In these units refill is `limit` per ns.
+        let lost = u128::from(now - admitted_at_ns.min(now)) * rate;
+        let tat = self.tat.get().max(u128::from(now) * rate);
+        self.tat = Wide::new(tat - give.saturating_sub(lost).min(tat - u128::from(now) * rate));
+        self.last_ns = now;
+    }
 }
 
 impl GcraState {
@@ -87,5 +99,12 @@ impl GcraState {
     }
     pub(crate) fn from_words(w: [u64; 3]) -> Self {
         GcraState { tat: Wide::from_halves(w[0], w[1]), last_ns: w[2] }
+    }
+    /// Words from an untrusted snapshot, brought within the invariant (backlog at the last
+    /// check at most the tolerance, so later sums cannot overflow).
+    pub(crate) fn sanitized(w: [u64; 3], p: &LimitParams) -> [u64; 3] {
+        let s = Self::from_words(w);
+        let max = u128::from(s.last_ns) * u128::from(p.limit()) + u128::from(p.burst()) * u128::from(p.window_ns());
+        GcraState { tat: Wide::new(s.tat.get().min(max)), last_ns: s.last_ns }.to_words()
     }
 }

@@ -95,6 +95,8 @@ pub trait AlgorithmState: Sized {
     fn peek(&self, params: &LimitParams, now_ns: u64, cost: u64) -> Decision;
     /// See [`Algorithm::full_at_ns`].
     fn full_at_ns(&self, params: &LimitParams) -> u64;
+    /// See [`Algorithm::refund`].
+    fn refund(&mut self, params: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64);
 }
 
 /// One rate-limiting algorithm's state for one key.
@@ -114,6 +116,18 @@ pub trait Algorithm {
     /// else is admitted. Dropping the state at or after that time loses nothing, which is how
     /// the keyed table evicts idle keys without minting quota.
     fn full_at_ns(&self) -> u64;
+    /// Gives back `cost` units that `check` admitted at `admitted_at_ns` (a request that was
+    /// admitted here but denied by another shard, or an estimate larger than the real cost).
+    ///
+    /// Never more generous than if the admission had not happened: the state afterwards admits
+    /// no more, at any later time, than the state without that admission would. Window
+    /// algorithms subtract from the window the admission was counted in (nothing once that
+    /// window has left the state); the log removes the admission's entry; the bucket algorithms
+    /// give back `cost` minus the refill the bucket may have lost at its cap since
+    /// `admitted_at_ns` (`limit·Δt/W`), because with the admission undone that refill could have
+    /// overflowed. A refund for an admission this state never made is the caller's bug; it can
+    /// only make the key more generous by at most `cost`.
+    fn refund(&mut self, admitted_at_ns: u64, now_ns: u64, cost: u64);
 }
 
 /// An algorithm's state bundled with its parameters: the convenient form for one limit.
@@ -149,6 +163,9 @@ impl<S: AlgorithmState> Algorithm for WithParams<S> {
     }
     fn full_at_ns(&self) -> u64 {
         self.state.full_at_ns(&self.params)
+    }
+    fn refund(&mut self, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        self.state.refund(&self.params, admitted_at_ns, now_ns, cost)
     }
 }
 
@@ -212,6 +229,9 @@ impl AlgorithmState for AnyState {
     }
     fn full_at_ns(&self, p: &LimitParams) -> u64 {
         dispatch!(self, s => s.full_at_ns(p))
+    }
+    fn refund(&mut self, p: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        dispatch!(self, s => s.refund(p, admitted_at_ns, now_ns, cost))
     }
 }
 

@@ -169,6 +169,23 @@ impl AlgorithmState for SlidingCounterState {
         };
         sat_u64(at).max(self.last_ns)
     }
+
+    fn refund(&mut self, p: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        let v = self.view(p, now_ns);
+        let (at_idx, idx) = (admitted_at_ns / p.window_ns(), v.now / p.window_ns());
+        // Exact: the admission was counted in one aligned window; take it out of that count.
+        let (mut prev, mut curr) = (v.prev, v.curr);
+        if at_idx == idx {
+            curr -= cost.min(curr);
+        } else if at_idx + 1 == idx {
+            prev -= cost.min(prev);
+        } else {
+            return;
+        }
+        self.prev = u32::try_from(prev).unwrap_or(u32::MAX);
+        self.curr = u32::try_from(curr).unwrap_or(u32::MAX);
+        self.last_ns = v.now;
+    }
 }
 
 impl SlidingCounterState {
@@ -177,5 +194,11 @@ impl SlidingCounterState {
     }
     pub(crate) fn from_words(w: [u64; 3]) -> Self {
         SlidingCounterState { curr: w[0] as u32, prev: (w[0] >> 32) as u32, last_ns: w[1] }
+    }
+    /// Words from an untrusted snapshot, brought within the invariant (each count `<= limit`).
+    pub(crate) fn sanitized(w: [u64; 3], p: &LimitParams) -> [u64; 3] {
+        let s = Self::from_words(w);
+        let cap = u32::try_from(p.limit()).unwrap_or(u32::MAX);
+        SlidingCounterState { curr: s.curr.min(cap), prev: s.prev.min(cap), last_ns: s.last_ns }.to_words()
     }
 }

@@ -111,4 +111,39 @@ impl AlgorithmState for SlidingLogState {
             None => self.last_ns,
         }
     }
+
+    fn refund(&mut self, _: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        // Exact: remove the cost from the admission's own entry (same-time admissions share one).
+        // Recent admissions are at the back, where the search starts.
+        if let Some(i) = self.entries.iter().rposition(|(ts, _)| *ts == admitted_at_ns) {
+            let take = cost.min(self.entries[i].1);
+            self.entries[i].1 -= take;
+            self.sum -= take;
+            if self.entries[i].1 == 0 {
+                self.entries.remove(i);
+            }
+        }
+        self.last_ns = now_ns.max(self.last_ns);
+    }
+}
+
+impl SlidingLogState {
+    /// The log's `(timestamp, cost)` entries and time high-water mark, for snapshots.
+    pub(crate) fn parts(&self) -> (Vec<(u64, u64)>, u64) {
+        (self.entries.iter().copied().collect(), self.last_ns)
+    }
+    /// Rebuilds a log from snapshot parts, or `None` if they break its invariants (timestamps
+    /// ascending and not after `last_ns`, costs >= 1, sum <= limit).
+    pub(crate) fn from_parts(p: &LimitParams, entries: Vec<(u64, u64)>, last_ns: u64) -> Option<Self> {
+        let mut sum = 0u64;
+        let mut prev = 0u64;
+        for &(ts, c) in &entries {
+            if c == 0 || ts < prev || ts > last_ns {
+                return None;
+            }
+            prev = ts;
+            sum = sum.checked_add(c)?;
+        }
+        (sum <= p.limit()).then(|| SlidingLogState { entries: entries.into(), sum, last_ns })
+    }
 }

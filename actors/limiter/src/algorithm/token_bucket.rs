@@ -84,6 +84,16 @@ impl AlgorithmState for TokenBucketState {
         let wait = div_ceil_u128(missing, u128::from(p.limit()));
         sat_u64(u128::from(self.last_ns) + wait)
     }
+
+    fn refund(&mut self, p: &LimitParams, admitted_at_ns: u64, now_ns: u64, cost: u64) {
+        let (level, now) = self.level_at(p, now_ns);
+        let give = u128::from(cost.min(p.burst())) * u128::from(p.window_ns());
+        // Without the admission the bucket could have hit its cap since then and lost up to this
+        // much refill; giving it back too would be more generous than never admitting.
+        let lost = u128::from(now - admitted_at_ns.min(now)) * u128::from(p.limit());
+        self.level = Wide::new((level + give.saturating_sub(lost)).min(capacity_units(p)));
+        self.last_ns = now;
+    }
 }
 
 impl TokenBucketState {
@@ -93,5 +103,11 @@ impl TokenBucketState {
     }
     pub(crate) fn from_words(w: [u64; 3]) -> Self {
         TokenBucketState { level: Wide::from_halves(w[0], w[1]), last_ns: w[2] }
+    }
+    /// Words from an untrusted snapshot, brought within the invariant (`level <= burst·W`).
+    pub(crate) fn sanitized(w: [u64; 3], p: &LimitParams) -> [u64; 3] {
+        let s = Self::from_words(w);
+        let level = s.level.get().min(capacity_units(p));
+        TokenBucketState { level: Wide::new(level), last_ns: s.last_ns }.to_words()
     }
 }

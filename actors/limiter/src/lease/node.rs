@@ -176,4 +176,27 @@ impl QuotaLease {
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
+
+    /// True when the owner said this window is used up and asking again before `now_ns` reaches
+    /// the next window cannot help: a check that does not fit should be denied, not wait.
+    pub fn exhausted(&self, now_ns: u64) -> bool {
+        now_ns.max(self.last_ns) < self.exhausted_until_ns
+    }
+
+    /// Gives up on the request in flight (its answer failed or was refused): a late grant for it
+    /// is then ignored, which only strands quota, never double-spends it (as after
+    /// `request_timeout_ns`). The next check may ask again.
+    pub fn cancel_refill(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// True while a refill request is awaiting its grant.
+    pub fn refill_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Local time until which the current slice is usable (0 before the first grant).
+    pub fn expires_at_ns(&self) -> u64 {
+        self.expires_at_ns
+    }
 }

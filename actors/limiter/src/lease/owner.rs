@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::{LeaseError, LeaseGrant, LeaseRequest, NodeId, QuotaConfig};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct NodeSlot {
     last_seq: u64,
     /// Granted to this node in the current window.
@@ -16,7 +18,11 @@ struct NodeSlot {
 }
 
 /// The owner of one global limit (runs inside the singleton or shard actor that owns it).
-#[derive(Debug, Clone)]
+///
+/// Serde so its actor can make it durable: a new owner that resumes from the last grant's state
+/// cannot grant the same window's quota twice. A deserialised owner is not re-validated beyond
+/// its types; it comes from the owner's own replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaOwner {
     cfg: QuotaConfig,
     window_id: u64,

@@ -27,7 +27,9 @@ use std::hash::Hash;
 use crate::algorithm::{AlgorithmState, AnyState, LimitParams};
 
 mod packed;
+mod snapshot;
 use crate::decision::Decision;
+pub use snapshot::TableSnapshot;
 use packed::{LogSlab, Packed};
 
 /// Most limits one request can be checked against at once.

@@ -66,7 +66,10 @@ pub(crate) struct LogSlab {
 
 impl LogSlab {
     fn alloc(&mut self, p: &LimitParams) -> u64 {
-        let log = Some(SlidingLogState::new(p));
+        self.insert(SlidingLogState::new(p))
+    }
+    fn insert(&mut self, log: SlidingLogState) -> u64 {
+        let log = Some(log);
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = log;
@@ -103,6 +106,20 @@ pub(crate) struct Packed {
 /// Fingerprint in the high 56 bits, algorithm in the low 8.
 pub(crate) fn tag_of(p: &LimitParams) -> u64 {
     (p.fingerprint() & !0xff) | p.kind() as u64
+}
+
+#[inline]
+fn refund_words<S: Words>(words: &mut [u64; 3], p: &LimitParams, at_ns: u64, now_ns: u64, cost: u64) {
+    let mut s = S::unpack(*words);
+    s.refund(p, at_ns, now_ns, cost);
+    *words = s.pack();
+}
+
+/// One key's state as a snapshot carries it: the packed words, or a sliding log's entries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Saved {
+    Words([u64; 3]),
+    Log { entries: Vec<(u64, u64)>, last_ns: u64 },
 }
 
 #[inline]
@@ -166,6 +183,51 @@ impl Packed {
                 None => SlidingLogState::new(p).peek(p, now_ns, cost),
             },
         }
+    }
+
+    pub(crate) fn refund(&mut self, p: &LimitParams, logs: &mut LogSlab, at_ns: u64, now_ns: u64, cost: u64) {
+        match p.kind() {
+            AlgorithmKind::TokenBucket => refund_words::<TokenBucketState>(&mut self.words, p, at_ns, now_ns, cost),
+            AlgorithmKind::Gcra => refund_words::<GcraState>(&mut self.words, p, at_ns, now_ns, cost),
+            AlgorithmKind::SlidingCounter => {
+                refund_words::<SlidingCounterState>(&mut self.words, p, at_ns, now_ns, cost)
+            }
+            AlgorithmKind::FixedWindow => refund_words::<FixedWindowState>(&mut self.words, p, at_ns, now_ns, cost),
+            AlgorithmKind::SlidingLog => {
+                if let Some(log) = logs.get_mut(self.words[0]) {
+                    log.refund(p, at_ns, now_ns, cost);
+                }
+            }
+        }
+    }
+
+    /// The state as a snapshot stores it.
+    pub(crate) fn save(&self, p: &LimitParams, logs: &LogSlab) -> Saved {
+        match p.kind() {
+            AlgorithmKind::SlidingLog => {
+                let (entries, last_ns) = logs.get(self.words[0]).map(SlidingLogState::parts).unwrap_or_default();
+                Saved::Log { entries, last_ns }
+            }
+            _ => Saved::Words(self.words),
+        }
+    }
+
+    /// Rebuilds a state from a snapshot for parameters `p`, bringing it within the algorithm's
+    /// invariants (a snapshot is read from disk or another node, so it is not trusted); `None`
+    /// when it does not fit `p` at all.
+    pub(crate) fn restore(p: &LimitParams, saved: Saved, logs: &mut LogSlab) -> Option<Self> {
+        let words = match (p.kind(), saved) {
+            (AlgorithmKind::TokenBucket, Saved::Words(w)) => TokenBucketState::sanitized(w, p),
+            (AlgorithmKind::Gcra, Saved::Words(w)) => GcraState::sanitized(w, p),
+            (AlgorithmKind::SlidingCounter, Saved::Words(w)) => SlidingCounterState::sanitized(w, p),
+            (AlgorithmKind::FixedWindow, Saved::Words(w)) => FixedWindowState::sanitized(w, p),
+            (AlgorithmKind::SlidingLog, Saved::Log { entries, last_ns }) => {
+                let log = SlidingLogState::from_parts(p, entries, last_ns)?;
+                [logs.insert(log), 0, 0]
+            }
+            _ => return None,
+        };
+        Some(Packed { tag: tag_of(p), words })
     }
 
     pub(crate) fn full_at_ns(&self, p: &LimitParams, logs: &LogSlab) -> u64 {
