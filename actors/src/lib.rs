@@ -5,6 +5,7 @@
 
 pub mod diag;
 pub mod kv;
+pub mod limiter;
 pub mod ranges;
 pub mod shortener;
 
@@ -15,6 +16,7 @@ pub fn register_all(kinds: &mut KindRegistry) {
     kinds.register::<diag::CounterActor>("diag.counter");
     kinds.register::<kv::KvStoreActor>("kv.store");
     kinds.register::<ranges::RangesActor>("kv.ranges");
+    limiter::register(kinds);
     kinds.register::<shortener::link::LinkActor>("shortener.link");
     kinds.register::<shortener::clicklog::ClickLogActor>("shortener.clicklog");
     kinds.register::<shortener::gateway::GatewayActor>("shortener.gateway");

@@ -1,0 +1,156 @@
+//! The limiter's per-node shared state: the rule set this node enforces, a handle and a
+//! breaker per shard, the leases of global rules, metrics, and the node's clock.
+//!
+//! Every caller on the node (the agent's SDK service, the HTTP service, other systems' actors
+//! through [`super::Limiter`]) and every shard hosted here share one instance, so rules are
+//! applied once per node and leases are per node, as the quota owner accounts them. It lives in
+//! a registry keyed by node name and boot epoch because ractor's registry is process-global and
+//! tests run several nodes in one process; it is created on first use from the loaded topology.
+//!
+//! Invariants: the rule set only moves to newer versions ([`ActiveRules`]); a shard's breaker
+//! only ever delays asking its owner by `breaker_ms`, never longer.
+
+use super::clock::OwnerClock;
+use super::config::SystemConfig;
+use super::lease::Leases;
+use super::metrics::LimiterMetrics;
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use troupe_limiter::proto::{self, LimiterRules, LimiterShard, RulesMsg, RulesReply};
+use troupe_limiter::{ActiveRules, RuleDiff, RuleSet, RuleUpdateError};
+use troupe_runtime::{ActorHandle, ActorPath, KindSpec, Node, RemoteError};
+
+/// How long a rules pull may take before the next tick tries again.
+const PULL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One shard as seen from this node.
+pub struct ShardLink {
+    pub handle: ActorHandle<LimiterShard>,
+    /// Owner-clock ns until which the owner is presumed unreachable.
+    down_until_ns: AtomicU64,
+}
+
+/// See the module docs.
+pub struct NodeLimiter {
+    pub node: Node,
+    pub cfg: SystemConfig,
+    active: Mutex<ActiveRules>,
+    rules: RwLock<Arc<RuleSet>>,
+    pub shards: Vec<ShardLink>,
+    pub leases: Leases,
+    pub metrics: LimiterMetrics,
+    pub clock: OwnerClock,
+    pulling: AtomicBool,
+}
+
+static REGISTRY: Mutex<BTreeMap<(String, u64), Weak<NodeLimiter>>> = Mutex::new(BTreeMap::new());
+
+impl NodeLimiter {
+    /// This node's instance, created on first use. `Err` when the system is not enabled.
+    pub fn of(node: &Node) -> Result<Arc<NodeLimiter>, String> {
+        let key = (node.name().to_string(), node.epoch());
+        let mut reg = REGISTRY.lock();
+        if let Some(s) = reg.get(&key).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let cfg = SystemConfig::of(node)?;
+        let shards = (0..cfg.shard.shards)
+            .map(|i| {
+                proto::shard_path(i)
+                    .map(|p| ShardLink { handle: node.handle::<LimiterShard>(p), down_until_ns: AtomicU64::new(0) })
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let metrics = LimiterMetrics::new(node);
+        metrics.rules_version.set(cfg.initial_rules.version() as f64);
+        let s = Arc::new(NodeLimiter {
+            node: node.clone(),
+            active: Mutex::new(ActiveRules::new(cfg.initial_rules.clone())),
+            rules: RwLock::new(Arc::new(cfg.initial_rules.clone())),
+            shards,
+            leases: Leases::default(),
+            metrics,
+            clock: OwnerClock::new(),
+            pulling: AtomicBool::new(false),
+            cfg,
+        });
+        reg.retain(|_, w| w.strong_count() > 0);
+        reg.insert(key, Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    /// The rule set in force (cheap: one `Arc` clone).
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().clone()
+    }
+
+    /// Applies `next` if it is newer than the set in force.
+    pub fn apply(&self, next: RuleSet) -> Result<RuleDiff, RuleUpdateError> {
+        let mut active = self.active.lock();
+        let diff = active.apply(next)?;
+        if diff.from_version != diff.to_version {
+            *self.rules.write() = Arc::new(active.current().clone());
+            self.metrics.rules_version.set(diff.to_version as f64);
+            tracing::info!(
+                node = %self.node.name(),
+                from = diff.from_version,
+                to = diff.to_version,
+                added = ?diff.added,
+                changed = ?diff.changed,
+                removed = ?diff.removed,
+                "rate-limiter rules applied"
+            );
+        }
+        Ok(diff)
+    }
+
+    /// Asks the rules singleton for a newer set and applies it.
+    pub async fn pull(&self) -> Result<(), RemoteError> {
+        let path = ActorPath::new(proto::SYSTEM, proto::KIND_RULES, KindSpec::singleton_key())
+            .map_err(|e| RemoteError::Invalid(e.to_string()))?;
+        let have = self.rules().version();
+        let reply =
+            self.node.handle::<LimiterRules>(path).ask_timeout(RulesMsg::GetIfNewer { have }, PULL_TIMEOUT).await?;
+        if let RulesReply::Current(set) = reply
+            && let Err(e) = self.apply(set)
+        {
+            tracing::debug!(error = %e, "pulled rules not applied");
+        }
+        Ok(())
+    }
+
+    /// Starts a pull in the background unless one is running (a shard saw a newer version).
+    pub fn pull_soon(self: &Arc<Self>) {
+        if self.pulling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.pull().await {
+                tracing::debug!(error = %e, "rules pull failed; the next tick retries");
+            }
+            me.pulling.store(false, Ordering::Release);
+        });
+    }
+
+    /// Whether shard `i`'s owner is presumed unreachable right now.
+    pub fn shard_down(&self, i: u32, now_ns: u64) -> bool {
+        self.shards.get(i as usize).is_some_and(|s| s.down_until_ns.load(Ordering::Relaxed) > now_ns)
+    }
+
+    /// Marks shard `i`'s owner unreachable for `breaker_ms`.
+    pub fn trip(&self, i: u32, now_ns: u64) {
+        if let Some(s) = self.shards.get(i as usize) {
+            let until = now_ns.saturating_add(self.cfg.agent.breaker_ms.saturating_mul(1_000_000));
+            s.down_until_ns.fetch_max(until, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a check waits for an owner.
+    pub fn owner_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.agent.owner_timeout_ms)
+    }
+}
