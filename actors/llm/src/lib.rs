@@ -142,7 +142,12 @@ impl ModelFile {
     /// Build the CPU backend sized by `cfg` (KV blocks, threads, precision).
     pub fn cpu_backend(&self, cfg: &EngineConfig) -> Result<cpu::CpuBackend, LlmError> {
         let w = cpu::CpuWeights::load(&self.gguf, &self.bytes, &self.config)?;
-        let b = cpu::CpuBackend::new(self.config.clone(), w, cfg.num_kv_blocks, resolve_threads(cfg.threads));
+        let mut isa = cpu::kernels::Isa::detect();
+        if cfg.f32_activations && isa == cpu::kernels::Isa::Avx512Vnni {
+            // The f32 path reads weights row by row; keep them row-major.
+            isa = cpu::kernels::Isa::Avx2;
+        }
+        let b = cpu::CpuBackend::with_isa(self.config.clone(), w, cfg.num_kv_blocks, resolve_threads(cfg.threads), isa);
         Ok(b.with_f32_activations(cfg.f32_activations))
     }
 }
