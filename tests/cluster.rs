@@ -1,6 +1,8 @@
 //! Multi-process cluster tests: real `troupe node` processes on 127.0.0.1 that form
 //! a cluster, get killed with SIGKILL, restart, get partitioned and heal.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{Options, TestCluster, http, wait_for};

@@ -2,6 +2,8 @@
 //! through whichever node it is connected to, and fails over when that node is
 //! killed with SIGKILL. A client with a certificate from another CA is refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{Options, TestCluster};

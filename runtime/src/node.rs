@@ -62,8 +62,10 @@ fn retryable(e: &RemoteError) -> bool {
 /// A raw stream: its events and a hook that cancels it.
 pub type RawStream = (mpsc::Receiver<StreamEvent<Vec<u8>>>, Box<dyn FnOnce() + Send>);
 
+type RawReplyTx = oneshot::Sender<Result<Vec<u8>, RemoteError>>;
+
 /// Answers a local raw ask through a oneshot.
-struct OnceSink(Mutex<Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>>);
+struct OnceSink(Mutex<Option<RawReplyTx>>);
 
 impl ReplySink for OnceSink {
     fn reply(&self, _corr: u64, result: Result<Vec<u8>, RemoteError>) {

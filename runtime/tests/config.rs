@@ -1,6 +1,8 @@
 //! Configuration errors, one class per test: each message names the file, the line
 //! and the fix, and every error of a load is reported at once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 use troupe_runtime::config::{self, Diag};
 use troupe_runtime::{

@@ -1,6 +1,8 @@
 //! Supervision end to end inside one process: a child is crashed repeatedly and each
 //! strategy, the backoff and the restart limit are observed through introspection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,6 +13,15 @@ use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId}
 
 /// Forwards a client's binary request to wherever its target lives.
 pub(crate) async fn forward(node: Node, env: Envelope, request: WireRequest) {
+    let start = node.clock_us();
+    let (trace, target) = (env.trace, env.target.clone());
+    forward_inner(&node, env, request).await;
+    // For asks this spans the whole round trip seen from the client's node.
+    node.record_span(trace, "client", &target, start);
+}
+
+async fn forward_inner(node: &Node, env: Envelope, request: WireRequest) {
+    let node = node.clone();
     match request {
         WireRequest::Tell => {
             if let Err(e) = node.tell_raw(&env.target, env.payload, env.trace).await {
@@ -66,6 +75,10 @@ pub(crate) async fn json_request(
     stream: bool,
     trace: TraceId,
 ) {
+    let start = node.clock_us();
+    let span_target = target.clone();
+    let span_node = node.clone();
+    let _span = SpanGuard { node: &span_node, trace, target: &span_target, start };
     let send = |result: Result<String, RemoteError>, last: bool| {
         let link = link.clone();
         async move { link.send_frame_wait(corr, Frame::JsonReply { corr, result, last }).await }
@@ -142,6 +155,20 @@ pub(crate) async fn json_tell(node: Node, target: ActorPath, json: String, trace
     };
     if let Err(e) = node.tell_raw(&target, payload, trace).await {
         tracing::debug!(%target, error = %e, "client JSON tell not delivered");
+    }
+}
+
+/// Records a span for a client request when it is dropped (every exit path).
+struct SpanGuard<'a> {
+    node: &'a Node,
+    trace: TraceId,
+    target: &'a ActorPath,
+    start: u64,
+}
+
+impl Drop for SpanGuard<'_> {
+    fn drop(&mut self) {
+        self.node.record_span(self.trace, "client", self.target, self.start);
     }
 }
 

@@ -108,15 +108,14 @@ impl Link {
         let cap = (tuning.send_queue_cap as usize / n).max(8);
         let frame_cap = tuning.frame_bytes_max as usize;
         let mut lanes = Vec::with_capacity(n);
-        let link = Arc::new_cyclic(|weak: &Weak<Link>| {
+        Arc::new_cyclic(|weak: &Weak<Link>| {
             for _ in 0..n {
                 let (tx, rx) = mpsc::channel(cap);
                 lanes.push(tx);
                 tokio::spawn(lane_writer(conn.clone(), rx, frame_cap, stats.clone(), weak.clone()));
             }
             Link { peer, conn, lanes, closed: AtomicBool::new(false), cancelled: Mutex::new(HashSet::new()) }
-        });
-        link
+        })
     }
 
     fn lane_for(&self, key: u64) -> usize {
@@ -127,7 +126,9 @@ impl Link {
         self.closed.load(Ordering::Relaxed) || self.conn.close_reason().is_some()
     }
 
-    /// Queues a frame without waiting: a full lane is an error.
+    /// Queues a frame without waiting: a full lane is an error. The frame comes
+    /// back with the error so the caller can retry or answer differently.
+    #[allow(clippy::result_large_err)]
     fn try_send(&self, lane: usize, frame: Frame) -> Result<(), (RemoteError, Frame)> {
         let name = self.peer_name();
         match self.lanes[lane].try_send(frame) {
@@ -539,15 +540,10 @@ impl Transport {
 
     /// Reads every stream the peer opens on `conn` until it closes.
     async fn read_connection(self: Arc<Self>, conn: quinn::Connection, link: Arc<Link>) {
-        loop {
-            match conn.accept_uni().await {
-                Ok(recv) => {
-                    let me = self.clone();
-                    let link = link.clone();
-                    tokio::spawn(async move { me.read_stream(recv, link).await });
-                }
-                Err(_) => break,
-            }
+        while let Ok(recv) = conn.accept_uni().await {
+            let me = self.clone();
+            let link = link.clone();
+            tokio::spawn(async move { me.read_stream(recv, link).await });
         }
         link.closed.store(true, Ordering::Relaxed);
         // Requests that were waiting on this peer will not be answered.
@@ -660,6 +656,7 @@ impl Transport {
             return;
         }
         // Inline (not spawned): frames of one lane are handled in order.
+        let start = node.clock_us();
         let target = match node.local_slot(&env.target) {
             Some(slot) => Ok(crate::node::Target::Local(slot)),
             None => node.resolve(&env.target).await,
@@ -669,6 +666,8 @@ impl Transport {
                 if let Err(e) = slot.deliver_bytes(&env.payload, request, env.trace) {
                     tracing::debug!(target = %env.target, error = %e, "message not delivered");
                 }
+                // Arrival from another node: decoding, resolution and enqueueing.
+                node.record_span(env.trace, "remote-in", &env.target, start);
             }
             Ok(crate::node::Target::Remote(owner)) => {
                 self.stats.wrong_owner.inc();

@@ -197,7 +197,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
             {
                 c.error("name", e.to_string(), None);
             }
-            let out = (
+            (
                 name,
                 rel(&base, &c.opt_str("data_dir").unwrap_or_else(|| ".troupe/data".into())),
                 rel(&base, &c.opt_str("tls_dir").unwrap_or_else(|| ".troupe/tls".into())),
@@ -205,8 +205,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                 rel(&base, &c.opt_str("systems_dir").unwrap_or_else(|| "systems".into())),
                 c.strs("systems"),
                 c.strs("seeds"),
-            );
-            out
+            )
         }
         None => {
             doc.error(

@@ -11,7 +11,16 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("corpus dir");
     let target = ActorPath::parse("/kv/store/hello").expect("path");
     let frames = vec![
-        ("tell", Frame::Msg(Envelope { target: target.clone(), sender: None, request: RequestKind::Tell, trace: 2, payload: vec![1, 5, b'w'] })),
+        (
+            "tell",
+            Frame::Msg(Envelope {
+                target: target.clone(),
+                sender: None,
+                request: RequestKind::Tell,
+                trace: 2,
+                payload: vec![1, 5, b'w'],
+            }),
+        ),
         (
             "ask",
             Frame::Msg(Envelope {
@@ -22,13 +31,35 @@ fn main() {
                 payload: vec![0],
             }),
         ),
-        ("stream", Frame::Msg(Envelope { target: target.clone(), sender: None, request: RequestKind::Stream { corr: 3 }, trace: 4, payload: vec![] })),
+        (
+            "stream",
+            Frame::Msg(Envelope {
+                target: target.clone(),
+                sender: None,
+                request: RequestKind::Stream { corr: 3 },
+                trace: 4,
+                payload: vec![],
+            }),
+        ),
         ("reply_ok", Frame::Reply { corr: 9, result: Ok(vec![2, 0, 1]) }),
-        ("reply_err", Frame::Reply { corr: 9, result: Err(RemoteError::MailboxFull { path: target.to_string(), cap: 1024 }) }),
+        (
+            "reply_err",
+            Frame::Reply { corr: 9, result: Err(RemoteError::MailboxFull { path: target.to_string(), cap: 1024 }) },
+        ),
         ("item", Frame::StreamItem { corr: 3, payload: vec![7; 40] }),
         ("end", Frame::StreamEnd { corr: 3, result: Err(RemoteError::Cancelled) }),
         ("cancel", Frame::Cancel { corr: 3 }),
-        ("json_ask", Frame::JsonAsk { target: target.clone(), corr: 1, timeout_ms: 100, json: "\"Get\"".into(), stream: false, trace: 1 }),
+        (
+            "json_ask",
+            Frame::JsonAsk {
+                target: target.clone(),
+                corr: 1,
+                timeout_ms: 100,
+                json: "\"Get\"".into(),
+                stream: false,
+                trace: 1,
+            },
+        ),
         ("json_tell", Frame::JsonTell { target, json: "{\"Put\":{\"value\":\"v\"}}".into(), trace: 1 }),
         ("json_reply", Frame::JsonReply { corr: 1, result: Ok("{}".into()), last: true }),
     ];
