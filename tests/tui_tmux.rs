@@ -14,6 +14,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// How long a key may take to show on screen; generous, the machine is shared.
+const WAIT: Duration = Duration::from_secs(10);
+
 struct Tmux {
     socket: String,
     conf: String,
@@ -100,6 +103,11 @@ fn member_cell(screen: &str, row: &str, col: &str) -> Option<String> {
     Some(cells.trim().to_string())
 }
 
+/// The node whose tree is shown (from the tree panel's title).
+fn tree_node(screen: &str) -> Option<String> {
+    screen.lines().find_map(|l| l.split("Tree ").nth(1)).and_then(|r| r.split(' ').next()).map(str::to_string)
+}
+
 fn selected_path(screen: &str) -> Option<&str> {
     screen.lines().find_map(|l| l.split("path     ").nth(1)).map(|p| p.split([' ', '│']).next().unwrap_or(""))
 }
@@ -113,7 +121,7 @@ fn select(t: &Tmux, path: &str, max: usize) {
         }
         let before = selected_path(&s).map(str::to_string);
         t.keys(&["j"]);
-        t.wait("the cursor to move", Duration::from_secs(5), |s| selected_path(s).map(str::to_string) != before);
+        t.wait("the cursor to move", WAIT, |s| selected_path(s).map(str::to_string) != before);
     }
     panic!("never reached {path}; the screen:\n{}", t.screen());
 }
@@ -140,25 +148,25 @@ fn top_in_tmux_shows_the_cluster_a_dead_node_and_a_partition() {
         assert_eq!(member_cell(&s, "n1", n).as_deref(), Some("up"), "n1 sees {n} alive:\n{s}");
     }
 
-    // Open the kv store kind and find the node that holds `hello`.
-    select(&t, "/kv/store", 10);
-    t.keys(&["Enter"]);
+    // Find the node that holds `hello` (its store kind has one entity), open the kind
+    // there and select the entity.
     let mut holder = None;
     for _ in 0..3 {
-        let s = t.wait("the store kind to open", Duration::from_secs(5), |s| s.contains("▾ store"));
-        if s.contains(" hello") {
-            holder = s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string());
+        let s = t.wait("a tree", WAIT, |s| s.contains("▾ /kv"));
+        if s.contains("▸ store (1)") {
+            holder = tree_node(&s);
             break;
         }
-        let title = s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string());
+        let shown = tree_node(&s);
         t.keys(&["n"]);
-        t.wait("the next node's tree", Duration::from_secs(5), |s| {
-            s.lines().find_map(|l| l.split("Tree ").nth(1)).map(|r| r[..2].to_string()) != title
-        });
+        t.wait("the next node's tree", WAIT, |s| tree_node(s) != shown);
     }
     let holder = holder.unwrap_or_else(|| panic!("no node shows /kv/store/hello:\n{}", t.screen()));
-    select(&t, "/kv/store/hello", 60);
-    let s = t.wait("hello's details", Duration::from_secs(5), |s| s.contains("kind     store · running"));
+    select(&t, "/kv/store", 10);
+    t.keys(&["Enter"]);
+    t.wait("hello under the open store", WAIT, |s| s.contains("▾ store (1)") && s.contains(" hello"));
+    select(&t, "/kv/store/hello", 5);
+    let s = t.wait("hello's details", WAIT, |s| s.contains("kind     store · running"));
     assert!(s.contains("mailbox  0/1024"), "{s}");
 
     // Kill a node the screen is not showing; it turns DOWN, the rest stays live.
@@ -193,7 +201,7 @@ fn top_in_tmux_shows_the_cluster_a_dead_node_and_a_partition() {
     });
     // Still answering keys: the details pane follows the cursor.
     t.keys(&["k"]);
-    t.wait("the cursor to move up", Duration::from_secs(5), |s| selected_path(s) != Some("/kv/store/hello"));
+    t.wait("the cursor to move up", WAIT, |s| selected_path(s) != Some("/kv/store/hello"));
 
     t.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
