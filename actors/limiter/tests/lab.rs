@@ -88,3 +88,21 @@ fn boundary_plot_is_a_png() {
         std::fs::write(format!("{dir}/boundary.png"), &png).expect("write plot");
     }
 }
+
+#[test]
+fn leasing_lab_never_exceeds_the_limit_and_shows_the_trade_off() {
+    use troupe_limiter::lab::leasing::{LeasingConfig, run_leasing};
+    let cfg = LeasingConfig::default();
+    let r = run_leasing(&cfg);
+    assert_eq!(r, run_leasing(&cfg), "same seed, same numbers");
+    for row in &r.rows {
+        eprintln!(
+            "slice_min {:3}%: utilization {:.3} requests/window {:7.1} max/window {}",
+            row.slice_min_percent, row.utilization, row.requests_per_window, row.max_per_window
+        );
+        assert!(row.max_per_window <= cfg.limit, "leasing must never over-admit: {row:?}");
+    }
+    let (small, big) = (r.rows.first().expect("rows"), r.rows.last().expect("rows"));
+    assert!(small.requests_per_window > 5.0 * big.requests_per_window, "small slices cost round trips");
+    assert!(big.utilization < small.utilization, "big slices strand quota on light nodes");
+}

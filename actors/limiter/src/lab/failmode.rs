@@ -5,7 +5,7 @@
 //! state starts fresh (the pessimistic case: limiter state is not replicated). The ideal is the
 //! same limiter with an owner that never went away.
 
-use super::{Arrival, max_in_any_window, poisson_trace};
+use super::{Arrival, max_in_any_window, poisson_trace, trailing_counts};
 use crate::algorithm::{Algorithm, AlgorithmKind, LimitParams, Limiter, ParamError};
 use crate::rules::FailMode;
 
@@ -76,6 +76,15 @@ pub struct FailModeReport {
 }
 
 fn simulate(params: LimitParams, trace: &[Arrival], cfg: &FailModeConfig, mode: Option<FailMode>) -> FailModeRow {
+    simulate_admitted(params, trace, cfg, mode).0
+}
+
+fn simulate_admitted(
+    params: LimitParams,
+    trace: &[Arrival],
+    cfg: &FailModeConfig,
+    mode: Option<FailMode>,
+) -> (FailModeRow, Vec<Arrival>) {
     let mut lim = Limiter::new(params);
     let mut rehomed = false;
     let mut admitted = Vec::new();
@@ -105,7 +114,34 @@ fn simulate(params: LimitParams, trace: &[Arrival], cfg: &FailModeConfig, mode: 
         }
     }
     row.max_in_any_window = max_in_any_window(&admitted, cfg.window_ns);
-    row
+    (row, admitted)
+}
+
+/// Lab (c) over time, for a plot: the admitted count in the trailing window at
+/// `samples_per_window` points per window, for the ideal, fail-open and fail-closed policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailModeSeries {
+    /// Sample times, ns.
+    pub samples_ns: Vec<u64>,
+    /// `(policy, trailing counts)`; `None` is the ideal.
+    pub series: Vec<(Option<FailMode>, Vec<u64>)>,
+}
+
+/// Runs lab (c) and samples the trailing-window counts.
+pub fn run_failmode_series(cfg: &FailModeConfig, samples_per_window: u64) -> Result<FailModeSeries, ParamError> {
+    let params = LimitParams::simple(cfg.kind, cfg.limit, cfg.window_ns)?;
+    let trace = poisson_trace(cfg.seed, cfg.limit as f64 * cfg.load, cfg.window_ns, cfg.windows);
+    let step = (cfg.window_ns / samples_per_window.max(1)).max(1);
+    let end = cfg.window_ns.saturating_mul(cfg.windows);
+    let samples_ns: Vec<u64> = (1..).map(|i| i * step).take_while(|t| *t <= end).collect();
+    let series = [None, Some(FailMode::Open), Some(FailMode::Closed)]
+        .into_iter()
+        .map(|m| {
+            let (_, admitted) = simulate_admitted(params, &trace, cfg, m);
+            (m, trailing_counts(&admitted, cfg.window_ns, &samples_ns))
+        })
+        .collect();
+    Ok(FailModeSeries { samples_ns, series })
 }
 
 /// Runs lab (c).

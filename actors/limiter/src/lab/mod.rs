@@ -4,10 +4,13 @@
 //! (a) [`boundary`]: fixed window's boundary burst vs the sliding counter on one trace.
 //! (b) [`accuracy`]: every algorithm against the exact sliding log on one trace.
 //! (c) [`failmode`]: fail-open vs fail-closed while a shard owner is unavailable.
+//! (d) [`leasing`]: a global limit leased to nodes — accuracy and owner round trips by slice
+//!     size.
 
 pub mod accuracy;
 pub mod boundary;
 pub mod failmode;
+pub mod leasing;
 #[cfg(feature = "plot")]
 pub mod plot;
 

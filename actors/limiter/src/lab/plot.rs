@@ -89,6 +89,95 @@ pub fn render_boundary_png(report: &BoundaryReport, width: u32, height: u32) -> 
     encode_png(&rgb, width, height)
 }
 
+/// One line of a [`LineChart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Legend text.
+    pub label: String,
+    /// `(x, y)` points, x ascending.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A generic line chart: the lab's other plots (accuracy against load, fail modes over time,
+/// the live cluster experiment).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineChart {
+    /// Caption.
+    pub title: String,
+    /// X axis description.
+    pub x_desc: String,
+    /// Y axis description.
+    pub y_desc: String,
+    /// The lines, drawn in order with distinct colours.
+    pub lines: Vec<Line>,
+    /// Horizontal reference levels `(y, label)` (e.g. the limit).
+    pub levels: Vec<(f64, String)>,
+    /// An x range to shade `(from, to, label)` (e.g. an outage).
+    pub shade: Option<(f64, f64, String)>,
+}
+
+/// Renders a [`LineChart`] to PNG bytes of `width × height` pixels.
+pub fn render_lines_png(c: &LineChart, width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+    if width == 0 || height == 0 || width > 8192 || height > 8192 {
+        return Err(PlotError::Size);
+    }
+    register_font();
+    let all = || c.lines.iter().flat_map(|l| l.points.iter().copied());
+    let x_min = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let x_max = all().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let (x_min, x_max) = if x_min.is_finite() && x_max > x_min { (x_min, x_max) } else { (0.0, 1.0) };
+    let y_top = all().map(|p| p.1).chain(c.levels.iter().map(|l| l.0)).fold(0.0, f64::max);
+    let y_max = if y_top > 0.0 { y_top * 1.35 } else { 1.0 };
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&c.title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x_min..x_max, 0f64..y_max)
+            .map_err(draw_err)?;
+        chart.configure_mesh().x_desc(&c.x_desc).y_desc(&c.y_desc).draw().map_err(draw_err)?;
+        if let Some((from, to, label)) = &c.shade {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(*from, 0.0), (*to, y_max)],
+                    RGBColor(255, 200, 120).mix(0.35).filled(),
+                )))
+                .map_err(draw_err)?
+                .label(label.clone())
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(255, 200, 120).filled()));
+        }
+        let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, RGBColor(120, 80, 0)];
+        for (line, color) in c.lines.iter().zip(colors.iter().cycle()) {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
+                .map_err(draw_err)?
+                .label(line.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        for (level, label) in &c.levels {
+            chart
+                .draw_series(LineSeries::new([(x_min, *level), (x_max, *level)], BLACK.mix(0.5)))
+                .map_err(draw_err)?
+                .label(label.clone())
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperMiddle)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&rgb, width, height)
+}
+
 fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, width, height);
