@@ -84,7 +84,12 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // tmux leaves its socket file behind after kill-server; one per run would pile up.
+        let socket = self.pane("#{socket_path}");
         let _ = self.tmux(&["kill-server"]);
+        if !socket.is_empty() {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
@@ -139,7 +144,13 @@ fn top_in_tmux_shows_the_cluster_a_dead_node_and_a_partition() {
         .expect("troupe ask");
     assert!(put.status.success(), "troupe ask failed: {}", String::from_utf8_lossy(&put.stderr));
 
-    let t = Tmux::start(&c.dir, &format!("'{BIN}' top --cluster '{}' --refresh-ms 500", file.display()));
+    // The shell records top's exit status: tmux's own `pane_dead_status` is sometimes
+    // never filled in when the pane's output closes before the process is reaped.
+    let status_file = c.dir.join("top.status");
+    let t = Tmux::start(
+        &c.dir,
+        &format!("'{BIN}' top --cluster '{}' --refresh-ms 500; echo $? > '{}'", file.display(), status_file.display()),
+    );
     let s = t.wait("all three nodes UP", Duration::from_secs(30), |s| {
         ["n1", "n2", "n3"].iter().all(|n| node_row(s, n).is_some_and(|r| r.contains(" UP ")))
     });
@@ -205,12 +216,14 @@ fn top_in_tmux_shows_the_cluster_a_dead_node_and_a_partition() {
 
     t.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    // The exit status shows up a moment after the pane is marked dead.
-    while t.pane("#{pane_dead} #{pane_dead_status}").split(' ').nth(1).is_none_or(str::is_empty) {
+    let status = loop {
+        if let Some(st) = std::fs::read_to_string(&status_file).ok().filter(|s| s.ends_with('\n')) {
+            break st;
+        }
         assert!(Instant::now() < deadline, "troupe top did not exit on q:\n{}", t.screen());
         std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(t.pane("#{pane_dead_status}"), "0", "troupe top exit status; screen:\n{}", t.screen());
+    };
+    assert_eq!(status.trim(), "0", "troupe top exit status; screen:\n{}", t.screen());
     // Back on the normal screen: nothing of the TUI is left behind.
     assert!(!t.screen().contains("Nodes · membership"), "the alternate screen was not left:\n{}", t.screen());
 }
