@@ -81,7 +81,7 @@ fn post(addr: std::net::SocketAddr, cmd: &ChaosCommand) -> anyhow::Result<String
 }
 
 fn apply_pairwise(
-    cluster: &PathBuf,
+    cluster: &std::path::Path,
     node: &str,
     others: &[String],
     make: impl Fn(Vec<String>) -> ChaosCommand,
