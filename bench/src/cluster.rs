@@ -106,8 +106,21 @@ impl LocalCluster {
     }
 
     pub fn spawn(&mut self, name: &str) -> anyhow::Result<()> {
+        self.spawn_with(name, &[])
+    }
+
+    /// Starts node `name` under a wrapper command (e.g. `taskset -c 1 nice -n 19`).
+    pub fn spawn_with(&mut self, name: &str, wrapper: &[&str]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["node", "--cluster"])
             .arg(self.dir.join("cluster.toml"))
             .args(["--name", name])

@@ -52,22 +52,70 @@ fn detection(kills: usize) -> anyhow::Result<(troupe_bench::Latency, troupe_benc
     Ok((summarize(&suspect), summarize(&down)))
 }
 
-/// Starves node n5 (stopped `stop_ms` out of every `stop_ms + run_ms`) for
-/// `secs` and returns (suspicions n5 raised, suspicions of n5 by the others).
-fn starvation(local_health_max: u32, secs: u64, stop_ms: u64, run_ms: u64) -> anyhow::Result<(f64, f64)> {
+/// How node n5 is starved of CPU.
+#[derive(Clone, Copy, Debug)]
+enum Starve {
+    /// Frozen `stop_ms` out of every `stop_ms + run_ms` (SIGSTOP / SIGCONT).
+    Freeze { stop_ms: u64, run_ms: u64 },
+    /// Pinned to one core at nice 19 next to `hogs` busy loops at nice 0: it runs,
+    /// slowly, while time goes on — its timers fire late and its replies lag.
+    Hogs { hogs: usize },
+    /// Everything n5 sends is delayed by `delay_ms` (a congested or slow link on
+    /// its side): its probes' acks come back after its probe timeout.
+    SlowLink { delay_ms: u64 },
+}
+
+/// Starves node n5 for `secs` and returns (suspicions n5 raised about healthy
+/// peers, suspicions of n5 by the others).
+fn starvation(local_health_max: u32, secs: u64, how: Starve) -> anyhow::Result<(f64, f64)> {
     let cfg = format!("{LAN}local_health_max = {local_health_max}\n");
-    let mut c = LocalCluster::start(5, &[], &cfg, &[])?;
-    c.wait_all_alive(Duration::from_secs(30))?;
+    let mut c = LocalCluster::prepare(5, &[], &cfg, &[])?;
+    for n in ["n1", "n2", "n3", "n4"] {
+        c.spawn(n)?;
+    }
+    match how {
+        Starve::Hogs { .. } => c.spawn_with("n5", &["taskset", "-c", "1", "nice", "-n", "19"])?,
+        Starve::Freeze { .. } | Starve::SlowLink { .. } => c.spawn("n5")?,
+    }
+    c.wait_all_alive(Duration::from_secs(60))?;
     let before_n5 = c.metric("n5", "troupe_gossip_suspicions_total");
     let before_others: f64 = (1..=4).map(|i| c.metric(&format!("n{i}"), "troupe_gossip_suspicions_total")).sum();
     let pid = c.pid("n5").ok_or_else(|| anyhow::anyhow!("n5 not running"))? as i32;
     let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        // SAFETY: signals to our own child process.
-        unsafe { libc_kill(pid, 19) }; // SIGSTOP
-        std::thread::sleep(Duration::from_millis(stop_ms));
-        unsafe { libc_kill(pid, 18) }; // SIGCONT
-        std::thread::sleep(Duration::from_millis(run_ms));
+    match how {
+        Starve::Freeze { stop_ms, run_ms } => {
+            while Instant::now() < end {
+                // SAFETY: signals to our own child process.
+                unsafe { libc_kill(pid, 19) }; // SIGSTOP
+                std::thread::sleep(Duration::from_millis(stop_ms));
+                unsafe { libc_kill(pid, 18) }; // SIGCONT
+                std::thread::sleep(Duration::from_millis(run_ms));
+            }
+        }
+        Starve::SlowLink { delay_ms } => {
+            let body = format!(
+                r#"{{"Delay":{{"nodes":["n1","n2","n3","n4"],"delay_ms":{delay_ms},"for_ms":{}}}}}"#,
+                secs * 1000
+            );
+            let (code, text) = troupe_bench::cluster::http(c.admin["n5"], "POST", "/v1/chaos", Some(&body))?;
+            anyhow::ensure!(code == 200, "chaos on n5 failed: {text}");
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        }
+        Starve::Hogs { hogs } => {
+            let mut hs = Vec::new();
+            for _ in 0..hogs {
+                hs.push(
+                    std::process::Command::new("taskset")
+                        .args(["-c", "1", "sh", "-c", "while :; do :; done"])
+                        .spawn()?,
+                );
+            }
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+            for mut h in hs {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
     let n5 = c.metric("n5", "troupe_gossip_suspicions_total") - before_n5;
@@ -91,8 +139,9 @@ unsafe fn libc_kill(pid: i32, sig: i32) {
 fn main() -> anyhow::Result<()> {
     let kills: usize = std::env::var("KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let secs: u64 = std::env::var("STARVE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let stop_ms: u64 = std::env::var("STOP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(900);
-    let run_ms: u64 = std::env::var("RUN_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let stop_ms: u64 = std::env::var("STOP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2500);
+    let run_ms: u64 = std::env::var("RUN_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let hogs: usize = std::env::var("HOGS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let (suspect, down) = if kills > 0 {
         detection(kills)?
     } else {
@@ -102,27 +151,32 @@ fn main() -> anyhow::Result<()> {
     println!("\ndetection over {kills} kills (probe period 1000 ms, suspicion timeout 3000 ms):");
     println!("  first suspicion: p50 {:.0} ms, p99 {:.0} ms", suspect.p50_us / 1e3, suspect.p99_us / 1e3);
     println!("  declared down:   p50 {:.0} ms, p99 {:.0} ms", down.p50_us / 1e3, down.p99_us / 1e3);
-    let (on_self, on_others) = starvation(8, secs, stop_ms, run_ms)?;
-    let (off_self, off_others) = starvation(0, secs, stop_ms, run_ms)?;
-    println!(
-        "\nfalse suspicions raised by a CPU-starved node (stopped {stop_ms} ms of every {} ms, {secs} s):",
-        stop_ms + run_ms
-    );
-    println!("  local health on  (max 8): {on_self:.0}   (others suspected the starved node {on_others:.0} times)");
-    println!("  local health off (max 0): {off_self:.0}   (others suspected the starved node {off_others:.0} times)");
+    let mut starving = Vec::new();
+    let delay_ms: u64 = std::env::var("DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    for how in [Starve::SlowLink { delay_ms }, Starve::Hogs { hogs }, Starve::Freeze { stop_ms, run_ms }] {
+        let (on_self, on_others) = starvation(8, secs, how)?;
+        let (off_self, off_others) = starvation(0, secs, how)?;
+        println!("\nfalse suspicions raised by a starved node ({how:?}, {secs} s):");
+        println!("  local health on  (max 8): {on_self:.0}   (others suspected the starved node {on_others:.0} times)");
+        println!(
+            "  local health off (max 0): {off_self:.0}   (others suspected the starved node {off_others:.0} times)"
+        );
+        starving.push(serde_json::json!({
+            "how": format!("{how:?}"), "seconds": secs,
+            "local_health_on": { "false_suspicions_by_starved_node": on_self, "suspicions_of_starved_node": on_others },
+            "local_health_off": { "false_suspicions_by_starved_node": off_self, "suspicions_of_starved_node": off_others },
+        }));
+    }
+    let name = if kills > 0 { "failure-detection" } else { "failure-detection-starvation" };
     let p = write_result(
-        "failure-detection",
+        name,
         &serde_json::json!({
             "machine": troupe_bench::machine(),
             "settings": { "probe_period_ms": 1000, "probe_rtt_ms": 400, "suspect_to_down_ms": 3000, "nodes": 5 },
             "kills": kills,
             "first_suspicion_ms": { "p50": suspect.p50_us / 1e3, "p99": suspect.p99_us / 1e3 },
             "declared_down_ms": { "p50": down.p50_us / 1e3, "p99": down.p99_us / 1e3 },
-            "starvation": {
-                "duty_cycle": format!("SIGSTOP {stop_ms} ms / SIGCONT {run_ms} ms"), "seconds": secs,
-                "local_health_on": { "false_suspicions_by_starved_node": on_self, "suspicions_of_starved_node": on_others },
-                "local_health_off": { "false_suspicions_by_starved_node": off_self, "suspicions_of_starved_node": off_others },
-            },
+            "starvation": starving,
         }),
     )?;
     println!("\nwrote {}", p.display());

@@ -150,6 +150,23 @@ fn main() -> anyhow::Result<()> {
     }
     let asks = 100_000;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // `--only raw|troupe`: one tell burst and nothing else, for instruction counts
+    // under `valgrind --tool=callgrind` (repeatable whatever the machine's load).
+    if let Some(i) = args.iter().position(|a| a == "--only") {
+        let side = args.get(i + 1).cloned().unwrap_or_default();
+        return rt.block_on(async {
+            let dir = std::env::temp_dir().join(format!("troupe-bench-local-{}", std::process::id()));
+            let node = troupe_node(&dir).await?;
+            match side.as_str() {
+                "raw" => drop(raw(n, 0).await?),
+                "troupe" => drop(troupe(&node, "only", n, 0).await?),
+                other => anyhow::bail!("--only takes raw or troupe, not {other}"),
+            }
+            node.shutdown().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        });
+    }
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("troupe-bench-local-{}", std::process::id()));
         let node = troupe_node(&dir).await?;

@@ -146,6 +146,7 @@ struct Stats {
     stale_suspicions: Counter,
     suspicions: Counter,
     downs: Counter,
+    refuted: Counter,
 }
 
 fn unix_ms() -> u64 {
@@ -216,6 +217,11 @@ impl Gossip {
                 &[],
             ),
             downs: metrics.counter("troupe_gossip_downs_total", "Times this node saw another member go down.", &[]),
+            refuted: metrics.counter(
+                "troupe_gossip_refuted_suspicions_total",
+                "Suspicions this node held that the member refuted (it was alive).",
+                &[],
+            ),
             stale_suspicions: metrics.counter(
                 "troupe_gossip_stale_suspicions_total",
                 "Suspicions whose timeout foca dropped (after a rejoin) and the driver resolved as down.",
@@ -481,6 +487,14 @@ impl Driver {
         let mut events = Vec::new();
         for (name, m) in &fresh {
             let before = v.members.get(name);
+            // A suspect that comes back alive with a higher incarnation refuted the
+            // suspicion: if we were among the accusers, our own view was wrong.
+            if before.is_some_and(|b| {
+                b.state == MemberState::Suspect && m.state == MemberState::Alive && m.incarnation > b.incarnation
+            }) {
+                self.health.on_refuted();
+                self.stats.refuted.inc();
+            }
             if before.is_none_or(|b| b.state != m.state || b.id.epoch != m.id.epoch) {
                 events.push(MemberEvent { name: name.clone(), epoch: m.id.epoch, state: m.state });
             }

@@ -1,8 +1,10 @@
 //! Local health awareness, after Lifeguard (Dadgar et al., 2018): a node that is
-//! itself slow — its event loop wakes late because its CPU is starved — must not
-//! accuse healthy peers. foca has no such logic, so troupe adds it where it owns the
-//! clock: timers fire late when the node is slow, and every late timer raises a
-//! local health score; each calm probe period lowers it. SWIM's probe interval,
+//! itself slow — its event loop wakes late because its CPU is starved, or its
+//! packets crawl — must not accuse healthy peers. foca has no such logic, so troupe
+//! adds it where it owns the clock. Two symptoms raise a local health score:
+//! timers that fire late, and suspicions this node raised that the accused member
+//! refuted (it was alive: our probes were the unreliable part — Lifeguard's
+//! "nack" signal). Each calm probe period lowers the score. SWIM's probe interval,
 //! probe timeout and suspicion timeout are stretched by `1 + score`.
 //!
 //! Pure: time comes in as arguments.
@@ -36,7 +38,13 @@ impl LocalHealth {
         }
     }
 
-    /// End of a probe period: a period without late timers heals one step.
+    /// A member this node suspected refuted it (came back alive).
+    pub fn on_refuted(&mut self) {
+        self.late_this_period += 1;
+        self.score = (self.score + 1).min(self.max);
+    }
+
+    /// End of a probe period: a period without symptoms heals one step.
     pub fn on_period(&mut self) {
         if self.late_this_period == 0 {
             self.score = self.score.saturating_sub(1);
