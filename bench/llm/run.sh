@@ -14,6 +14,8 @@ cd "$(dirname "$0")/../.."
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-2}
 BATCHES=${BATCHES:-1,8,32,128}
+MIXED=${MIXED:-64}
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-llm}
 OUT=bench/results
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -30,10 +32,12 @@ fi
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: troupe-llm" >&2
   "$CARGO_TARGET_DIR/release/examples/bench_engine" --model "$MODEL" --threads "$THREADS" \
-    --batches "$BATCHES" --mixed-requests 64 > "$TMP/ours-$r.json"
+    --batches "$BATCHES" --mixed-requests "$MIXED" > "$TMP/ours-$r.json"
   echo "== round $r/$ROUNDS: llama.cpp" >&2
   python3 bench/llm/llamacpp_bench.py --model "$MODEL" --threads "$THREADS" \
     --batches "$BATCHES" > "$TMP/llamacpp-$r.json"
 done
 
-python3 bench/llm/summarize.py --threads "$THREADS" --out "$OUT/llm-cpu-$STAMP" "$TMP"/ours-*.json -- "$TMP"/llamacpp-*.json
+python3 bench/llm/summarize.py --threads "$THREADS" --mixed "$MIXED" --out "$OUT/llm-cpu-$STAMP" "$TMP"/ours-*.json -- "$TMP"/llamacpp-*.json
+# The machine is shared: record how busy it was (1/5/15-minute load averages).
+echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores)." | tee -a "$OUT/llm-cpu-$STAMP.md"

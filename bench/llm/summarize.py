@@ -21,6 +21,7 @@ def main():
     args = sys.argv[1:]
     threads = args[args.index("--threads") + 1]
     out = args[args.index("--out") + 1]
+    n_mixed = args[args.index("--mixed") + 1] if "--mixed" in args else "64"
     files = [a for a in args if a.endswith(".json")]
     sep = args.index("--")
     ours = [json.load(open(f)) for f in files if args.index(f) < sep]
@@ -53,7 +54,7 @@ def main():
         f"- batch-1 decode ≥ 0.8× llama.cpp: {rows_ratio(rows, 'decode tok/s, batch 1')}",
         f"- aggregate decode at batch 32 ≥ 4× our batch 1: {b32 / b1:.2f}x" if b1 and b32 else "- batch 32 not measured",
         "",
-        f"Mixed-length workload (64 requests, prompts 16–192, outputs 8–128, 16 slots): "
+        f"Mixed-length workload ({n_mixed} requests, prompts 16–192, outputs 8–128, 16 slots): "
         f"continuous batching {mixed['continuous']:.1f} generated tok/s vs static batching "
         f"{mixed['static']:.1f} ({mixed['continuous'] / mixed['static']:.2f}x).",
     ]
