@@ -49,6 +49,9 @@ enum Command {
     Trace(cli::client::TraceArgs),
     /// Live view of the cluster: nodes, supervision trees, rates, metrics.
     Top(cli::top::TopArgs),
+    /// Seeded simulations of a system's design decisions, with plots.
+    #[command(subcommand)]
+    Lab(cli::lab::LabCmd),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Metrics(a) => cli::client::metrics(a),
         Command::Trace(a) => cli::client::trace(a),
         Command::Top(a) => cli::top::run(a),
+        Command::Lab(c) => cli::lab::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

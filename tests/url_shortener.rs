@@ -349,3 +349,24 @@ fn chaos_kill_under_create_and_redirect_load() {
         assert_eq!(clicks(g2, code).and_then(|s| s["total"].as_u64()), Some(want), "clicks of {code}");
     }
 }
+
+#[test]
+fn lab_writes_plots_and_summary() {
+    let out = std::env::temp_dir().join(format!("troupe-lab-{}", std::process::id()));
+    let run = std::process::Command::new(common::BIN)
+        .args(["lab", "url-shortener", "--quick", "--seed", "7", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("running troupe lab: {e}"));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for f in ["url-shortener-301-vs-302.png", "url-shortener-enumeration.png", "url-shortener-cache-hit-rate.png"] {
+        let bytes = std::fs::read(out.join(f)).unwrap_or_default();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 2_000, "{f}: {} bytes", bytes.len());
+    }
+    let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
+    assert!(summary.contains("301 vs 302") && summary.contains("seed 7"), "{summary}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(report["seed"].as_u64(), Some(7));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -7,7 +7,11 @@
 //!   (`negative_ttl` for "no such code"): the staleness bound when an invalidation is lost;
 //! - a fill that raced with an invalidation is dropped: `fill` takes the invalidation
 //!   generation read *before* the lookup started, and stores nothing if any invalidation
-//!   arrived since (invalidations are rare, so the cost is an occasional extra lookup).
+//!   arrived since (invalidations are rare, so the cost is an occasional extra lookup);
+//! - refresh ahead: past three quarters of its TTL (minus a per-code jitter, so entries
+//!   filled together do not come due together) an entry is still served, and exactly one
+//!   caller is told to refresh it in the background. Hot links therefore never miss on
+//!   expiry, and the staleness bound is unchanged (a refresh is a new read).
 
 use axum::http::HeaderValue;
 use parking_lot::Mutex;
@@ -32,6 +36,18 @@ pub enum Entry {
 struct Cached {
     entry: Entry,
     until: Instant,
+    /// When one caller should refresh it.
+    refresh_at: Instant,
+    /// That caller was told (the shard's mutex guards the cell).
+    refresh_claimed: std::cell::Cell<bool>,
+}
+
+/// A cache answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub entry: Entry,
+    /// This caller should refresh the entry in the background.
+    pub refresh: bool,
 }
 
 pub struct LinkCache {
@@ -58,15 +74,24 @@ impl LinkCache {
 
     /// The cached entry, if still fresh at `now`.
     pub fn get(&self, code: &str, now: Instant) -> Option<Entry> {
+        self.lookup(code, now).map(|h| h.entry)
+    }
+
+    /// The cached entry, if still fresh at `now`, and whether this caller should refresh it.
+    pub fn lookup(&self, code: &str, now: Instant) -> Option<Hit> {
         let mut shard = self.shard(code).lock();
-        match shard.get(code) {
-            Some(c) if c.until > now => Some(c.entry.clone()),
-            Some(_) => {
-                shard.invalidate(code);
-                None
+        let expired = match shard.get(code) {
+            Some(c) if c.until > now => {
+                let refresh = now >= c.refresh_at && !c.refresh_claimed.replace(true);
+                return Some(Hit { entry: c.entry.clone(), refresh });
             }
-            None => None,
+            Some(_) => true,
+            None => false,
+        };
+        if expired {
+            shard.invalidate(code);
         }
+        None
     }
 
     /// Read before a lookup; pass to [`LinkCache::fill`].
@@ -87,7 +112,10 @@ impl LinkCache {
         if self.generation.load(Ordering::SeqCst) != generation {
             return;
         }
-        shard.insert(code.to_string(), Cached { entry, until: now + ttl });
+        // Refresh at 3/4 of the TTL minus up to another 1/4 of jitter, fixed per code.
+        let jitter = ttl.mul_f64((crate::shortener::stable_hash(code.as_bytes()) % 1000) as f64 / 4000.0);
+        let refresh_at = now + ttl.mul_f64(0.75).saturating_sub(jitter);
+        shard.insert(code.to_string(), Cached { entry, until: now + ttl, refresh_at, refresh_claimed: false.into() });
     }
 
     pub fn invalidate(&self, code: &str) {
@@ -153,6 +181,20 @@ mod tests {
         assert_eq!(c.get("abc", now), Some(link("https://new.example/")));
         c.invalidate("abc");
         assert_eq!(c.get("abc", now), None);
+    }
+
+    #[test]
+    fn one_caller_refreshes_ahead_of_expiry() {
+        let c = LinkCache::new(64, Duration::from_millis(1000), Duration::from_millis(10));
+        let t0 = Instant::now();
+        c.fill("abc", link("https://a.example/"), c.generation(), t0);
+        assert_eq!(c.lookup("abc", t0).map(|h| h.refresh), Some(false));
+        let late = t0 + Duration::from_millis(760);
+        assert_eq!(c.lookup("abc", late).map(|h| h.refresh), Some(true));
+        // Others keep being served from the cache while that refresh is in flight.
+        assert_eq!(c.lookup("abc", late).map(|h| h.refresh), Some(false));
+        assert_eq!(c.lookup("abc", t0 + Duration::from_millis(999)).map(|h| h.refresh), Some(false));
+        assert_eq!(c.lookup("abc", t0 + Duration::from_millis(1000)), None);
     }
 
     #[test]

@@ -95,10 +95,24 @@ impl Shared {
     }
 
     /// What the gateway knows about `code`: the cache, else the link entity.
-    async fn resolve(&self, code: &str) -> Result<Entry, ApiError> {
-        if let Some(e) = self.cache.get(code, Instant::now()) {
-            return Ok(e);
+    async fn resolve(self: &Arc<Self>, code: &str) -> Result<Entry, ApiError> {
+        if let Some(hit) = self.cache.lookup(code, Instant::now()) {
+            if hit.refresh {
+                // Refresh ahead of expiry, off this request: hot links never miss.
+                let (me, code) = (self.clone(), code.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = me.fetch(&code).await {
+                        tracing::debug!(%code, error = %e.message, "cache refresh failed; the entry expires");
+                    }
+                });
+            }
+            return Ok(hit.entry);
         }
+        self.fetch(code).await
+    }
+
+    /// Asks the link entity and caches the answer.
+    async fn fetch(&self, code: &str) -> Result<Entry, ApiError> {
         let generation = self.cache.generation();
         let entry = match self.ask_link(code, LinkMsg::Get, "looking up the link").await? {
             LinkReply::Found(rec) if rec.deleted_ms.is_some() => Entry::Gone,
