@@ -173,7 +173,7 @@ async fn ship(node: Node, cfg: ShipConfig, mut rx: mpsc::Receiver<ClickEvent>, m
                 other => {
                     m.ship_failures.inc();
                     // Log the first few and then every 100th: a dead shard owner fails every tick.
-                    if failures_logged < 5 || failures_logged % 100 == 0 {
+                    if failures_logged < 5 || failures_logged.is_multiple_of(100) {
                         tracing::warn!(shard, events = n, answer = ?other.err(), "click batch not acknowledged; will resend");
                     }
                     failures_logged += 1;
