@@ -7,7 +7,11 @@
 //! build: `cargo build --release -p troupe` (or `TROUPE_BIN`).
 //!
 //! Usage: `cargo run --release -p troupe-bench --bin url_shortener -- [--duration-s 10]
-//! [--connections 64] [--threads 2] [--links 1000]`
+//! [--connections 64] [--threads 2] [--links 1000] [--rounds 3]`
+//!
+//! The machine is shared and noisy, so the redirect runs are interleaved: each round runs
+//! wrk against troupe, nginx with 1 worker and nginx with 2 workers back to back, and the
+//! summary takes the median over rounds.
 
 use anyhow::{Context, bail};
 use std::io::{Read, Write};
@@ -22,10 +26,11 @@ struct Args {
     connections: u32,
     threads: u32,
     links: usize,
+    rounds: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { duration_s: 10, connections: 64, threads: 2, links: 1000 };
+    let mut a = Args { duration_s: 5, connections: 64, threads: 2, links: 1000, rounds: 3 };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
         let val = pair.get(1).context("every flag takes a value")?;
@@ -34,6 +39,7 @@ fn args() -> anyhow::Result<Args> {
             "--connections" => a.connections = val.parse()?,
             "--threads" => a.threads = val.parse()?,
             "--links" => a.links = val.parse()?,
+            "--rounds" => a.rounds = val.parse::<usize>()?.max(1),
             other => bail!("unknown flag {other}; see the module docs"),
         }
     }
@@ -245,19 +251,36 @@ fn main() -> anyhow::Result<()> {
         http(gw, "GET", &format!("/{code}"), None)?; // warm the gateway's cache
     }
     let red = redirect_script(&tmp, &links)?;
-    eprintln!("wrk against troupe {gw} ...");
-    let (troupe, troupe_raw) = wrk(&a, &red, &format!("http://{gw}"))?;
-    let mut peers = Vec::new();
-    let mut confs = Vec::new();
-    for workers in [1, 2] {
-        let port = free_port()?;
-        let (guard, conf) = run_nginx(&tmp, port, workers, &links)?;
-        eprintln!("wrk against nginx ({workers} worker) ...");
-        let (r, raw) = wrk(&a, &red, &format!("http://127.0.0.1:{port}"))?;
-        drop(guard);
-        peers.push((workers, r, raw));
-        confs.push(conf);
+    let (port1, port2) = (free_port()?, free_port()?);
+    let (nginx1, conf1) = run_nginx(&tmp, port1, 1, &links)?;
+    let (nginx2, _) = run_nginx(&tmp, port2, 2, &links)?;
+    let targets = [
+        ("troupe", format!("http://{gw}")),
+        ("nginx_1_worker", format!("http://127.0.0.1:{port1}")),
+        ("nginx_2_workers", format!("http://127.0.0.1:{port2}")),
+    ];
+    let mut runs: Vec<Vec<(WrkResult, String)>> = vec![Vec::new(); 3];
+    for round in 0..a.rounds {
+        for (i, (name, url)) in targets.iter().enumerate() {
+            eprintln!("round {}/{}: wrk against {name} ...", round + 1, a.rounds);
+            runs[i].push(wrk(&a, &red, url)?);
+        }
     }
+    drop((nginx1, nginx2));
+    let median = |rs: &[(WrkResult, String)]| -> WrkResult {
+        let mut v: Vec<&WrkResult> = rs.iter().map(|r| &r.0).collect();
+        v.sort_by(|x, y| x.requests_per_s.total_cmp(&y.requests_per_s));
+        let mut m = v[v.len() / 2].clone();
+        let mut p99: Vec<f64> = v.iter().map(|r| r.p99_ms).collect();
+        p99.sort_by(f64::total_cmp);
+        m.p99_ms = p99[p99.len() / 2];
+        m
+    };
+    let troupe = median(&runs[0]);
+    let peers: Vec<(u32, WrkResult)> = vec![(1, median(&runs[1])), (2, median(&runs[2]))];
+    let confs = [conf1];
+    let ratios: Vec<f64> = runs[0].iter().zip(&runs[1]).map(|(t, n)| t.0.requests_per_s / n.0.requests_per_s).collect();
+    let served: u64 = runs[0].iter().map(|r| r.0.requests.saturating_sub(r.0.non_2xx_3xx)).sum();
     eprintln!("wrk creates against troupe {gw} ...");
     let (creates, creates_raw) = wrk(&a, &create_script(&tmp)?, &format!("http://{gw}/api/links"))?;
 
@@ -275,13 +298,15 @@ fn main() -> anyhow::Result<()> {
     let dropped = cluster.metric("n1", "troupe_shortener_clicks_dropped_total");
 
     let one = &peers[0].1;
-    let ratio = troupe.requests_per_s / one.requests_per_s;
+    let mut sorted_ratios = ratios.clone();
+    sorted_ratios.sort_by(f64::total_cmp);
+    let ratio = sorted_ratios[sorted_ratios.len() / 2];
     let summary = serde_json::json!({
         "bench": "url-shortener",
         "machine": troupe_bench::machine(),
         "setup": {
             "cluster": "3 troupe nodes (release build) on this machine; wrk aims at n1's gateway",
-            "wrk": format!("wrk -t{} -c{} -d{}s --latency -s redirect.lua (cycles through the same {} codes)", a.threads, a.connections, a.duration_s, links.len()),
+            "wrk": format!("wrk -t{} -c{} -d{}s --latency -s redirect.lua (cycles through the same {} codes), {} interleaved rounds", a.threads, a.connections, a.duration_s, links.len(), a.rounds),
             "nginx": "nginx-light; `map $uri $target` of the same codes, `return 302 $target`; access_log off; runs with worker_processes 1 and 2",
             "nginx_conf_1_worker_head": confs[0].lines().filter(|l| !l.trim_start().starts_with("/")).collect::<Vec<_>>().join("\n"),
             "troupe_node_threads": "tokio multi-thread runtime, one worker per core (2)",
@@ -290,12 +315,18 @@ fn main() -> anyhow::Result<()> {
             "troupe": troupe,
             "nginx_1_worker": peers[0].1,
             "nginx_2_workers": peers[1].1,
+            "note": "medians over interleaved rounds (requests/s and p99 each the median; the other fields from the median-throughput round)",
+            "rounds": a.rounds,
             "troupe_vs_nginx_1_worker": ratio,
+            "troupe_vs_nginx_1_worker_per_round": ratios,
+            "troupe_rounds": runs[0].iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            "nginx_1_worker_rounds": runs[1].iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+            "nginx_2_workers_rounds": runs[2].iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
             "troupe_vs_nginx_2_workers": troupe.requests_per_s / peers[1].1.requests_per_s,
         },
         "creates": creates,
         "clicks": {
-            "served_302_by_wrk_run": troupe.requests.saturating_sub(troupe.non_2xx_3xx),
+            "served_302_in_wrk_runs": served,
             "warmup_redirects": warmup,
             "counted_total": counted,
             "dropped_by_full_buffer": dropped,
@@ -305,11 +336,12 @@ fn main() -> anyhow::Result<()> {
             "redirect_p99_lt_10ms": troupe.p99_ms < 10.0,
             "creates_ge_2000_per_s": creates.requests_per_s >= 2000.0,
         },
-        "raw": { "troupe": troupe_raw, "nginx_1": peers[0].2, "nginx_2": peers[1].2, "creates": creates_raw },
+        "raw": { "troupe_round_1": runs[0][0].1, "nginx_1_round_1": runs[1][0].1, "nginx_2_round_1": runs[2][0].1, "creates": creates_raw },
     });
     let path = troupe_bench::write_result("url-shortener", &summary)?;
     println!(
-        "redirects: troupe {:.0}/s p50 {:.2} ms p99 {:.2} ms | nginx 1w {:.0}/s p99 {:.2} ms | nginx 2w {:.0}/s p99 {:.2} ms | ratio(1w) {:.2}",
+        "redirects (medians of {} rounds): troupe {:.0}/s p50 {:.2} ms p99 {:.2} ms | nginx 1w {:.0}/s p99 {:.2} ms | nginx 2w {:.0}/s p99 {:.2} ms | ratio(1w) {:.2} per round {ratios:.2?}",
+        a.rounds,
         troupe.requests_per_s,
         troupe.p50_ms,
         troupe.p99_ms,

@@ -15,7 +15,7 @@ use crate::shortener::{KIND_CLICKLOG, KIND_LINK, shard_of};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -134,17 +134,21 @@ impl Shared {
     }
 }
 
-async fn redirect(
-    State(s): S,
-    Path(code): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if !plausible_code(&code) {
+/// The hot path. It takes the request whole and reads the code, the peer and the headers
+/// by reference: the `Path` and `HeaderMap` extractors would allocate and copy them.
+async fn redirect(State(s): S, req: Request) -> Response {
+    let code = req.uri().path().trim_start_matches('/');
+    let headers = req.headers();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if !plausible_code(code) {
         s.metrics.not_found.inc();
-        return ApiError::not_found(&code).into_response();
+        return ApiError::not_found(code).into_response();
     }
-    let entry = match s.resolve(&code).await {
+    let entry = match s.resolve(code).await {
         Ok(e) => e,
         Err(e) => {
             s.metrics.unavailable.inc();
@@ -155,23 +159,23 @@ async fn redirect(
     match entry {
         Entry::Link { expires_ms, .. } if expires_ms.is_some_and(|at| now >= at) => {
             s.metrics.gone.inc();
-            ApiError::gone(&code, "expired").into_response()
+            ApiError::gone(code, "expired").into_response()
         }
         Entry::Link { location, permanent, .. } => {
             let header_str = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-            let country = s.geo.as_ref().and_then(|g| g.lookup(s.client_ip(peer, &headers)));
-            s.clicks.record(&code, now, header_str(header::REFERER), header_str(header::USER_AGENT), country);
+            let country = s.geo.as_ref().and_then(|g| g.lookup(s.client_ip(peer, headers)));
+            s.clicks.record(code, now, header_str(header::REFERER), header_str(header::USER_AGENT), country);
             let status = if permanent { StatusCode::MOVED_PERMANENTLY } else { StatusCode::FOUND };
             s.metrics.redirects.inc();
             (status, [(header::LOCATION, location)]).into_response()
         }
         Entry::Missing => {
             s.metrics.not_found.inc();
-            ApiError::not_found(&code).into_response()
+            ApiError::not_found(code).into_response()
         }
         Entry::Gone => {
             s.metrics.gone.inc();
-            ApiError::gone(&code, "deleted").into_response()
+            ApiError::gone(code, "deleted").into_response()
         }
     }
 }
