@@ -277,15 +277,22 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
                 if st.ctx.spec.passivate_after_ms.is_some() {
                     st.last_active = Instant::now();
                 }
-                let sampled = trace & 1 == 1;
-                let started = if sampled { st.ctx.node.clock_us() } else { 0 };
                 let fut = self.behavior.handle(&st.ctx, &mut st.state, msg, reply);
-                let current = Current { trace, actor: st.ctx.slot.path_str().clone() };
-                let r = CURRENT.scope(current, fut).await;
-                if sampled {
+                if trace & 1 == 1 {
+                    // Sampled: make the trace id (and this actor, for FIFO lanes) the
+                    // context of every call the handler makes, and record a span.
+                    let started = st.ctx.node.clock_us();
+                    let current = Current { trace, actor: st.ctx.slot.path_str().clone() };
+                    let r = CURRENT.scope(current, fut).await;
                     st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
+                    r
+                } else {
+                    // Unsampled (most traffic): no task-local scope — it would copy the
+                    // handler's future on every message. Calls made here get fresh
+                    // unsampled ids, and remote lanes are chosen by target alone, which
+                    // still keeps every sender's messages to a target in order.
+                    fut.await
                 }
-                r
             }
             Delivery::Tick => self.behavior.tick(&st.ctx, &mut st.state).await,
             Delivery::IdleCheck => {

@@ -14,7 +14,10 @@
 
 use futures::future::BoxFuture;
 use serde::{Serialize, de::DeserializeOwned};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use troupe_wire::{RemoteError, codec};
 
@@ -34,19 +37,40 @@ pub enum Reply<R> {
     Stream(StreamTo<R>),
 }
 
-impl<R: Serialize> Reply<R> {
-    /// Answers an ask, or sends one item and ends a stream; a tell ignores it.
-    pub async fn send(self, value: R) {
-        match self {
-            Reply::None => {}
-            Reply::Ask(r) => r.send(value),
-            Reply::Stream(s) => {
-                s.send(value).await;
-                s.end(Ok(()));
-            }
+/// The future of [`Reply::send`]: ready at once for an ask (the answer is handed
+/// over synchronously), boxed only for a stream, which must wait for room. Keeping
+/// the common case tiny keeps every handler's future small — ractor moves that
+/// future for each message.
+pub struct ReplySend(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Future for ReplySend {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.as_mut() {
+            None => Poll::Ready(()),
+            Some(f) => f.as_mut().poll(cx),
         }
     }
+}
 
+impl<R: Serialize + Send + 'static> Reply<R> {
+    /// Answers an ask, or sends one item and ends a stream; a tell ignores it.
+    pub fn send(self, value: R) -> ReplySend {
+        match self {
+            Reply::None => ReplySend(None),
+            Reply::Ask(r) => {
+                r.send(value);
+                ReplySend(None)
+            }
+            Reply::Stream(s) => ReplySend(Some(Box::pin(async move {
+                s.send(value).await;
+                s.end(Ok(()));
+            }))),
+        }
+    }
+}
+
+impl<R: Serialize> Reply<R> {
     /// Fails an ask or a stream with `err`.
     pub fn fail(self, err: RemoteError) {
         match self {
