@@ -16,7 +16,7 @@
 //! [`route_hash`] is FNV-1a and must never change (it decides where every key's state lives).
 
 use serde::{Deserialize, Serialize};
-use troupe_wire::{ActorPath, PathError, Protocol};
+use troupe_wire::{ActorPath, PathError, Protocol, RemoteError};
 
 use crate::decision::Decision;
 use crate::headers::{self, PolicyItem, RateLimitItem};
@@ -121,7 +121,28 @@ pub enum ServiceMsg {
     PutRules { toml: String },
     /// From the rules singleton: a newer rule set to apply (push). Answer: `Done`.
     ApplyRules { rules: RuleSet },
+    /// Several independent requests at once (a high-throughput caller that coalesces its
+    /// traffic): each is checked all-or-nothing on its own. Answer:
+    /// [`ServiceReply::Verdicts`], one per request, in order.
+    CheckBatch { requests: Vec<Vec<CheckItem>> },
+    /// Node to node: shard checks for shards this node's view says the receiver owns, coalesced
+    /// into one message per destination under load. Answer: [`ServiceReply::ShardBatch`].
+    ShardBatch { checks: Vec<ShardCheck> },
 }
+
+/// One request's shard check inside a [`ServiceMsg::ShardBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCheck {
+    /// Shard index.
+    pub shard: u32,
+    /// The caller's rule-set version.
+    pub version: u64,
+    /// The request's items on that shard (all-or-nothing).
+    pub items: Vec<ShardItem>,
+}
+
+/// Most requests in one [`ServiceMsg::CheckBatch`] or [`ServiceMsg::ShardBatch`].
+pub const BATCH_MAX: usize = 256;
 
 /// Replies of [`LimiterService`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +155,11 @@ pub enum ServiceReply {
     RulesUpdated(RuleDiff),
     /// Done.
     Done,
+    /// Answers of a [`ServiceMsg::CheckBatch`], in order; an `Err` says what was wrong with that
+    /// request (as `RemoteError::Invalid` would for a single check).
+    Verdicts(Vec<Result<Verdict, String>>),
+    /// Answers of a [`ServiceMsg::ShardBatch`], in order.
+    ShardBatch(Vec<Result<ShardReply, RemoteError>>),
 }
 
 /// How a limit's answer was reached.

@@ -9,10 +9,11 @@
 use super::client::{Limiter, LimiterError};
 use super::config::AgentParams;
 use super::state::NodeLimiter;
+use futures::future::join_all;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use troupe_limiter::proto::{LimiterService, ServiceMsg, ServiceReply};
+use troupe_limiter::proto::{BATCH_MAX, LimiterService, ServiceMsg, ServiceReply, ShardMsg};
 use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail};
 
 /// The `limiter.agent` kind.
@@ -110,6 +111,54 @@ impl Behavior for AgentActor {
                         Ok(diff) => reply.send(ServiceReply::RulesUpdated(diff)).await,
                         Err(e) => reply.fail(remote_error(e)),
                     }
+                });
+            }
+            ServiceMsg::CheckBatch { requests } => {
+                if requests.len() > BATCH_MAX {
+                    reply.fail(RemoteError::Invalid(format!(
+                        "{} requests in one batch is above the bound of {BATCH_MAX}",
+                        requests.len()
+                    )));
+                    return Ok(());
+                }
+                let Ok(permit) = s.inflight.clone().try_acquire_owned() else {
+                    reply.fail(full());
+                    return Ok(());
+                };
+                let limiter = s.limiter.clone();
+                tokio::spawn(async move {
+                    let verdicts = join_all(requests.iter().map(|r| limiter.check(r))).await;
+                    drop(permit);
+                    let out = verdicts.into_iter().map(|v| v.map_err(|e| e.to_string())).collect();
+                    reply.send(ServiceReply::Verdicts(out)).await;
+                });
+            }
+            ServiceMsg::ShardBatch { checks } => {
+                if checks.len() > BATCH_MAX {
+                    reply.fail(RemoteError::Invalid(format!("{} shard checks is above {BATCH_MAX}", checks.len())));
+                    return Ok(());
+                }
+                let Ok(permit) = s.inflight.clone().try_acquire_owned() else {
+                    reply.fail(full());
+                    return Ok(());
+                };
+                let st = s.st.clone();
+                tokio::spawn(async move {
+                    // Each request to its shard here (local: typed, no encoding). A shard this
+                    // node no longer owns is reached through the handle, wherever it went.
+                    let answers = join_all(checks.into_iter().map(|c| {
+                        let st = &st;
+                        async move {
+                            let Some(link) = st.shards.get(c.shard as usize) else {
+                                return Err(RemoteError::Invalid(format!("no shard {}", c.shard)));
+                            };
+                            let msg = ShardMsg::Check { version: c.version, items: c.items };
+                            link.handle.ask_timeout(msg, st.owner_timeout()).await
+                        }
+                    }))
+                    .await;
+                    drop(permit);
+                    reply.send(ServiceReply::ShardBatch(answers)).await;
                 });
             }
             ServiceMsg::ApplyRules { rules } => {

@@ -123,9 +123,7 @@ impl Limiter {
                 if down {
                     return (shard, None);
                 }
-                let msg = ShardMsg::Check { version: rules.version(), items };
-                let link = &st.shards[shard as usize];
-                (shard, Some(link.handle.ask_timeout(msg, st.owner_timeout()).await))
+                (shard, Some(st.ask_shard(shard, rules.version(), items).await))
             }
         });
         let answers = join_all(asks).await;

@@ -12,8 +12,10 @@ use troupe_runtime::metrics::{Counter, Gauge, Histogram, Metrics};
 
 /// Check latency buckets, seconds: 10 µs to 1 s (the runtime's default starts at 100 µs, above
 /// most checks).
-pub const CHECK_SECONDS_BUCKETS: &[f64] =
-    &[0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+pub const CHECK_SECONDS_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.000075, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015,
+    0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Counters of one rule.
 #[derive(Debug)]

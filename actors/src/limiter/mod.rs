@@ -74,6 +74,7 @@
 //! - Every wait is bounded: `owner_timeout_ms` per check, then the rule's fail mode.
 
 pub mod agent;
+mod batch;
 mod client;
 pub mod clock;
 pub mod config;

@@ -10,6 +10,7 @@
 //! Invariants: the rule set only moves to newer versions ([`ActiveRules`]); a shard's breaker
 //! only ever delays asking its owner by `breaker_ms`, never longer.
 
+use super::batch::Batchers;
 use super::clock::OwnerClock;
 use super::config::SystemConfig;
 use super::lease::Leases;
@@ -19,7 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use troupe_limiter::proto::{self, LimiterRules, LimiterShard, RulesMsg, RulesReply};
+use troupe_limiter::proto::{
+    self, LimiterRules, LimiterShard, RulesMsg, RulesReply, ShardCheck, ShardItem, ShardMsg, ShardReply,
+};
 use troupe_limiter::{ActiveRules, RuleDiff, RuleSet, RuleUpdateError};
 use troupe_runtime::{ActorHandle, ActorPath, KindSpec, Node, RemoteError};
 
@@ -31,6 +34,9 @@ pub struct ShardLink {
     pub handle: ActorHandle<LimiterShard>,
     /// Owner-clock ns until which the owner is presumed unreachable.
     down_until_ns: AtomicU64,
+    /// (membership view version, owner node) as last computed: placement is recomputed only
+    /// when the view changes.
+    owner: Mutex<(u64, String)>,
 }
 
 /// See the module docs.
@@ -41,6 +47,7 @@ pub struct NodeLimiter {
     rules: RwLock<Arc<RuleSet>>,
     pub shards: Vec<ShardLink>,
     pub leases: Leases,
+    batchers: Batchers,
     pub metrics: LimiterMetrics,
     pub clock: OwnerClock,
     pulling: AtomicBool,
@@ -60,7 +67,11 @@ impl NodeLimiter {
         let shards = (0..cfg.shard.shards)
             .map(|i| {
                 proto::shard_path(i)
-                    .map(|p| ShardLink { handle: node.handle::<LimiterShard>(p), down_until_ns: AtomicU64::new(0) })
+                    .map(|p| ShardLink {
+                        handle: node.handle::<LimiterShard>(p),
+                        down_until_ns: AtomicU64::new(0),
+                        owner: Mutex::new((u64::MAX, String::new())),
+                    })
                     .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -72,6 +83,7 @@ impl NodeLimiter {
             rules: RwLock::new(Arc::new(cfg.initial_rules.clone())),
             shards,
             leases: Leases::default(),
+            batchers: Batchers::new(node),
             metrics,
             clock: OwnerClock::new(),
             pulling: AtomicBool::new(false),
@@ -146,6 +158,32 @@ impl NodeLimiter {
         if let Some(s) = self.shards.get(i as usize) {
             let until = now_ns.saturating_add(self.cfg.agent.breaker_ms.saturating_mul(1_000_000));
             s.down_until_ns.fetch_max(until, Ordering::Relaxed);
+        }
+    }
+
+    /// The node owning shard `i` in this node's current view (`None` when it cannot be told:
+    /// not clustered, or no live candidate).
+    fn owner(&self, i: u32) -> Option<String> {
+        let link = self.shards.get(i as usize)?;
+        let version = self.node.cluster()?.view_version();
+        let mut cached = link.owner.lock();
+        if cached.0 != version {
+            let spec = self.node.kind_spec(proto::SYSTEM, proto::KIND_SHARD)?;
+            *cached = (version, self.node.owner_of(spec, link.handle.path()).ok()?);
+        }
+        Some(cached.1.clone())
+    }
+
+    /// Checks `items` on shard `i`: directly when the shard is here, else coalesced with other
+    /// checks for the same owner node (see `batch.rs`). At most `owner_timeout_ms`.
+    pub async fn ask_shard(&self, i: u32, version: u64, items: Vec<ShardItem>) -> Result<ShardReply, RemoteError> {
+        let link = self.shards.get(i as usize).ok_or_else(|| RemoteError::Invalid(format!("no shard {i}")))?;
+        match self.owner(i) {
+            Some(owner) if owner != self.node.name() => {
+                let check = ShardCheck { shard: i, version, items };
+                self.batchers.submit(&self.node, &owner, check, self.owner_timeout()).await
+            }
+            _ => link.handle.ask_timeout(ShardMsg::Check { version, items }, self.owner_timeout()).await,
         }
     }
 

@@ -120,6 +120,36 @@ struct RunResult {
     seconds: f64,
     checks_per_s: f64,
     latency: troupe_bench::Latency,
+    /// For troupe service runs: the check as n1's `Limiter::check` timed it (what an actor on
+    /// n1 calling the in-cluster API sees), from n1's histogram: upper bounds of the buckets
+    /// holding p50 / p99 / p999, µs.
+    in_cluster_le_us: Option<[f64; 3]>,
+}
+
+/// `troupe_ratelimit_check_duration_seconds` buckets of a node: (upper bound s, cumulative).
+fn check_buckets(admin: SocketAddr) -> Vec<(f64, f64)> {
+    let Ok((_, body)) = http(admin, "GET", "/metrics", None) else { return Vec::new() };
+    body.lines()
+        .filter_map(|l| l.strip_prefix("troupe_ratelimit_check_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Upper bounds (µs) of the buckets holding p50, p99, p999 of what was observed between two
+/// scrapes.
+fn quantiles_between(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<[f64; 3]> {
+    let delta: Vec<(f64, f64)> =
+        after.iter().map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b))).collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let at = |q: f64| delta.iter().find(|(_, c)| *c >= q * total).map_or(f64::INFINITY, |(le, _)| le * 1e6);
+    Some([at(0.5), at(0.99), at(0.999)])
 }
 
 struct Tally {
@@ -164,6 +194,7 @@ where
         seconds,
         checks_per_s: requests as f64 / seconds,
         latency: summarize(&h),
+        in_cluster_le_us: None,
     };
     eprintln!(
         "  {side:<14} round {round}: {:>9.0} checks/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p999 {:>7.1} µs  ({} allowed, {} errors)",
@@ -583,6 +614,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let users = Arc::new(remote_users(a.users, &names)?);
+    let admin = cluster.admin["n1"];
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let runs = rt.block_on(async {
@@ -606,10 +638,16 @@ fn main() -> anyhow::Result<()> {
         let rq = redis_coalescer(redis.addr, sha.clone()).await?;
         let mut runs = Vec::new();
         for round in 1..=a.rounds {
-            runs.push(troupe_service(&t, round, &a).await);
+            let b = check_buckets(admin);
+            let mut r = troupe_service(&t, round, &a).await;
+            r.in_cluster_le_us = quantiles_between(&b, &check_buckets(admin));
+            runs.push(r);
             runs.push(troupe_shard(&t, round, &a).await);
             runs.push(redis_run(redis.addr, sha.clone(), users.clone(), round, &a).await);
-            runs.push(coalesced("troupe-batched", round, &a, users.clone(), tq.clone()).await);
+            let b = check_buckets(admin);
+            let mut r = coalesced("troupe-batched", round, &a, users.clone(), tq.clone()).await;
+            r.in_cluster_le_us = quantiles_between(&b, &check_buckets(admin));
+            runs.push(r);
             runs.push(coalesced("redis-pipelined", round, &a, users.clone(), rq.clone()).await);
         }
         Ok::<_, anyhow::Error>(runs)

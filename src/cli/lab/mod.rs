@@ -1,6 +1,8 @@
 //! `troupe lab <system>`: seeded simulations of a system's key design decisions, written
 //! as PNG plots and a text summary into a folder. Each system adds one subcommand.
 
+pub mod rate_limiter;
+mod rate_limiter_live;
 pub mod url_shortener;
 
 #[derive(clap::Subcommand)]
@@ -8,10 +10,14 @@ pub enum LabCmd {
     /// URL shortener: clicks lost with 301 vs 302, enumeration of sequential vs permuted
     /// codes, cache hit rate vs cache size on a Zipf workload.
     UrlShortener(url_shortener::Args),
+    /// Rate limiter: fixed window's boundary burst, accuracy against the exact log, fail-open
+    /// vs fail-closed (simulated and live on a 3-node cluster), leasing a global limit.
+    RateLimiter(rate_limiter::Args),
 }
 
 pub fn run(cmd: LabCmd) -> anyhow::Result<()> {
     match cmd {
         LabCmd::UrlShortener(a) => url_shortener::run(a),
+        LabCmd::RateLimiter(a) => rate_limiter::run(a),
     }
 }
