@@ -122,4 +122,14 @@ pub trait Backend: Send {
     }
     /// Copy whole KV blocks (copy-on-write of shared blocks), all layers.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> Result<(), BackendError>;
+    /// Append the K/V of `blocks` (every layer) to `out` as f16 bits, in the layout of
+    /// `kv::transfer` (per block, per layer: 16 K rows then 16 V rows). For moving a
+    /// sequence to another engine; backends that cannot do it say so.
+    fn read_blocks(&self, _blocks: &[u32], _out: &mut Vec<u16>) -> Result<(), BackendError> {
+        Err(BackendError::Unavailable(format!("{} cannot export KV blocks", self.name())))
+    }
+    /// Overwrite `blocks` with `data` in the layout of [`Backend::read_blocks`].
+    fn write_blocks(&mut self, _blocks: &[u32], _data: &[u16]) -> Result<(), BackendError> {
+        Err(BackendError::Unavailable(format!("{} cannot import KV blocks", self.name())))
+    }
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use crate::backend::{BLOCK_SIZE, Backend, Batch, SeqBatch};
 use crate::chat::{ChatTemplate, Message};
+use crate::kv::transfer::KvBlocks;
 use crate::sampler::{Rng, SamplingParams, sample};
 use crate::scheduler::{Plan, ScheduleError, Scheduler, SchedulerConfig};
 use crate::text::TextStream;
@@ -132,6 +133,17 @@ pub struct Engine {
     scratch: Vec<(f32, u32)>,
     eos: Option<u32>,
     chat: ChatTemplate,
+    /// Requests whose KV outlives them (disaggregated prefill): marked at add time,
+    /// moved to `held` when they finish, until exported or dropped.
+    hold_on_finish: std::collections::HashSet<RequestId>,
+    held: HashMap<RequestId, HeldKv>,
+}
+
+/// A finished request's KV, kept for export: its computed tokens and block table.
+#[derive(Debug)]
+struct HeldKv {
+    n_tokens: usize,
+    table: Vec<u32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -170,6 +182,8 @@ impl Engine {
             scratch: Vec::new(),
             eos,
             chat: ChatTemplate { default_system: None },
+            hold_on_finish: Default::default(),
+            held: HashMap::new(),
         })
     }
 
@@ -233,9 +247,135 @@ impl Engine {
         Ok(())
     }
 
+    /// Queue a request whose KV is kept when it finishes (disaggregated prefill: run the
+    /// prompt, sample the first token, then [`Engine::export_held`] hands the KV to a
+    /// decode engine). Typically `params.max_tokens == 1`. At most `max_num_seqs` such
+    /// requests may be queued or held at once.
+    pub fn add_request_held(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<(), EngineError> {
+        if self.hold_on_finish.len() + self.held.len() >= self.cfg.max_num_seqs {
+            return Err(EngineError::Schedule(ScheduleError::Busy(self.cfg.max_num_seqs)));
+        }
+        self.add_request(id, prompt, params, priority)?;
+        self.hold_on_finish.insert(id);
+        Ok(())
+    }
+
+    /// The KV of a finished held request (positions `0..n` of its computed tokens: the
+    /// prompt), copied out of the cache; its blocks are released. `None` when `id` is not
+    /// held (never marked, cancelled, or already exported).
+    pub fn export_held(&mut self, id: RequestId) -> Option<Result<KvBlocks, EngineError>> {
+        let mut h = self.held.remove(&id)?;
+        let cfg = self.backend.config();
+        let (n_layer, kv_dim) = (cfg.n_layer, cfg.kv_dim());
+        let n_blocks = h.n_tokens.div_ceil(BLOCK_SIZE);
+        let mut data = Vec::with_capacity(n_blocks * crate::kv::transfer::block_len(n_layer, kv_dim));
+        let r = self.backend.read_blocks(&h.table[..n_blocks.min(h.table.len())], &mut data);
+        self.sched.blocks.release_table(&mut h.table);
+        Some(r.map(|()| KvBlocks { n_tokens: h.n_tokens, n_layer, kv_dim, data }).map_err(EngineError::from))
+    }
+
+    /// Drop a held request's KV (the decode side went away). False if not held.
+    pub fn drop_held(&mut self, id: RequestId) -> bool {
+        self.hold_on_finish.remove(&id);
+        match self.held.remove(&id) {
+            Some(mut h) => {
+                self.sched.blocks.release_table(&mut h.table);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Requests holding KV for export.
+    pub fn num_held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Continue a request whose prompt was computed by another engine of the same model:
+    /// `kv` holds the prompt's K/V, `first_token` was sampled from its last position. The
+    /// request runs at once (decode); `first_token` is reported with the next `step()` as
+    /// its first output, so the stream reads as if it had been generated here.
+    /// `params.max_tokens` counts `first_token`. Refused without side effects when the
+    /// blocks or a running slot are not free now (`ScheduleError::NoRoom` / `Busy`: retry
+    /// after a step).
+    pub fn import_request(
+        &mut self,
+        id: RequestId,
+        prompt: Vec<u32>,
+        first_token: u32,
+        kv: &KvBlocks,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<(), EngineError> {
+        params.validate().map_err(EngineError::BadParams)?;
+        let cfg = self.backend.config();
+        kv.check(cfg.n_layer, cfg.kv_dim()).map_err(|e| EngineError::BadParams(e.to_string()))?;
+        let vocab = cfg.vocab;
+        if let Some(t) = prompt.iter().chain([&first_token]).find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadParams(format!("token {t} out of vocabulary ({vocab})")));
+        }
+        if kv.n_tokens != prompt.len() {
+            return Err(EngineError::BadParams(format!(
+                "KV covers {} tokens, the prompt has {}",
+                kv.n_tokens,
+                prompt.len()
+            )));
+        }
+        if self.requests.contains_key(&id) {
+            return Err(EngineError::Schedule(ScheduleError::Duplicate(id)));
+        }
+        let n = prompt.len();
+        let mut tokens = prompt;
+        tokens.push(first_token);
+        let table = self.sched.add_computed(id, tokens, n, params.max_tokens, priority)?;
+        if let Err(e) = self.backend.write_blocks(&table, &kv.data) {
+            self.sched.finish(id);
+            return Err(e.into());
+        }
+        let seed = params.seed.unwrap_or(self.cfg.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut req = Request {
+            rng: Rng::new(seed),
+            text: TextStream::new(params.stop.clone()),
+            params,
+            prompt_len: n,
+            generated: 1,
+        };
+        let mut out = StepOutput { id, new_tokens: vec![first_token], text_delta: String::new(), finished: None };
+        let is_stop_tok = (!req.params.ignore_eos && Some(first_token) == self.eos)
+            || req.params.stop_token_ids.contains(&first_token);
+        if is_stop_tok {
+            out.finished = Some(FinishReason::Stop);
+        } else {
+            let bytes = self.tokenizer.token_bytes(first_token).unwrap_or(&[]);
+            let (delta, hit) = req.text.push(bytes);
+            out.text_delta = delta;
+            if hit {
+                out.finished = Some(FinishReason::Stop);
+            } else if req.generated >= req.params.max_tokens || n + 1 >= self.sched.max_len() {
+                out.finished = Some(FinishReason::Length);
+            }
+        }
+        self.stats.tokens_generated += 1;
+        if out.finished.is_some() {
+            out.text_delta.push_str(&req.text.finish());
+            self.sched.finish(id);
+        } else {
+            self.requests.insert(id, req);
+        }
+        self.pending.push(out);
+        Ok(())
+    }
+
     /// Cancel a request; its final output (reason `Cancelled`) comes with the
     /// next `step()`. Returns false for an unknown or finished request.
     pub fn cancel(&mut self, id: RequestId) -> bool {
+        self.hold_on_finish.remove(&id);
         let Some(mut r) = self.requests.remove(&id) else { return false };
         self.sched.finish(id);
         self.pending.push(StepOutput {
@@ -321,7 +461,14 @@ impl Engine {
             if out.finished.is_some() {
                 out.text_delta.push_str(&req.text.finish());
                 self.requests.remove(&sc.id);
-                self.sched.finish(sc.id);
+                if self.hold_on_finish.remove(&sc.id) {
+                    // Keep the KV (the prompt's positions) for export.
+                    if let Some(s) = self.sched.detach(sc.id) {
+                        self.held.insert(sc.id, HeldKv { n_tokens: s.num_computed, table: s.block_table });
+                    }
+                } else {
+                    self.sched.finish(sc.id);
+                }
             } else {
                 self.sched.append_token(sc.id, tok);
             }

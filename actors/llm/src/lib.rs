@@ -63,6 +63,7 @@ pub use backend::{BLOCK_SIZE, Backend, BackendError, Batch, SeqBatch};
 pub use chat::{ChatError, ChatTemplate, Message};
 pub use engine::{Engine, EngineConfig, EngineStats, FinishReason, StepOutput};
 pub use gguf::{GgufError, GgufFile};
+pub use kv::transfer::{KvBlocks, KvLayoutError};
 pub use model::{ModelConfig, ModelError};
 pub use sampler::SamplingParams;
 pub use scheduler::ScheduleError;

@@ -46,6 +46,10 @@ pub enum ScheduleError {
     EmptyPrompt,
     #[error("waiting queue full ({0} requests)")]
     QueueFull(usize),
+    #[error("no room for an imported sequence: {need} KV blocks needed, {free} free")]
+    NoRoom { need: usize, free: usize },
+    #[error("no room for an imported sequence: {0} sequences already running (max_num_seqs)")]
+    Busy(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +175,74 @@ impl Scheduler {
         let mut s = self.seqs.remove(&id)?;
         self.blocks.release_table(&mut s.block_table);
         Some(s)
+    }
+
+    /// Remove a finished sequence *without* releasing its blocks: the caller now owns
+    /// them (to export their KV) and must give them back with
+    /// `blocks.release_table`.
+    pub fn detach(&mut self, id: SeqId) -> Option<Sequence> {
+        self.seqs.remove(&id)
+    }
+
+    /// Add a sequence whose first `computed` tokens already have K/V, which the caller
+    /// writes into the returned block table before the next step (KV imported from
+    /// another engine). It runs at once: refused, without side effects, when
+    /// `max_num_seqs` are running or the blocks are not free now.
+    pub fn add_computed(
+        &mut self,
+        id: SeqId,
+        tokens: Vec<u32>,
+        computed: usize,
+        max_new: usize,
+        priority: i32,
+    ) -> Result<Vec<u32>, ScheduleError> {
+        if self.seqs.contains_key(&id) {
+            return Err(ScheduleError::Duplicate(id));
+        }
+        if tokens.is_empty() || computed == 0 || computed >= tokens.len() {
+            return Err(ScheduleError::EmptyPrompt);
+        }
+        let max_total = computed.saturating_add(max_new);
+        if max_total > self.max_len() {
+            return Err(ScheduleError::TooLong { len: max_total, max: self.max_len() });
+        }
+        if self.num_running() >= self.cfg.max_num_seqs {
+            return Err(ScheduleError::Busy(self.cfg.max_num_seqs));
+        }
+        let need = computed.div_ceil(BLOCK_SIZE);
+        if need > self.blocks.num_free() {
+            return Err(ScheduleError::NoRoom { need, free: self.blocks.num_free() });
+        }
+        let mut table = Vec::with_capacity(need);
+        for _ in 0..need {
+            match self.blocks.allocate() {
+                Some(b) => table.push(b),
+                None => {
+                    self.blocks.release_table(&mut table);
+                    return Err(ScheduleError::NoRoom { need, free: 0 });
+                }
+            }
+        }
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.seqs.insert(
+            id,
+            Sequence {
+                id,
+                priority,
+                arrival,
+                tokens,
+                num_computed: computed,
+                block_table: table.clone(),
+                // Full imported blocks are hashed and published to the prefix cache by
+                // the next `on_computed`, like blocks computed here.
+                hashes: Vec::new(),
+                max_total,
+                status: Status::Running,
+                preemptions: 0,
+            },
+        );
+        Ok(table)
     }
 
     /// Append a sampled token (it is computed in the next step).

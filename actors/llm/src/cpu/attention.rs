@@ -38,6 +38,26 @@ impl KvCache {
         to_f16(v, &mut self.v[o..o + self.kv_dim], fast);
     }
 
+    /// Appends block `b` (every layer: 16 K rows, then 16 V rows) to `out`.
+    pub fn read_block(&self, b: usize, out: &mut Vec<u16>) {
+        let n = BLOCK_SIZE * self.kv_dim;
+        for l in 0..self.n_layer {
+            let o = self.offset(l, b * BLOCK_SIZE);
+            out.extend_from_slice(&self.k[o..o + n]);
+            out.extend_from_slice(&self.v[o..o + n]);
+        }
+    }
+
+    /// Overwrites block `b` from `data` laid out as [`KvCache::read_block`] writes it.
+    pub fn write_block(&mut self, b: usize, data: &[u16]) {
+        let n = BLOCK_SIZE * self.kv_dim;
+        for (l, rows) in data.chunks_exact(2 * n).take(self.n_layer).enumerate() {
+            let o = self.offset(l, b * BLOCK_SIZE);
+            self.k[o..o + n].copy_from_slice(&rows[..n]);
+            self.v[o..o + n].copy_from_slice(&rows[n..]);
+        }
+    }
+
     pub fn copy_block(&mut self, src: usize, dst: usize) {
         let n = BLOCK_SIZE * self.kv_dim;
         for l in 0..self.n_layer {

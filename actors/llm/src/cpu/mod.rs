@@ -288,6 +288,15 @@ fn rope(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
     }
 }
 
+impl CpuBackend {
+    fn check_block_ids(&self, blocks: &[u32]) -> Result<(), BackendError> {
+        match blocks.iter().find(|&&b| b as usize >= self.kv.num_blocks) {
+            Some(b) => Err(BackendError::InvalidBatch(format!("KV block {b} out of range"))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         let acts = if self.f32_acts { "f32" } else { "int8" };
@@ -306,6 +315,30 @@ impl Backend for CpuBackend {
                 return Err(BackendError::InvalidBatch(format!("copy {s} -> {d} out of range")));
             }
             self.kv.copy_block(s as usize, d as usize);
+        }
+        Ok(())
+    }
+
+    fn read_blocks(&self, blocks: &[u32], out: &mut Vec<u16>) -> Result<(), BackendError> {
+        self.check_block_ids(blocks)?;
+        for &b in blocks {
+            self.kv.read_block(b as usize, out);
+        }
+        Ok(())
+    }
+
+    fn write_blocks(&mut self, blocks: &[u32], data: &[u16]) -> Result<(), BackendError> {
+        self.check_block_ids(blocks)?;
+        let per = crate::kv::transfer::block_len(self.kv.n_layer, self.kv.kv_dim);
+        if data.len() != blocks.len() * per {
+            return Err(BackendError::InvalidBatch(format!(
+                "KV data of {} values for {} blocks of {per}",
+                data.len(),
+                blocks.len()
+            )));
+        }
+        for (&b, chunk) in blocks.iter().zip(data.chunks_exact(per)) {
+            self.kv.write_block(b as usize, chunk);
         }
         Ok(())
     }
