@@ -29,8 +29,8 @@ use crate::algorithm::{AlgorithmState, AnyState, LimitParams};
 mod packed;
 mod snapshot;
 use crate::decision::Decision;
-pub use snapshot::TableSnapshot;
 use packed::{LogSlab, Packed};
+pub use snapshot::TableSnapshot;
 
 /// Most limits one request can be checked against at once.
 pub const CHECKS_PER_REQUEST_MAX: usize = 16;
