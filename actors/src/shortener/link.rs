@@ -275,6 +275,11 @@ impl Behavior for LinkActor {
                             Self::broadcast_invalidate(ctx).await;
                         }
                         reply.send(LinkReply::Created(link)).await;
+                        // A new link is rarely read right away (the creating gateway caches
+                        // the record it got back), and every live entity
+                        // costs its kind supervisor a little on each activation, so
+                        // leave memory now; the first redirect miss reactivates it.
+                        ctx.passivate();
                     }
                     Err(e) => reply.fail(e),
                 }

@@ -352,8 +352,8 @@ fn main() -> anyhow::Result<()> {
         ratio
     );
     println!(
-        "creates: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} non-2xx) | clicks counted {counted} (wrk saw {} + {warmup} warm-up), dropped {dropped}",
-        creates.requests_per_s, creates.p50_ms, creates.p99_ms, creates.non_2xx_3xx, troupe.requests
+        "creates: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} non-2xx) | clicks counted {counted} (wrk saw {served} + {warmup} warm-up), dropped {dropped}",
+        creates.requests_per_s, creates.p50_ms, creates.p99_ms, creates.non_2xx_3xx
     );
     println!("wrote {}", path.display());
     Ok(())

@@ -305,9 +305,15 @@ async fn create(
     };
     let rec =
         LinkRecord { target, created_ms: now, updated_ms: now, expires_ms, permanent, owner: user, deleted_ms: None };
+    let generation = s.cache.generation();
     match s.ask_link(&code, LinkMsg::Create { link: rec }, "storing the link").await? {
         LinkReply::Created(rec) => {
             s.metrics.creates.inc();
+            // Links are often followed first where they were made: no lookup needed then.
+            if let Ok(location) = HeaderValue::from_str(&rec.target) {
+                let entry = Entry::Link { location, permanent: rec.permanent, expires_ms: rec.expires_ms };
+                s.cache.fill(&code, entry, generation, Instant::now());
+            }
             let view = LinkView::of(&code, &s.base_url(&headers), &rec, now);
             let location = HeaderValue::from_str(&view.short_url).unwrap_or(HeaderValue::from_static("/"));
             Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(view)).into_response())
