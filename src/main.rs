@@ -47,6 +47,11 @@ enum Command {
     Metrics(cli::client::NodeArgs),
     /// Spans of one request across the cluster, in order.
     Trace(cli::client::TraceArgs),
+    /// Download or list models (`troupe models pull smollm2-135m`).
+    #[command(subcommand)]
+    Models(cli::llm::ModelsCmd),
+    /// Generate text with a local model, streamed to stdout.
+    Generate(cli::llm::GenerateArgs),
     /// Live view of the cluster: nodes, supervision trees, rates, metrics.
     Top(cli::top::TopArgs),
     /// Seeded simulations of a system's design decisions, with plots.
@@ -69,6 +74,8 @@ fn main() -> ExitCode {
         Command::Tree(a) => cli::client::tree(a),
         Command::Metrics(a) => cli::client::metrics(a),
         Command::Trace(a) => cli::client::trace(a),
+        Command::Models(cmd) => cli::llm::run_models(cli::llm::ModelsArgs { cmd }),
+        Command::Generate(a) => cli::llm::run_generate(a),
         Command::Top(a) => cli::top::run(a),
         Command::Lab(c) => cli::lab::run(c),
     };

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod lab;
+pub mod llm;
 pub mod node;
 pub mod top;
 pub mod up;

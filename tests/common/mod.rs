@@ -27,12 +27,16 @@ pub struct TestCluster {
     pub procs: BTreeMap<String, Child>,
 }
 
+/// A port free for both TCP and UDP, never handed out twice by this process (the
+/// OS may offer the same ephemeral port again once our probe socket is closed).
 fn free_port() -> u16 {
-    // Reserve by binding both TCP and UDP on the same port.
-    for _ in 0..200 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
         let t = TcpListener::bind("127.0.0.1:0").expect("bind");
         let p = t.local_addr().expect("addr").port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !taken.contains(&p) && UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            taken.push(p);
             return p;
         }
     }

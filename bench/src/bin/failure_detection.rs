@@ -65,8 +65,8 @@ enum Starve {
     SlowLink { delay_ms: u64 },
 }
 
-/// Starves node n5 for `secs` and returns (suspicions n5 raised about healthy
-/// peers, suspicions of n5 by the others).
+/// Starves node n5 for `secs` and returns (false suspicions of healthy peers, which
+/// only n5 can have raised; suspicions of n5), as the healthy node n1 saw them.
 fn starvation(local_health_max: u32, secs: u64, how: Starve) -> anyhow::Result<(f64, f64)> {
     let cfg = format!("{LAN}local_health_max = {local_health_max}\n");
     let mut c = LocalCluster::prepare(5, &[], &cfg, &[])?;
@@ -78,8 +78,13 @@ fn starvation(local_health_max: u32, secs: u64, how: Starve) -> anyhow::Result<(
         Starve::Freeze { .. } | Starve::SlowLink { .. } => c.spawn("n5")?,
     }
     c.wait_all_alive(Duration::from_secs(60))?;
-    let before_n5 = c.metric("n5", "troupe_gossip_suspicions_total");
-    let before_others: f64 = (1..=4).map(|i| c.metric(&format!("n{i}"), "troupe_gossip_suspicions_total")).sum();
+    // n1 is a healthy observer: it sees every suspicion that spreads. Suspicions of
+    // n2..n4 (healthy, well connected) can only come from the starved n5: they are
+    // its false accusations. Suspicions of n5 are the others reacting to it.
+    let of = |c: &LocalCluster, m: &str| c.metric("n1", &format!("troupe_gossip_suspicions_total{{member=\"{m}\"}}"));
+    let healthy = |c: &LocalCluster| ["n2", "n3", "n4"].iter().map(|m| of(c, m)).sum::<f64>();
+    let before_false = healthy(&c);
+    let before_n5 = of(&c, "n5");
     let pid = c.pid("n5").ok_or_else(|| anyhow::anyhow!("n5 not running"))? as i32;
     let end = Instant::now() + Duration::from_secs(secs);
     match how {
@@ -118,11 +123,10 @@ fn starvation(local_health_max: u32, secs: u64, how: Starve) -> anyhow::Result<(
         }
     }
     std::thread::sleep(Duration::from_secs(2));
-    let n5 = c.metric("n5", "troupe_gossip_suspicions_total") - before_n5;
-    let others: f64 =
-        (1..=4).map(|i| c.metric(&format!("n{i}"), "troupe_gossip_suspicions_total")).sum::<f64>() - before_others;
+    let false_suspicions = healthy(&c) - before_false;
+    let of_n5 = of(&c, "n5") - before_n5;
     c.kill("n5");
-    Ok((n5, others))
+    Ok((false_suspicions, of_n5))
 }
 
 unsafe extern "C" {
@@ -152,7 +156,9 @@ fn main() -> anyhow::Result<()> {
     println!("  first suspicion: p50 {:.0} ms, p99 {:.0} ms", suspect.p50_us / 1e3, suspect.p99_us / 1e3);
     println!("  declared down:   p50 {:.0} ms, p99 {:.0} ms", down.p50_us / 1e3, down.p99_us / 1e3);
     let mut starving = Vec::new();
-    let delay_ms: u64 = std::env::var("DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    // Longer than the probe period: foca accepts a late direct ack until the next
+    // probe, so only a delay past the period makes a slow node's probes fail.
+    let delay_ms: u64 = std::env::var("DELAY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
     for how in [Starve::SlowLink { delay_ms }, Starve::Hogs { hogs }, Starve::Freeze { stop_ms, run_ms }] {
         let (on_self, on_others) = starvation(8, secs, how)?;
         let (off_self, off_others) = starvation(0, secs, how)?;

@@ -121,6 +121,8 @@ pub struct MemberEvent {
 
 pub struct GossipConfig {
     pub me: NodeId,
+    /// Every node name of the cluster file (for per-member metrics).
+    pub members: Vec<String>,
     pub seeds: Vec<NodeId>,
     pub tuning: MembershipTuning,
     pub cluster_size: usize,
@@ -144,7 +146,8 @@ struct Stats {
     dropped_chaos: Counter,
     local_health: Gauge,
     stale_suspicions: Counter,
-    suspicions: Counter,
+    /// Suspect transitions per member name (for nodes in the cluster file).
+    suspicions: BTreeMap<String, Counter>,
     downs: Counter,
     refuted: Counter,
 }
@@ -211,11 +214,19 @@ impl Gossip {
                 "Lifeguard local health score (0 = healthy).",
                 &[],
             ),
-            suspicions: metrics.counter(
-                "troupe_gossip_suspicions_total",
-                "Times this node saw another member become suspect.",
-                &[],
-            ),
+            suspicions: cfg
+                .members
+                .iter()
+                .filter(|m| **m != cfg.me.name)
+                .map(|m| {
+                    let c = metrics.counter(
+                        "troupe_gossip_suspicions_total",
+                        "Times this node saw a member become suspect, by member.",
+                        &[("member", m)],
+                    );
+                    (m.clone(), c)
+                })
+                .collect(),
             downs: metrics.counter("troupe_gossip_downs_total", "Times this node saw another member go down.", &[]),
             refuted: metrics.counter(
                 "troupe_gossip_refuted_suspicions_total",
@@ -507,7 +518,11 @@ impl Driver {
         for e in events {
             if e.name != self.me.name {
                 match e.state {
-                    MemberState::Suspect => self.stats.suspicions.inc(),
+                    MemberState::Suspect => {
+                        if let Some(c) = self.stats.suspicions.get(&e.name) {
+                            c.inc();
+                        }
+                    }
                     MemberState::Down => self.stats.downs.inc(),
                     MemberState::Alive => {}
                 }
@@ -542,7 +557,8 @@ mod tests {
     }
 
     async fn start(me: NodeId, seeds: Vec<NodeId>, key: &[u8], metrics: &Metrics) -> Gossip {
-        let cfg = GossipConfig { me, seeds, tuning: tuning(), cluster_size: 2, sealer: Sealer::new(key, "t") };
+        let members = vec!["n1".into(), "n2".into(), "n9".into()];
+        let cfg = GossipConfig { me, members, seeds, tuning: tuning(), cluster_size: 2, sealer: Sealer::new(key, "t") };
         Gossip::start(cfg, metrics, Arc::new(RwLock::new(ChaosRules::default()))).await.unwrap()
     }
 

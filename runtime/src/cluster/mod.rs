@@ -62,6 +62,7 @@ impl Cluster {
             .collect();
         let gcfg = GossipConfig {
             me: my_id,
+            members: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
             seeds,
             tuning: cfg.membership.clone(),
             cluster_size: cfg.nodes.len(),
