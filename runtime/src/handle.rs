@@ -24,11 +24,19 @@ pub struct ActorHandle<P: Protocol> {
     node: Node,
     path: ActorPath,
     local: Mutex<Option<Arc<LocalSlot<P>>>>,
+    /// The remote owner, and the membership version it was computed from: valid
+    /// until membership changes (resolving costs a placement computation).
+    remote: Mutex<Option<(Arc<str>, u64)>>,
 }
 
 impl<P: Protocol> Clone for ActorHandle<P> {
     fn clone(&self) -> Self {
-        Self { node: self.node.clone(), path: self.path.clone(), local: Mutex::new(self.local.lock().clone()) }
+        Self {
+            node: self.node.clone(),
+            path: self.path.clone(),
+            local: Mutex::new(self.local.lock().clone()),
+            remote: Mutex::new(self.remote.lock().clone()),
+        }
     }
 }
 
@@ -40,7 +48,7 @@ impl<P: Protocol> std::fmt::Debug for ActorHandle<P> {
 
 enum Resolved<P: Protocol> {
     Local(Arc<LocalSlot<P>>),
-    Remote(String),
+    Remote(Arc<str>),
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -49,7 +57,7 @@ fn backoff(attempt: u32) -> Duration {
 
 impl<P: Protocol> ActorHandle<P> {
     pub(crate) fn new(node: Node, path: ActorPath) -> Self {
-        Self { node, path, local: Mutex::new(None) }
+        Self { node, path, local: Mutex::new(None), remote: Mutex::new(None) }
     }
 
     pub fn path(&self) -> &ActorPath {
@@ -62,6 +70,12 @@ impl<P: Protocol> ActorHandle<P> {
         {
             return Ok(Resolved::Local(slot.clone()));
         }
+        let version = self.node.placement_version();
+        if let Some((owner, v)) = self.remote.lock().as_ref()
+            && *v == version
+        {
+            return Ok(Resolved::Remote(owner.clone()));
+        }
         match self.node.resolve(&self.path).await? {
             Target::Local(slot) => {
                 let typed = slot.as_any().downcast::<LocalSlot<P>>().map_err(|_| RemoteError::BadMessage {
@@ -73,6 +87,8 @@ impl<P: Protocol> ActorHandle<P> {
             }
             Target::Remote(node) => {
                 *self.local.lock() = None;
+                let node: Arc<str> = node.into();
+                *self.remote.lock() = Some((node.clone(), version));
                 Ok(Resolved::Remote(node))
             }
         }
@@ -123,6 +139,8 @@ impl<P: Protocol> ActorHandle<P> {
             if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
                 return Err(err);
             }
+            // The target moved or its node is gone: resolve afresh next time.
+            self.remote.lock().take();
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
@@ -183,6 +201,8 @@ impl<P: Protocol> ActorHandle<P> {
             if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
                 return Err(err);
             }
+            // The target moved or its node is gone: resolve afresh next time.
+            self.remote.lock().take();
             tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
@@ -224,6 +244,8 @@ impl<P: Protocol> ActorHandle<P> {
             if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
                 return Err(err);
             }
+            // The target moved or its node is gone: resolve afresh next time.
+            self.remote.lock().take();
             tokio::time::sleep(backoff(attempt)).await;
         }
     }

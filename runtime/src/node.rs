@@ -92,6 +92,28 @@ impl ReplySink for ChanSink {
     }
 }
 
+/// A map keyed by (system, kind) that looks up with `&str`s, without building an
+/// owned key on every message.
+struct KindMap<V>(HashMap<String, HashMap<String, V>>);
+
+impl<V> Default for KindMap<V> {
+    fn default() -> Self {
+        KindMap(HashMap::new())
+    }
+}
+
+impl<V> KindMap<V> {
+    fn get(&self, system: &str, kind: &str) -> Option<&V> {
+        self.0.get(system)?.get(kind)
+    }
+    fn insert(&mut self, system: &str, kind: &str, v: V) {
+        self.0.entry(system.to_string()).or_default().insert(kind.to_string(), v);
+    }
+    fn len(&self) -> usize {
+        self.0.values().map(|m| m.len()).sum()
+    }
+}
+
 /// Where a path lives right now.
 pub enum Target {
     Local(Arc<dyn ErasedSlot>),
@@ -116,14 +138,16 @@ pub(crate) struct NodeInner {
     store: Store,
     metrics: Metrics,
     /// Kind supervisors by (system, kind), updated when one restarts.
-    kind_sups: RwLock<HashMap<(String, String), ActorRef<SupMsg>>>,
-    instances: OnceLock<HashMap<(String, String), Arc<dyn KindInstance>>>,
+    kind_sups: RwLock<KindMap<ActorRef<SupMsg>>>,
+    instances: OnceLock<KindMap<Arc<dyn KindInstance>>>,
     root_entry: Arc<ActorEntry>,
     root: Mutex<Option<ActorRef<SupMsg>>>,
     spans: Mutex<VecDeque<SpanRecord>>,
     started: Instant,
     started_unix_us: u64,
     cluster: OnceLock<Arc<Cluster>>,
+    /// This node as the only placement candidate, when not clustered.
+    alone: OnceLock<Arc<Vec<Candidate>>>,
 }
 
 fn unix_ms() -> u64 {
@@ -182,7 +206,7 @@ impl Node {
             registry: Registry::default(),
             store,
             metrics: Metrics::new(),
-            kind_sups: RwLock::new(HashMap::new()),
+            kind_sups: RwLock::new(KindMap::default()),
             instances: OnceLock::new(),
             root_entry,
             root: Mutex::new(None),
@@ -190,11 +214,12 @@ impl Node {
             started: Instant::now(),
             started_unix_us: unix_ms() * 1000,
             cluster: OnceLock::new(),
+            alone: OnceLock::new(),
         };
         let node = Node(Arc::new(inner));
 
         // Build each kind once for this node (checks resources such as model files).
-        let mut instances = HashMap::new();
+        let mut instances = KindMap::default();
         let mut all_specs: Vec<KindSpec> = loaded.topologies.iter().flat_map(|t| t.kinds.clone()).collect();
         all_specs.extend(builtin_specs());
         for ks in all_specs {
@@ -203,13 +228,12 @@ impl Node {
                 kind: ks.name.clone(),
                 reason: format!("factory `{}` is not registered", ks.factory),
             })?;
-            let key = (ks.system.clone(), ks.name.clone());
             let inst = factory.instantiate(&node, Arc::new(ks.clone())).map_err(|reason| NodeError::Kind {
                 system: ks.system.clone(),
                 kind: ks.name.clone(),
                 reason,
             })?;
-            instances.insert(key, inst);
+            instances.insert(&ks.system, &ks.name, inst);
         }
         let want = instances.len();
         let _ = node.0.instances.set(instances);
@@ -278,8 +302,7 @@ impl Node {
             self.0.loaded.topology(system).map(|t| t.kinds.clone()).unwrap_or_default()
         };
         for ks in specs {
-            let key = (ks.system.clone(), ks.name.clone());
-            let Some(inst) = self.instances().get(&key).cloned() else {
+            let Some(inst) = self.instances().get(&ks.system, &ks.name).cloned() else {
                 continue;
             };
             let path = format!("/{}/{}", ks.system, ks.name);
@@ -318,7 +341,7 @@ impl Node {
         cfg.entry = entry;
         cfg.activator = Some((self.clone(), inst));
         let sup = Supervisor::start(cfg, Some(parent)).await?;
-        self.0.kind_sups.write().insert((ks.system.clone(), ks.name.clone()), sup.clone());
+        self.0.kind_sups.write().insert(&ks.system, &ks.name, sup.clone());
         // Static actors: the per-node actor on this node, the singleton if we own it.
         for path in self.static_paths(&ks) {
             let (tx, rx) = oneshot::channel();
@@ -342,7 +365,7 @@ impl Node {
             }
             Placement::Singleton => {
                 let key = format!("/{}/{}", ks.system, ks.name);
-                match placement::owner(&key, &self.candidates(), ks.role.as_deref()) {
+                match placement::owner(&key, &self.candidates_shared(), ks.role.as_deref()) {
                     Some(c) if &c.name == me => {
                         ActorPath::new(&ks.system, &ks.name, KindSpec::singleton_key()).into_iter().collect()
                     }
@@ -364,9 +387,9 @@ impl Node {
         &self.0.name
     }
 
-    fn instances(&self) -> &HashMap<(String, String), Arc<dyn KindInstance>> {
-        static EMPTY: OnceLock<HashMap<(String, String), Arc<dyn KindInstance>>> = OnceLock::new();
-        self.0.instances.get().unwrap_or_else(|| EMPTY.get_or_init(HashMap::new))
+    fn instances(&self) -> &KindMap<Arc<dyn KindInstance>> {
+        static EMPTY: OnceLock<KindMap<Arc<dyn KindInstance>>> = OnceLock::new();
+        self.0.instances.get().unwrap_or_else(|| EMPTY.get_or_init(KindMap::default))
     }
     /// Boot epoch (ms since the Unix epoch): a restarted node is a new incarnation.
     pub fn epoch(&self) -> u64 {
@@ -428,11 +451,29 @@ impl Node {
     }
 
     pub fn kind_spec(&self, system: &str, kind: &str) -> Option<&KindSpec> {
-        self.instances().get(&(system.to_string(), kind.to_string())).map(|i| i.spec().as_ref())
+        self.instances().get(system, kind).map(|i| i.spec().as_ref())
     }
 
     /// Live members placement may use (just this node when not clustered).
     pub fn candidates(&self) -> Vec<Candidate> {
+        self.candidates_shared().as_ref().clone()
+    }
+
+    /// The same, shared: rebuilt only when membership changes.
+    pub fn candidates_shared(&self) -> Arc<Vec<Candidate>> {
+        match self.cluster() {
+            Some(c) => c.candidates_shared(),
+            None => self.0.alone.get_or_init(|| Arc::new(self.alone_candidates())).clone(),
+        }
+    }
+
+    /// Version of the membership view placement reads (0 when not clustered):
+    /// a cached placement decision is valid while it does not change.
+    pub fn placement_version(&self) -> u64 {
+        self.cluster().map(|c| c.view_version()).unwrap_or(0)
+    }
+
+    fn alone_candidates(&self) -> Vec<Candidate> {
         match self.cluster() {
             Some(c) => c.candidates(),
             None => {
@@ -474,11 +515,14 @@ impl Node {
                     )));
                 }
                 let key = format!("/{}/{}", ks.system, ks.name);
-                placement::owner(&key, &self.candidates(), ks.role.as_deref()).map(|c| c.name.clone()).ok_or_else(
-                    || RemoteError::Unreachable { node: "-".into(), reason: format!("no live node can host {key}") },
-                )
+                placement::owner(&key, &self.candidates_shared(), ks.role.as_deref())
+                    .map(|c| c.name.clone())
+                    .ok_or_else(|| RemoteError::Unreachable {
+                        node: "-".into(),
+                        reason: format!("no live node can host {key}"),
+                    })
             }
-            Placement::Sharded => placement::owner(&path.to_string(), &self.candidates(), ks.role.as_deref())
+            Placement::Sharded => placement::owner(path.as_str(), &self.candidates_shared(), ks.role.as_deref())
                 .map(|c| c.name.clone())
                 .ok_or_else(|| RemoteError::Unreachable {
                     node: "-".into(),
@@ -495,7 +539,7 @@ impl Node {
             Placement::Singleton => format!("/{}/{}", ks.system, ks.name),
             _ => path.to_string(),
         };
-        let cands = self.candidates();
+        let cands = self.candidates_shared();
         let mut set = vec![owner.clone()];
         set.extend(
             placement::rank(&key, &cands, ks.role.as_deref())
@@ -531,7 +575,7 @@ impl Node {
 
     /// Activates `path` on this node through its kind supervisor.
     pub async fn activate_local(&self, path: &ActorPath) -> Result<Arc<dyn ErasedSlot>, RemoteError> {
-        let sup = self.0.kind_sups.read().get(&(path.system().to_string(), path.kind().to_string())).cloned();
+        let sup = self.0.kind_sups.read().get(path.system(), path.kind()).cloned();
         let restarting = || RemoteError::Restarting { path: path.to_string(), retry_after_ms: 50 };
         let sup = sup.ok_or_else(restarting)?;
         let (tx, rx) = oneshot::channel();
@@ -541,7 +585,7 @@ impl Node {
 
     /// Stops the local actor at `path` (handoff after a membership change).
     pub fn stop_local(&self, path: &ActorPath) {
-        let sup = self.0.kind_sups.read().get(&(path.system().to_string(), path.kind().to_string())).cloned();
+        let sup = self.0.kind_sups.read().get(path.system(), path.kind()).cloned();
         if let Some(sup) = sup {
             let _ = sup.send_message(SupMsg::StopChild { key: path.to_string() });
         }

@@ -135,6 +135,8 @@ enum Cmd {
 
 pub struct Gossip {
     pub view: Arc<RwLock<View>>,
+    /// `view.version`, readable without the lock (hot paths compare it to a cache).
+    pub version: Arc<std::sync::atomic::AtomicU64>,
     pub events: broadcast::Sender<MemberEvent>,
     cmd: mpsc::Sender<Cmd>,
 }
@@ -190,6 +192,7 @@ impl Gossip {
             );
             v.version = 1;
         }
+        let version = Arc::new(std::sync::atomic::AtomicU64::new(1));
         let (events, _) = broadcast::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let stats = Stats {
@@ -253,6 +256,7 @@ impl Gossip {
             sealer: Arc::new(cfg.sealer),
             health: LocalHealth::new(cfg.tuning.local_health_max as u32, cfg.tuning.probe_rtt_ms),
             view: view.clone(),
+            version: version.clone(),
             events: events.clone(),
             seeds: cfg.seeds,
             me: cfg.me,
@@ -262,7 +266,7 @@ impl Gossip {
             suspect_since: BTreeMap::new(),
         };
         tokio::spawn(driver.run(cmd_rx));
-        Ok(Gossip { view, events, cmd: cmd_tx })
+        Ok(Gossip { view, version, events, cmd: cmd_tx })
     }
 
     /// Announces our departure, so peers mark us down at once instead of suspecting.
@@ -283,6 +287,7 @@ struct Driver {
     sealer: Arc<Sealer>,
     health: LocalHealth,
     view: Arc<RwLock<View>>,
+    version: Arc<std::sync::atomic::AtomicU64>,
     events: broadcast::Sender<MemberEvent>,
     seeds: Vec<NodeId>,
     me: NodeId,
@@ -513,6 +518,7 @@ impl Driver {
         if !events.is_empty() || v.members.values().zip(fresh.values()).any(|(a, b)| a.incarnation != b.incarnation) {
             v.members = fresh;
             v.version += 1;
+            self.version.store(v.version, std::sync::atomic::Ordering::Release);
         }
         drop(v);
         for e in events {

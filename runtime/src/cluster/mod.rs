@@ -37,6 +37,8 @@ pub struct Cluster {
     chaos: Arc<RwLock<ChaosRules>>,
     roles: std::collections::HashMap<String, (Vec<String>, f64, String)>,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Placement candidates of the view version they were built from.
+    cand_cache: parking_lot::Mutex<(u64, Arc<Vec<Candidate>>)>,
 }
 
 impl Cluster {
@@ -80,6 +82,7 @@ impl Cluster {
             chaos,
             roles,
             locks: (0..replica::LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            cand_cache: parking_lot::Mutex::new((0, Arc::new(Vec::new()))),
         });
         if !node.set_cluster(cluster.clone()) {
             return Err(err("node is already clustered".into()));
@@ -125,6 +128,25 @@ impl Cluster {
     }
 
     pub fn candidates(&self) -> Vec<Candidate> {
+        self.candidates_shared().as_ref().clone()
+    }
+
+    /// Live members for placement, rebuilt only when the view changes: placement
+    /// runs on every remote send and must not allocate each time.
+    pub fn candidates_shared(&self) -> Arc<Vec<Candidate>> {
+        let version = self.view_version();
+        {
+            let c = self.cand_cache.lock();
+            if c.0 == version {
+                return c.1.clone();
+            }
+        }
+        let fresh = Arc::new(self.build_candidates());
+        *self.cand_cache.lock() = (version, fresh.clone());
+        fresh
+    }
+
+    fn build_candidates(&self) -> Vec<Candidate> {
         let v = self.gossip.view.read();
         v.members
             .values()
@@ -155,7 +177,7 @@ impl Cluster {
     }
 
     pub fn view_version(&self) -> u64 {
-        self.gossip.view.read().version
+        self.gossip.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn chaos(&self, cmd: ChaosCommand) -> String {

@@ -456,10 +456,10 @@ impl Transport {
     }
 
     fn lane_key(path: &ActorPath) -> u64 {
-        let target = path.to_string();
-        match crate::actor::CURRENT.try_with(|c| stable_hash(&[c.actor.as_bytes(), target.as_bytes()])) {
+        let target = path.as_str().as_bytes();
+        match crate::actor::CURRENT.try_with(|c| stable_hash(&[c.actor.as_bytes(), target])) {
             Ok(h) => h,
-            Err(_) => stable_hash(&[target.as_bytes()]),
+            Err(_) => stable_hash(&[target]),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest accepted key, in bytes. Keys come from users (a conversation id, a short
 /// code), so they are bounded like every other input.
@@ -14,11 +15,15 @@ pub const KEY_BYTES_MAX: usize = 200;
 /// Longest system or kind name, in bytes.
 pub const NAME_BYTES_MAX: usize = 48;
 
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// One shared string `/<system>/<kind>/<key>` and where its segments start: cloning
+/// a path (every envelope, handle and registry entry does) is a reference count, not
+/// three allocations. On the wire it is that one string, checked when decoded.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ActorPath {
-    system: String,
-    kind: String,
-    key: String,
+    full: Arc<str>,
+    /// Byte offsets of the kind and the key in `full`.
+    kind_at: u16,
+    key_at: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +66,10 @@ impl ActorPath {
         check_name("system", system)?;
         check_name("kind", kind)?;
         check_key(key)?;
-        Ok(Self { system: system.to_string(), kind: kind.to_string(), key: key.to_string() })
+        let full: Arc<str> = format!("/{system}/{kind}/{key}").into();
+        let kind_at = (1 + system.len() + 1) as u16;
+        let key_at = kind_at + kind.len() as u16 + 1;
+        Ok(Self { full, kind_at, key_at })
     }
 
     pub fn parse(s: &str) -> Result<Self, PathError> {
@@ -74,19 +82,37 @@ impl ActorPath {
     }
 
     pub fn system(&self) -> &str {
-        &self.system
+        &self.full[1..self.kind_at as usize - 1]
     }
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.full[self.kind_at as usize..self.key_at as usize - 1]
     }
     pub fn key(&self) -> &str {
-        &self.key
+        &self.full[self.key_at as usize..]
+    }
+
+    /// The whole path, `/<system>/<kind>/<key>`, without allocating.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl Serialize for ActorPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ActorPath::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
 impl fmt::Display for ActorPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "/{}/{}/{}", self.system, self.kind, self.key)
+        f.write_str(&self.full)
     }
 }
 
@@ -124,10 +150,20 @@ mod tests {
         assert!(matches!(ActorPath::parse(&long), Err(PathError::BadKey(_))));
     }
 
+    #[test]
+    fn wire_form_is_the_string_and_is_checked_on_decode() {
+        let p = ActorPath::parse("/kv/store/k").unwrap();
+        let bytes = crate::codec::encode(&p).unwrap();
+        assert_eq!(crate::codec::decode::<ActorPath>(&bytes).unwrap(), p);
+        let bad = crate::codec::encode(&"/KV/store/k".to_string()).unwrap();
+        assert!(crate::codec::decode::<ActorPath>(&bad).is_err(), "an invalid path must not decode");
+    }
+
     proptest! {
         #[test]
         fn display_parse_roundtrip(system in "[a-z0-9_-]{1,20}", kind in "[a-z0-9_-]{1,20}", key in "[^/\\p{Cc}]{1,50}") {
             let p = ActorPath::new(&system, &kind, &key).unwrap();
+            prop_assert_eq!((p.system(), p.kind(), p.key()), (system.as_str(), kind.as_str(), key.as_str()));
             prop_assert_eq!(ActorPath::parse(&p.to_string()).unwrap(), p);
         }
 
