@@ -6,6 +6,7 @@
 pub mod diag;
 pub mod kv;
 pub mod limiter;
+pub mod llm;
 pub mod ranges;
 pub mod shortener;
 
@@ -17,6 +18,7 @@ pub fn register_all(kinds: &mut KindRegistry) {
     kinds.register::<kv::KvStoreActor>("kv.store");
     kinds.register::<ranges::RangesActor>("kv.ranges");
     limiter::register(kinds);
+    llm::register(kinds);
     kinds.register::<shortener::link::LinkActor>("shortener.link");
     kinds.register::<shortener::clicklog::ClickLogActor>("shortener.clicklog");
     kinds.register::<shortener::gateway::GatewayActor>("shortener.gateway");
