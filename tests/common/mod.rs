@@ -82,8 +82,10 @@ impl TestCluster {
                 opts.systems.iter().filter(|s| **s != "kv").map(|s| (s.to_string(), free_port())).collect();
             let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), kv: free_port(), systems };
             let extra: String = p.systems.iter().map(|(s, port)| format!(", \"{s}\" = {port}")).collect();
+            // Every node is a gateway and may host GPU workers (LLM serving falls back
+            // to its CPU backend where there is no GPU).
             nodes_toml.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\"]\nports = {{ kv = {}{extra} }}\n\n",
+                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ kv = {}{extra} }}\n\n",
                 p.quic, p.gossip, p.admin, p.kv
             ));
             ports.insert(n.clone(), p);
