@@ -118,7 +118,9 @@ pub struct ActorEntry {
     /// Empty for workers; the strategy name for supervisors.
     pub strategy: String,
     pub stats: Arc<ActorStats>,
-    children: Mutex<Vec<Arc<ActorEntry>>>,
+    /// By path: a kind may have many thousands of entities, and activations and
+    /// passivations must not scan them all.
+    children: Mutex<std::collections::BTreeMap<String, Arc<ActorEntry>>>,
 }
 
 impl ActorEntry {
@@ -133,23 +135,21 @@ impl ActorEntry {
             kind: kind.into(),
             strategy: strategy.into(),
             stats,
-            children: Mutex::new(Vec::new()),
+            children: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
     pub fn add_child(&self, child: Arc<ActorEntry>) {
-        let mut c = self.children.lock();
-        if !c.iter().any(|e| Arc::ptr_eq(e, &child)) {
-            c.push(child);
-        }
+        self.children.lock().insert(child.path.clone(), child);
     }
 
     pub fn remove_child(&self, path: &str) {
-        self.children.lock().retain(|e| e.path != path);
+        self.children.lock().remove(path);
     }
 
+    /// Children in path order.
     pub fn children(&self) -> Vec<Arc<ActorEntry>> {
-        self.children.lock().clone()
+        self.children.lock().values().cloned().collect()
     }
 
     pub fn snapshot(&self) -> ActorInfo {

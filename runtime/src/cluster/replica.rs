@@ -239,12 +239,18 @@ pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Re
             }
         }
         if problems.is_empty() {
-            let mine = copies.remove(node.name()).unwrap_or_default();
-            let best = copies.into_values().fold(mine.clone(), |a, b| if b.last_seq() > a.last_seq() { b } else { a });
+            let mine = copies.get(node.name()).cloned().unwrap_or_default();
+            let best =
+                copies.values().fold(mine.clone(), |a, b| if b.last_seq() > a.last_seq() { b.clone() } else { a });
             if best != mine {
                 apply_local_full(node, &key, &best).await?;
             }
             for r in &set[1..] {
+                // A replica that handed over exactly this copy is already level: no
+                // write (an activation of a new entity then costs no disk write).
+                if copies.get(r) == Some(&best) {
+                    continue;
+                }
                 let msg =
                     ReplicaMsg::Write { path: key.clone(), owner: node.name().to_string(), ops: best.as_ops(&key) };
                 match ask(node, r, msg).await {

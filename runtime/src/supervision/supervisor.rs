@@ -109,12 +109,66 @@ struct Child {
     cell: Option<ActorCell>,
     /// The attempt id of a start running in the background.
     starting: Option<u64>,
+    /// Position in start order (rest-for-one and one-for-all restart in it).
+    seq: u64,
+}
+
+/// The children of a supervisor, by key, with their start order and an index from
+/// live actor ids: a kind supervisor may hold many thousands of entities, and every
+/// activation, start and failure must find its child without scanning them all.
+#[derive(Default)]
+struct Children {
+    by_key: HashMap<String, Child>,
+    by_cell: HashMap<ractor::ActorId, String>,
+    next_seq: u64,
+}
+
+impl Children {
+    fn get(&self, key: &str) -> Option<&Child> {
+        self.by_key.get(key)
+    }
+    fn get_mut(&mut self, key: &str) -> Option<&mut Child> {
+        self.by_key.get_mut(key)
+    }
+    fn insert(&mut self, spec: ChildSpec) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_key.insert(spec.key.clone(), Child { spec, cell: None, starting: None, seq });
+    }
+    fn remove(&mut self, key: &str) -> Option<Child> {
+        let c = self.by_key.remove(key)?;
+        if let Some(cell) = &c.cell {
+            self.by_cell.remove(&cell.get_id());
+        }
+        Some(c)
+    }
+    /// Sets (or clears) the live actor of `key`, keeping the id index in step.
+    fn set_cell(&mut self, key: &str, cell: Option<ActorCell>) -> Option<ActorCell> {
+        let c = self.by_key.get_mut(key)?;
+        let old = std::mem::replace(&mut c.cell, cell);
+        if let Some(o) = &old {
+            self.by_cell.remove(&o.get_id());
+        }
+        if let Some(n) = &c.cell {
+            self.by_cell.insert(n.get_id(), key.to_string());
+        }
+        old
+    }
+    fn key_of_cell(&self, cell: &ActorCell) -> Option<String> {
+        self.by_cell.get(&cell.get_id()).cloned()
+    }
+    /// Keys in start order (only the rarer strategies need it).
+    fn ordered_keys(&self) -> Vec<String> {
+        let mut v: Vec<(&u64, &String)> = self.by_key.values().map(|c| (&c.seq, &c.spec.key)).collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k.clone()).collect()
+    }
 }
 
 pub struct SupState {
     cfg_path: String,
     entry: Arc<ActorEntry>,
-    children: Vec<Child>,
+    children: Children,
     policy: RestartPolicy,
     /// Bumped by every restart decision, so an older pending restart is dropped.
     round: u64,
@@ -156,18 +210,13 @@ impl SupState {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn index_of_cell(&self, cell: &ActorCell) -> Option<usize> {
-        let id = cell.get_id();
-        self.children.iter().position(|c| c.cell.as_ref().is_some_and(|x| x.get_id() == id))
-    }
-
-    /// Starts child `i` in the background: starts can be slow (recovering state,
+    /// Starts child `key` in the background: starts can be slow (recovering state,
     /// loading a model) and the supervisor must keep answering meanwhile. The result
     /// comes back as `Started`.
-    fn launch(&mut self, i: usize, myself: &ActorRef<SupMsg>) {
+    fn launch(&mut self, key: &str, myself: &ActorRef<SupMsg>) {
         self.attempts += 1;
         let attempt = self.attempts;
-        let c = &mut self.children[i];
+        let Some(c) = self.children.get_mut(key) else { return };
         c.starting = Some(attempt);
         c.spec.entry.stats.set_state(ActorState::Starting);
         let start = c.spec.start.clone();
@@ -217,45 +266,53 @@ impl SupState {
         result: Result<ActorCell, String>,
         myself: &ActorRef<SupMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(i) = self.children.iter().position(|c| c.spec.key == key && c.starting == Some(attempt)) else {
+        let current = self.children.get(&key).is_some_and(|c| c.starting == Some(attempt));
+        if !current {
             // Superseded: a restart decision or a stop came first.
             if let Ok(cell) = result {
                 cell.stop(Some("superseded start".into()));
             }
             return Ok(());
-        };
-        self.children[i].starting = None;
+        }
+        if let Some(c) = self.children.get_mut(&key) {
+            c.starting = None;
+        }
         match result {
             Ok(cell) => {
                 let dead = cell.get_status() >= ractor::ActorStatus::Stopping;
-                self.children[i].cell = Some(cell);
-                self.children[i].spec.entry.stats.set_state(ActorState::Running);
-                let slot = self.children[i].spec.slot.clone();
+                self.children.set_cell(&key, Some(cell));
+                let slot = self.children.get(&key).and_then(|c| {
+                    c.spec.entry.stats.set_state(ActorState::Running);
+                    c.spec.slot.clone()
+                });
                 if let (Some(slot), Some((node, _))) = (&slot, &self.activator) {
                     node.register(slot.path().clone(), slot.clone());
                 }
                 self.answer(&key, Ok(slot));
                 if dead {
-                    return self.on_failure(i, "stopped right after it started", myself);
+                    return self.on_failure(&key, "stopped right after it started", myself);
                 }
                 Ok(())
             }
             Err(e) => {
-                self.children[i].spec.entry.stats.record_error(&format!("start: {e}"));
+                let transient = self.children.get(&key).is_some_and(|c| {
+                    c.spec.entry.stats.record_error(&format!("start: {e}"));
+                    c.spec.restart == Restart::Transient
+                });
                 self.answer(&key, Err(e.clone()));
-                if self.children[i].spec.restart == Restart::Transient {
+                if transient {
                     // An entity that cannot start is not kept: the next message tries again.
-                    self.remove_child(i, false);
+                    self.remove_child(&key, false);
                     Ok(())
                 } else {
-                    self.on_failure(i, &format!("start failed: {e}"), myself)
+                    self.on_failure(&key, &format!("start failed: {e}"), myself)
                 }
             }
         }
     }
 
-    fn remove_child(&mut self, i: usize, node_unregister: bool) {
-        let child = self.children.remove(i);
+    fn remove_child(&mut self, key: &str, node_unregister: bool) {
+        let Some(child) = self.children.remove(key) else { return };
         self.entry.remove_child(&child.spec.key);
         child.spec.entry.stats.set_state(ActorState::Stopped);
         if node_unregister && let (Some((node, _)), Some(slot)) = (&self.activator, &child.spec.slot) {
@@ -263,52 +320,67 @@ impl SupState {
         }
     }
 
-    /// Applies the policy to the failure of child `i`.
-    fn on_failure(&mut self, i: usize, reason: &str, myself: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+    /// Applies the policy to the failure of child `key`.
+    fn on_failure(&mut self, key: &str, reason: &str, myself: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
         let now = self.now_ms();
-        self.children[i].cell = None;
-        self.children[i].spec.entry.stats.record_error(reason);
-        self.children[i].spec.entry.stats.set_state(ActorState::Restarting);
-        match self.policy.on_failure(now, i, self.children.len()) {
+        self.children.set_cell(key, None);
+        if let Some(c) = self.children.get(key) {
+            c.spec.entry.stats.record_error(reason);
+            c.spec.entry.stats.set_state(ActorState::Restarting);
+        }
+        // The policy reasons in start order; one-for-one needs no ordering.
+        let (order, failed) = match self.policy.strategy() {
+            Strategy::OneForOne => (vec![key.to_string()], 0),
+            _ => {
+                let order = self.children.ordered_keys();
+                let i = order.iter().position(|k| k == key).unwrap_or(0);
+                (order, i)
+            }
+        };
+        match self.policy.on_failure(now, failed, order.len().max(1)) {
             Decision::Restart { children, delay_ms } => {
                 let mut keys = Vec::new();
                 for j in children {
-                    let c = &mut self.children[j];
-                    c.starting = None;
-                    if let Some(cell) = c.cell.take() {
+                    let Some(k) = order.get(j).cloned() else { continue };
+                    if let Some(c) = self.children.get_mut(&k) {
+                        c.starting = None;
+                    }
+                    if let Some(cell) = self.children.set_cell(&k, None) {
                         // Forgetting the cell first makes its termination event unknown
                         // to us, so stopping it here is not counted as a failure.
                         cell.stop(Some("restarting with a failed sibling".into()));
-                        c.spec.entry.stats.set_state(ActorState::Restarting);
+                        if let Some(c) = self.children.get(&k) {
+                            c.spec.entry.stats.set_state(ActorState::Restarting);
+                        }
                     }
-                    keys.push(c.spec.key.clone());
+                    keys.push(k);
                 }
                 self.round += 1;
                 let round = self.round;
-                tracing::warn!(supervisor = %self.cfg_path, child = %self.children[i].spec.key, %reason, delay_ms, restarting = keys.len(), "child failed; restarting");
+                tracing::warn!(supervisor = %self.cfg_path, child = %key, %reason, delay_ms, restarting = keys.len(), "child failed; restarting");
                 myself.send_after(Duration::from_millis(delay_ms), move || SupMsg::RestartDue { keys, round });
                 Ok(())
             }
             Decision::Escalate { restarts, within_ms } => {
                 let msg = format!(
-                    "{}: {restarts} restarts within {within_ms} ms (max_restarts exceeded); last failure of {}: {reason}",
-                    self.cfg_path, self.children[i].spec.key
+                    "{}: {restarts} restarts within {within_ms} ms (max_restarts exceeded); last failure of {key}: {reason}",
+                    self.cfg_path
                 );
                 tracing::error!(supervisor = %self.cfg_path, "{msg}; escalating");
                 self.entry.stats.record_error(&msg);
                 self.entry.stats.set_state(ActorState::Failed);
-                for c in &mut self.children {
-                    c.starting = None;
-                    if let Some(cell) = c.cell.take() {
+                for k in self.children.ordered_keys() {
+                    if let Some(c) = self.children.get_mut(&k) {
+                        c.starting = None;
+                        c.spec.entry.stats.set_state(ActorState::Failed);
+                    }
+                    if let Some(cell) = self.children.set_cell(&k, None) {
                         cell.stop(Some("supervisor escalating".into()));
                     }
-                    c.spec.entry.stats.set_state(ActorState::Failed);
-                }
-                // Entities die with their supervisor: unregister their slots so the
-                // next message activates a fresh incarnation under the restarted one.
-                for i in (0..self.children.len()).rev() {
-                    if self.children[i].spec.slot.is_some() {
-                        self.remove_child(i, true);
+                    // Entities die with their supervisor: unregister their slots so the
+                    // next message activates a fresh incarnation under the restarted one.
+                    if self.children.get(&k).is_some_and(|c| c.spec.slot.is_some()) {
+                        self.remove_child(&k, true);
                     }
                 }
                 Err(msg.into())
@@ -318,7 +390,7 @@ impl SupState {
 
     fn activate(&mut self, path: ActorPath, reply: ActivateReply, myself: &ActorRef<SupMsg>) {
         let key = path.to_string();
-        if let Some(c) = self.children.iter().find(|c| c.spec.key == key) {
+        if let Some(c) = self.children.get(&key) {
             let closing = c.spec.slot.as_ref().is_some_and(|s| s.is_closing());
             match &c.spec.slot {
                 None => {
@@ -347,21 +419,16 @@ impl SupState {
         let slot = kind.new_slot(path.clone(), entry.clone());
         let start_slot = slot.clone();
         let start: StartFn = Arc::new(move |sup: ActorCell| kind.start(node.clone(), start_slot.clone(), sup));
-        self.children.push(Child {
-            spec: ChildSpec {
-                key: key.clone(),
-                entry: entry.clone(),
-                start,
-                restart: Restart::Transient,
-                slot: Some(slot),
-            },
-            cell: None,
-            starting: None,
+        self.children.insert(ChildSpec {
+            key: key.clone(),
+            entry: entry.clone(),
+            start,
+            restart: Restart::Transient,
+            slot: Some(slot),
         });
         self.entry.add_child(entry);
-        self.waiters.entry(key).or_default().push(Waiter::Activate(reply));
-        let i = self.children.len() - 1;
-        self.launch(i, myself);
+        self.waiters.entry(key.clone()).or_default().push(Waiter::Activate(reply));
+        self.launch(&key, myself);
     }
 }
 
@@ -376,14 +443,11 @@ impl Actor for Supervisor {
         cfg: SupervisorConfig,
     ) -> Result<SupState, ActorProcessingErr> {
         cfg.entry.stats.set_state(ActorState::Running);
-        let children = cfg
-            .initial
-            .into_iter()
-            .map(|spec| {
-                cfg.entry.add_child(spec.entry.clone());
-                Child { spec, cell: None, starting: None }
-            })
-            .collect();
+        let mut children = Children::default();
+        for spec in cfg.initial {
+            cfg.entry.add_child(spec.entry.clone());
+            children.insert(spec);
+        }
         Ok(SupState {
             cfg_path: cfg.path,
             entry: cfg.entry,
@@ -399,8 +463,8 @@ impl Actor for Supervisor {
     }
 
     async fn post_start(&self, myself: ActorRef<SupMsg>, st: &mut SupState) -> Result<(), ActorProcessingErr> {
-        for i in 0..st.children.len() {
-            st.launch(i, &myself);
+        for key in st.children.ordered_keys() {
+            st.launch(&key, &myself);
         }
         Ok(())
     }
@@ -408,24 +472,24 @@ impl Actor for Supervisor {
     async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
         match msg {
             SupMsg::AddChild { spec, reply } => {
-                if st.children.iter().any(|c| c.spec.key == spec.key) {
+                if st.children.get(&spec.key).is_some() {
                     let _ = reply.send(Err(format!("{} already has a child {}", st.cfg_path, spec.key)));
                     return Ok(());
                 }
                 st.entry.add_child(spec.entry.clone());
                 st.waiters.entry(spec.key.clone()).or_default().push(Waiter::Add(reply));
-                st.children.push(Child { spec, cell: None, starting: None });
-                let i = st.children.len() - 1;
-                st.launch(i, &myself);
+                let key = spec.key.clone();
+                st.children.insert(spec);
+                st.launch(&key, &myself);
             }
             SupMsg::Activate { path, reply } => st.activate(path, reply, &myself),
             SupMsg::StopChild { key } => {
-                if let Some(i) = st.children.iter().position(|c| c.spec.key == key) {
-                    if let Some(cell) = st.children[i].cell.take() {
+                if st.children.get(&key).is_some() {
+                    if let Some(cell) = st.children.set_cell(&key, None) {
                         cell.stop(Some("stopped by its supervisor".into()));
                     }
                     st.answer(&key, Err("stopped by its supervisor".into()));
-                    st.remove_child(i, true);
+                    st.remove_child(&key, true);
                 }
             }
             SupMsg::RestartDue { keys, round } => {
@@ -433,13 +497,14 @@ impl Actor for Supervisor {
                     return Ok(());
                 }
                 for key in keys {
-                    let Some(i) =
-                        st.children.iter().position(|c| c.spec.key == key && c.cell.is_none() && c.starting.is_none())
-                    else {
+                    let idle = st.children.get(&key).is_some_and(|c| c.cell.is_none() && c.starting.is_none());
+                    if !idle {
                         continue;
-                    };
-                    st.children[i].spec.entry.stats.record_restart();
-                    st.launch(i, &myself);
+                    }
+                    if let Some(c) = st.children.get(&key) {
+                        c.spec.entry.stats.record_restart();
+                    }
+                    st.launch(&key, &myself);
                 }
             }
             SupMsg::Started { key, attempt, result } => return st.on_started(key, attempt, result, &myself),
@@ -455,17 +520,17 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(i) = st.index_of_cell(&cell) {
-                    st.on_failure(i, &err.to_string(), &myself)?;
+                if let Some(key) = st.children.key_of_cell(&cell) {
+                    st.on_failure(&key, &err.to_string(), &myself)?;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let Some(i) = st.index_of_cell(&cell) else {
+                let Some(key) = st.children.key_of_cell(&cell) else {
                     return Ok(());
                 };
                 let passivated = reason.as_deref() == Some(PASSIVATED);
-                if passivated || st.children[i].spec.restart == Restart::Transient {
-                    st.remove_child(i, true);
+                if passivated || st.children.get(&key).is_some_and(|c| c.spec.restart == Restart::Transient) {
+                    st.remove_child(&key, true);
                     // Activations that waited for this incarnation to stop.
                     let parked = std::mem::take(&mut st.parked);
                     for (path, reply) in parked {
@@ -473,7 +538,7 @@ impl Actor for Supervisor {
                     }
                 } else {
                     let why = format!("stopped unexpectedly ({})", reason.unwrap_or_else(|| "no reason".into()));
-                    st.on_failure(i, &why, &myself)?;
+                    st.on_failure(&key, &why, &myself)?;
                 }
             }
             _ => {}
