@@ -370,3 +370,34 @@ fn lab_writes_plots_and_summary() {
     assert_eq!(report["seed"].as_u64(), Some(7));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// With the rate limiter (system 10) in the cluster, link creation is limited per
+/// client IP across all gateways together, not per gateway.
+#[test]
+fn creation_limits_hold_cluster_wide_with_the_rate_limiter() {
+    let c = TestCluster::start(Options {
+        systems: vec!["kv", "rate-limiter", SYS],
+        extra: OVERRIDES.into(),
+        ..Options::default()
+    });
+    c.wait_converged(&[], Duration::from_secs(20));
+    // systems/rate-limiter.toml: `shortener-create-ip` admits 20 per minute per IP.
+    let gateways: Vec<SocketAddr> = ["n1", "n2", "n3"].iter().map(|n| c.port(n, SYS)).collect();
+    let body = r#"{"url":"https://example.org/cluster-wide"}"#;
+    let ip = [("x-forwarded-for", "198.51.100.77"), ("content-type", "application/json")];
+    let (mut created, mut limited) = (0, 0);
+    for i in 0..40 {
+        let r = wait_for("a create answer", Duration::from_secs(10), || {
+            call(gateways[i % 3], "POST", "/api/links", &ip, Some(body)).ok().filter(|r| r.status != 503)
+        });
+        match r.status {
+            201 | 200 => created += 1,
+            429 => {
+                limited += 1;
+                assert!(r.header("retry-after").is_some(), "429 without Retry-After: {}", r.body);
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    assert_eq!(created, 20, "the per-IP creation limit must hold across the three gateways ({limited} refused)");
+}

@@ -1,16 +1,20 @@
 //! Rate limits on link creation, per client IP and per user.
 //!
-//! [`CreateLimiter`] is the hook the gateway calls before minting a link. The
-//! implementation here, [`LocalCreateLimiter`], keeps token buckets in one
-//! `troupe_limiter::KeyedTable` per gateway node, so the limits are per node: a client
-//! spreading its requests over `n` gateways gets up to `n` times the limit. When the
-//! cluster rate limiter (system 10) is deployed, implement the trait over its shard
-//! actors and hand that to the gateway instead; nothing else changes.
+//! [`CreateLimiter`] is the hook the gateway calls before minting a link. Two
+//! implementations:
+//! - [`ClusterCreateLimiter`] (used whenever the cluster runs the rate limiter, system
+//!   10): one all-or-nothing check of the rules `shortener-create-ip` and
+//!   `shortener-create-user` on the limiter shards, so the limits hold cluster-wide
+//!   whichever gateway a client uses; an unreachable shard gets the rule's fail mode.
+//! - [`LocalCreateLimiter`] (fallback when system 10 is not enabled): token buckets in
+//!   one `troupe_limiter::KeyedTable` per gateway node, so the limits are per node — a
+//!   client spreading its requests over `n` gateways gets up to `n` times the limit.
 //!
-//! Invariants: memory is bounded by `keys_max` keys (a full table of busy keys refuses new
-//! keys, which fails open here: availability of link creation wins over a flood of new
-//! IPs, and the flood is counted); a denied request consumes nothing.
+//! Invariants: memory is bounded by `keys_max` keys (a full local table of busy keys
+//! refuses new keys, which fails open: availability of link creation wins over a
+//! flood of new IPs, and the flood is counted); a denied request consumes nothing.
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -28,7 +32,50 @@ pub struct Limited {
 /// Admission control for `POST /api/links`.
 pub trait CreateLimiter: Send + Sync {
     /// Admits one creation by `ip` (and `user`, when known) or says which limit refused it.
-    fn admit(&self, ip: IpAddr, user: Option<&str>) -> Result<(), Limited>;
+    fn admit<'a>(&'a self, ip: IpAddr, user: Option<&'a str>) -> BoxFuture<'a, Result<(), Limited>>;
+}
+
+/// Rule names of system 10 that bound link creation.
+pub const RULE_PER_IP: &str = "shortener-create-ip";
+pub const RULE_PER_USER: &str = "shortener-create-user";
+
+/// The cluster-wide limits of system 10.
+pub struct ClusterCreateLimiter {
+    limiter: crate::limiter::Limiter,
+}
+
+impl ClusterCreateLimiter {
+    /// `None` when the cluster does not run the rate limiter.
+    pub fn new(node: &troupe_runtime::Node) -> Option<Self> {
+        crate::limiter::Limiter::new(node).ok().map(|limiter| Self { limiter })
+    }
+}
+
+impl CreateLimiter for ClusterCreateLimiter {
+    fn admit<'a>(&'a self, ip: IpAddr, user: Option<&'a str>) -> BoxFuture<'a, Result<(), Limited>> {
+        Box::pin(async move {
+            let mut checks = vec![crate::limiter::Check::new(RULE_PER_IP, &ip.to_string())];
+            if let Some(u) = user {
+                checks.push(crate::limiter::Check::new(RULE_PER_USER, u));
+            }
+            match self.limiter.check(&checks).await {
+                Ok(v) if v.allowed => Ok(()),
+                Ok(v) => {
+                    let (scope, decision) = match v.binding() {
+                        Some(r) => (if r.rule == RULE_PER_USER { "user" } else { "ip" }, r.decision),
+                        None => ("ip", Decision::fail_closed(0, 1_000_000_000)),
+                    };
+                    Err(Limited { scope, decision })
+                }
+                // Bad input (e.g. the rules were removed from system 10): creation
+                // stays available; the operator sees the warning.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster creation limiter refused the check; admitting");
+                    Ok(())
+                }
+            }
+        })
+    }
 }
 
 /// One token-bucket limit from the topology file.
@@ -108,8 +155,9 @@ impl LocalCreateLimiter {
 }
 
 impl CreateLimiter for LocalCreateLimiter {
-    fn admit(&self, ip: IpAddr, user: Option<&str>) -> Result<(), Limited> {
-        self.admit_at(ip, user, self.now_ns())
+    fn admit<'a>(&'a self, ip: IpAddr, user: Option<&'a str>) -> BoxFuture<'a, Result<(), Limited>> {
+        let r = self.admit_at(ip, user, self.now_ns());
+        Box::pin(async move { r })
     }
 }
 

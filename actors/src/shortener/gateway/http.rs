@@ -270,7 +270,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, s.params.body_bytes_max)?;
     let user = user_of(&headers)?;
-    if let Err(l) = s.limiter.admit(s.client_ip(peer, &headers), user.as_deref()) {
+    if let Err(l) = s.limiter.admit(s.client_ip(peer, &headers), user.as_deref()).await {
         s.metrics.creates_limited.inc();
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -20,7 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod params;
 
-use crate::shortener::limiter::{CreateLimiter, LocalCreateLimiter};
+use crate::shortener::limiter::{ClusterCreateLimiter, CreateLimiter, LocalCreateLimiter};
 use cache::LinkCache;
 use clicks::{ClickMetrics, ClickSink, ShipConfig};
 use ids::IdSource;
@@ -216,8 +216,16 @@ impl Behavior for GatewayActor {
         let listener = bind(SocketAddr::new(spec.addr.ip(), port)).await?;
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let p = self.params.clone();
-        let limiter =
-            LocalCreateLimiter::new(&p.create_per_ip, &p.create_per_user, p.limiter_keys_max).map_err(fail)?;
+        // Cluster-wide limits when system 10 runs; per-node buckets otherwise.
+        let limiter: Arc<dyn CreateLimiter> = match ClusterCreateLimiter::new(&node) {
+            Some(c) => Arc::new(c),
+            None => {
+                tracing::warn!("rate-limiter system not enabled: link creation is limited per gateway node");
+                Arc::new(
+                    LocalCreateLimiter::new(&p.create_per_ip, &p.create_per_user, p.limiter_keys_max).map_err(fail)?,
+                )
+            }
+        };
         let ship = ShipConfig {
             system: system.clone(),
             shards: p.click_shards,
@@ -238,7 +246,7 @@ impl Behavior for GatewayActor {
             ),
             ids: Arc::new(IdSource::new(self.codes.clone(), p.id_counter.clone(), p.id_block_size)),
             clicks: clicks::start(&node, ship, Arc::new(ClickMetrics::new(&node))),
-            limiter: Arc::new(limiter),
+            limiter,
             abuse: self.abuse.clone(),
             geo: self.geo.clone(),
             metrics: GatewayMetrics::new(&node),
