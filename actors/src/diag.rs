@@ -15,10 +15,14 @@ impl Protocol for Counter {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CounterMsg {
-    Add { n: u64 },
+    Add {
+        n: u64,
+    },
     Get,
     /// Answers with the same bytes (payload-size experiments).
-    Echo { bytes: Vec<u8> },
+    Echo {
+        bytes: Vec<u8>,
+    },
     Reset,
 }
 
@@ -51,14 +55,26 @@ impl Behavior for CounterActor {
         Ok(CounterState::default())
     }
 
-    async fn handle(&self, ctx: &Ctx<Counter>, st: &mut CounterState, msg: MsgOf<Self>, reply: Reply<ReplyOf<Self>>) -> Result<(), ActorError> {
+    async fn handle(
+        &self,
+        ctx: &Ctx<Counter>,
+        st: &mut CounterState,
+        msg: MsgOf<Self>,
+        reply: Reply<ReplyOf<Self>>,
+    ) -> Result<(), ActorError> {
         match msg {
             CounterMsg::Add { n } => {
                 st.total += n;
                 st.messages += 1;
             }
             CounterMsg::Get => {
-                reply.send(CounterReply::Count { total: st.total, messages: st.messages, node: ctx.node().name().to_string() }).await
+                reply
+                    .send(CounterReply::Count {
+                        total: st.total,
+                        messages: st.messages,
+                        node: ctx.node().name().to_string(),
+                    })
+                    .await
             }
             CounterMsg::Echo { bytes } => reply.send(CounterReply::Echo { bytes }).await,
             CounterMsg::Reset => *st = CounterState::default(),

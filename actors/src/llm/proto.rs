@@ -199,7 +199,8 @@ pub enum RouterMsg {
 pub enum RouterReply {
     /// `None`: no eligible worker in the pool.
     Routed(Option<Routed>),
-    Workers(Vec<(WorkerKey, Stage, Load)>),
+    /// Every worker: stage, last reported load, routable now.
+    Workers(Vec<(WorkerKey, Stage, Load, bool)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

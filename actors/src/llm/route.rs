@@ -338,9 +338,17 @@ impl Router {
         (self.prefix.len(), self.sessions.len())
     }
 
-    /// Workers of a pool known to this router, with their last load.
-    pub fn workers_of(&self, pool: &str) -> Vec<(WorkerKey, Stage, Load)> {
-        self.workers.iter().filter(|(_, w)| w.pool == pool).map(|(k, w)| (k.clone(), w.stage, w.load)).collect()
+    /// Workers of a pool known to this router: stage, last load, and whether it is
+    /// routable now (reported within `stale_ms`, node alive, not penalized).
+    pub fn workers_of(&self, pool: &str, now_ms: u64) -> Vec<(WorkerKey, Stage, Load, bool)> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.pool == pool)
+            .map(|(k, w)| {
+                let q = RouteQuery { pool, stage: w.stage, prefix: &[], session: None, exclude: &[] };
+                (k.clone(), w.stage, w.load, self.eligible(k, w, &q, now_ms))
+            })
+            .collect()
     }
 }
 

@@ -80,7 +80,7 @@ impl Behavior for RouterActor {
             RouterMsg::Report { worker, load } => st.core.on_report(&worker, load, now),
             RouterMsg::Failed { worker } => st.core.on_failure(&worker, now),
             RouterMsg::Workers => {
-                let all = st.pools.iter().flat_map(|p| st.core.workers_of(&p.kind)).collect();
+                let all = st.pools.iter().flat_map(|p| st.core.workers_of(&p.kind, now)).collect();
                 reply.send(RouterReply::Workers(all)).await;
             }
             RouterMsg::Route { pool, prefix, session, exclude } => {

@@ -120,7 +120,18 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     let workers = match app.router.ask_timeout(RouterMsg::Workers, Duration::from_secs(2)).await {
         Ok(RouterReply::Workers(w)) => w
             .into_iter()
-            .map(|(k, stage, load)| json!({ "pool": k.kind, "node": k.node, "stage": format!("{stage:?}").to_lowercase(), "active": load.active, "queued": load.queued, "running": load.running, "kv_usage": load.kv_usage }))
+            .map(|(k, stage, load, up)| {
+                json!({
+                    "pool": k.kind,
+                    "node": k.node,
+                    "stage": format!("{stage:?}").to_lowercase(),
+                    "routable": up,
+                    "active": load.active,
+                    "queued": load.queued,
+                    "running": load.running,
+                    "kv_usage": load.kv_usage,
+                })
+            })
             .collect(),
         _ => Vec::new(),
     };

@@ -1,0 +1,424 @@
+//! LLM serving end to end: real node processes with the rate-limiter and llm-serving
+//! systems, the CPU engine on the real SmolLM2 model (pulled by `.ci/run`), the official
+//! `openai` Python client, client disconnects, SIGKILL of a worker node under load, and a
+//! disaggregated pool. Every wait is bounded.
+
+mod common;
+
+use common::{Options, TestCluster, wait_for};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SYS: &str = "llm-serving";
+const PAID: &str = "sk-troupe-dev-paid";
+const FREE_OTHER: &str = "sk-troupe-dev-other";
+
+/// Light engines for a 2-core machine running three nodes; `worker_extra` adds lines to
+/// the main pool's table (a TOML table can be defined once).
+fn engines(worker_extra: &str) -> String {
+    format!(
+        "[overrides.llm-serving.worker]\nthreads = 1\nnum_kv_blocks = 256\nengine_inflight_max = 16\n{worker_extra}\n\n\
+         [overrides.llm-serving.worker_fast]\nthreads = 1\nnum_kv_blocks = 64\n"
+    )
+}
+
+/// LLM rules with a small per-user request limit (to see a 429), failing open so that a
+/// killed limiter shard owner does not turn into 429s in the chaos test.
+fn rules(requests_per_min: u64) -> String {
+    format!(
+        r#"
+[overrides.rate-limiter.rules]
+rules = """
+version = 1
+
+[[rule]]
+name = "llm-requests"
+dimension = "user"
+algorithm = "token_bucket"
+limit = {requests_per_min}
+window_ms = 600000
+fail_mode = "open"
+
+[[rule]]
+name = "llm-tokens"
+dimension = "user"
+algorithm = "sliding_counter"
+limit = 10000000
+window_ms = 60000
+fail_mode = "open"
+
+[[rule]]
+name = "llm-org-requests"
+dimension = "user"
+algorithm = "token_bucket"
+limit = 100000
+window_ms = 60000
+fail_mode = "open"
+
+[[rule]]
+name = "llm-org-tokens"
+dimension = "user"
+algorithm = "sliding_counter"
+limit = 10000000
+window_ms = 60000
+fail_mode = "open"
+"""
+"#
+    )
+}
+
+fn start(worker_extra: &str, extra: String) -> TestCluster {
+    let c = TestCluster::start(Options {
+        nodes: 3,
+        systems: vec!["rate-limiter", SYS],
+        extra: format!("{}\n{extra}", engines(worker_extra)),
+        ..Options::default()
+    });
+    c.wait_converged(&[], Duration::from_secs(30));
+    // Every gateway routes to every worker of the main pool.
+    for n in &c.names {
+        wait_for(&format!("{n}'s router to see the workers"), Duration::from_secs(90), || {
+            let (code, body) = request(c.port(n, SYS), "GET", "/health", &[], "").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let up = v["workers"].as_array()?.iter().filter(|w| w["pool"] == "worker" && w["routable"] == true).count();
+            (code == 200 && up == 3).then_some(())
+        });
+    }
+    c
+}
+
+/// One HTTP/1.1 request; returns (status, head, body) with chunked bodies decoded.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let (code, _, body) = request_full(addr, method, path, headers, body)?;
+    Ok((code, body))
+}
+
+fn request_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    Ok((code, head.to_string(), body))
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn auth(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// The `data:` payloads of an SSE body.
+fn events(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+/// Sum of a metric over every running node.
+fn metric_sum(c: &TestCluster, name: &str) -> f64 {
+    c.procs.keys().map(|n| c.metric(n, name)).filter(|v| v.is_finite()).sum()
+}
+
+#[test]
+fn openai_client_streams_and_the_api_behaves() {
+    let c = start("", rules(12));
+    let base = format!("http://{}/v1", c.port("n2", SYS));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/openai_client.py");
+    let out = Command::new("python3")
+        .args([script, "--base-url", &base, "--api-key", PAID])
+        .output()
+        .expect("python3 must be installed (CI installs the openai package: pip install openai)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the openai client failed (pip install openai?):\nstdout: {stdout}\nstderr: {}\nlogs in {}",
+        String::from_utf8_lossy(&out.stderr),
+        c.dir.display()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert!(seen["stream"]["chunks"].as_u64().unwrap_or(0) >= 3, "{seen}");
+    assert!(c.metric("n2", "troupe_llm_time_to_first_token_seconds_count") >= 3.0);
+    assert!(c.metric("n2", "troupe_llm_e2e_request_latency_seconds_count") >= 3.0);
+
+    // Per-user requests/min through the rate limiter: 12 per window, then 429.
+    let addr = c.port("n1", SYS);
+    let body = r#"{"model":"smollm2-135m-fast","prompt":"Hi","max_tokens":1}"#;
+    let key = auth(FREE_OTHER);
+    let mut codes = Vec::new();
+    let mut last = (0, String::new(), String::new());
+    for _ in 0..13 {
+        last = request_full(addr, "POST", "/v1/completions", &[("Authorization", &key)], body).expect("request");
+        codes.push(last.0);
+    }
+    assert_eq!(&codes[..12], &[200; 12], "{codes:?}");
+    let (code, head, body) = last;
+    assert_eq!(code, 429, "{body}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("retry-after:") && head.contains("x-ratelimit-limit: 12"), "{head}");
+    let e: serde_json::Value = serde_json::from_str(&body).expect("error JSON");
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded", "{body}");
+
+    // Bad input: clear 400s / 401 / 404 / 413 in OpenAI's error format.
+    let chat =
+        |b: &str, k: &str| request(addr, "POST", "/v1/chat/completions", &[("Authorization", k)], b).expect("request");
+    let paid = auth(PAID);
+    let (code, body) =
+        chat(r#"{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"top_p":1.5}"#, &paid);
+    assert!(code == 400 && body.contains("\"param\":\"top_p\""), "{code} {body}");
+    let (code, body) =
+        chat(r#"{"model":"smollm2-135m-fast","messages":[{"role":"user","content":"x"}],"max_tokens":1000}"#, &paid);
+    assert!(code == 400 && body.contains("max_tokens"), "{code} {body}");
+    let (code, _) =
+        chat(r#"{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}]}"#, "Bearer nope-nope-nope");
+    assert_eq!(code, 401);
+    let big =
+        format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, "a".repeat(1_100_000));
+    let (code, _) = chat(&big, &paid);
+    assert_eq!(code, 413);
+    let (code, body) = request(addr, "GET", "/v1/nothing", &[], "").expect("request");
+    assert!(code == 404 && body.contains("\"error\""), "{body}");
+}
+
+#[test]
+fn client_disconnect_cancels_generation_everywhere() {
+    let c = start("", rules(100_000));
+    let addr = c.port("n1", SYS);
+    let key = auth(PAID);
+    // Several long generations, spread over the three workers (different prompts, least
+    // loaded), so some streams are remote; read a few tokens of each, then hang up.
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let body = format!(
+            r#"{{"model":"smollm2-135m","prompt":"Story number {i}: once upon a time","max_tokens":1500,"ignore_eos":true,"stream":true}}"#
+        );
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut r = BufReader::new(s);
+        let mut seen = 0;
+        let mut line = String::new();
+        while seen < 3 {
+            line.clear();
+            assert!(r.read_line(&mut line).expect("read") > 0, "stream ended early");
+            if line.contains("\"text\"") {
+                seen += 1;
+            }
+        }
+        conns.push(r);
+    }
+    let busy = metric_sum(&c, "troupe_llm_num_requests_running{");
+    assert!(busy >= 1.0, "requests should be running, saw {busy}");
+    drop(conns);
+    wait_for("every worker to stop generating for the departed clients", Duration::from_secs(20), || {
+        (metric_sum(&c, "troupe_llm_num_requests_running{") == 0.0).then_some(())
+    });
+    let aborted = c.metric("n1", "troupe_llm_request_success_total{system=\"llm-serving\",model_name=\"smollm2-135m\",finished_reason=\"abort\"}");
+    assert_eq!(aborted, 3.0);
+    let generated = metric_sum(&c, "troupe_llm_generation_tokens_total");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric_sum(&c, "troupe_llm_generation_tokens_total"), generated, "nothing is generated any more");
+}
+
+/// What one load request ended as.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Ok,
+    /// 200, then an SSE error event (tokens had been sent when its worker died).
+    MidStream(String),
+    /// A refusal with a status (503 breaker open / no worker, 429...).
+    Refused(u16, String),
+}
+
+fn one_streamed(addr: SocketAddr, i: usize) -> Outcome {
+    let body = format!(
+        r#"{{"model":"smollm2-135m","prompt":"Request {i}: the weather today is","max_tokens":24,"ignore_eos":true,"stream":true}}"#
+    );
+    match request(addr, "POST", "/v1/completions", &[("Authorization", &auth(PAID))], &body) {
+        Ok((200, body)) => {
+            let ev = events(&body);
+            match ev.iter().find(|e| e.contains("\"error\"")) {
+                Some(e) => Outcome::MidStream(e.clone()),
+                None if ev.last().is_some_and(|e| e == "[DONE]") => Outcome::Ok,
+                None => Outcome::MidStream(format!("no [DONE]: {body}")),
+            }
+        }
+        Ok((code, body)) => Outcome::Refused(code, body),
+        Err(e) => Outcome::Refused(0, e.to_string()),
+    }
+}
+
+#[test]
+fn worker_node_killed_under_load() {
+    let extra = format!(
+        "{}\n{}",
+        rules(1_000_000),
+        r#"
+[overrides.llm-serving.router]
+policy = "least_loaded"
+penalty_ms = 5000
+
+[overrides.llm-serving.scaler]
+enabled = false
+
+[overrides.llm-serving.gateway]
+breaker_failures = 2
+breaker_window_ms = 10000
+breaker_open_ms = 1000
+breaker_close_after = 2
+retries_max = 2
+"#
+    );
+    let mut c = start("", extra);
+    let addr = c.port("n1", SYS);
+    let stop = Arc::new(AtomicBool::new(false));
+    let log: Arc<Mutex<Vec<(Instant, Instant, Outcome)>>> = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|t| {
+            let (stop, log) = (stop.clone(), log.clone());
+            std::thread::spawn(move || {
+                let mut i = t * 100_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let o = one_streamed(addr, i);
+                    i += 1;
+                    let refused = matches!(o, Outcome::Refused(..));
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push((t0, Instant::now(), o));
+                    if refused {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Load until requests complete and n3's worker is busy, then kill it.
+    wait_for("requests to complete and n3's worker to serve more", Duration::from_secs(60), || {
+        let done = log.lock().map(|l| l.iter().filter(|x| x.2 == Outcome::Ok).count()).unwrap_or(0);
+        let busy = c.metric("n3", "troupe_llm_num_requests_running{system=\"llm-serving\",model_name=\"smollm2-135m\"");
+        (done >= 8 && busy >= 1.0).then_some(())
+    });
+    let oks_before = log.lock().map(|l| l.iter().filter(|x| x.2 == Outcome::Ok).count()).unwrap_or(0);
+    let killed_at = Instant::now();
+    c.kill("n3");
+    // The breaker opens (failures of the dead worker's requests), then closes again once
+    // requests succeed on the survivors.
+    let mut saw_open = false;
+    wait_for("the breaker to open and close again", Duration::from_secs(60), || {
+        let st = c.metric("n1", "troupe_llm_breaker_state{system=\"llm-serving\",pool=\"worker\"}");
+        saw_open |= st == 1.0 || st == 2.0;
+        let transitions =
+            c.metric("n1", "troupe_llm_breaker_transitions_total{system=\"llm-serving\",pool=\"worker\"}");
+        (saw_open && st == 0.0 && transitions >= 3.0).then_some(())
+    });
+    let closed_at = Instant::now();
+    // Keep loading a little after recovery.
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.join().expect("client thread");
+    }
+    let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let mid: Vec<&String> =
+        log.iter().filter_map(|x| if let Outcome::MidStream(e) = &x.2 { Some(e) } else { None }).collect();
+    for e in &mid {
+        assert!(e.contains("failed after") && e.contains("worker"), "a mid-stream error must say what happened: {e}");
+    }
+    for (_, _, o) in &log {
+        if let Outcome::Refused(code, body) = o {
+            assert!(matches!(code, 503 | 502 | 504), "unexpected refusal {code}: {body}");
+            assert!(body.contains("\"error\""), "refusals are OpenAI errors: {body}");
+        }
+    }
+    let oks_after = log.iter().filter(|x| x.2 == Outcome::Ok && x.0 >= closed_at).count();
+    eprintln!(
+        "before kill: {oks_before} ok; in flight on n3 at the kill and after: {} mid-stream errors, {} refused; after the breaker closed: {oks_after} ok; breaker closed {:.1} s after the kill",
+        mid.len(),
+        log.iter().filter(|x| matches!(x.2, Outcome::Refused(..)) && x.1 >= killed_at).count(),
+        closed_at.duration_since(killed_at).as_secs_f64()
+    );
+    assert!(oks_before > 0);
+    assert!(oks_after > 0, "new requests must be served by the survivors");
+    // Requests started after recovery never fail.
+    let bad_after: Vec<_> =
+        log.iter().filter(|x| x.0 >= closed_at + Duration::from_secs(1) && x.2 != Outcome::Ok).collect();
+    assert!(bad_after.is_empty(), "{bad_after:?}");
+    let retried = c.metric("n1", "troupe_llm_request_retries_total");
+    eprintln!("retried on another worker before their first token: {retried}");
+}
+
+#[test]
+fn disaggregated_pool_ships_kv_from_prefill_to_decode() {
+    let c = start("mode = \"disaggregated\"\nprefill_nodes = [\"n1\"]", rules(100_000));
+    let addr = c.port("n3", SYS);
+    let key = auth(PAID);
+    // A prompt of several KV blocks; greedy, so the unified pool (same weights) must
+    // produce the same text.
+    let prompt = "The history of the bicycle begins in the early nineteenth century, when inventors in Europe \
+                  experimented with two-wheeled machines pushed along by the rider's feet. Over the following decades";
+    let ask = |model: &str| {
+        let body =
+            format!(r#"{{"model":"{model}","prompt":"{prompt}","max_tokens":16,"temperature":0,"ignore_eos":true}}"#);
+        let (code, body) =
+            request(addr, "POST", "/v1/completions", &[("Authorization", &key)], &body).expect("request");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["choices"][0]["text"].as_str().unwrap_or_default().to_string()
+    };
+    let disagg = ask("smollm2-135m");
+    let unified = ask("smollm2-135m-fast");
+    assert_eq!(disagg, unified, "decode after a KV transfer continues exactly like one engine");
+    let bytes =
+        c.metric("n2", "troupe_llm_kv_transfer_bytes_total") + c.metric("n3", "troupe_llm_kv_transfer_bytes_total");
+    assert!(bytes > 0.0, "KV moved from the prefill worker (n1) to a decode worker");
+    assert_eq!(metric_sum(&c, "troupe_llm_prefill_fallbacks_total"), 0.0);
+    let n = metric_sum(&c, "troupe_llm_kv_transfer_seconds_count");
+    let secs = metric_sum(&c, "troupe_llm_kv_transfer_seconds_sum");
+    eprintln!("KV transfers: {n}, {bytes} bytes, mean {:.2} ms", secs / n.max(1.0) * 1e3);
+    // Streaming works the same way.
+    let body =
+        r#"{"model":"smollm2-135m","messages":[{"role":"user","content":"Hello!"}],"max_tokens":8,"stream":true}"#;
+    let (code, body) =
+        request(addr, "POST", "/v1/chat/completions", &[("Authorization", &key)], body).expect("request");
+    assert_eq!(code, 200);
+    assert_eq!(events(&body).last().map(String::as_str), Some("[DONE]"), "{body}");
+}
