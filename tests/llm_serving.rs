@@ -71,13 +71,22 @@ fail_mode = "open"
     )
 }
 
-fn start(worker_extra: &str, extra: String) -> TestCluster {
-    let c = TestCluster::start(Options {
+fn options(worker_extra: &str, extra: String) -> Options {
+    Options {
         nodes: 3,
         systems: vec!["rate-limiter", SYS],
         extra: format!("{}\n{extra}", engines(worker_extra)),
         ..Options::default()
-    });
+    }
+}
+
+fn start(worker_extra: &str, extra: String) -> TestCluster {
+    let c = TestCluster::start(options(worker_extra, extra));
+    wait_ready(&c);
+    c
+}
+
+fn wait_ready(c: &TestCluster) {
     c.wait_converged(&[], Duration::from_secs(30));
     // Every gateway routes to every worker of the main pool.
     for n in &c.names {
@@ -88,7 +97,6 @@ fn start(worker_extra: &str, extra: String) -> TestCluster {
             (code == 200 && up == 3).then_some(())
         });
     }
-    c
 }
 
 /// One HTTP/1.1 request; returns (status, head, body) with chunked bodies decoded.
@@ -158,20 +166,7 @@ fn metric_sum(c: &TestCluster, name: &str) -> f64 {
 #[test]
 fn openai_client_streams_and_the_api_behaves() {
     let c = start("", rules(12));
-    let base = format!("http://{}/v1", c.port("n2", SYS));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/openai_client.py");
-    let out = Command::new("python3")
-        .args([script, "--base-url", &base, "--api-key", PAID])
-        .output()
-        .expect("python3 must be installed (CI installs the openai package: pip install openai)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the openai client failed (pip install openai?):\nstdout: {stdout}\nstderr: {}\nlogs in {}",
-        String::from_utf8_lossy(&out.stderr),
-        c.dir.display()
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let seen = openai_script(&format!("http://{}/v1", c.port("n2", SYS)), &c.dir);
     assert!(seen["stream"]["chunks"].as_u64().unwrap_or(0) >= 3, "{seen}");
     assert!(c.metric("n2", "troupe_llm_time_to_first_token_seconds_count") >= 3.0);
     assert!(c.metric("n2", "troupe_llm_e2e_request_latency_seconds_count") >= 3.0);
@@ -213,6 +208,66 @@ fn openai_client_streams_and_the_api_behaves() {
     assert_eq!(code, 413);
     let (code, body) = request(addr, "GET", "/v1/nothing", &[], "").expect("request");
     assert!(code == 404 && body.contains("\"error\""), "{body}");
+}
+
+/// Runs the official client's script against a gateway; returns what it printed.
+fn openai_script(base: &str, dir: &std::path::Path) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/openai_client.py");
+    let out = Command::new("python3")
+        .args([script, "--base-url", base, "--api-key", PAID])
+        .output()
+        .expect("python3 must be installed (CI installs the openai package: pip install openai)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the openai client failed (pip install openai?):\nstdout: {stdout}\nstderr: {}\nlogs in {}",
+        String::from_utf8_lossy(&out.stderr),
+        dir.display()
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+/// `troupe up` as a person runs it: one command starts the three nodes (each with its
+/// workers), the official client streams a chat completion, SIGTERM stops them all.
+#[test]
+fn openai_client_streams_from_troupe_up() {
+    let c = TestCluster::prepare(options("", rules(1000)));
+    let log = std::fs::File::create(c.dir.join("up.log")).expect("log file");
+    let up = Command::new(common::BIN)
+        .args(["up", "--cluster"])
+        .arg(c.cluster_file())
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn troupe up");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let up = Stop(up);
+    wait_ready(&c);
+    let seen = openai_script(&format!("http://{}/v1", c.port("n1", SYS)), &c.dir);
+    assert!(seen["stream"]["chunks"].as_u64().unwrap_or(0) >= 3, "{seen}");
+    assert!(seen["stream"]["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "{seen}");
+    // SIGTERM: `troupe up` stops every node it started, then exits.
+    drop(up);
+    for n in &c.names {
+        wait_for(&format!("{n} to stop with troupe up"), Duration::from_secs(15), || {
+            TcpStream::connect_timeout(&c.admin(n), Duration::from_millis(200)).is_err().then_some(())
+        });
+    }
 }
 
 #[test]

@@ -66,7 +66,9 @@ impl Default for Options {
 }
 
 impl TestCluster {
-    pub fn start(opts: Options) -> TestCluster {
+    /// Writes the cluster file, its topologies and certificates; starts nothing (a test
+    /// may start the nodes itself, e.g. through `troupe up`).
+    pub fn prepare(opts: Options) -> TestCluster {
         let dir = std::env::temp_dir().join(format!("troupe-it-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(dir.join("systems")).expect("mkdir");
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -109,9 +111,14 @@ impl TestCluster {
             .output()
             .expect("certs init");
         assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut c = TestCluster { dir, names: names.clone(), ports, procs: BTreeMap::new() };
-        for n in &names {
-            c.spawn(n);
+        TestCluster { dir, names, ports, procs: BTreeMap::new() }
+    }
+
+    /// Writes the cluster file and certificates, and starts every node.
+    pub fn start(opts: Options) -> TestCluster {
+        let mut c = TestCluster::prepare(opts);
+        for n in c.names.clone() {
+            c.spawn(&n);
         }
         c
     }
