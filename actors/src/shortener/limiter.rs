@@ -54,7 +54,7 @@ impl ClusterCreateLimiter {
 impl CreateLimiter for ClusterCreateLimiter {
     fn admit<'a>(&'a self, ip: IpAddr, user: Option<&'a str>) -> BoxFuture<'a, Result<(), Limited>> {
         Box::pin(async move {
-            let mut checks = vec![crate::limiter::Check::new(RULE_PER_IP, &ip.to_string())];
+            let mut checks = vec![crate::limiter::Check::new(RULE_PER_IP, ip.to_string())];
             if let Some(u) = user {
                 checks.push(crate::limiter::Check::new(RULE_PER_USER, u));
             }

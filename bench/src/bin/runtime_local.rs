@@ -158,8 +158,12 @@ fn main() -> anyhow::Result<()> {
             let dir = std::env::temp_dir().join(format!("troupe-bench-local-{}", std::process::id()));
             let node = troupe_node(&dir).await?;
             match side.as_str() {
-                "raw" => drop(raw(n, 0).await?),
-                "troupe" => drop(troupe(&node, "only", n, 0).await?),
+                "raw" => {
+                    raw(n, 0).await?;
+                }
+                "troupe" => {
+                    troupe(&node, "only", n, 0).await?;
+                }
                 other => anyhow::bail!("--only takes raw or troupe, not {other}"),
             }
             node.shutdown().await;
