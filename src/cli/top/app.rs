@@ -9,6 +9,7 @@
 //! at a time, so a kind with thousands of entities stays cheap to draw and to scroll.
 
 use super::data::{NodeData, Report};
+use super::llm;
 use super::metrics::{self, Group};
 use super::rates::{self, Rates};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -372,6 +373,12 @@ impl App {
         let Some(d) = &n.data else { return Vec::new() };
         let systems: Vec<String> = d.tree.children.iter().map(|s| s.path.trim_start_matches('/').to_string()).collect();
         metrics::group(&d.metrics, n.metric_history.front(), &systems)
+    }
+
+    /// The selected node's LLM serving figures over the rate window, if it serves models.
+    pub fn llm(&self) -> Option<llm::Serving> {
+        let n = self.node();
+        llm::summarize(&n.data.as_ref()?.metrics, n.metric_history.front())
     }
 
     /// Index of the shown group in `groups`.

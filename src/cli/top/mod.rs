@@ -1,5 +1,6 @@
 //! `troupe top`: a live terminal view of a cluster — nodes and membership, each
-//! node's supervision tree, the selected actor's details and rates, metrics by system.
+//! node's supervision tree, the selected actor's details and rates, metrics by system,
+//! and LLM serving's own panel on nodes that serve models.
 //!
 //! This module owns the terminal and the event loop; `app` is the state (pure),
 //! `view` draws it, `data` polls the nodes on a background thread.
@@ -10,6 +11,8 @@
 
 mod app;
 mod data;
+mod llm;
+mod llm_view;
 mod metrics;
 mod rates;
 mod view;

@@ -210,3 +210,116 @@ fn tiny_terminals_do_not_break_the_screen() {
         assert_eq!(s.len(), h as usize);
     }
 }
+
+/// Like `scenario`, with n1 serving models: two snapshots a second apart (see
+/// `fixture::llm_metrics` for what happened between them).
+fn llm_scenario() -> (App, Instant) {
+    let t0 = Instant::now();
+    let mut app =
+        App::new("cluster.toml", fixture::NODES.iter().map(|s| s.to_string()).collect(), Duration::from_secs(1));
+    for (step, handled) in [(0, 100), (1, 112)] {
+        for n in fixture::NODES {
+            let mut d =
+                if n == "n1" { fixture::llm_node(n, handled, &[], step) } else { fixture::node(n, handled, &[]) };
+            d.metrics.unix_ms = 1_700_000_000_000 + step * 1000;
+            app.ingest(Report { node: n.into(), outcome: Ok(d) }, t0 + Duration::from_secs(step));
+        }
+    }
+    (app, t0 + Duration::from_secs(1))
+}
+
+fn row<'a>(s: &'a [String], start: &str) -> &'a str {
+    s.iter().find(|l| l.trim_start_matches('│').starts_with(start)).map(|l| l.as_str()).unwrap_or_else(|| {
+        panic!("no row starting with {start:?}:\n{}", s.join("\n"));
+    })
+}
+
+/// The cells of a table row, split on blanks (values never hold one).
+fn cells(line: &str) -> Vec<&str> {
+    line.trim_matches('│').split_whitespace().collect()
+}
+
+#[test]
+fn llm_panel_at_80x24() {
+    let (mut app, now) = llm_scenario();
+    let s = screen(&mut app, 80, 24, now);
+    assert!(s.iter().all(|l| l.chars().count() == 80));
+    assert_has(
+        &s,
+        &[
+            "LLM serving n1 · last 1s · * since start",
+            "MODEL",
+            "TTFT p50",
+            "TPOT p50",
+            "pool worker      queue 1 · breaker closed · workers 2 active, 1 warm",
+            "pool worker_fast queue 0 · breaker half-open · workers 1 active, 0 warm",
+            // The rest of the screen is still there.
+            "Tree n1",
+            "▾ /kv",
+            "path     /kv",
+            "Metrics n1",
+            "q quit",
+        ],
+    );
+    // The header's columns line up with the values under them.
+    let header = row(&s, "MODEL");
+    let big = row(&s, "smollm2-135m ");
+    let col = |l: &str, i: usize| l.chars().skip(i).collect::<String>();
+    let ttft_at = header.find("TTFT p50").map(|b| header[..b].chars().count()).expect("TTFT column");
+    assert!(col(big, ttft_at).trim_start().starts_with("125ms"), "TTFT p50 of smollm2-135m:\n{big}");
+    assert_eq!(
+        cells(big),
+        ["smollm2-135m", "3", "1", "42%", "75%", "240", "125ms", "248ms", "16ms", "25ms", "2"],
+        "running, waiting, KV, hit rate, tok/s, TTFT p50 p99, TPOT p50 p99, errors"
+    );
+    assert!(!row(&s, " pool worker ").contains("smoll"), "a model that does not fit whole is left out");
+    // The fast model was idle in the window: its figures are since start, marked.
+    let fast = row(&s, "smollm2-135m-f");
+    assert_eq!(
+        cells(fast),
+        ["smollm2-135m-fa…", "0", "0", "5%", "25%*", "0.0", "33ms*", "50ms*", "10ms*", "25ms*", "0"]
+    );
+}
+
+#[test]
+fn llm_panel_wider_shows_full_names_and_models_of_pools() {
+    let (mut app, now) = llm_scenario();
+    let s = screen(&mut app, 120, 40, now);
+    assert!(s.iter().all(|l| l.chars().count() == 120));
+    let fast = row(&s, "smollm2-135m-fast ");
+    assert_eq!(cells(fast)[0], "smollm2-135m-fast");
+    assert_has(
+        &s,
+        &[
+            "breaker half-open · workers 1 active, 0 warm · smollm2-135m-fast",
+            // The details pane keeps its full height on a tall screen.
+            "restarts",
+        ],
+    );
+}
+
+#[test]
+fn llm_panel_is_hidden_where_a_node_serves_no_model() {
+    let (mut app, now) = llm_scenario();
+    app.on_key(Key::NextNode);
+    let s = screen(&mut app, 80, 24, now);
+    assert!(!has(&s, "LLM serving"), "n2 serves no model");
+    assert_has(&s, &["Tree n2", "path     /kv"]);
+}
+
+#[test]
+fn llm_panel_of_a_node_that_stopped_answering_is_stale_without_rates() {
+    let (mut app, now) = llm_scenario();
+    app.ingest(Report { node: "n1".into(), outcome: Err("refused".into()) }, now);
+    let s = screen(&mut app, 80, 24, now + Duration::from_secs(2));
+    assert_has(&s, &["LLM serving n1 (stale)"]);
+    assert_eq!(cells(row(&s, "smollm2-135m "))[5], "-", "no tokens/s from the past");
+}
+
+#[test]
+fn llm_panel_says_what_a_short_screen_cuts() {
+    let (mut app, now) = llm_scenario();
+    let s = screen(&mut app, 80, 18, now);
+    assert_has(&s, &["LLM serving n1 · 2 more rows below", "smollm2-135m-fa…"]);
+    assert!(!has(&s, " pool worker"), "the pools are the rows cut");
+}
