@@ -7,6 +7,7 @@
 use std::sync::Once;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::boundary::BoundaryReport;
 
@@ -188,4 +189,90 @@ fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, PlotError>
     writer.write_image_data(rgb).map_err(enc_err)?;
     writer.finish().map_err(enc_err)?;
     Ok(out)
+}
+
+/// A grouped bar chart: one group per category on the x axis, one bar per series in each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarChart {
+    /// Caption.
+    pub title: String,
+    /// Y axis description.
+    pub y_desc: String,
+    /// Category names, left to right.
+    pub categories: Vec<String>,
+    /// `(legend, one value per category)`, drawn side by side in each group.
+    pub series: Vec<(String, Vec<f64>)>,
+}
+
+/// Renders a [`BarChart`] to PNG bytes of `width × height` pixels.
+pub fn render_bars_png(c: &BarChart, width: u32, height: u32) -> Result<Vec<u8>, PlotError> {
+    if width == 0 || height == 0 || width > 8192 || height > 8192 {
+        return Err(PlotError::Size);
+    }
+    register_font();
+    let n_cat = c.categories.len().max(1);
+    let n_ser = c.series.len().max(1);
+    let y_top = c.series.iter().flat_map(|s| s.1.iter().copied()).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let y_max = if y_top > 0.0 { y_top * 1.35 } else { 1.0 };
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&c.title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n_cat as f64, 0f64..y_max)
+            .map_err(draw_err)?;
+        chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc(&c.y_desc).draw().map_err(draw_err)?;
+        // Category names under their groups, placed in pixels (the x axis is numeric).
+        for (i, name) in c.categories.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            let style = ("sans-serif", 15).into_font().into_text_style(&root).pos(Pos::new(HPos::Center, VPos::Top));
+            root.draw(&Text::new(name.clone(), (px, py + 6), style)).map_err(draw_err)?;
+        }
+        let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, RGBColor(120, 80, 0)];
+        let w = 0.8 / n_ser as f64;
+        for (si, ((name, values), color)) in c.series.iter().zip(colors.iter().cycle()).enumerate() {
+            let color = *color;
+            let bars = values.iter().enumerate().map(move |(ci, v)| {
+                let x0 = ci as f64 + 0.1 + si as f64 * w;
+                Rectangle::new([(x0, 0.0), (x0 + w * 0.9, v.max(0.0))], color.mix(0.8).filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(draw_err)?
+                .label(name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.filled()));
+            let values = values.iter().enumerate().map(move |(ci, v)| {
+                let x0 = ci as f64 + 0.1 + si as f64 * w;
+                Text::new(short(*v), (x0, v.max(0.0) + y_max * 0.045), ("sans-serif", 12).into_font())
+            });
+            chart.draw_series(values).map_err(draw_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    encode_png(&rgb, width, height)
+}
+
+/// A bar's value label: three significant digits, no exponent.
+fn short(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || a == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
 }
