@@ -23,6 +23,7 @@ pub mod breaker;
 pub mod config;
 pub mod engine_thread;
 pub mod gateway;
+pub mod lab;
 pub mod metrics;
 pub mod openai;
 pub mod proto;
