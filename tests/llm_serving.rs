@@ -357,7 +357,7 @@ penalty_ms = 5000
 enabled = false
 
 [overrides.llm-serving.gateway]
-breaker_failures = 2
+breaker_failures = 1
 breaker_window_ms = 10000
 breaker_open_ms = 1000
 breaker_close_after = 2
@@ -395,8 +395,9 @@ retries_max = 2
     let oks_before = log.lock().map(|l| l.iter().filter(|x| x.2 == Outcome::Ok).count()).unwrap_or(0);
     let killed_at = Instant::now();
     c.kill("n3");
-    // The breaker opens (failures of the dead worker's requests), then closes again once
-    // requests succeed on the survivors.
+    // The breaker opens (a failure of the dead worker's requests: one is enough with
+    // this test's threshold, as how many were on n3 at the kill varies), then closes again
+    // once requests succeed on the survivors.
     let mut saw_open = false;
     wait_for("the breaker to open and close again", Duration::from_secs(60), || {
         let st = c.metric("n1", "troupe_llm_breaker_state{system=\"llm-serving\",pool=\"worker\"}");
@@ -437,6 +438,17 @@ retries_max = 2
     let bad_after: Vec<_> =
         log.iter().filter(|x| x.0 >= closed_at + Duration::from_secs(1) && x.2 != Outcome::Ok).collect();
     assert!(bad_after.is_empty(), "{bad_after:?}");
+    let mut why: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (_, _, o) in &log {
+        if let Outcome::Refused(code, body) = o {
+            let msg = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(|m| m.chars().take(70).collect::<String>()))
+                .unwrap_or_default();
+            *why.entry(format!("{code} {msg}")).or_default() += 1;
+        }
+    }
+    eprintln!("refusals: {why:#?}");
     let retried = c.metric("n1", "troupe_llm_request_retries_total");
     eprintln!("retried on another worker before their first token: {retried}");
 }
