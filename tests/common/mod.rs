@@ -262,7 +262,8 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> s
     Ok((code, body))
 }
 
-fn dechunk(s: &str) -> String {
+/// Decodes a chunked HTTP/1.1 body.
+pub fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((len, tail)) = rest.split_once("\r\n") {
