@@ -352,6 +352,48 @@ retries_max = 2
     );
     let mut c = start("", extra);
     let addr = c.port("n1", SYS);
+    // A long generation that lands (by its prompt's hash) on a worker off the gateway
+    // node: that node is the victim, and this request is surely mid-stream when it dies.
+    const RUNNING: &str = "troupe_llm_num_requests_running{system=\"llm-serving\",model_name=\"smollm2-135m\"";
+    let busy =
+        |c: &TestCluster| -> Vec<String> { c.names.iter().filter(|n| c.metric(n, RUNNING) >= 1.0).cloned().collect() };
+    let (victim, mut long) = (0..20)
+        .find_map(|k| {
+            wait_for("every worker idle", Duration::from_secs(10), || busy(&c).is_empty().then_some(()));
+            let body = format!(
+                r#"{{"model":"smollm2-135m","prompt":"Long story {k}: it was a dark night","max_tokens":1500,"ignore_eos":true,"stream":true}}"#
+            );
+            let mut s = TcpStream::connect(addr).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+            write!(
+                s,
+                "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                auth(PAID),
+                body.len()
+            )
+            .ok()?;
+            let mut r = BufReader::new(s);
+            let (mut line, mut seen) = (String::new(), 0);
+            while seen < 2 {
+                line.clear();
+                if r.read_line(&mut line).ok()? == 0 {
+                    return None;
+                }
+                seen += usize::from(line.contains("\"text\""));
+            }
+            // Where it runs: the one busy worker (gauges follow within a report period).
+            let on = wait_for("the long request's worker", Duration::from_secs(5), || {
+                let b = busy(&c);
+                (b.len() == 1).then(|| b[0].clone())
+            });
+            (on != "n1").then_some((on, r))
+        })
+        .expect("a long request on n2's or n3's worker");
+    let long = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = long.read_to_string(&mut rest);
+        rest
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let log: Arc<Mutex<Vec<(Instant, Instant, Outcome)>>> = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..8)
@@ -372,27 +414,31 @@ retries_max = 2
             })
         })
         .collect();
-    // Load until requests complete and n3's worker is busy, then kill it.
-    wait_for("requests to complete and n3's worker to serve more", Duration::from_secs(60), || {
+    // Load until requests complete, then kill the victim.
+    wait_for("requests to complete", Duration::from_secs(60), || {
         let done = log.lock().map(|l| l.iter().filter(|x| x.2 == Outcome::Ok).count()).unwrap_or(0);
-        let busy = c.metric("n3", "troupe_llm_num_requests_running{system=\"llm-serving\",model_name=\"smollm2-135m\"");
-        (done >= 8 && busy >= 1.0).then_some(())
+        (done >= 8).then_some(())
     });
     let oks_before = log.lock().map(|l| l.iter().filter(|x| x.2 == Outcome::Ok).count()).unwrap_or(0);
     let killed_at = Instant::now();
-    c.kill("n3");
-    // The breaker opens (a failure of the dead worker's requests: one is enough with
-    // this test's threshold, as how many were on n3 at the kill varies), then closes again
-    // once requests succeed on the survivors.
-    let mut saw_open = false;
+    c.kill(&victim);
+    // The long request fails mid-stream, which opens the breaker (threshold 1 here;
+    // requests the victim held before their first token are retried elsewhere and do not
+    // count); it probes and closes again once requests succeed on the survivors.
+    // Transitions only grow: 3 = closed → open → half-open → closed.
     wait_for("the breaker to open and close again", Duration::from_secs(60), || {
         let st = c.metric("n1", "troupe_llm_breaker_state{system=\"llm-serving\",pool=\"worker\"}");
-        saw_open |= st == 1.0 || st == 2.0;
         let transitions =
             c.metric("n1", "troupe_llm_breaker_transitions_total{system=\"llm-serving\",pool=\"worker\"}");
-        (saw_open && st == 0.0 && transitions >= 3.0).then_some(())
+        (st == 0.0 && transitions >= 3.0).then_some(())
     });
     let closed_at = Instant::now();
+    // The long request fails mid-stream with an error that says what happened.
+    let rest = long.join().expect("long request reader");
+    assert!(
+        rest.contains("failed after") && rest.contains(victim.as_str()),
+        "the long request must end with a clear error: {rest}"
+    );
     // Keep loading a little after recovery.
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
@@ -413,7 +459,7 @@ retries_max = 2
     }
     let oks_after = log.iter().filter(|x| x.2 == Outcome::Ok && x.0 >= closed_at).count();
     eprintln!(
-        "before kill: {oks_before} ok; in flight on n3 at the kill and after: {} mid-stream errors, {} refused; after the breaker closed: {oks_after} ok; breaker closed {:.1} s after the kill",
+        "before kill: {oks_before} ok; in flight on {victim} at the kill and after: {} mid-stream errors, {} refused; after the breaker closed: {oks_after} ok; breaker closed {:.1} s after the kill",
         mid.len(),
         log.iter().filter(|x| matches!(x.2, Outcome::Refused(..)) && x.1 >= killed_at).count(),
         closed_at.duration_since(killed_at).as_secs_f64()

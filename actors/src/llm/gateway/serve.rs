@@ -168,15 +168,18 @@ enum Outcome {
 pub async fn run(app: Arc<App>, job: Job, adm: Admission, tx: mpsc::Sender<Event>) {
     let m = job.model.metrics.clone();
     m.in_flight.add(1.0);
-    let mut fwd = Forwarded { first: None, last: None, tokens: 0, failures: 0 };
-    let outcome = attempts(&app, &job, &adm, &tx, &mut fwd).await;
+    let mut fwd = Forwarded { first: None, last: None, tokens: 0 };
+    let outcome = attempts(&app, &job, &tx, &mut fwd).await;
     m.in_flight.add(-1.0);
     let prompt_tokens = job.prompt.len() as u32;
-    // Failures met along the way were reported as they happened; a 5xx with none of them
-    // (no worker available, the router silent) is the pool's failure too.
+    // The pool's health is the requests' fate, not each worker's: a worker that fails a
+    // request before its first token is avoided by the router (`penalty_ms`) and the
+    // request retried elsewhere; only a request that ends in a 5xx (failed mid-stream,
+    // every attempt failed, no worker, timeout) counts against the pool's breaker. So
+    // one dead worker among live ones does not make the whole pool fail fast.
     let (health, used) = match &outcome {
         Outcome::Finished { usage, .. } => (Some(true), usage.prompt_tokens + usage.completion_tokens),
-        Outcome::Failed(e) if e.status >= 500 && fwd.failures == 0 => (Some(false), prompt_tokens + fwd.tokens),
+        Outcome::Failed(e) if e.status >= 500 => (Some(false), prompt_tokens + fwd.tokens),
         _ => (None, prompt_tokens + fwd.tokens),
     };
     {
@@ -229,8 +232,6 @@ struct Forwarded {
     first: Option<Instant>,
     last: Option<Instant>,
     tokens: u32,
-    /// Worker or transport failures met (each is reported to the breaker at once).
-    failures: u32,
 }
 
 fn fnv(s: &str) -> u64 {
@@ -242,16 +243,9 @@ pub fn session_hash(id: &str) -> u64 {
     fnv(id)
 }
 
-/// A worker failed this request: the router avoids it, the pool's breaker counts it.
-fn worker_failed(app: &App, pool: &str, permit: Permit, w: &WorkerKey, fwd: &mut Forwarded) {
-    fwd.failures += 1;
-    {
-        let mut b = app.breakers.lock();
-        if let Some(br) = b.get_mut(pool) {
-            br.on_failure(permit, app.now_ms());
-            publish_breaker(app, pool, br);
-        }
-    }
+/// A worker failed this request: the router avoids it for `penalty_ms`. (The pool's
+/// breaker hears about the request once, when it ends.)
+fn worker_failed(app: &App, w: &WorkerKey) {
     let h = app.router.clone();
     let msg = RouterMsg::Failed { worker: w.clone() };
     tokio::spawn(async move {
@@ -259,7 +253,7 @@ fn worker_failed(app: &App, pool: &str, permit: Permit, w: &WorkerKey, fwd: &mut
     });
 }
 
-async fn attempts(app: &App, job: &Job, adm: &Admission, tx: &mpsc::Sender<Event>, fwd: &mut Forwarded) -> Outcome {
+async fn attempts(app: &App, job: &Job, tx: &mpsc::Sender<Event>, fwd: &mut Forwarded) -> Outcome {
     let p = &app.params;
     let pool = job.model.pool.clone();
     let prefix = troupe_llm::kv::block_manager::hash_chain(&job.prompt, app.prefix_blocks_max);
@@ -305,7 +299,7 @@ async fn attempts(app: &App, job: &Job, adm: &Admission, tx: &mpsc::Sender<Event
         let mut stream = match handle.stream(WorkerMsg::Generate(req)).await {
             Ok(s) => s,
             Err(e) => {
-                worker_failed(app, &pool, adm.permit, &worker, fwd);
+                worker_failed(app, &worker);
                 last_err = Some(format!("{}@{}: {e}", worker.kind, worker.node));
                 exclude.push(worker);
                 continue;
@@ -368,15 +362,15 @@ async fn attempts(app: &App, job: &Job, adm: &Admission, tx: &mpsc::Sender<Event
                     format!("{}@{}: {message}", worker.kind, worker.node)
                 }
                 Some(Ok(other)) => {
-                    worker_failed(app, &pool, adm.permit, &worker, fwd);
+                    worker_failed(app, &worker);
                     format!("{}@{}: unexpected reply {other:?}", worker.kind, worker.node)
                 }
                 Some(Err(e)) => {
-                    worker_failed(app, &pool, adm.permit, &worker, fwd);
+                    worker_failed(app, &worker);
                     format!("{}@{}: {e}", worker.kind, worker.node)
                 }
                 None => {
-                    worker_failed(app, &pool, adm.permit, &worker, fwd);
+                    worker_failed(app, &worker);
                     format!("{}@{}: the stream ended without a result", worker.kind, worker.node)
                 }
             };
