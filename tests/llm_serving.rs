@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Options, TestCluster, dechunk, wait_for};
+use common::{Options, TestCluster, wait_for};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -99,7 +99,7 @@ fn wait_ready(c: &TestCluster) {
     }
 }
 
-/// One HTTP/1.1 request; returns (status, head, body) with chunked bodies decoded.
+/// One JSON request; returns (status, body) with chunked bodies decoded.
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -107,32 +107,20 @@ fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<(u16, String)> {
-    let (code, _, body) = request_full(addr, method, path, headers, body)?;
-    Ok((code, body))
+    let r = json_request(addr, method, path, headers, body)?;
+    Ok((r.status, r.body))
 }
 
-fn request_full(
+fn json_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> std::io::Result<(u16, String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let code = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
-    Ok((code, head.to_string(), body))
+) -> std::io::Result<common::Resp> {
+    let mut h = vec![("Content-Type", "application/json")];
+    h.extend_from_slice(headers);
+    common::request(addr, method, path, &h, body.as_bytes())
 }
 
 fn auth(key: &str) -> String {
@@ -162,18 +150,21 @@ fn openai_client_streams_and_the_api_behaves() {
     let body = r#"{"model":"smollm2-135m-fast","prompt":"Hi","max_tokens":1}"#;
     let key = auth(FREE_OTHER);
     let mut codes = Vec::new();
-    let mut last = (0, String::new(), String::new());
+    let mut last = None;
     for _ in 0..13 {
-        last = request_full(addr, "POST", "/v1/completions", &[("Authorization", &key)], body).expect("request");
-        codes.push(last.0);
+        let r = json_request(addr, "POST", "/v1/completions", &[("Authorization", &key)], body).expect("request");
+        codes.push(r.status);
+        last = Some(r);
     }
     assert_eq!(&codes[..12], &[200; 12], "{codes:?}");
-    let (code, head, body) = last;
-    assert_eq!(code, 429, "{body}");
-    let head = head.to_ascii_lowercase();
-    assert!(head.contains("retry-after:") && head.contains("x-ratelimit-limit: 12"), "{head}");
-    let e: serde_json::Value = serde_json::from_str(&body).expect("error JSON");
-    assert_eq!(e["error"]["code"], "rate_limit_exceeded", "{body}");
+    let last = last.expect("13 responses");
+    assert_eq!(last.status, 429, "{}", last.body);
+    assert!(
+        last.header("retry-after").is_some() && last.header("x-ratelimit-limit") == Some("12"),
+        "{:?}",
+        last.headers
+    );
+    assert_eq!(last.json()["error"]["code"], "rate_limit_exceeded", "{}", last.body);
 
     // Bad input: clear 400s / 401 / 404 / 413 in OpenAI's error format.
     let chat =
