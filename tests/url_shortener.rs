@@ -242,12 +242,13 @@ fn chaos_kill_under_create_and_redirect_load() {
             while !stop.load(Ordering::Relaxed) {
                 let code = &seeds[i % seeds.len()];
                 let gw = if i % 2 == 0 { g1 } else { g2 };
+                let started = Instant::now();
                 match call(gw, "GET", &format!("/{code}"), &[("X-Forwarded-For", "81.2.69.142")], None) {
                     Ok(r) if r.status == 302 => {
                         *served.lock().unwrap_or_else(|e| e.into_inner()).entry(code.clone()).or_default() += 1;
                     }
                     other => failed.lock().unwrap_or_else(|e| e.into_inner()).push((
-                        Instant::now(),
+                        started,
                         other.map(|r| format!("{} {}", r.status, r.body)).unwrap_or_else(|e| e.to_string()),
                     )),
                 }
@@ -260,6 +261,7 @@ fn chaos_kill_under_create_and_redirect_load() {
     c.kill("n3");
     let killed = Instant::now();
     c.wait_converged(&["n3"], Duration::from_secs(20));
+    let converged = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -276,10 +278,12 @@ fn chaos_kill_under_create_and_redirect_load() {
         failed.iter().filter(|(at, _)| *at > killed).count()
     );
     assert!(acked.len() >= 20 && total_served >= 100, "too little load to mean anything");
-    // Redirects keep working on the survivors: the last two seconds of load saw no failure.
+    // Redirects keep working on the survivors: none started a second after the survivors
+    // saw n3 down failed. (One started before that may still time out: its link's owner
+    // can be waiting on the dead node until the ask timeout.)
     let late: Vec<&String> =
-        failed.iter().filter(|(at, _)| at.elapsed() < Duration::from_secs(2)).map(|(_, e)| e).collect();
-    assert!(late.is_empty(), "redirects still failing at the end: {late:?}");
+        failed.iter().filter(|(at, _)| *at > converged + Duration::from_secs(1)).map(|(_, e)| e).collect();
+    assert!(late.is_empty(), "redirects started after recovery failed: {late:?}");
 
     c.spawn("n3");
     c.wait_converged(&[], Duration::from_secs(30));
