@@ -35,7 +35,8 @@ pub fn status_of(e: &RemoteError) -> StatusCode {
         | RemoteError::QueueFull { .. }
         | RemoteError::Restarting { .. }
         | RemoteError::WrongOwner { .. }
-        | RemoteError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | RemoteError::Unreachable { .. }
+        | RemoteError::NodeDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

@@ -10,15 +10,13 @@
 use crate::actor::{Delivery, current_trace};
 use crate::node::{Node, Target};
 use crate::reply::{Reply, ReplyStream, ReplyTo, StreamTo};
+use crate::retry::{Retry, worth_retrying};
 use crate::slot::LocalSlot;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use troupe_wire::{ActorPath, Protocol, RemoteError, codec};
-
-/// Attempts for one send when the target is restarting or moving.
-const SEND_ATTEMPTS_MAX: u32 = 8;
 
 pub struct ActorHandle<P: Protocol> {
     node: Node,
@@ -49,10 +47,6 @@ impl<P: Protocol> std::fmt::Debug for ActorHandle<P> {
 enum Resolved<P: Protocol> {
     Local(Arc<LocalSlot<P>>),
     Remote(Arc<str>),
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((2u64 << attempt.min(8)).min(200))
 }
 
 impl<P: Protocol> ActorHandle<P> {
@@ -105,7 +99,7 @@ impl<P: Protocol> ActorHandle<P> {
                 Some(slot) if crate::slot::ErasedSlot::is_live(slot.as_ref()) => {
                     match slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace }) {
                         Ok(()) => return Ok(()),
-                        Err((e, Delivery::Msg { msg, .. })) if retry_send(&e) => msg,
+                        Err((e, Delivery::Msg { msg, .. })) if worth_retrying(&e) => msg,
                         Err((e, _)) => return Err(e),
                     }
                 }
@@ -113,7 +107,7 @@ impl<P: Protocol> ActorHandle<P> {
             }
         };
         let mut msg = msg;
-        let mut attempt = 0;
+        let mut retry = Retry::new();
         loop {
             let err = match self.resolve().await {
                 Ok(Resolved::Local(slot)) => match slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace }) {
@@ -135,13 +129,10 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
-            attempt += 1;
-            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
-                return Err(err);
-            }
+            let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -155,7 +146,7 @@ impl<P: Protocol> ActorHandle<P> {
         let trace = current_trace();
         let timeout_err = || RemoteError::Timeout { path: self.path.to_string(), ms: timeout.as_millis() as u64 };
         let mut msg = msg;
-        let mut attempt = 0;
+        let mut retry = Retry::until(deadline);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -197,13 +188,10 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
-            attempt += 1;
-            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
-                return Err(err);
-            }
+            let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();
-            tokio::time::sleep(backoff(attempt).min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -213,7 +201,7 @@ impl<P: Protocol> ActorHandle<P> {
     pub async fn stream(&self, msg: P::Msg) -> Result<ReplyStream<P::Reply>, RemoteError> {
         let trace = current_trace();
         let mut msg = msg;
-        let mut attempt = 0;
+        let mut retry = Retry::new();
         loop {
             let err = match self.resolve().await {
                 Ok(Resolved::Local(slot)) => {
@@ -240,24 +228,14 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
-            attempt += 1;
-            if !retry_send(&err) || attempt >= SEND_ATTEMPTS_MAX {
-                return Err(err);
-            }
+            let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }
 
 fn encode_msg<P: Protocol>(path: &ActorPath, msg: &P::Msg) -> Result<Vec<u8>, RemoteError> {
     codec::encode(msg).map_err(|e| RemoteError::BadMessage { path: path.to_string(), reason: e.to_string() })
-}
-
-/// Whether a refusal is worth another attempt inside the same call: the target is
-/// restarting, passivating or moving. A full mailbox or queue is reported at once —
-/// that is back-pressure the caller must see.
-fn retry_send(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::Restarting { .. } | RemoteError::WrongOwner { .. } | RemoteError::Unreachable { .. })
 }

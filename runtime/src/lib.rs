@@ -18,6 +18,7 @@ pub mod node;
 pub mod placement;
 pub mod registry;
 pub mod reply;
+mod retry;
 pub mod slot;
 pub mod stats;
 pub mod store;

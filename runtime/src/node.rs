@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::placement::{self, Candidate};
 use crate::registry::Registry;
 use crate::reply::{ReplySink, ReplyStream, StreamEvent};
+use crate::retry::Retry;
 use crate::slot::{ErasedSlot, WireRequest};
 use crate::stats::{ActorEntry, ActorStats};
 use crate::store::{Recovered, Store, StoreError, WriteOp};
@@ -50,13 +51,6 @@ pub enum NodeError {
     Tree(String),
     #[error("{0}")]
     Cluster(String),
-}
-
-/// Attempts of a raw request while the target restarts or moves.
-const RAW_ATTEMPTS_MAX: u32 = 8;
-
-fn retryable(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::Restarting { .. } | RemoteError::WrongOwner { .. } | RemoteError::Unreachable { .. })
 }
 
 /// A raw stream: its events and a hook that cancels it.
@@ -118,6 +112,15 @@ impl<V> KindMap<V> {
 pub enum Target {
     Local(Arc<dyn ErasedSlot>),
     Remote(String),
+}
+
+/// Where a path is, as [`Node::locate`] finds it.
+pub(crate) enum Located {
+    Live(Arc<dyn ErasedSlot>),
+    Remote(String),
+    /// This node owns it and it is not running: it must be activated here first
+    /// (which may take a while: activation recovers its durable state).
+    ActivateHere,
 }
 
 #[derive(Clone)]
@@ -553,10 +556,19 @@ impl Node {
 
     /// Finds or activates `path`.
     pub async fn resolve(&self, path: &ActorPath) -> Result<Target, RemoteError> {
+        match self.locate(path)? {
+            Located::Live(slot) => Ok(Target::Local(slot)),
+            Located::Remote(owner) => Ok(Target::Remote(owner)),
+            Located::ActivateHere => self.activate_local(path).await.map(Target::Local),
+        }
+    }
+
+    /// Where `path` is, without activating it (no waiting).
+    pub(crate) fn locate(&self, path: &ActorPath) -> Result<Located, RemoteError> {
         if let Some(slot) = self.0.registry.get(path)
             && slot.is_live()
         {
-            return Ok(Target::Local(slot));
+            return Ok(Located::Live(slot));
         }
         let ks = self.kind_spec(path.system(), path.kind()).ok_or_else(|| RemoteError::UnknownPath {
             path: path.to_string(),
@@ -568,9 +580,9 @@ impl Node {
         })?;
         let owner = self.owner_of(ks, path)?;
         if owner != self.0.name {
-            return Ok(Target::Remote(owner));
+            return Ok(Located::Remote(owner));
         }
-        self.activate_local(path).await.map(Target::Local)
+        Ok(Located::ActivateHere)
     }
 
     /// Activates `path` on this node through its kind supervisor.
@@ -645,7 +657,7 @@ impl Node {
 
     /// Sends an encoded message to `path` wherever it lives (no type needed).
     pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
-        let mut attempt = 0;
+        let mut retry = Retry::new();
         loop {
             let r = match self.resolve(path).await {
                 Ok(Target::Local(slot)) => slot.deliver_bytes(&payload, WireRequest::Tell, trace),
@@ -653,11 +665,11 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4))).await;
-                }
-                other => return other,
+                Err(e) => match retry.after(&e, Instant::now()) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }
@@ -671,7 +683,7 @@ impl Node {
         timeout: Duration,
     ) -> Result<Vec<u8>, RemoteError> {
         let deadline = Instant::now() + timeout;
-        let mut attempt = 0;
+        let mut retry = Retry::until(deadline);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -696,11 +708,11 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4)).min(left)).await;
-                }
-                other => return other,
+                Err(e) => match retry.after(&e, Instant::now()) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }
@@ -712,7 +724,7 @@ impl Node {
         payload: Vec<u8>,
         trace: TraceId,
     ) -> Result<RawStream, RemoteError> {
-        let mut attempt = 0;
+        let mut retry = Retry::new();
         loop {
             let r: Result<RawStream, RemoteError> = match self.resolve(path).await {
                 Ok(Target::Local(slot)) => {
@@ -728,11 +740,11 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) if retryable(&e) && attempt < RAW_ATTEMPTS_MAX => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(4))).await;
-                }
-                other => return other,
+                Err(e) => match retry.after(&e, Instant::now()) {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(e),
+                },
+                ok => return ok,
             }
         }
     }

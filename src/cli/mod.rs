@@ -23,7 +23,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         return 2;
     }
     match e.downcast_ref::<RemoteError>() {
-        Some(RemoteError::Unreachable { .. }) => 3,
+        Some(RemoteError::Unreachable { .. } | RemoteError::NodeDown { .. }) => 3,
         Some(RemoteError::Timeout { .. }) => 4,
         _ => 1,
     }

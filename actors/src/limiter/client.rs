@@ -421,6 +421,7 @@ fn trips_breaker(e: &RemoteError) -> bool {
         e,
         RemoteError::Timeout { .. }
             | RemoteError::Unreachable { .. }
+            | RemoteError::NodeDown { .. }
             | RemoteError::NoReply { .. }
             | RemoteError::Restarting { .. }
             | RemoteError::WrongOwner { .. }

@@ -127,7 +127,14 @@ pub struct GossipConfig {
     pub tuning: MembershipTuning,
     pub cluster_size: usize,
     pub sealer: Sealer,
+    /// Told of every membership change synchronously, before the change is broadcast
+    /// on [`Gossip::events`] (the transport stops sending to a member held down
+    /// without waiting for a subscriber task to run).
+    pub listener: Option<MemberListener>,
 }
+
+/// A synchronous observer of membership changes.
+pub type MemberListener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
 
 enum Cmd {
     Leave(oneshot::Sender<()>),
@@ -264,6 +271,7 @@ impl Gossip {
             chaos,
             stats,
             suspect_since: BTreeMap::new(),
+            listener: cfg.listener,
         };
         tokio::spawn(driver.run(cmd_rx));
         Ok(Gossip { view, version, events, cmd: cmd_tx })
@@ -296,6 +304,7 @@ struct Driver {
     stats: Stats,
     /// When each member currently suspected was first seen suspected.
     suspect_since: BTreeMap<String, Instant>,
+    listener: Option<MemberListener>,
 }
 
 impl Driver {
@@ -534,6 +543,9 @@ impl Driver {
                 }
             }
             tracing::info!(member = %e.name, epoch = e.epoch, state = ?e.state, "membership changed");
+            if let Some(l) = &self.listener {
+                l(&e);
+            }
             let _ = self.events.send(e);
         }
     }
@@ -564,7 +576,15 @@ mod tests {
 
     async fn start(me: NodeId, seeds: Vec<NodeId>, key: &[u8], metrics: &Metrics) -> Gossip {
         let members = vec!["n1".into(), "n2".into(), "n9".into()];
-        let cfg = GossipConfig { me, members, seeds, tuning: tuning(), cluster_size: 2, sealer: Sealer::new(key, "t") };
+        let cfg = GossipConfig {
+            me,
+            members,
+            seeds,
+            tuning: tuning(),
+            cluster_size: 2,
+            sealer: Sealer::new(key, "t"),
+            listener: None,
+        };
         Gossip::start(cfg, metrics, Arc::new(RwLock::new(ChaosRules::default()))).await.unwrap()
     }
 
@@ -614,7 +634,12 @@ mod tests {
         assert!(rejected >= 3.0, "rejected packets were not counted: {rejected}");
         let v = g1.view.read().clone();
         assert!(!v.members.contains_key("n9"), "an outsider joined: {v:?}");
-        assert!(alive(&g1, "n2"), "a forged death was believed: {v:?}");
+        // Not down (a late ack on a loaded machine may make n2 briefly suspect, which
+        // is not what this checks).
+        assert!(
+            v.members.get("n2").is_some_and(|m| m.state != MemberState::Down),
+            "a forged death was believed: {v:?}"
+        );
         // Control: the same forged packet sealed with the cluster key *is* believed,
         // so the test forges a real message and the seal is what stops it.
         sock.send_to(&Sealer::new(&key, "t").seal(&forged, unix_ms()), a.gossip).await.unwrap();

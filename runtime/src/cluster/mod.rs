@@ -6,12 +6,15 @@
 //! - Placement reads the membership view; when the view changes, every node stops
 //!   the entities and singletons it no longer owns (they re-activate on their new
 //!   owner and recover their state there) and starts the singletons it now owns.
-//! - A member declared down fails every request still waiting for it.
+//! - A member declared down fails every request still waiting for it, and nothing
+//!   more is sent to it until it rejoins (the gossip driver tells the transport of
+//!   each change before it is broadcast).
 
 pub mod chaos;
 pub(crate) mod client;
 pub mod gossip;
 pub mod health;
+mod parking;
 pub mod replica;
 pub mod seal;
 pub mod tls;
@@ -69,6 +72,10 @@ impl Cluster {
             tuning: cfg.membership.clone(),
             cluster_size: cfg.nodes.len(),
             sealer: seal::Sealer::new(&key, &cfg.name),
+            listener: Some({
+                let t = transport.clone();
+                Arc::new(move |e: &gossip::MemberEvent| t.note_member(&e.name, e.epoch, e.state))
+            }),
         };
         let gossip = Gossip::start(gcfg, node.metrics(), chaos.clone())
             .await
@@ -98,27 +105,21 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Watches membership and re-homes actors after every change.
+    /// Watches membership and re-homes actors after every change. (The transport
+    /// already followed the change: the gossip driver tells it first, synchronously.)
     pub(crate) fn watch(self: &Arc<Self>, node: &Node) {
         let mut events = self.gossip.events.subscribe();
         let weak = node.downgrade();
-        let me = self.clone();
         tokio::spawn(async move {
-            let mut epochs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
             loop {
-                let ev = match events.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                match events.recv().await {
+                    // A lagged receiver missed changes: re-homing reads the current
+                    // view, so it is enough to re-home now.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
-                };
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let node = Node::from_inner(inner);
-                let restarted = epochs.insert(ev.name.clone(), ev.epoch).is_some_and(|old| old != ev.epoch);
-                if ev.state == MemberState::Down {
-                    me.transport.reset_peer(&ev.name, "member declared down");
-                } else if restarted {
-                    me.transport.reset_peer(&ev.name, "member restarted");
-                }
                 // Let a burst of changes settle before re-homing.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while events.try_recv().is_ok() {}

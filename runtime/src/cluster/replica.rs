@@ -54,6 +54,10 @@ pub enum ReplicaReply {
 
 /// How long one replication round trip may take.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
+/// Rounds of one write while its replica set changes under it (members declared down).
+const FAILOVER_ROUNDS_MAX: usize = 3;
+/// A replica ask that takes this long is logged.
+const SLOW_REPLICA_ASK: Duration = Duration::from_millis(250);
 /// How long recovery waits for every live node to agree on the new owner.
 const RECOVER_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -153,7 +157,20 @@ fn agent_path(node: &str) -> Result<ActorPath, StoreError> {
 
 async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, RemoteError> {
     let path = agent_path(to).map_err(|e| RemoteError::Invalid(e.to_string()))?;
-    node.handle::<ReplicaProto>(path).ask_timeout(msg, REPLICA_TIMEOUT).await
+    let (what, of) = match &msg {
+        ReplicaMsg::Write { path, .. } => ("write", path.clone()),
+        ReplicaMsg::Load { path, .. } => ("load", path.clone()),
+    };
+    let started = Instant::now();
+    let r = node.handle::<ReplicaProto>(path).ask_timeout(msg, REPLICA_TIMEOUT).await;
+    let took = started.elapsed();
+    // A replica round trip is normally a few ms; one that waited or failed is what an
+    // operator needs to see to explain a slow owner.
+    if r.is_err() || took >= SLOW_REPLICA_ASK {
+        tracing::warn!(replica = %to, path = %of, op = what, took_ms = took.as_millis() as u64,
+            outcome = ?r.as_ref().map(|_| "answered"), "slow or failed replica ask");
+    }
+    r
 }
 
 /// The nodes that hold `path`, owner first, in this node's view.
@@ -175,11 +192,44 @@ pub(crate) async fn replicate(node: &Node, path: &ActorPath, rf: u64, op: WriteO
         ReplicaReply::Gap { have } => return Err(StoreError::Write(format!("local log of {key} ends at {have}: gap"))),
         other => return Err(StoreError::Write(format!("local write refused: {other:?}"))),
     }
-    let writes = set[1..].iter().map(|r| write_to(node, r, &key, op.clone()));
-    for r in futures::future::join_all(writes).await {
-        r?;
+    // Every replica of the set must hold the entry. A replica that fails because the
+    // view now holds it down is replaced: the entry goes to the replica set of the
+    // current view instead (a fail-over of at most a few rounds, not a wait on the
+    // dead node). Acknowledging then is safe for the same reason as before: the entry
+    // is on disk on every member of the owner's replica set *as of the ack*; copies
+    // left on members that dropped out are extra and harmless (recovery takes the
+    // newest copy of every live node).
+    let mut set = set;
+    let mut holding: Vec<String> = vec![node.name().to_string()];
+    for _ in 0..FAILOVER_ROUNDS_MAX {
+        let todo: Vec<String> = set[1..].iter().filter(|r| !holding.contains(r)).cloned().collect();
+        let writes = todo.iter().map(|r| write_to(node, r, &key, op.clone()));
+        let mut failed = Vec::new();
+        for (r, res) in todo.iter().zip(futures::future::join_all(writes).await) {
+            match res {
+                Ok(()) => holding.push(r.clone()),
+                Err(e) => failed.push((r.clone(), e)),
+            }
+        }
+        let Some((_, first_err)) = failed.first() else { return Ok(()) };
+        let fresh = replica_set(node, path, rf)?;
+        if fresh.first().map(String::as_str) != Some(node.name()) {
+            return Err(StoreError::Write(format!(
+                "{} lost ownership of {key} while writing; the write is not acknowledged",
+                node.name()
+            )));
+        }
+        // Only a replica that left the set (held down) is failed over; a live replica
+        // that refused or timed out fails the write.
+        if failed.iter().any(|(r, _)| fresh.contains(r)) {
+            return Err(first_err.clone());
+        }
+        tracing::info!(path = %key, from = ?set, to = ?fresh, "replica held down; the write fails over");
+        set = fresh;
     }
-    Ok(())
+    Err(StoreError::Write(format!(
+        "the replica set of {key} kept changing during the write ({FAILOVER_ROUNDS_MAX} rounds); not acknowledged"
+    )))
 }
 
 /// Writes one op to replica `to`, syncing it first if its log has a gap.
@@ -262,6 +312,7 @@ pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Re
             }
             return Ok(best);
         }
+        tracing::info!(path = %key, problems = %problems.join("; "), "recovery round incomplete; retrying");
         if Instant::now() >= deadline {
             return Err(StoreError::Read(format!(
                 "cannot recover {key}: live nodes do not agree yet ({})",

@@ -12,10 +12,11 @@
 //! comes from its verified certificate, never from a payload.
 
 use super::chaos::{ChaosRules, Verdict};
+use super::parking::{Parked, Parking};
 use super::tls::{self, PeerId};
 use crate::config::TransportTuning;
 use crate::metrics::{Counter, Metrics};
-use crate::node::Node;
+use crate::node::{Located, Node};
 use crate::placement::stable_hash;
 use crate::reply::{ReplySink, StreamEvent};
 use crate::slot::WireRequest;
@@ -29,6 +30,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use troupe_wire::codec::{decode_frame, encode_frame};
+use troupe_wire::introspect::MemberState;
 use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId};
 
 /// Bytes gathered into one stream write.
@@ -52,6 +54,7 @@ struct Stats {
     wrong_owner: Counter,
     chaos_dropped: Counter,
     refused: Counter,
+    refused_down: Counter,
 }
 
 impl Stats {
@@ -86,6 +89,11 @@ impl Stats {
             refused: m.counter(
                 "troupe_transport_refused_total",
                 "Connections refused: no valid troupe certificate.",
+                &[],
+            ),
+            refused_down: m.counter(
+                "troupe_transport_sends_to_down_total",
+                "Sends refused at once because membership holds the target node down.",
                 &[],
             ),
         }
@@ -248,6 +256,10 @@ struct Peer {
     /// No new attempt before this instant (reconnect backoff).
     retry_at: Mutex<Option<Instant>>,
     backoff_ms: AtomicU64,
+    /// The membership view holds this node down: nothing is sent to it.
+    down: AtomicBool,
+    /// Its boot epoch as membership last reported it (0: not heard of yet).
+    epoch: AtomicU64,
 }
 
 pub struct Transport {
@@ -306,6 +318,8 @@ impl Transport {
                         connecting: tokio::sync::Mutex::new(()),
                         retry_at: Mutex::new(None),
                         backoff_ms: AtomicU64::new(tuning.reconnect_backoff_min_ms),
+                        down: AtomicBool::new(false),
+                        epoch: AtomicU64::new(0),
                     },
                 )
             })
@@ -363,6 +377,10 @@ impl Transport {
     async fn link(&self, node: &str) -> Result<Arc<Link>, RemoteError> {
         let unreachable = |reason: String| RemoteError::Unreachable { node: node.to_string(), reason };
         let peer = self.peers.get(node).ok_or_else(|| unreachable("not a node of this cluster".into()))?;
+        if peer.down.load(Ordering::Acquire) {
+            self.stats.refused_down.inc();
+            return Err(RemoteError::NodeDown { node: node.to_string() });
+        }
         if let Some(l) = peer.link.read().as_ref()
             && !l.is_closed()
         {
@@ -559,6 +577,7 @@ impl Transport {
         let cap = self.tuning.frame_bytes_max as usize;
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut start = 0usize;
+        let mut parking = Parking::default();
         loop {
             let chunk = match recv.read_chunk(256 << 10, true).await {
                 Ok(Some(c)) => c,
@@ -571,7 +590,7 @@ impl Transport {
                     Ok(Some((frame, used))) => {
                         start += used;
                         self.stats.frames_in.inc();
-                        self.on_frame(frame, &link).await;
+                        self.on_frame(frame, &link, &mut parking).await;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -589,7 +608,7 @@ impl Transport {
         }
     }
 
-    async fn on_frame(self: &Arc<Self>, frame: Frame, link: &Arc<Link>) {
+    async fn on_frame(self: &Arc<Self>, frame: Frame, link: &Arc<Link>, parking: &mut Parking) {
         let from = match &link.peer {
             PeerId::Node(n) => n.clone(),
             PeerId::Client(c) => format!("client:{c}"),
@@ -599,7 +618,7 @@ impl Transport {
             return;
         }
         match frame {
-            Frame::Msg(env) => self.on_msg(env, link).await,
+            Frame::Msg(env) => self.on_msg(env, link, parking),
             Frame::Reply { corr, result } => {
                 if let Some((_, Pending::Ask(tx))) = self.pending.lock().remove(&corr) {
                     let _ = tx.send(result);
@@ -642,7 +661,9 @@ impl Transport {
         }
     }
 
-    async fn on_msg(self: &Arc<Self>, env: Envelope, link: &Arc<Link>) {
+    /// Delivers a request in lane order without waiting: one whose target must first
+    /// be activated here is parked (see [`super::parking`]).
+    fn on_msg(self: &Arc<Self>, env: Envelope, link: &Arc<Link>, parking: &mut Parking) {
         let Some(node) = self.node() else { return };
         let lane = link.lane_for(match env.request {
             RequestKind::Ask { corr, .. } | RequestKind::Stream { corr } => corr,
@@ -657,23 +678,28 @@ impl Transport {
         }
         // Inline (not spawned): frames of one lane are handled in order.
         let start = node.clock_us();
-        let target = match node.local_slot(&env.target) {
-            Some(slot) => Ok(crate::node::Target::Local(slot)),
-            None => node.resolve(&env.target).await,
+        let expires = match env.request {
+            RequestKind::Ask { timeout_ms, .. } => {
+                Some((Instant::now() + Duration::from_millis(u64::from(timeout_ms)), u64::from(timeout_ms)))
+            }
+            _ => None,
         };
-        match target {
-            Ok(crate::node::Target::Local(slot)) => {
-                if let Err(e) = slot.deliver_bytes(&env.payload, request, env.trace) {
-                    tracing::debug!(target = %env.target, error = %e, "message not delivered");
+        let p = Parked { path: env.target, payload: env.payload, request, trace: env.trace, expires };
+        let Some(p) = parking.try_join(&node, p) else { return };
+        match node.locate(&p.path) {
+            Ok(Located::Live(slot)) => {
+                if let Err(e) = slot.deliver_bytes(&p.payload, p.request, p.trace) {
+                    tracing::debug!(target = %p.path, error = %e, "message not delivered");
                 }
                 // Arrival from another node: decoding, resolution and enqueueing.
-                node.record_span(env.trace, "remote-in", &env.target, start);
+                node.record_span(p.trace, "remote-in", &p.path, start);
             }
-            Ok(crate::node::Target::Remote(owner)) => {
+            Ok(Located::Remote(owner)) => {
                 self.stats.wrong_owner.inc();
-                request.fail(RemoteError::WrongOwner { path: env.target.to_string(), owner });
+                p.request.fail(RemoteError::WrongOwner { path: p.path.to_string(), owner });
             }
-            Err(e) => request.fail(e),
+            Ok(Located::ActivateHere) => parking.start(node, p),
+            Err(e) => p.request.fail(e),
         }
     }
 
@@ -695,6 +721,23 @@ impl Transport {
                     let _ = tx.try_send(StreamEvent::End(Err(e)));
                 }
             }
+        }
+    }
+
+    /// Follows membership; the gossip driver calls it for every change, before anyone
+    /// else hears of it. A member held down gets nothing more: its link is dropped,
+    /// every request waiting on it fails now, and sends to it fail at once with
+    /// [`RemoteError::NodeDown`] until it rejoins. A member that restarted (a new boot
+    /// epoch) gets a fresh link.
+    pub fn note_member(&self, node: &str, epoch: u64, state: MemberState) {
+        let Some(p) = self.peers.get(node) else { return };
+        let down = state == MemberState::Down;
+        p.down.store(down, Ordering::Release);
+        let before = p.epoch.swap(epoch, Ordering::AcqRel);
+        if down {
+            self.reset_peer(node, "member declared down");
+        } else if before != 0 && before != epoch {
+            self.reset_peer(node, "member restarted");
         }
     }
 

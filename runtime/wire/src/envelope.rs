@@ -82,6 +82,11 @@ pub enum RemoteError {
     UnknownPath { path: String, reason: String },
     #[error("node {node} is unreachable: {reason}")]
     Unreachable { node: String, reason: String },
+    /// The sending node's membership view holds `node` down: nothing is sent to it
+    /// (and nothing waits on it) until it rejoins. Retrying within the same request is
+    /// pointless; a later request may be placed on a live node.
+    #[error("node {node} is down in this node's membership view; nothing is sent to it until it rejoins")]
+    NodeDown { node: String },
     #[error("timed out after {ms} ms waiting for {path}")]
     Timeout { path: String, ms: u64 },
     #[error("mailbox of {path} is full ({cap} messages, mailbox_cap); retry later")]
@@ -112,6 +117,7 @@ impl RemoteError {
         matches!(
             self,
             RemoteError::Unreachable { .. }
+                | RemoteError::NodeDown { .. }
                 | RemoteError::MailboxFull { .. }
                 | RemoteError::QueueFull { .. }
                 | RemoteError::Restarting { .. }

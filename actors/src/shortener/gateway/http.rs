@@ -67,7 +67,11 @@ impl Shared {
     }
 
     async fn ask_link(&self, code: &str, msg: LinkMsg, what: &str) -> Result<LinkReply, ApiError> {
-        self.link(code)?.ask_timeout(msg, self.link_timeout).await.map_err(|e| ApiError::upstream(what, &e))
+        let started = Instant::now();
+        self.link(code)?.ask_timeout(msg, self.link_timeout).await.map_err(|e| {
+            tracing::warn!(%code, took_ms = started.elapsed().as_millis() as u64, error = %e, "{what} failed");
+            ApiError::upstream(what, &e)
+        })
     }
 
     fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
