@@ -354,6 +354,13 @@ window_ms = 1000
     install(&c, "n1", rules, 2);
     let victim = "victim";
     let shard = shard_of(Dimension::User, victim, SHARDS);
+    // Activate the victim's shard first (c-load is the same user, so the same shard,
+    // with a limit nobody reaches): with a 300 ms owner timeout, a check that waits on
+    // the shard's activation would fail closed and spoil the count below.
+    wait_for("the victim's shard to answer enforced", Duration::from_secs(20), || {
+        let r = check(c.port("n1", SYS), "c-load", victim);
+        (r.json()["results"][0]["mode"].as_str() == Some("enforced")).then_some(())
+    });
     // Use 12 of 20 of both limits, then find who owns the shard.
     for i in 0..12 {
         let g = c.port(&c.names[i % 3], SYS);

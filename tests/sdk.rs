@@ -84,6 +84,12 @@ fn client_from_another_ca_is_refused() {
             }
         }
     });
-    let refused = c.metric("n1", "troupe_transport_refused_total");
+    // Counted by the node's accept task, which may run just after the client saw the
+    // refusal.
+    let refused = common::wait_for_or_last(
+        Duration::from_secs(5),
+        || c.metric("n1", "troupe_transport_refused_total"),
+        |v| *v >= 1.0,
+    );
     assert!(refused >= 1.0, "the node did not count the refused connection: {refused}");
 }

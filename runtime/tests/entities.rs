@@ -156,7 +156,14 @@ async fn full_mailbox_is_an_error_not_memory() {
     assert_eq!(h.ask(AccMsg::Total).await.unwrap(), 0);
     // Occupy the actor, then fill its 4 places.
     h.tell(AccMsg::Sleep(300)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Until the actor has taken the Sleep off its mailbox (it then sleeps with an
+    // empty mailbox), not for a fixed time.
+    let depth = |n: &Node| n.tree().walk().iter().find(|a| a.path == "/acc/acc/busy").map(|a| a.mailbox_len);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while depth(&n) != Some(0) {
+        assert!(Instant::now() < deadline, "the actor never took its Sleep");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let mut refused = 0;
     for _ in 0..10 {
         match h.tell(AccMsg::Total).await {

@@ -158,7 +158,19 @@ async fn crash_middle(strategy: &str) -> (Vec<u64>, Vec<u64>, Node) {
         before.push(incarnation(&node, k).await);
     }
     node.handle::<Probe>(path("b")).tell(ProbeMsg::Crash).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait for the supervisor's decision to show (every child the strategy restarts
+    // has counted its restart), not for a fixed time: a child not yet stopped would
+    // still answer as its old incarnation.
+    let restarted: &[&str] = match strategy {
+        "one_for_one" => &["b"],
+        "rest_for_one" => &["b", "c"],
+        _ => &["a", "b", "c"],
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !restarted.iter().all(|k| find(&node.tree(), &format!("/sup/probe/{k}")).is_some_and(|a| a.restarts >= 1)) {
+        assert!(Instant::now() < deadline, "the {strategy} restarts never showed: {:#?}", node.tree());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let after = settle(&node, &keys).await;
     (before, after, node)
 }
