@@ -201,7 +201,17 @@ fn every_dimension_is_enforced_cluster_wide_across_gateways() {
         assert_eq!(r.status, 429, "{}", r.body);
         assert_eq!(r.json()["binding"], "t-pair-user", "{}", r.body);
     }
-    std::thread::sleep(Duration::from_millis(300)); // refunds are tells; let them land
+    // Refunds are tells from the gateways' nodes: wait until the shards applied every one
+    // that was sent.
+    let sum = |m: &str| c.names.iter().map(|n| c.metric(n, m)).sum::<f64>();
+    let sent = sum("troupe_ratelimit_refunds_total");
+    assert!(sent >= 4.0, "4 denied requests must have sent refunds, saw {sent}");
+    let applied = common::wait_for_or_last(
+        Duration::from_secs(10),
+        || sum("troupe_ratelimit_refunds_applied_total"),
+        |a| *a >= sent,
+    );
+    assert_eq!(applied, sent, "refunds sent and applied");
     assert_eq!(pair("carol", 0).status, 200, "the ip limit must have 2 left: 4 denied requests were refunded");
     assert_eq!(pair("carol", 1).status, 200);
     let r = pair("carol", 2);

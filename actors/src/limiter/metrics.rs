@@ -107,4 +107,14 @@ impl LimiterMetrics {
     pub fn keys_gauge(m: &Metrics, shard: &str) -> Gauge {
         m.gauge("troupe_ratelimit_keys", "Busy keys held by a limiter shard on this node.", &[("shard", shard)])
     }
+
+    /// Refunds applied by the shards of this node (the caller side counts them sent in
+    /// `troupe_ratelimit_refunds_total`; a refund is a tell, so the two can differ).
+    pub fn refunds_applied(m: &Metrics) -> Counter {
+        m.counter(
+            "troupe_ratelimit_refunds_applied_total",
+            "Refund messages applied by the limiter shards on this node.",
+            &[],
+        )
+    }
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use troupe_limiter::proto::{LimiterShard, ShardItem, ShardMsg, ShardReply, ShardResult};
 use troupe_limiter::{KeyedTable, LimitCheck, Rule, RuleSet, TableConfig, TableError, TableSnapshot};
-use troupe_runtime::metrics::Gauge;
+use troupe_runtime::metrics::{Counter, Gauge};
 use troupe_runtime::wire::codec;
 use troupe_runtime::{
     ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, WriteOp, fail,
@@ -57,6 +57,7 @@ pub struct ShardState {
     next_seq: u64,
     writing: Arc<AtomicBool>,
     keys: Gauge,
+    refunds_applied: Counter,
 }
 
 /// The rule named by a shard key (`rule|dimension|value`).
@@ -153,6 +154,7 @@ impl Behavior for ShardActor {
             next_seq: recovered.last_seq() + 1,
             writing: Arc::new(AtomicBool::new(false)),
             keys: LimiterMetrics::keys_gauge(ctx.node().metrics(), ctx.key()),
+            refunds_applied: LimiterMetrics::refunds_applied(ctx.node().metrics()),
         };
         if let Some((_, bytes)) = &recovered.snapshot {
             match codec::decode::<TableSnapshot<String>>(bytes) {
@@ -192,6 +194,7 @@ impl Behavior for ShardActor {
                         s.dirty |= s.table.refund(&it.key, rule.params(), it.at_ns, it.cost, now);
                     }
                 }
+                s.refunds_applied.inc();
                 reply.send(ShardReply::Done).await;
             }
             ShardMsg::Charge { items } => {
