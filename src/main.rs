@@ -57,6 +57,8 @@ enum Command {
     /// Seeded simulations of a system's design decisions, with plots.
     #[command(subcommand)]
     Lab(cli::lab::LabCmd),
+    /// Seeded simulations of cluster membership under kills, partitions and loss.
+    Sim(cli::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::llm::run_generate(a),
         Command::Top(a) => cli::top::run(a),
         Command::Lab(c) => cli::lab::run(c),
+        Command::Sim(a) => cli::sim::run_sim(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

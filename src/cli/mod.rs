@@ -7,6 +7,7 @@ pub mod client;
 pub mod lab;
 pub mod llm;
 pub mod node;
+pub mod sim;
 pub mod top;
 pub mod up;
 

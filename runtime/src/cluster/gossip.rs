@@ -1,123 +1,25 @@
-//! SWIM membership with foca, driven by troupe: foca is sans-IO, so this module owns
-//! the UDP socket, the one ordered timer queue, packet sealing, chaos rules and the
-//! local-health stretch of SWIM's timeouts. It publishes a membership [`View`] and
-//! an event on every change.
+//! SWIM membership, the shell: owns the UDP socket, the wake-ups, packet sealing
+//! (`seal.rs`), chaos rules and metrics, and feeds the sans-IO membership core
+//! ([`troupe_core::membership`]: foca, the timer queue, local health, the view). It
+//! publishes the core's [`View`] and an event on every change, telling the
+//! [`GossipConfig::listener`] first.
 //!
 //! Identity = node name + gossip address + boot epoch (+ a bump foca uses to rejoin
 //! after a false death). A restarted node has a new epoch and wins the name over its
 //! old incarnation, so it rejoins as a new member.
 
 use super::chaos::{ChaosRules, Verdict};
-use super::health::LocalHealth;
 use super::seal::Sealer;
-use crate::config::MembershipTuning;
 use crate::metrics::{Counter, Gauge, Metrics};
-use bytes::{Buf, BufMut};
-use foca::{AccumulatingRuntime, Config, Foca, Header, Member, OwnedNotification, PeriodicParams, State, Timer};
 use parking_lot::RwLock;
-use rand010::SeedableRng;
-use serde::{Deserialize, Serialize};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
-use std::net::SocketAddr;
-use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use troupe_core::membership::{Effects, Input, Membership, packet_sender};
+pub use troupe_core::membership::{MemberEvent, MembershipTuning, NodeId, View, ViewMember};
 use troupe_wire::introspect::MemberState;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct NodeId {
-    pub name: String,
-    pub gossip: SocketAddr,
-    /// Boot epoch: ms since the Unix epoch when the node process started.
-    pub epoch: u64,
-    pub bump: u16,
-}
-
-impl foca::Identity for NodeId {
-    type Addr = String;
-    fn renew(&self) -> Option<Self> {
-        Some(Self { bump: self.bump.wrapping_add(1), ..self.clone() })
-    }
-    fn addr(&self) -> String {
-        self.name.clone()
-    }
-    fn win_addr_conflict(&self, other: &Self) -> bool {
-        (self.epoch, self.bump) > (other.epoch, other.bump)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GossipCodecError {
-    #[error("gossip encode: {0}")]
-    Encode(String),
-    #[error("gossip decode: {0}")]
-    Decode(String),
-    #[error("gossip packet full")]
-    NoSpace,
-}
-
-/// foca's codec over bincode. Never writes partially: a value is encoded first and
-/// copied only if it fits.
-struct BinCodec;
-
-impl BinCodec {
-    fn put<T: Serialize>(v: &T, mut buf: impl BufMut) -> Result<(), GossipCodecError> {
-        let bytes = troupe_wire::codec::encode(v).map_err(|e| GossipCodecError::Encode(e.to_string()))?;
-        if buf.remaining_mut() < bytes.len() {
-            return Err(GossipCodecError::NoSpace);
-        }
-        buf.put_slice(&bytes);
-        Ok(())
-    }
-    fn get<T: serde::de::DeserializeOwned>(mut buf: impl Buf) -> Result<T, GossipCodecError> {
-        let (v, used) =
-            troupe_wire::codec::decode_prefix::<T>(buf.chunk()).map_err(|e| GossipCodecError::Decode(e.to_string()))?;
-        buf.advance(used);
-        Ok(v)
-    }
-}
-
-impl foca::Codec<NodeId> for BinCodec {
-    type Error = GossipCodecError;
-    fn encode_header(&mut self, header: &Header<NodeId>, buf: impl BufMut) -> Result<(), Self::Error> {
-        Self::put(header, buf)
-    }
-    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<NodeId>, Self::Error> {
-        Self::get(buf)
-    }
-    fn encode_member(&mut self, member: &Member<NodeId>, buf: impl BufMut) -> Result<(), Self::Error> {
-        Self::put(member, buf)
-    }
-    fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeId>, Self::Error> {
-        Self::get(buf)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ViewMember {
-    pub id: NodeId,
-    pub state: MemberState,
-    pub incarnation: u16,
-}
-
-/// Membership as this node sees it; `version` grows on every change.
-#[derive(Debug, Clone, Default)]
-pub struct View {
-    pub members: BTreeMap<String, ViewMember>,
-    pub version: u64,
-    /// foca reports us connected to at least one member.
-    pub active: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberEvent {
-    pub name: String,
-    pub epoch: u64,
-    pub state: MemberState,
-}
 
 pub struct GossipConfig {
     pub me: NodeId,
@@ -165,23 +67,6 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn foca_config(t: &MembershipTuning, n: usize) -> Config {
-    let mut c = Config::new_lan(NonZeroU32::new(n.max(1) as u32).unwrap_or(NonZeroU32::MIN));
-    c.probe_period = Duration::from_millis(t.probe_period_ms);
-    c.probe_rtt = Duration::from_millis(t.probe_rtt_ms);
-    c.num_indirect_probes = NonZeroUsize::new(t.indirect_probes as usize).unwrap_or(NonZeroUsize::MIN);
-    c.suspect_to_down_after = Duration::from_millis(t.suspect_to_down_ms);
-    c.remove_down_after = Some(Duration::from_millis(t.remove_down_after_ms));
-    c.max_packet_size = NonZeroUsize::new(t.packet_bytes_max as usize).unwrap_or(NonZeroUsize::MIN);
-    c.notify_down_members = true;
-    c.max_transmissions = NonZeroU8::new(c.max_transmissions.get().max(6)).unwrap_or(NonZeroU8::MIN);
-    c.periodic_gossip = Some(PeriodicParams {
-        frequency: Duration::from_millis(t.gossip_period_ms),
-        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
-    });
-    c
-}
-
 impl Gossip {
     /// Binds the gossip socket and starts the SWIM driver.
     pub async fn start(
@@ -190,16 +75,16 @@ impl Gossip {
         chaos: Arc<RwLock<ChaosRules>>,
     ) -> std::io::Result<Gossip> {
         let sock = UdpSocket::bind(cfg.me.gossip).await?;
-        let view = Arc::new(RwLock::new(View::default()));
-        {
-            let mut v = view.write();
-            v.members.insert(
-                cfg.me.name.clone(),
-                ViewMember { id: cfg.me.clone(), state: MemberState::Alive, incarnation: 0 },
-            );
-            v.version = 1;
-        }
-        let version = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let core = Membership::new(
+            cfg.me.clone(),
+            cfg.seeds.clone(),
+            cfg.tuning.clone(),
+            cfg.cluster_size,
+            rand::random(),
+            Instant::now(),
+        );
+        let view = Arc::new(RwLock::new(core.view().clone()));
+        let version = Arc::new(std::sync::atomic::AtomicU64::new(core.view().version));
         let (events, _) = broadcast::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let stats = Stats {
@@ -250,27 +135,15 @@ impl Gossip {
             ),
         };
         let driver = Driver {
-            foca: Foca::new(
-                cfg.me.clone(),
-                foca_config(&cfg.tuning, cfg.cluster_size),
-                rand010::rngs::SmallRng::seed_from_u64(rand::random()),
-                BinCodec,
-            ),
-            rt: AccumulatingRuntime::new(),
-            timers: BinaryHeap::new(),
-            timer_seq: 0,
+            core,
             sock: Arc::new(sock),
             sealer: Arc::new(cfg.sealer),
-            health: LocalHealth::new(cfg.tuning.local_health_max as u32, cfg.tuning.probe_rtt_ms),
             view: view.clone(),
             version: version.clone(),
             events: events.clone(),
-            seeds: cfg.seeds,
-            me: cfg.me,
-            tuning: cfg.tuning,
+            me: cfg.me.name,
             chaos,
             stats,
-            suspect_since: BTreeMap::new(),
             listener: cfg.listener,
         };
         tokio::spawn(driver.run(cmd_rx));
@@ -287,116 +160,74 @@ impl Gossip {
 }
 
 struct Driver {
-    foca: Foca<NodeId, BinCodec, rand010::rngs::SmallRng, foca::NoCustomBroadcast>,
-    rt: AccumulatingRuntime<NodeId>,
-    timers: BinaryHeap<Reverse<(Instant, u64, Timer<NodeId>)>>,
-    timer_seq: u64,
+    core: Membership,
     sock: Arc<UdpSocket>,
     sealer: Arc<Sealer>,
-    health: LocalHealth,
     view: Arc<RwLock<View>>,
     version: Arc<std::sync::atomic::AtomicU64>,
     events: broadcast::Sender<MemberEvent>,
-    seeds: Vec<NodeId>,
-    me: NodeId,
-    tuning: MembershipTuning,
+    me: String,
     chaos: Arc<RwLock<ChaosRules>>,
     stats: Stats,
-    /// When each member currently suspected was first seen suspected.
-    suspect_since: BTreeMap<String, Instant>,
     listener: Option<MemberListener>,
 }
 
 impl Driver {
     async fn run(mut self, mut cmd: mpsc::Receiver<Cmd>) {
         let mut buf = vec![0u8; 65_536];
-        let mut join_tick = tokio::time::interval(Duration::from_millis(self.tuning.join_retry_ms));
-        let mut period_tick = tokio::time::interval(Duration::from_millis(self.tuning.probe_period_ms));
         loop {
-            let next_timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
-            let sleep = tokio::time::sleep_until(
-                next_timer.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)).into(),
-            );
-            tokio::select! {
-                r = self.sock.recv_from(&mut buf) => {
-                    if let Ok((n, _from)) = r {
-                        self.on_packet(&buf[..n]);
-                    }
-                }
-                _ = sleep => self.fire_due_timers(),
-                _ = join_tick.tick() => {
-                    // Retry the first announce until foca is connected; keep
-                    // re-announcing to seeds while we know no other member.
-                    let alone = self.view.read().members.values().filter(|m| m.state != MemberState::Down).count() <= 1;
-                    if alone {
-                        for s in self.seeds.clone() {
-                            if s.name != self.me.name {
-                                let _ = self.foca.announce(s, &mut self.rt);
-                            }
-                        }
-                    }
-                }
-                _ = period_tick.tick() => {
-                    self.health.on_period();
-                    self.stats.local_health.set(self.health.score() as f64);
-                    self.resolve_stale_suspicions();
-                }
+            let wake = tokio::time::sleep_until(self.core.next_wake().into());
+            let fx = tokio::select! {
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, _from)) => match self.admit(&buf[..n]) {
+                        Some(payload) => self.core.handle(Instant::now(), Input::Packet(&payload)),
+                        None => continue,
+                    },
+                    Err(_) => continue,
+                },
+                _ = wake => self.core.handle(Instant::now(), Input::Tick),
                 c = cmd.recv() => match c {
                     Some(Cmd::Leave(done)) => {
-                        let _ = self.foca.leave_cluster(&mut self.rt);
-                        self.drain();
+                        let fx = self.core.handle(Instant::now(), Input::Leave);
+                        self.apply(fx);
                         let _ = done.send(());
                         return;
                     }
                     None => return,
                 },
-            }
-            self.drain();
+            };
+            self.apply(fx);
         }
     }
 
-    fn on_packet(&mut self, packet: &[u8]) {
+    /// Opens a sealed packet and applies chaos rules to its sender: the payload for
+    /// the core, or `None` when it is rejected or dropped.
+    fn admit(&self, packet: &[u8]) -> Option<Vec<u8>> {
         let payload = match self.sealer.open(packet, unix_ms()) {
             Ok(p) => p,
             Err(e) => {
                 self.stats.rejected.inc();
                 tracing::debug!(error = %e, "gossip packet rejected");
-                return;
+                return None;
             }
         };
         // Chaos applies to what we hear from a node too, so a partition is symmetric
         // even if only one side was told.
-        if let Ok((h, _)) = troupe_wire::codec::decode_prefix::<Header<NodeId>>(&payload) {
+        if let Some(src) = packet_sender(&payload) {
             let chaos = self.chaos.read();
-            if !chaos.is_empty() && chaos.verdict(&h.src.name, Instant::now(), rand::random()) == Verdict::Drop {
+            if !chaos.is_empty() && chaos.verdict(&src, Instant::now(), rand::random()) == Verdict::Drop {
                 self.stats.dropped_chaos.inc();
-                return;
+                return None;
             }
         }
         self.stats.packets_in.inc();
-        if let Err(e) = self.foca.handle_data(&payload, &mut self.rt) {
-            tracing::debug!(error = %e, "gossip packet not handled");
-        }
+        Some(payload)
     }
 
-    fn fire_due_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(Reverse((due, _, _))) = self.timers.peek() {
-            if *due > now {
-                break;
-            }
-            let Some(Reverse((due, _, timer))) = self.timers.pop() else { break };
-            self.health.on_timer(0, now.saturating_duration_since(due).as_millis() as u64);
-            tracing::trace!(?timer, "gossip timer fired");
-            if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
-                tracing::debug!(error = %e, "gossip timer not handled");
-            }
-        }
-    }
-
-    /// Sends what foca produced, schedules its timers and publishes membership changes.
-    fn drain(&mut self) {
-        while let Some((dst, data)) = self.rt.to_send() {
+    /// Carries out what the core decided: sends (sealed, through chaos), publishes the
+    /// view, tells the listener and then everyone else of each change, counts.
+    fn apply(&mut self, fx: Effects) {
+        for (dst, data) in fx.send {
             let verdict = {
                 let chaos = self.chaos.read();
                 if chaos.is_empty() { Verdict::Pass } else { chaos.verdict(&dst.name, Instant::now(), rand::random()) }
@@ -418,120 +249,21 @@ impl Driver {
                 }
             }
         }
-        while let Some((after, timer)) = self.rt.to_schedule() {
-            // Local health: a slow node waits longer before it probes again, before
-            // it gives up on an ack, and before it declares a suspect down.
-            let after = match timer {
-                Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } | Timer::ChangeSuspectToDown { .. } => {
-                    self.health.stretch(after)
-                }
-                _ => after,
-            };
-            tracing::trace!(?timer, ?after, "gossip timer scheduled");
-            self.timer_seq += 1;
-            self.timers.push(Reverse((Instant::now() + after, self.timer_seq, timer)));
-        }
-        while let Some(n) = self.rt.to_notify() {
-            match n {
-                OwnedNotification::Active => {
-                    self.view.write().active = true;
-                    tracing::info!(node = %self.me.name, "joined the cluster");
-                }
-                OwnedNotification::Idle => self.view.write().active = false,
-                OwnedNotification::Defunct => {
-                    tracing::warn!(node = %self.me.name, "declared down by the cluster; rejoining");
-                }
-                _ => {}
+        self.stats.local_health.set(self.core.health_score() as f64);
+        self.stats.refuted.add(u64::from(fx.refuted));
+        self.stats.stale_suspicions.add(fx.stale_resolved.len() as u64);
+        // Publish the view before anyone hears of a change, so placement already reads
+        // the new one.
+        let fresh = self.core.view();
+        {
+            let mut v = self.view.write();
+            if v.version != fresh.version || v.active != fresh.active {
+                *v = fresh.clone();
+                self.version.store(fresh.version, std::sync::atomic::Ordering::Release);
             }
         }
-        // Suspicion and incarnation changes come without a notification: rebuild
-        // the (small) view after every step.
-        self.refresh_view();
-    }
-
-    /// foca invalidates its pending timers when this node rejoins (its timer token
-    /// changes), which can strand a suspicion forever: nobody refutes it and no
-    /// timeout declares the member down. A suspicion older than the suspicion timeout
-    /// plus slack is resolved here as foca would have: the member is declared down,
-    /// and if it is in fact alive it learns so and rejoins with a new identity.
-    fn resolve_stale_suspicions(&mut self) {
-        let limit = self.health.stretch(Duration::from_millis(self.tuning.suspect_to_down_ms))
-            + Duration::from_millis(2 * self.tuning.probe_period_ms);
-        let now = Instant::now();
-        let stale: Vec<Member<NodeId>> = self
-            .foca
-            .iter_membership_state()
-            .filter(|m| m.state() == State::Suspect)
-            .filter(|m| self.suspect_since.get(&m.id().name).is_some_and(|t| now.duration_since(*t) > limit))
-            .map(|m| Member::new(m.id().clone(), m.incarnation(), State::Down))
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
-        for m in &stale {
-            tracing::warn!(member = %m.id().name, "suspicion outlived its timeout; declaring the member down");
-            self.stats.stale_suspicions.inc();
-        }
-        if let Err(e) = self.foca.apply_many(stale.into_iter(), true, &mut self.rt) {
-            tracing::debug!(error = %e, "could not resolve stale suspicions");
-        }
-    }
-
-    /// Rebuilds the view from foca's membership table and emits the differences.
-    fn refresh_view(&mut self) {
-        let mut fresh: BTreeMap<String, ViewMember> = BTreeMap::new();
-        for m in self.foca.iter_membership_state() {
-            let state = match m.state() {
-                State::Alive => MemberState::Alive,
-                State::Suspect => MemberState::Suspect,
-                State::Down => MemberState::Down,
-            };
-            let id = m.id().clone();
-            // Keep the newest incarnation of a name.
-            let newer = fresh.get(&id.name).is_none_or(|cur| (id.epoch, id.bump) > (cur.id.epoch, cur.id.bump));
-            if newer {
-                fresh.insert(id.name.clone(), ViewMember { id, state, incarnation: m.incarnation() });
-            }
-        }
-        let me = self.foca.identity().clone();
-        fresh.insert(me.name.clone(), ViewMember { id: me, state: MemberState::Alive, incarnation: 0 });
-        let now = Instant::now();
-        self.suspect_since.retain(|name, _| fresh.get(name).is_some_and(|m| m.state == MemberState::Suspect));
-        for (name, m) in &fresh {
-            if m.state == MemberState::Suspect {
-                self.suspect_since.entry(name.clone()).or_insert(now);
-            }
-        }
-        let mut v = self.view.write();
-        // Members foca forgot (removed after remove_down_after) stay listed as down.
-        for (name, old) in &v.members {
-            if !fresh.contains_key(name) {
-                fresh.insert(name.clone(), ViewMember { state: MemberState::Down, ..old.clone() });
-            }
-        }
-        let mut events = Vec::new();
-        for (name, m) in &fresh {
-            let before = v.members.get(name);
-            // A suspect that comes back alive with a higher incarnation refuted the
-            // suspicion: if we were among the accusers, our own view was wrong.
-            if before.is_some_and(|b| {
-                b.state == MemberState::Suspect && m.state == MemberState::Alive && m.incarnation > b.incarnation
-            }) {
-                self.health.on_refuted();
-                self.stats.refuted.inc();
-            }
-            if before.is_none_or(|b| b.state != m.state || b.id.epoch != m.id.epoch) {
-                events.push(MemberEvent { name: name.clone(), epoch: m.id.epoch, state: m.state });
-            }
-        }
-        if !events.is_empty() || v.members.values().zip(fresh.values()).any(|(a, b)| a.incarnation != b.incarnation) {
-            v.members = fresh;
-            v.version += 1;
-            self.version.store(v.version, std::sync::atomic::Ordering::Release);
-        }
-        drop(v);
-        for e in events {
-            if e.name != self.me.name {
+        for e in fx.events {
+            if e.name != self.me {
                 match e.state {
                     MemberState::Suspect => {
                         if let Some(c) = self.stats.suspicions.get(&e.name) {
@@ -554,7 +286,8 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use foca::{Codec, Message};
+    use foca::{Codec, Header, Member, Message, State};
+    use troupe_core::membership::BinCodec;
 
     fn id(name: &str, port: u16) -> NodeId {
         NodeId { name: name.into(), gossip: ([127, 0, 0, 1], port).into(), epoch: 1, bump: 0 }

@@ -10,10 +10,10 @@
 //!   more is sent to it until it rejoins (the gossip driver tells the transport of
 //!   each change before it is broadcast).
 
-pub mod chaos;
+pub use troupe_core::chaos;
 pub(crate) mod client;
 pub mod gossip;
-pub mod health;
+pub use troupe_core::health;
 mod parking;
 pub mod replica;
 pub mod seal;

@@ -6,6 +6,7 @@ use super::reader::Tbl;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use troupe_core::membership::MembershipTuning;
 use troupe_wire::path::check_name;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,37 +54,6 @@ pub struct GpuSpec {
     pub model: String,
     pub memory_gib: u64,
     pub count: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct MembershipTuning {
-    pub probe_period_ms: u64,
-    pub probe_rtt_ms: u64,
-    pub suspect_to_down_ms: u64,
-    pub remove_down_after_ms: u64,
-    pub indirect_probes: u64,
-    pub packet_bytes_max: u64,
-    pub gossip_period_ms: u64,
-    pub join_retry_ms: u64,
-    /// Lifeguard-style local health: at most this many extra probe periods of
-    /// slack when this node itself looks slow.
-    pub local_health_max: u64,
-}
-
-impl Default for MembershipTuning {
-    fn default() -> Self {
-        Self {
-            probe_period_ms: 1000,
-            probe_rtt_ms: 500,
-            suspect_to_down_ms: 3000,
-            remove_down_after_ms: 60_000,
-            indirect_probes: 3,
-            packet_bytes_max: 1400,
-            gossip_period_ms: 200,
-            join_retry_ms: 500,
-            local_health_max: 8,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

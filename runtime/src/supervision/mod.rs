@@ -1,6 +1,6 @@
 //! Supervision: restart policies (pure) and the supervisor actor that applies them.
 
-pub mod policy;
+pub use troupe_core::restart as policy;
 pub mod supervisor;
 
 pub use policy::{Decision, Intensity, RestartPolicy, Strategy};

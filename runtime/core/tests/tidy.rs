@@ -1,0 +1,149 @@
+//! Tidy checks of the core's architecture invariants (docs/ARCHITECTURE.md):
+//! - the dependency closure of troupe-core (read from Cargo.lock) has no tokio, quinn,
+//!   redb or socket crate;
+//! - no non-test code of the core reads a clock, the OS's randomness, a socket or a file;
+//! - no cycle among the core's modules (from their `use crate::` lines).
+//!
+//! Each checker is also run on a broken input, so the test is seen to fail when an
+//! invariant is broken.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+const BANNED_CRATES: &[&str] = &["tokio", "quinn", "quinn-proto", "quinn-udp", "redb", "mio", "socket2", "ractor"];
+const BANNED_CALLS: &[&str] =
+    &["Instant::now", "SystemTime::now", "rand::random", "rand::rng", "tokio::", "UdpSocket", "TcpStream", "std::fs::"];
+
+/// Every package `root` depends on, transitively, per a Cargo.lock text.
+fn closure(lock: &str, root: &str) -> BTreeSet<String> {
+    let lock: toml::Table = lock.parse().expect("Cargo.lock is TOML");
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in lock.get("package").and_then(|p| p.as_array()).into_iter().flatten() {
+        let name = p.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        let ds = p
+            .get("dependencies")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            // "name" or "name version" or "name version (source)"
+            .map(|d| d.split(' ').next().unwrap_or_default().to_string());
+        deps.entry(name).or_default().extend(ds);
+    }
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![root.to_string()];
+    while let Some(p) = todo.pop() {
+        for d in deps.get(&p).into_iter().flatten() {
+            if seen.insert(d.clone()) {
+                todo.push(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+fn banned_deps(lock: &str) -> Vec<String> {
+    closure(lock, "troupe-core").into_iter().filter(|d| BANNED_CRATES.contains(&d.as_str())).collect()
+}
+
+/// Banned calls in the non-test part of a source file (before its `#[cfg(test)]`).
+fn banned_calls(file: &str, src: &str) -> Vec<String> {
+    let code = src.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim_start().starts_with("//"))
+        .flat_map(|(i, l)| {
+            BANNED_CALLS.iter().filter(move |b| l.contains(*b)).map(move |b| format!("{file}:{}: {b}", i + 1))
+        })
+        .collect()
+}
+
+/// A cycle among modules, from `use crate::<module>` lines, if there is one.
+fn cycle(modules: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    let edges: BTreeMap<&str, BTreeSet<String>> = modules
+        .iter()
+        .map(|(m, src)| {
+            let to = src
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("use crate::"))
+                .filter_map(|rest| rest.split([':', ';', ' ', '{']).next())
+                .filter(|t| *t != m && modules.contains_key(*t))
+                .map(str::to_string)
+                .collect();
+            (m.as_str(), to)
+        })
+        .collect();
+    fn visit<'a>(
+        m: &'a str,
+        edges: &'a BTreeMap<&'a str, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == m) {
+            let mut c = path[i..].to_vec();
+            c.push(m.to_string());
+            return Some(c);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_string());
+        for t in edges.get(m).into_iter().flatten() {
+            if let Some(c) = visit(t, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(m.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges.keys().find_map(|m| visit(m, &edges, &mut Vec::new(), &mut done))
+}
+
+fn core_sources() -> BTreeMap<String, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+        .map(|e| {
+            let name = e.path().file_stem().unwrap().to_string_lossy().to_string();
+            (name, std::fs::read_to_string(e.path()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn the_core_depends_on_no_runtime_io_crate() {
+    let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.lock")).unwrap();
+    let all = closure(&lock, "troupe-core");
+    assert!(all.contains("foca"), "the closure reader found nothing: {all:?}");
+    assert_eq!(banned_deps(&lock), Vec::<String>::new(), "troupe-core must not depend on these");
+    // And the check fails when the invariant is broken (tokio, and mio through it).
+    let broken = "[[package]]\nname = \"troupe-core\"\nversion = \"0.1.0\"\ndependencies = [\"foca\", \"tokio 1.0.0\"]\n\n\
+                  [[package]]\nname = \"tokio\"\nversion = \"1.0.0\"\ndependencies = [\"mio\"]\n\n\
+                  [[package]]\nname = \"mio\"\nversion = \"1.0.0\"\n";
+    assert_eq!(banned_deps(broken), vec!["mio".to_string(), "tokio".to_string()], "the check must catch tokio");
+}
+
+#[test]
+fn no_clock_socket_or_file_in_the_core() {
+    let found: Vec<String> = core_sources().iter().flat_map(|(m, src)| banned_calls(m, src)).collect();
+    assert!(found.is_empty(), "the core must take time, randomness and I/O from its shell: {found:#?}");
+    let broken =
+        "fn f() -> u64 {\n    std::time::Instant::now();\n    0\n}\n#[cfg(test)]\nfn t() { Instant::now(); }\n";
+    assert_eq!(banned_calls("x", broken), vec!["x:2: Instant::now".to_string()], "the scan must catch a clock read");
+}
+
+#[test]
+fn no_cycle_among_core_modules() {
+    let modules = core_sources();
+    assert!(modules.contains_key("membership") && modules.contains_key("sim"), "{:?}", modules.keys());
+    assert_eq!(cycle(&modules), None);
+    let mut broken = modules.clone();
+    broken.insert("health".into(), format!("use crate::membership::View;\n{}", modules["health"]));
+    assert!(cycle(&broken).is_some(), "the cycle check must catch health -> membership -> health");
+}
