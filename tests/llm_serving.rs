@@ -282,10 +282,11 @@ fn client_disconnect_cancels_generation_everywhere() {
         conns.push(r);
     }
     // The gauge is refreshed on the worker's tick: poll it rather than read it once.
-    let busy =
-        common::wait_for_or_last(Duration::from_secs(10), || metric_sum(&c, "troupe_llm_num_requests_running{"), |b| {
-            *b >= 1.0
-        });
+    let busy = common::wait_for_or_last(
+        Duration::from_secs(10),
+        || metric_sum(&c, "troupe_llm_num_requests_running{"),
+        |b| *b >= 1.0,
+    );
     assert!(busy >= 1.0, "requests should be running, saw {busy}");
     drop(conns);
     wait_for("every worker to stop generating for the departed clients", Duration::from_secs(20), || {
