@@ -10,7 +10,7 @@
 use crate::actor::{Delivery, current_trace};
 use crate::node::{Node, Target};
 use crate::reply::{Reply, ReplyStream, ReplyTo, StreamTo};
-use crate::retry::{Retry, worth_retrying};
+use crate::retry::{Retry, rerouted, worth_retrying};
 use crate::slot::LocalSlot;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -109,6 +109,7 @@ impl<P: Protocol> ActorHandle<P> {
         let mut msg = msg;
         let mut retry = Retry::new();
         loop {
+            let routed_in = self.node.placement_version();
             let err = match self.resolve().await {
                 Ok(Resolved::Local(slot)) => match slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace }) {
                     Ok(()) => return Ok(()),
@@ -129,6 +130,7 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
+            let err = rerouted(err, self.node.placement_version() != routed_in);
             let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();
@@ -152,6 +154,7 @@ impl<P: Protocol> ActorHandle<P> {
             if left.is_zero() {
                 return Err(timeout_err());
             }
+            let routed_in = self.node.placement_version();
             let err = match self.resolve().await {
                 Ok(Resolved::Local(slot)) => {
                     let (tx, rx) = oneshot::channel();
@@ -188,7 +191,12 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
-            let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
+            let err = rerouted(err, self.node.placement_version() != routed_in);
+            let now = Instant::now();
+            let Some(pause) = retry.after(&err, now) else {
+                // Past the deadline a transient refusal is reported as the timeout it is.
+                return Err(if now >= deadline && worth_retrying(&err) { timeout_err() } else { err });
+            };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();
             tokio::time::sleep(pause).await;
@@ -203,6 +211,7 @@ impl<P: Protocol> ActorHandle<P> {
         let mut msg = msg;
         let mut retry = Retry::new();
         loop {
+            let routed_in = self.node.placement_version();
             let err = match self.resolve().await {
                 Ok(Resolved::Local(slot)) => {
                     let (tx, rx) = mpsc::channel(self.node.stream_buffer());
@@ -228,6 +237,7 @@ impl<P: Protocol> ActorHandle<P> {
                 }
                 Err(e) => e,
             };
+            let err = rerouted(err, self.node.placement_version() != routed_in);
             let Some(pause) = retry.after(&err, Instant::now()) else { return Err(err) };
             // The target moved or its node is gone: resolve afresh next time.
             self.remote.lock().take();

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::placement::{self, Candidate};
 use crate::registry::Registry;
 use crate::reply::{ReplySink, ReplyStream, StreamEvent};
-use crate::retry::Retry;
+use crate::retry::{Retry, rerouted};
 use crate::slot::{ErasedSlot, WireRequest};
 use crate::stats::{ActorEntry, ActorStats};
 use crate::store::{Recovered, Store, StoreError, WriteOp};
@@ -659,16 +659,19 @@ impl Node {
     pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
         let mut retry = Retry::new();
         loop {
+            let routed_in = self.placement_version();
             let r = match self.resolve(path).await {
                 Ok(Target::Local(slot)) => slot.deliver_bytes(&payload, WireRequest::Tell, trace),
                 Ok(Target::Remote(n)) => self.send_remote(&n, path, trace, payload.clone()).await,
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) => match retry.after(&e, Instant::now()) {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(e),
+                    }
+                }
                 ok => return ok,
             }
         }
@@ -689,6 +692,7 @@ impl Node {
             if left.is_zero() {
                 return Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 });
             }
+            let routed_in = self.placement_version();
             let r = match self.resolve(path).await {
                 Ok(Target::Local(slot)) => {
                     let (tx, rx) = oneshot::channel();
@@ -708,10 +712,20 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) => match retry.after(&e, Instant::now()) {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    let now = Instant::now();
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), now) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        // Past the deadline a transient refusal is reported as the timeout it is.
+                        None if now >= deadline && crate::retry::worth_retrying(&e) => {
+                            return Err(RemoteError::Timeout {
+                                path: path.to_string(),
+                                ms: timeout.as_millis() as u64,
+                            });
+                        }
+                        None => return Err(e),
+                    }
+                }
                 ok => return ok,
             }
         }
@@ -726,6 +740,7 @@ impl Node {
     ) -> Result<RawStream, RemoteError> {
         let mut retry = Retry::new();
         loop {
+            let routed_in = self.placement_version();
             let r: Result<RawStream, RemoteError> = match self.resolve(path).await {
                 Ok(Target::Local(slot)) => {
                     let (tx, rx) = mpsc::channel(self.stream_buffer());
@@ -740,10 +755,12 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) => match retry.after(&e, Instant::now()) {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(e),
-                },
+                Err(e) => {
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(e),
+                    }
+                }
                 ok => return ok,
             }
         }

@@ -32,8 +32,12 @@ use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 use troupe_wire::introspect::MemberState;
 
-/// Join ticks between announces to seeds that are not seen alive (when not alone).
-const SEED_RETRY_EVERY: u64 = 10;
+/// How often a node that is not alone announces to seeds it does not see alive: ten
+/// join retries, at least a second (a time, not a count, so a small `join_retry_ms`
+/// cannot turn it into a flood).
+fn seed_retry_every(t: &MembershipTuning) -> Duration {
+    Duration::from_millis((10 * t.join_retry_ms).max(1000))
+}
 
 /// SWIM settings of a cluster (`[membership]` of the cluster file).
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +211,7 @@ pub struct Membership {
     suspect_since: BTreeMap<String, Instant>,
     next_join: Instant,
     next_period: Instant,
-    join_ticks: u64,
+    next_seed_retry: Instant,
 }
 
 fn foca_config(t: &MembershipTuning, n: usize) -> Config {
@@ -273,9 +277,9 @@ impl Membership {
             // The first join attempt is due at once; the first period one period in.
             next_join: now,
             next_period: now + Duration::from_millis(tuning.probe_period_ms),
+            next_seed_retry: now + seed_retry_every(&tuning),
             tuning,
             suspect_since: BTreeMap::new(),
-            join_ticks: 0,
         }
     }
 
@@ -339,8 +343,10 @@ impl Membership {
             // not alone: after a partition longer than `remove_down_after_ms` both
             // sides have forgotten each other, and foca's announces to down members no
             // longer reach the other side.
-            self.join_ticks = self.join_ticks.wrapping_add(1);
-            let lost_seeds = self.join_ticks.is_multiple_of(SEED_RETRY_EVERY);
+            let lost_seeds = now >= self.next_seed_retry;
+            if lost_seeds {
+                self.next_seed_retry = now + seed_retry_every(&self.tuning);
+            }
             for s in self.seeds.clone() {
                 let seen_alive = self.view.members.get(&s.name).is_some_and(|m| m.state == MemberState::Alive);
                 if s.name != self.me.name && (alone || (lost_seeds && !seen_alive)) {

@@ -11,13 +11,16 @@
 //!   that can live elsewhere resolves afresh, and a path pinned to that node (a
 //!   per-node actor such as `/troupe/replica/<node>`) fails at once instead of
 //!   waiting out its deadline against a dead peer.
-//! - A call makes at most [`ATTEMPTS_MAX`] attempts and never sleeps past its deadline.
+//! - A call makes at most [`ATTEMPTS_MAX`] attempts (about 850 ms of pauses in all) and
+//!   never sleeps past its deadline.
+//! - `NodeDown` from a node that the view dropped *while* the call was being routed is
+//!   a stale route, not a pinned path: the caller turns it into a retry ([`rerouted`]).
 
 use std::time::{Duration, Instant};
 use troupe_wire::RemoteError;
 
 /// Attempts of one send while the target restarts or moves.
-pub const ATTEMPTS_MAX: u32 = 8;
+pub const ATTEMPTS_MAX: u32 = 10;
 /// The longest pause between two attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
@@ -30,6 +33,18 @@ pub fn worth_retrying(e: &RemoteError) -> bool {
 /// 4, 8, 16 … ms, capped at [`BACKOFF_MAX`].
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(2u64 << attempt.min(16)).min(BACKOFF_MAX)
+}
+
+/// `err` as the retry policy should see it, given whether the membership view changed
+/// since the attempt was routed: a node held down that the route was computed before
+/// is a stale route (retry, re-resolving), not a path pinned to a dead node.
+pub fn rerouted(err: RemoteError, view_changed: bool) -> RemoteError {
+    match err {
+        RemoteError::NodeDown { node } if view_changed => {
+            RemoteError::Unreachable { node, reason: "held down while this request was routed to it".into() }
+        }
+        e => e,
+    }
 }
 
 /// The retry state of one call.
@@ -98,6 +113,14 @@ mod tests {
         ] {
             assert_eq!(Retry::new().after(&e, now), None, "{e}");
         }
+    }
+
+    #[test]
+    fn a_node_held_down_after_routing_is_a_stale_route() {
+        let now = Instant::now();
+        let down = || RemoteError::NodeDown { node: "n3".into() };
+        assert!(Retry::new().after(&rerouted(down(), true), now).is_some(), "the view changed: re-resolve");
+        assert!(Retry::new().after(&rerouted(down(), false), now).is_none(), "same view: a pinned path");
     }
 
     #[test]

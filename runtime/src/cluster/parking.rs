@@ -17,6 +17,8 @@
 //! - An ask that outlived its timeout while parked is answered `Timeout` and not
 //!   delivered: its caller has given up, and acting on it anyway would, for example,
 //!   consume a rate-limit token nobody was granted.
+//! - A queue is closed when its task ends however it ends (a drop guard): requests
+//!   still in it are answered `Restarting`, and the lane delivers directly again.
 //! - Bounded: a queue holds at most the kind's `mailbox_cap` requests (beyond that the
 //!   request is refused with `MailboxFull`, as a full mailbox would refuse it); closed
 //!   queues are dropped from the lane's map when a new activation starts, and all of
@@ -92,8 +94,9 @@ impl Parking {
         let queue: Queue = Arc::new(Mutex::new(Some(VecDeque::from([p]))));
         self.queues.insert(path.clone(), queue.clone());
         self.open.fetch_add(1, Ordering::AcqRel);
-        let open = self.open.clone();
+        let guard = CloseOnDrop { queue: queue.clone(), open: self.open.clone(), path: path.clone() };
         tokio::spawn(async move {
+            let _guard = guard;
             let slot = node.activate_local(&path).await;
             loop {
                 let next = {
@@ -104,10 +107,7 @@ impl Parking {
                     }
                     next
                 };
-                let Some(p) = next else {
-                    open.fetch_sub(1, Ordering::Release);
-                    return;
-                };
+                let Some(p) = next else { return };
                 if let Some((at, ms)) = p.expires
                     && Instant::now() >= at
                 {
@@ -127,5 +127,25 @@ impl Parking {
                 }
             }
         });
+    }
+}
+
+/// Closes an activation's queue when its task ends, however it ends: a task that
+/// panicked or was aborted must not leave its target's later requests queued forever.
+/// What is still queued then is answered `Restarting` (the caller's handle retries).
+struct CloseOnDrop {
+    queue: Queue,
+    open: Arc<AtomicUsize>,
+    path: ActorPath,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let left = self.queue.lock().take().unwrap_or_default();
+        for p in left {
+            p.request.fail(RemoteError::Restarting { path: self.path.to_string(), retry_after_ms: 20 });
+        }
+        // Only now, with the queue closed and emptied, may the lane deliver directly.
+        self.open.fetch_sub(1, Ordering::Release);
     }
 }

@@ -82,11 +82,6 @@ pub enum RemoteError {
     UnknownPath { path: String, reason: String },
     #[error("node {node} is unreachable: {reason}")]
     Unreachable { node: String, reason: String },
-    /// The sending node's membership view holds `node` down: nothing is sent to it
-    /// (and nothing waits on it) until it rejoins. Retrying within the same request is
-    /// pointless; a later request may be placed on a live node.
-    #[error("node {node} is down in this node's membership view; nothing is sent to it until it rejoins")]
-    NodeDown { node: String },
     #[error("timed out after {ms} ms waiting for {path}")]
     Timeout { path: String, ms: u64 },
     #[error("mailbox of {path} is full ({cap} messages, mailbox_cap); retry later")]
@@ -109,6 +104,13 @@ pub enum RemoteError {
     Invalid(String),
     #[error("cancelled")]
     Cancelled,
+    // New variants go last: bincode numbers variants by position, so a variant added
+    // in the middle would shift every later one for a peer or client built earlier.
+    /// The sending node's membership view holds `node` down: nothing is sent to it
+    /// (and nothing waits on it) until it rejoins. Retrying within the same request is
+    /// pointless; a later request may be placed on a live node.
+    #[error("node {node} is down in this node's membership view; nothing is sent to it until it rejoins")]
+    NodeDown { node: String },
 }
 
 impl RemoteError {
