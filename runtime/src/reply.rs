@@ -27,6 +27,11 @@ pub trait ReplySink: Send + Sync {
     /// Resolves to `false` when the consumer is gone (cancelled or disconnected).
     fn stream_item(&self, corr: u64, payload: Vec<u8>) -> BoxFuture<'_, bool>;
     fn stream_end(&self, corr: u64, result: Result<(), RemoteError>);
+    /// Whether the asker of `corr` has cancelled it (gave up waiting): the request need
+    /// not run. Only sinks that hear cancellations know; the others say `false`.
+    fn is_cancelled(&self, _corr: u64) -> bool {
+        false
+    }
 }
 
 /// How a message wants to be answered.

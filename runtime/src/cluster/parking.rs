@@ -14,8 +14,8 @@
 //!   frame of the lane for that target goes into it; the task closes the queue (under
 //!   its lock) only when it is empty, so a frame delivered directly afterwards cannot
 //!   overtake a parked one.
-//! - An ask that outlived its timeout while parked is answered `Timeout` and not
-//!   delivered: its caller has given up, and acting on it anyway would, for example,
+//! - An ask that outlived its timeout while parked, or that its asker cancelled, is
+//!   answered `Timeout` (not sent, if cancelled) and not delivered: its caller has given up, and acting on it anyway would, for example,
 //!   consume a rate-limit token nobody was granted.
 //! - A queue is closed when its task ends however it ends (a drop guard): requests
 //!   still in it are answered `Restarting`, and the lane delivers directly again.
@@ -108,6 +108,15 @@ impl Parking {
                     next
                 };
                 let Some(p) = next else { return };
+                if let WireRequest::Ask { sink, corr } = &p.request
+                    && sink.is_cancelled(*corr)
+                {
+                    // The asker cancelled while the request was parked: do not run it.
+                    // (Answering settles the cancellation; the answer is not sent.)
+                    let (path, ms) = (p.path.to_string(), p.expires.map_or(0, |(_, ms)| ms));
+                    p.request.fail(RemoteError::Timeout { path, ms });
+                    continue;
+                }
                 if let Some((at, ms)) = p.expires
                     && Instant::now() >= at
                 {

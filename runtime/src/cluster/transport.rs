@@ -211,6 +211,9 @@ async fn lane_writer(
     }
 }
 
+/// Cancellations a link remembers at most (correlation ids).
+const CANCELLED_MAX: usize = 65_536;
+
 /// Where replies to a request go: back on the link it came from.
 struct LinkSink {
     link: Arc<Link>,
@@ -219,6 +222,11 @@ struct LinkSink {
 
 impl ReplySink for LinkSink {
     fn reply(&self, corr: u64, result: Result<Vec<u8>, RemoteError>) {
+        // The asker cancelled (it timed out): nobody reads this answer, and the
+        // cancellation is settled.
+        if self.link.cancelled.lock().remove(&corr) {
+            return;
+        }
         if let Err((_, frame)) = self.link.try_send(self.lane, Frame::Reply { corr, result }) {
             // Never drop an answer because a lane is momentarily full.
             let link = self.link.clone();
@@ -245,6 +253,9 @@ impl ReplySink for LinkSink {
                 link.send_wait(lane, frame).await;
             });
         }
+    }
+    fn is_cancelled(&self, corr: u64) -> bool {
+        self.link.cancelled.lock().contains(&corr)
     }
 }
 
@@ -643,7 +654,13 @@ impl Transport {
                 }
             }
             Frame::Cancel { corr } => {
-                link.cancelled.lock().insert(corr);
+                let mut c = link.cancelled.lock();
+                // Bounded: a cancel that raced its own answer is never settled; past the
+                // cap the oldest knowledge goes (at worst a cancelled request still runs).
+                if c.len() >= CANCELLED_MAX {
+                    c.clear();
+                }
+                c.insert(corr);
             }
             Frame::JsonAsk { target, corr, timeout_ms, json, stream, trace } => {
                 let Some(node) = self.node() else { return };
