@@ -260,6 +260,7 @@ async fn write_to(node: &Node, to: &str, key: &str, op: WriteOp) -> Result<(), S
 pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
     let key = path.to_string();
     let deadline = Instant::now() + RECOVER_DEADLINE;
+    let mut first_round = true;
     loop {
         let set = replica_set(node, path, rf)?;
         if set.first().map(String::as_str) != Some(node.name()) {
@@ -312,7 +313,14 @@ pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Re
             }
             return Ok(best);
         }
-        tracing::info!(path = %key, problems = %problems.join("; "), "recovery round incomplete; retrying");
+        // The first incomplete round says why recovery waits; the retries after it would
+        // only repeat it every 100 ms.
+        if first_round {
+            tracing::info!(path = %key, problems = %problems.join("; "), "recovery round incomplete; retrying");
+            first_round = false;
+        } else {
+            tracing::debug!(path = %key, problems = %problems.join("; "), "recovery round incomplete; retrying");
+        }
         if Instant::now() >= deadline {
             return Err(StoreError::Read(format!(
                 "cannot recover {key}: live nodes do not agree yet ({})",
