@@ -19,7 +19,7 @@ use crate::config::{KindSpec, Loaded, Placement};
 use crate::handle::ActorHandle;
 use crate::kinds::{KindInstance, KindRegistry};
 use crate::metrics::Metrics;
-use crate::placement::{self, Candidate};
+use crate::placement::Candidate;
 use crate::registry::Registry;
 use crate::reply::{ReplySink, ReplyStream, StreamEvent};
 use crate::retry::{Retry, rerouted};
@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use troupe_core::directory::{self, Route};
 use troupe_wire::introspect::{ActorInfo, Health, MemberInfo, MemberState, SpanRecord, SystemHealth};
 use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId};
 
@@ -366,15 +367,10 @@ impl Node {
             Placement::PerNode if self.has_role(ks.role.as_deref()) => {
                 ActorPath::new(&ks.system, &ks.name, me).into_iter().collect()
             }
-            Placement::Singleton => {
-                let key = format!("/{}/{}", ks.system, ks.name);
-                match placement::owner(&key, &self.candidates_shared(), ks.role.as_deref()) {
-                    Some(c) if &c.name == me => {
-                        ActorPath::new(&ks.system, &ks.name, KindSpec::singleton_key()).into_iter().collect()
-                    }
-                    _ => Vec::new(),
-                }
-            }
+            Placement::Singleton => ActorPath::new(&ks.system, &ks.name, KindSpec::singleton_key())
+                .into_iter()
+                .filter(|p| self.owner_of(ks, p).is_ok_and(|o| &o == me))
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -490,68 +486,15 @@ impl Node {
         }
     }
 
-    /// The node that should own `path` in the current view.
+    /// The node that should own `path` in the current view (the directory's answer).
     pub fn owner_of(&self, ks: &KindSpec, path: &ActorPath) -> Result<String, RemoteError> {
-        let unknown = |reason: String| RemoteError::UnknownPath { path: path.to_string(), reason };
-        match ks.placement {
-            Placement::PerNode => {
-                let node = path.key().split('.').next().unwrap_or("");
-                let spec = self
-                    .0
-                    .loaded
-                    .cluster
-                    .node(node)
-                    .ok_or_else(|| unknown(format!("no node `{node}` in the cluster")))?;
-                if let Some(r) = &ks.role
-                    && !spec.roles.contains(r)
-                {
-                    return Err(unknown(format!("node `{node}` does not have role `{r}`")));
-                }
-                Ok(node.to_string())
-            }
-            Placement::Singleton => {
-                if path.key() != KindSpec::singleton_key() {
-                    return Err(unknown(format!(
-                        "`{}` is a singleton; its key is `{}`",
-                        ks.name,
-                        KindSpec::singleton_key()
-                    )));
-                }
-                let key = format!("/{}/{}", ks.system, ks.name);
-                placement::owner(&key, &self.candidates_shared(), ks.role.as_deref())
-                    .map(|c| c.name.clone())
-                    .ok_or_else(|| RemoteError::Unreachable {
-                        node: "-".into(),
-                        reason: format!("no live node can host {key}"),
-                    })
-            }
-            Placement::Sharded => placement::owner(path.as_str(), &self.candidates_shared(), ks.role.as_deref())
-                .map(|c| c.name.clone())
-                .ok_or_else(|| RemoteError::Unreachable {
-                    node: "-".into(),
-                    reason: format!("no live node can host {path}"),
-                }),
-        }
+        directory::owner_of(&ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)
     }
 
     /// The nodes that hold `path`'s durable state: its owner first, then the next
     /// `rf - 1` live nodes in rendezvous order.
     pub fn replica_set(&self, ks: &KindSpec, path: &ActorPath, rf: u64) -> Result<Vec<String>, RemoteError> {
-        let owner = self.owner_of(ks, path)?;
-        let key = match ks.placement {
-            Placement::Singleton => format!("/{}/{}", ks.system, ks.name),
-            _ => path.to_string(),
-        };
-        let cands = self.candidates_shared();
-        let mut set = vec![owner.clone()];
-        set.extend(
-            placement::rank(&key, &cands, ks.role.as_deref())
-                .into_iter()
-                .filter(|c| c.name != owner)
-                .take(rf.saturating_sub(1) as usize)
-                .map(|c| c.name.clone()),
-        );
-        Ok(set)
+        directory::replica_set(&ks.place(), path, rf, &self.candidates_shared(), &self.0.loaded.cluster)
     }
 
     /// Finds or activates `path`.
@@ -578,11 +521,10 @@ impl Node {
                 format!("no system `{}` is enabled", path.system())
             },
         })?;
-        let owner = self.owner_of(ks, path)?;
-        if owner != self.0.name {
-            return Ok(Located::Remote(owner));
+        match directory::route(&self.0.name, &ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)? {
+            Route::Remote(owner) => Ok(Located::Remote(owner)),
+            Route::Here => Ok(Located::ActivateHere),
         }
-        Ok(Located::ActivateHere)
     }
 
     /// Activates `path` on this node through its kind supervisor.

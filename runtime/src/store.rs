@@ -74,6 +74,12 @@ pub struct Recovered {
     pub entries: Vec<(u64, Vec<u8>)>,
 }
 
+impl troupe_core::replication::Versioned for Recovered {
+    fn last_seq(&self) -> u64 {
+        Recovered::last_seq(self)
+    }
+}
+
 impl Recovered {
     /// The operations that make another store hold exactly this state.
     pub fn as_ops(&self, path: &str) -> Vec<WriteOp> {

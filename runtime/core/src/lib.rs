@@ -8,6 +8,8 @@
 //! - [`membership`]: SWIM (foca) with troupe's glue — timer queue, join retries, local
 //!   health, the stale-suspicion watchdog, the membership view and its events.
 //! - [`placement`]: weighted rendezvous hashing over the live members.
+//! - [`directory`]: the owner and the replica set of a path in a view.
+//! - [`replication`]: primary-backup's decisions (fencing, fail-over, recovery).
 //! - [`retry`]: the one retry policy of every send.
 //! - [`restart`]: supervision's restart policy (strategies, intensity, backoff).
 //! - [`chaos`]: fault rules (drop, delay, partition) with expiry.
@@ -18,9 +20,11 @@
 //! here reads a clock or the OS's randomness (tests/tidy.rs, clippy.toml).
 
 pub mod chaos;
+pub mod directory;
 pub mod health;
 pub mod membership;
 pub mod placement;
+pub mod replication;
 pub mod restart;
 pub mod retry;
 pub mod sim;

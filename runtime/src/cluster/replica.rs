@@ -22,6 +22,7 @@ use crate::store::{Recovered, StoreError, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use troupe_core::replication::{self, FAILOVER_ROUNDS_MAX, Recovery, RecoveryRound, WriteCheck, WriteRound, WriteStep};
 use troupe_wire::{ActorPath, Protocol, RemoteError};
 
 pub struct ReplicaProto;
@@ -54,8 +55,6 @@ pub enum ReplicaReply {
 
 /// How long one replication round trip may take.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
-/// Rounds of one write while its replica set changes under it (members declared down).
-const FAILOVER_ROUNDS_MAX: usize = 3;
 /// A replica ask that takes this long is logged.
 const SLOW_REPLICA_ASK: Duration = Duration::from_millis(250);
 /// How long recovery waits for every live node to agree on the new owner.
@@ -102,16 +101,11 @@ impl Behavior for ReplicaAgent {
     }
 }
 
-/// Whether `owner` owns `path` in this node's view.
-fn check_owner(node: &Node, path: &str, owner: &str) -> Result<(), String> {
+/// The owner of `path` in this node's view, or why there is none.
+fn view_owner(node: &Node, path: &str) -> Result<String, String> {
     let p = ActorPath::parse(path).map_err(|e| e.to_string())?;
     let ks = node.kind_spec(p.system(), p.kind()).ok_or_else(|| format!("no kind for {path} here"))?;
-    let mine = node.owner_of(ks, &p).map_err(|e| e.to_string())?;
-    if mine == owner {
-        Ok(())
-    } else {
-        Err(format!("{owner} is not the owner of {path} in {}'s view ({mine} is)", node.name()))
-    }
+    node.owner_of(ks, &p).map_err(|e| e.to_string())
 }
 
 fn last_seq(node: &Node, path: &str) -> Result<u64, StoreError> {
@@ -123,15 +117,29 @@ fn last_seq(node: &Node, path: &str) -> Result<u64, StoreError> {
 pub(crate) async fn apply(node: &Node, path: &str, owner: &str, ops: Vec<WriteOp>) -> ReplicaReply {
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let _guard = cluster.path_lock(path).lock().await;
-    if let Err(e) = check_owner(node, path, owner) {
-        return ReplicaReply::Refused(e);
-    }
-    if let Some(WriteOp::Append { seq, .. }) = ops.first() {
-        match last_seq(node, path) {
-            Ok(have) if have + 1 < *seq => return ReplicaReply::Gap { have },
-            Ok(_) => {}
+    let first_append = match ops.first() {
+        Some(WriteOp::Append { seq, .. }) => Some(*seq),
+        _ => None,
+    };
+    let have = match first_append {
+        Some(_) => match last_seq(node, path) {
+            Ok(have) => have,
             Err(e) => return ReplicaReply::Refused(e.to_string()),
-        }
+        },
+        None => 0,
+    };
+    let owner_here = view_owner(node, path);
+    match replication::check_write(
+        node.name(),
+        path,
+        owner,
+        owner_here.as_deref().map_err(Clone::clone),
+        first_append,
+        have,
+    ) {
+        WriteCheck::Accept => {}
+        WriteCheck::Gap { have } => return ReplicaReply::Gap { have },
+        WriteCheck::Refuse(why) => return ReplicaReply::Refused(why),
     }
     match node.store().write(ops).await {
         Ok(()) => ReplicaReply::Written,
@@ -142,8 +150,9 @@ pub(crate) async fn apply(node: &Node, path: &str, owner: &str, ops: Vec<WriteOp
 async fn load(node: &Node, path: &str, owner: &str) -> ReplicaReply {
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let _guard = cluster.path_lock(path).lock().await;
-    if let Err(e) = check_owner(node, path, owner) {
-        return ReplicaReply::Refused(e);
+    let owner_here = view_owner(node, path);
+    if let Err(why) = replication::check_load(node.name(), path, owner, owner_here.as_deref().map_err(Clone::clone)) {
+        return ReplicaReply::Refused(why);
     }
     match node.store().load(path) {
         Ok(r) => ReplicaReply::Loaded(r),
@@ -184,52 +193,57 @@ fn replica_set(node: &Node, path: &ActorPath, rf: u64) -> Result<Vec<String>, St
 pub(crate) async fn replicate(node: &Node, path: &ActorPath, rf: u64, op: WriteOp) -> Result<(), StoreError> {
     let key = path.to_string();
     let set = replica_set(node, path, rf)?;
-    if set.first().map(String::as_str) != Some(node.name()) {
+    let Some((mut round, mut step)) = WriteRound::start(node.name(), set) else {
         return Err(StoreError::Write(format!("{} does not own {key} in its view; the write is refused", node.name())));
-    }
+    };
     match apply(node, &key, node.name(), vec![op.clone()]).await {
         ReplicaReply::Written => {}
         ReplicaReply::Gap { have } => return Err(StoreError::Write(format!("local log of {key} ends at {have}: gap"))),
         other => return Err(StoreError::Write(format!("local write refused: {other:?}"))),
     }
-    // Every replica of the set must hold the entry. A replica that fails because the
-    // view now holds it down is replaced: the entry goes to the replica set of the
-    // current view instead (a fail-over of at most a few rounds, not a wait on the
-    // dead node). Acknowledging then is safe for the same reason as before: the entry
-    // is on disk on every member of the owner's replica set *as of the ack*; copies
-    // left on members that dropped out are extra and harmless (recovery takes the
-    // newest copy of every live node).
-    let mut set = set;
-    let mut holding: Vec<String> = vec![node.name().to_string()];
-    for _ in 0..FAILOVER_ROUNDS_MAX {
-        let todo: Vec<String> = set[1..].iter().filter(|r| !holding.contains(r)).cloned().collect();
+    // Every replica of the set must hold the entry; one the view drops meanwhile is
+    // replaced by the current set's (troupe_core::replication::WriteRound decides).
+    // Acknowledging then is safe for the same reason as before: the entry is on disk on
+    // every member of the owner's replica set *as of the ack*; copies left on members
+    // that dropped out are extra and harmless (recovery takes the newest copy of every
+    // live node).
+    let mut errors: HashMap<String, StoreError> = HashMap::new();
+    loop {
+        let todo = match step {
+            WriteStep::Send(todo) => todo,
+            WriteStep::Ack => return Ok(()),
+            WriteStep::LostOwnership => {
+                return Err(StoreError::Write(format!(
+                    "{} lost ownership of {key} while writing; the write is not acknowledged",
+                    node.name()
+                )));
+            }
+            WriteStep::ReplicaFailed(r) => {
+                return Err(errors.remove(&r).unwrap_or_else(|| StoreError::Write(format!("replica {r} failed"))));
+            }
+            WriteStep::SetKeptChanging => {
+                return Err(StoreError::Write(format!(
+                    "the replica set of {key} kept changing during the write ({FAILOVER_ROUNDS_MAX} rounds); not acknowledged"
+                )));
+            }
+        };
         let writes = todo.iter().map(|r| write_to(node, r, &key, op.clone()));
-        let mut failed = Vec::new();
+        let mut results = Vec::with_capacity(todo.len());
         for (r, res) in todo.iter().zip(futures::future::join_all(writes).await) {
-            match res {
-                Ok(()) => holding.push(r.clone()),
-                Err(e) => failed.push((r.clone(), e)),
+            if let Err(e) = res {
+                errors.insert(r.clone(), e);
+                results.push((r.clone(), false));
+            } else {
+                results.push((r.clone(), true));
             }
         }
-        let Some((_, first_err)) = failed.first() else { return Ok(()) };
+        let from = round.set().to_vec();
         let fresh = replica_set(node, path, rf)?;
-        if fresh.first().map(String::as_str) != Some(node.name()) {
-            return Err(StoreError::Write(format!(
-                "{} lost ownership of {key} while writing; the write is not acknowledged",
-                node.name()
-            )));
+        step = round.round_done(&results, fresh);
+        if matches!(step, WriteStep::Send(_)) {
+            tracing::info!(path = %key, from = ?from, to = ?round.set(), "replica held down; the write fails over");
         }
-        // Only a replica that left the set (held down) is failed over; a live replica
-        // that refused or timed out fails the write.
-        if failed.iter().any(|(r, _)| fresh.contains(r)) {
-            return Err(first_err.clone());
-        }
-        tracing::info!(path = %key, from = ?set, to = ?fresh, "replica held down; the write fails over");
-        set = fresh;
     }
-    Err(StoreError::Write(format!(
-        "the replica set of {key} kept changing during the write ({FAILOVER_ROUNDS_MAX} rounds); not acknowledged"
-    )))
 }
 
 /// Writes one op to replica `to`, syncing it first if its log has a gap.
@@ -278,41 +292,33 @@ pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Re
             }
         });
         let answers = futures::future::join_all(asks).await;
-        let mut copies: HashMap<String, Recovered> = HashMap::new();
-        let mut problems = Vec::new();
+        let mut round = RecoveryRound::new(node.name());
         for (n, a) in live.iter().zip(answers) {
             match a {
-                Ok(ReplicaReply::Loaded(r)) => {
-                    copies.insert(n.clone(), r);
-                }
-                Ok(other) => problems.push(format!("{n}: {other:?}")),
-                Err(e) => problems.push(format!("{n}: {e}")),
+                Ok(ReplicaReply::Loaded(r)) => round.copy(n, r),
+                Ok(other) => round.problem(n, format!("{other:?}")),
+                Err(e) => round.problem(n, e),
             }
         }
-        if problems.is_empty() {
-            let mine = copies.get(node.name()).cloned().unwrap_or_default();
-            let best =
-                copies.values().fold(mine.clone(), |a, b| if b.last_seq() > a.last_seq() { b.clone() } else { a });
-            if best != mine {
-                apply_local_full(node, &key, &best).await?;
-            }
-            for r in &set[1..] {
-                // A replica that handed over exactly this copy is already level: no
-                // write (an activation of a new entity then costs no disk write).
-                if copies.get(r) == Some(&best) {
-                    continue;
+        let problems = match round.outcome(&set) {
+            Recovery::Adopt { best, adopt_locally, sync } => {
+                if adopt_locally {
+                    apply_local_full(node, &key, &best).await?;
                 }
-                let msg =
-                    ReplicaMsg::Write { path: key.clone(), owner: node.name().to_string(), ops: best.as_ops(&key) };
-                match ask(node, r, msg).await {
-                    Ok(ReplicaReply::Written) => {}
-                    other => {
-                        tracing::warn!(replica = %r, path = %key, answer = ?other, "replica not synced at recovery")
+                for r in &sync {
+                    let msg =
+                        ReplicaMsg::Write { path: key.clone(), owner: node.name().to_string(), ops: best.as_ops(&key) };
+                    match ask(node, r, msg).await {
+                        Ok(ReplicaReply::Written) => {}
+                        other => {
+                            tracing::warn!(replica = %r, path = %key, answer = ?other, "replica not synced at recovery")
+                        }
                     }
                 }
+                return Ok(best);
             }
-            return Ok(best);
-        }
+            Recovery::Retry(problems) => problems,
+        };
         // The first incomplete round says why recovery waits; the retries after it would
         // only repeat it every 100 ms.
         if first_round {

@@ -87,6 +87,13 @@ impl Default for TransportTuning {
     }
 }
 
+/// Per-node paths name nodes of the cluster file, live or not.
+impl troupe_core::directory::Roster for ClusterConfig {
+    fn roles(&self, node: &str) -> Option<&[String]> {
+        self.node(node).map(|n| n.roles.as_slice())
+    }
+}
+
 impl ClusterConfig {
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)

@@ -30,20 +30,8 @@ impl Topology {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Placement {
-    /// One instance in the cluster (key `main`), moved when its node dies.
-    Singleton,
-    /// One instance on every node that has `role` (all nodes when `None`); the key is
-    /// the node name.
-    PerNode,
-    /// Keyed entities, activated on first message on the owner of the key.
-    Sharded,
-}
-
-impl Placement {
-    pub const NAMES: [&'static str; 3] = ["singleton", "per_node", "sharded"];
-}
+/// Where a kind's actors live (the directory's, in `troupe-core`).
+pub use troupe_core::directory::Placement;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SupervisionSpec {
@@ -76,7 +64,17 @@ pub struct KindSpec {
 
 impl KindSpec {
     pub fn singleton_key() -> &'static str {
-        "main"
+        troupe_core::directory::SINGLETON_KEY
+    }
+
+    /// What the directory needs to know of this kind.
+    pub fn place(&self) -> troupe_core::directory::Kind<'_> {
+        troupe_core::directory::Kind {
+            system: &self.system,
+            name: &self.name,
+            placement: self.placement,
+            role: self.role.as_deref(),
+        }
     }
 }
 
