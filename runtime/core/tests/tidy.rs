@@ -103,17 +103,25 @@ fn cycle(modules: &BTreeMap<String, String>) -> Option<Vec<String>> {
     edges.keys().find_map(|m| visit(m, &edges, &mut Vec::new(), &mut done))
 }
 
+/// The core's modules by top-level name; a module's folder (`sim/`) counts as one.
 fn core_sources() -> BTreeMap<String, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-        .map(|e| {
-            let name = e.path().file_stem().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read_to_string(e.path()).unwrap())
-        })
-        .collect()
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for e in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let mut files: Vec<_> = std::fs::read_dir(&p).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            files.sort();
+            for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "rs")) {
+                out.entry(name.clone()).or_default().push_str(&std::fs::read_to_string(f).unwrap());
+            }
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let name = p.file_stem().unwrap().to_string_lossy().to_string();
+            out.insert(name, std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    out
 }
 
 #[test]
