@@ -73,12 +73,7 @@ pub trait FromParams: Sized {
     }
 }
 
-/// What an actor's mailbox carries.
-pub enum Delivery<P: Protocol> {
-    Msg { msg: P::Msg, reply: Reply<P::Reply>, trace: TraceId },
-    Tick,
-    IdleCheck,
-}
+pub use crate::slot::Delivery;
 
 /// What the task handling a message knows about it.
 #[derive(Clone)]

@@ -145,3 +145,20 @@ impl KindRegistry {
         self.map.keys().map(|s| s.as_str()).collect()
     }
 }
+
+impl crate::config::KindCatalog for KindRegistry {
+    fn contains(&self, factory: &str) -> bool {
+        self.map.contains_key(factory)
+    }
+
+    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String> {
+        match self.map.get(factory) {
+            Some(f) => f.check_params(params),
+            None => Err(format!("unknown actor kind `{factory}`")),
+        }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        KindRegistry::names(self)
+    }
+}

@@ -10,7 +10,6 @@
 //! reading the count (both SeqCst), one of them always sees the other, so no message
 //! is accepted into a mailbox that is about to be dropped.
 
-use crate::actor::Delivery;
 use crate::reply::{Reply, ReplySink, ReplyTo, StreamTo};
 use crate::stats::ActorEntry;
 use parking_lot::RwLock;
@@ -19,6 +18,13 @@ use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId, codec};
+
+/// What an actor's mailbox carries.
+pub enum Delivery<P: Protocol> {
+    Msg { msg: P::Msg, reply: Reply<P::Reply>, trace: TraceId },
+    Tick,
+    IdleCheck,
+}
 
 /// How a request that arrived as bytes wants its answer. Whoever consumes it
 /// answers it exactly once (or not at all for a tell).

@@ -11,7 +11,6 @@ pub use cluster::{ClusterConfig, GpuSpec, MembershipTuning, NodeSpec, TransportT
 pub use diag::{ConfigErrors, Diag, Diags, Doc};
 pub use topology::{KindSpec, Placement, RouteSpec, SupervisionSpec, Topology};
 
-use crate::kinds::KindRegistry;
 use std::path::Path;
 
 /// A cluster file and the topologies of its enabled systems, all checked.
@@ -40,8 +39,20 @@ fn read_doc(path: &Path, diags: &Diags, what: &str, help: &str) -> Option<Doc> {
     }
 }
 
+/// The actor kinds a configuration may name: loading checks factories and their
+/// params through this, without knowing the node (`KindRegistry` is the one the node
+/// uses).
+pub trait KindCatalog {
+    /// Whether a kind named `factory` is registered.
+    fn contains(&self, factory: &str) -> bool;
+    /// Checks `params` for the registered kind `factory`.
+    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String>;
+    /// Every registered kind's name, for "did you mean".
+    fn names(&self) -> Vec<&str>;
+}
+
 /// Loads `cluster_file` and every topology it enables.
-pub fn load(cluster_file: &Path, kinds: &KindRegistry) -> Result<Loaded, ConfigErrors> {
+pub fn load(cluster_file: &Path, kinds: &dyn KindCatalog) -> Result<Loaded, ConfigErrors> {
     let diags = Diags::new();
     let doc = read_doc(
         cluster_file,
@@ -61,7 +72,7 @@ pub fn load(cluster_file: &Path, kinds: &KindRegistry) -> Result<Loaded, ConfigE
 pub fn load_topologies(
     cluster: &ClusterConfig,
     cluster_doc: Option<&Doc>,
-    kinds: &KindRegistry,
+    kinds: &dyn KindCatalog,
     diags: &Diags,
 ) -> Vec<Topology> {
     let mut out: Vec<Topology> = Vec::new();

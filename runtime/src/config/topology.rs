@@ -4,9 +4,9 @@
 //! a factory registered in code, and loading checks that it exists and accepts the
 //! parameters.
 
+use super::KindCatalog;
 use super::diag::{Diags, Doc, suggest};
 use super::reader::Tbl;
-use crate::kinds::KindRegistry;
 use crate::supervision::policy::{Intensity, Strategy};
 use std::path::PathBuf;
 use troupe_wire::path::check_name;
@@ -132,7 +132,7 @@ fn supervision(t: Option<Tbl<'_>>) -> SupervisionSpec {
 pub fn load_topology(
     doc: &Doc,
     diags: &Diags,
-    kinds: &KindRegistry,
+    kinds: &dyn KindCatalog,
     overrides: Option<&toml::Table>,
 ) -> Option<Topology> {
     let root = Tbl::root(doc, diags);
@@ -179,8 +179,8 @@ pub fn load_topology(
                     doc.key_error(diags, &k.path, e.to_string(), None);
                 }
                 let factory = k.opt_str("factory").unwrap_or_else(|| format!("{name}.{kname}"));
-                let f = kinds.get(&factory);
-                if f.is_none() {
+                let known_kind = kinds.contains(&factory);
+                if !known_kind {
                     let known = kinds.names();
                     let at = if k.has("factory") { "factory" } else { "" };
                     let msg = format!("unknown actor kind `{factory}`");
@@ -226,9 +226,7 @@ pub fn load_topology(
                         params.insert(key.clone(), v.clone());
                     }
                 }
-                if let Some(f) = &f
-                    && let Err(e) = f.check_params(&params)
-                {
+                if known_kind && let Err(e) = kinds.check_params(&factory, &params) {
                     let help = Some(format!("see the parameters of `{factory}` in docs/ (the kind's params struct)"));
                     k.error("params", format!("bad params for `{factory}`: {e}"), help);
                 }
