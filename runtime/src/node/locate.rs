@@ -1,0 +1,119 @@
+//! Where a path lives: the owner in the current view (troupe-core's directory), the
+//! local registry, activation and handoff.
+
+use super::*;
+use crate::config::KindSpec;
+use crate::placement::Candidate;
+use crate::slot::ErasedSlot;
+use crate::supervision::SupMsg;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use troupe_core::directory::{self, Route};
+use troupe_wire::{ActorPath, RemoteError};
+
+impl Node {
+    pub fn kind_spec(&self, system: &str, kind: &str) -> Option<&KindSpec> {
+        self.instances().get(system, kind).map(|i| i.spec().as_ref())
+    }
+
+    /// Live members placement may use (just this node when not clustered).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.candidates_shared().as_ref().clone()
+    }
+
+    /// The same, shared: rebuilt only when membership changes.
+    pub fn candidates_shared(&self) -> Arc<Vec<Candidate>> {
+        match self.cluster() {
+            Some(c) => c.candidates_shared(),
+            None => self.0.alone.get_or_init(|| Arc::new(self.alone_candidates())).clone(),
+        }
+    }
+
+    /// Version of the membership view placement reads (0 when not clustered):
+    /// a cached placement decision is valid while it does not change.
+    pub fn placement_version(&self) -> u64 {
+        self.cluster().map(|c| c.view_version()).unwrap_or(0)
+    }
+
+    pub(super) fn alone_candidates(&self) -> Vec<Candidate> {
+        match self.cluster() {
+            Some(c) => c.candidates(),
+            None => {
+                let spec = self.0.loaded.cluster.node(&self.0.name);
+                vec![Candidate {
+                    name: self.0.name.clone(),
+                    roles: spec.map(|s| s.roles.clone()).unwrap_or_default(),
+                    weight: spec.map(|s| s.weight).unwrap_or(1.0),
+                }]
+            }
+        }
+    }
+
+    /// The node that should own `path` in the current view (the directory's answer).
+    pub fn owner_of(&self, ks: &KindSpec, path: &ActorPath) -> Result<String, RemoteError> {
+        directory::owner_of(&ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)
+    }
+
+    /// The nodes that hold `path`'s durable state: its owner first, then the next
+    /// `rf - 1` live nodes in rendezvous order.
+    pub fn replica_set(&self, ks: &KindSpec, path: &ActorPath, rf: u64) -> Result<Vec<String>, RemoteError> {
+        directory::replica_set(&ks.place(), path, rf, &self.candidates_shared(), &self.0.loaded.cluster)
+    }
+
+    /// Finds or activates `path`.
+    pub async fn resolve(&self, path: &ActorPath) -> Result<Target, RemoteError> {
+        match self.locate(path)? {
+            Located::Live(slot) => Ok(Target::Local(slot)),
+            Located::Remote(owner) => Ok(Target::Remote(owner)),
+            Located::ActivateHere => self.activate_local(path).await.map(Target::Local),
+        }
+    }
+
+    /// Where `path` is, without activating it (no waiting).
+    pub(crate) fn locate(&self, path: &ActorPath) -> Result<Located, RemoteError> {
+        if let Some(slot) = self.0.registry.get(path)
+            && slot.is_live()
+        {
+            return Ok(Located::Live(slot));
+        }
+        let ks = self.kind_spec(path.system(), path.kind()).ok_or_else(|| RemoteError::UnknownPath {
+            path: path.to_string(),
+            reason: if self.0.loaded.topology(path.system()).is_some() || path.system() == "troupe" {
+                format!("system `{}` has no kind `{}`", path.system(), path.kind())
+            } else {
+                format!("no system `{}` is enabled", path.system())
+            },
+        })?;
+        match directory::route(&self.0.name, &ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)? {
+            Route::Remote(owner) => Ok(Located::Remote(owner)),
+            Route::Here => Ok(Located::ActivateHere),
+        }
+    }
+
+    /// Activates `path` on this node through its kind supervisor.
+    pub async fn activate_local(&self, path: &ActorPath) -> Result<Arc<dyn ErasedSlot>, RemoteError> {
+        let sup = self.0.kind_sups.read().get(path.system(), path.kind()).cloned();
+        let restarting = || RemoteError::Restarting { path: path.to_string(), retry_after_ms: 50 };
+        let sup = sup.ok_or_else(restarting)?;
+        let (tx, rx) = oneshot::channel();
+        sup.send_message(SupMsg::Activate { path: path.clone(), reply: tx }).map_err(|_| restarting())?;
+        rx.await.map_err(|_| restarting())?
+    }
+
+    /// Stops the local actor at `path` (handoff after a membership change).
+    pub fn stop_local(&self, path: &ActorPath) {
+        let sup = self.0.kind_sups.read().get(path.system(), path.kind()).cloned();
+        if let Some(sup) = sup {
+            let _ = sup.send_message(SupMsg::StopChild { key: path.to_string() });
+        }
+    }
+
+    /// Local actor for `path`, if live here (no activation).
+    pub fn local_slot(&self, path: &ActorPath) -> Option<Arc<dyn ErasedSlot>> {
+        self.0.registry.get(path).filter(|s| s.is_live())
+    }
+
+    pub fn local_paths(&self, system: &str, kind: &str) -> Vec<ActorPath> {
+        self.0.registry.paths_of(system, kind)
+    }
+}

@@ -1,0 +1,225 @@
+//! A node: one process's share of the cluster. It owns the registry, the durable
+//! store, the supervision tree of every enabled system, metrics, recorded spans, and
+//! (when clustered) membership and transport. Everything an actor or a handle needs
+//! from "the runtime" goes through [`Node`].
+//!
+//! Supervision tree of a node:
+//! ```text
+//! /                        root (one_for_one)
+//! ├── /<system>            one per enabled system (strategy from [system.supervision])
+//! │   └── /<system>/<kind> one per kind (strategy from [kinds.<kind>.supervision])
+//! │       └── /<system>/<kind>/<key>   actors (singleton, per-node, or sharded entities)
+//! └── /troupe              built-in: the node agent /troupe/node/<name>
+//! ```
+
+use crate::cluster::Cluster;
+use crate::config::{KindSpec, Loaded, Placement};
+use crate::handle::ActorHandle;
+use crate::kinds::{KindInstance, KindRegistry};
+use crate::metrics::Metrics;
+use crate::placement::Candidate;
+use crate::registry::Registry;
+use crate::reply::StreamEvent;
+use crate::slot::ErasedSlot;
+use crate::stats::ActorEntry;
+use crate::store::{Store, StoreError};
+use crate::supervision::SupMsg;
+use parking_lot::{Mutex, RwLock};
+use ractor::ActorRef;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use troupe_wire::introspect::SpanRecord;
+use troupe_wire::{ActorPath, Protocol};
+
+mod boot;
+mod introspect;
+mod locate;
+mod routing;
+
+/// Spans kept per node for `troupe trace` (oldest dropped first).
+pub const SPANS_MAX: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node `{0}` is not in the cluster file")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build kind `{kind}` of system `{system}`: {reason}")]
+    Kind { system: String, kind: String, reason: String },
+    #[error("cannot start the supervision tree: {0}")]
+    Tree(String),
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// A raw stream: its events and a hook that cancels it.
+pub type RawStream = (mpsc::Receiver<StreamEvent<Vec<u8>>>, Box<dyn FnOnce() + Send>);
+
+/// A map keyed by (system, kind) that looks up with `&str`s, without building an
+/// owned key on every message.
+struct KindMap<V>(HashMap<String, HashMap<String, V>>);
+
+impl<V> Default for KindMap<V> {
+    fn default() -> Self {
+        KindMap(HashMap::new())
+    }
+}
+
+impl<V> KindMap<V> {
+    fn get(&self, system: &str, kind: &str) -> Option<&V> {
+        self.0.get(system)?.get(kind)
+    }
+    fn insert(&mut self, system: &str, kind: &str, v: V) {
+        self.0.entry(system.to_string()).or_default().insert(kind.to_string(), v);
+    }
+    fn len(&self) -> usize {
+        self.0.values().map(|m| m.len()).sum()
+    }
+}
+
+/// Where a path lives right now.
+pub enum Target {
+    Local(Arc<dyn ErasedSlot>),
+    Remote(String),
+}
+
+/// Where a path is, as [`Node::locate`] finds it.
+pub(crate) enum Located {
+    Live(Arc<dyn ErasedSlot>),
+    Remote(String),
+    /// This node owns it and it is not running: it must be activated here first
+    /// (which may take a while: activation recovers its durable state).
+    ActivateHere,
+}
+
+#[derive(Clone)]
+pub struct Node(Arc<NodeInner>);
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({})", self.0.name)
+    }
+}
+
+pub(crate) struct NodeInner {
+    name: String,
+    epoch: u64,
+    loaded: Arc<Loaded>,
+    kinds: KindRegistry,
+    registry: Registry,
+    store: Store,
+    metrics: Metrics,
+    /// Kind supervisors by (system, kind), updated when one restarts.
+    kind_sups: RwLock<KindMap<ActorRef<SupMsg>>>,
+    instances: OnceLock<KindMap<Arc<dyn KindInstance>>>,
+    root_entry: Arc<ActorEntry>,
+    root: Mutex<Option<ActorRef<SupMsg>>>,
+    spans: Mutex<VecDeque<SpanRecord>>,
+    started: Instant,
+    started_unix_us: u64,
+    cluster: OnceLock<Arc<Cluster>>,
+    /// This node as the only placement candidate, when not clustered.
+    alone: OnceLock<Arc<Vec<Candidate>>>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The built-in kinds of the `troupe` system (not from a topology file): the node
+/// agent and the replica agent, one of each per node.
+fn builtin_specs() -> Vec<KindSpec> {
+    vec![builtin_spec("node"), builtin_spec("replica")]
+}
+
+fn builtin_spec(kind: &str) -> KindSpec {
+    KindSpec {
+        system: "troupe".into(),
+        name: kind.into(),
+        factory: format!("troupe.{kind}"),
+        placement: Placement::PerNode,
+        role: None,
+        mailbox_cap: 1024,
+        passivate_after_ms: None,
+        replication_factor: 1,
+        supervision: Default::default(),
+        params: toml::Table::new(),
+    }
+}
+
+impl Node {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn instances(&self) -> &KindMap<Arc<dyn KindInstance>> {
+        static EMPTY: OnceLock<KindMap<Arc<dyn KindInstance>>> = OnceLock::new();
+        self.0.instances.get().unwrap_or_else(|| EMPTY.get_or_init(KindMap::default))
+    }
+
+    /// Boot epoch (ms since the Unix epoch): a restarted node is a new incarnation.
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch
+    }
+
+    pub fn loaded(&self) -> &Arc<Loaded> {
+        &self.0.loaded
+    }
+
+    pub fn kinds(&self) -> &KindRegistry {
+        &self.0.kinds
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.0.cluster.get()
+    }
+
+    pub(crate) fn set_cluster(&self, c: Arc<Cluster>) -> bool {
+        self.0.cluster.set(c).is_ok()
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<NodeInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
+        Node(inner)
+    }
+
+    pub fn default_ask_timeout(&self) -> Duration {
+        Duration::from_millis(self.0.loaded.cluster.transport.ask_timeout_ms)
+    }
+
+    pub fn stream_buffer(&self) -> usize {
+        self.0.loaded.cluster.transport.stream_buffer as usize
+    }
+
+    /// A typed handle to `path`.
+    pub fn handle<P: Protocol>(&self, path: ActorPath) -> ActorHandle<P> {
+        ActorHandle::new(self.clone(), path)
+    }
+
+    pub(crate) fn register(&self, path: ActorPath, slot: Arc<dyn ErasedSlot>) {
+        self.0.registry.insert(path, slot);
+    }
+
+    pub(crate) fn unregister(&self, path: &ActorPath, slot: &Arc<dyn ErasedSlot>) {
+        slot.mark_removed();
+        self.0.registry.remove_if(path, slot);
+    }
+}

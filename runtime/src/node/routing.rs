@@ -1,0 +1,240 @@
+//! Sending raw (encoded) messages: tell, ask and stream to local or remote actors
+//! under the one retry policy, and durable writes through replication.
+
+use super::*;
+use crate::reply::{ReplySink, ReplyStream, StreamEvent};
+use crate::retry::{Retry, rerouted};
+use crate::slot::WireRequest;
+use crate::store::{Recovered, StoreError, WriteOp};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use troupe_wire::{ActorPath, RemoteError, TraceId};
+
+type RawReplyTx = oneshot::Sender<Result<Vec<u8>, RemoteError>>;
+
+/// Answers a local raw ask through a oneshot.
+struct OnceSink(Mutex<Option<RawReplyTx>>);
+
+impl ReplySink for OnceSink {
+    fn reply(&self, _corr: u64, result: Result<Vec<u8>, RemoteError>) {
+        if let Some(tx) = self.0.lock().take() {
+            let _ = tx.send(result);
+        }
+    }
+    fn stream_item(&self, _corr: u64, _payload: Vec<u8>) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
+    fn stream_end(&self, _corr: u64, _result: Result<(), RemoteError>) {}
+}
+
+/// Feeds a local raw stream.
+struct ChanSink(mpsc::Sender<StreamEvent<Vec<u8>>>);
+
+impl ReplySink for ChanSink {
+    fn reply(&self, _corr: u64, _result: Result<Vec<u8>, RemoteError>) {}
+    fn stream_item(&self, _corr: u64, payload: Vec<u8>) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move { self.0.send(StreamEvent::Item(payload)).await.is_ok() })
+    }
+    fn stream_end(&self, _corr: u64, result: Result<(), RemoteError>) {
+        let _ = self.0.try_send(StreamEvent::End(result));
+    }
+}
+
+impl Node {
+    pub(super) fn not_clustered(node: &str) -> RemoteError {
+        RemoteError::Unreachable { node: node.into(), reason: "this node is not clustered".into() }
+    }
+
+    pub(crate) async fn send_remote(
+        &self,
+        node: &str,
+        path: &ActorPath,
+        trace: TraceId,
+        payload: Vec<u8>,
+    ) -> Result<(), RemoteError> {
+        match self.cluster() {
+            Some(c) => c.transport.tell(node, path, trace, payload).await,
+            None => Err(Self::not_clustered(node)),
+        }
+    }
+
+    pub(crate) async fn ask_remote(
+        &self,
+        node: &str,
+        path: &ActorPath,
+        trace: TraceId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RemoteError> {
+        match self.cluster() {
+            Some(c) => c.transport.ask(node, path, trace, payload, timeout).await,
+            None => Err(Self::not_clustered(node)),
+        }
+    }
+
+    pub(crate) async fn stream_remote<R: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        path: &ActorPath,
+        trace: TraceId,
+        payload: Vec<u8>,
+    ) -> Result<ReplyStream<R>, RemoteError> {
+        match self.cluster() {
+            Some(c) => {
+                let (rx, cancel) = c.transport.stream(node, path, trace, payload).await?;
+                Ok(ReplyStream::remote(rx, path.to_string().into(), cancel))
+            }
+            None => Err(Self::not_clustered(node)),
+        }
+    }
+
+    /// Sends an encoded message to `path` wherever it lives (no type needed).
+    pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
+        let mut retry = Retry::new();
+        loop {
+            let routed_in = self.placement_version();
+            let r = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => slot.deliver_bytes(&payload, WireRequest::Tell, trace),
+                Ok(Target::Remote(n)) => self.send_remote(&n, path, trace, payload.clone()).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) => {
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(e),
+                    }
+                }
+                ok => return ok,
+            }
+        }
+    }
+
+    /// Asks `path` with an encoded message; returns the encoded reply.
+    pub async fn ask_raw(
+        &self,
+        path: &ActorPath,
+        payload: Vec<u8>,
+        trace: TraceId,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let deadline = Instant::now() + timeout;
+        let mut retry = Retry::until(deadline);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 });
+            }
+            let routed_in = self.placement_version();
+            let r = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let sink = Arc::new(OnceSink(Mutex::new(Some(tx))));
+                    match slot.deliver_bytes(&payload, WireRequest::Ask { sink, corr: 0 }, trace) {
+                        Err(e) => Err(e),
+                        Ok(()) => match tokio::time::timeout(left, rx).await {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(_)) => Err(RemoteError::NoReply { path: path.to_string() }),
+                            Err(_) => {
+                                Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 })
+                            }
+                        },
+                    }
+                }
+                Ok(Target::Remote(n)) => self.ask_remote(&n, path, trace, payload.clone(), left).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) => {
+                    let now = Instant::now();
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), now) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        // Past the deadline a transient refusal is reported as the timeout it is.
+                        None if now >= deadline && crate::retry::worth_retrying(&e) => {
+                            return Err(RemoteError::Timeout {
+                                path: path.to_string(),
+                                ms: timeout.as_millis() as u64,
+                            });
+                        }
+                        None => return Err(e),
+                    }
+                }
+                ok => return ok,
+            }
+        }
+    }
+
+    /// Starts a stream from `path` with an encoded message.
+    pub async fn stream_raw(
+        &self,
+        path: &ActorPath,
+        payload: Vec<u8>,
+        trace: TraceId,
+    ) -> Result<RawStream, RemoteError> {
+        let mut retry = Retry::new();
+        loop {
+            let routed_in = self.placement_version();
+            let r: Result<RawStream, RemoteError> = match self.resolve(path).await {
+                Ok(Target::Local(slot)) => {
+                    let (tx, rx) = mpsc::channel(self.stream_buffer());
+                    let sink = Arc::new(ChanSink(tx));
+                    slot.deliver_bytes(&payload, WireRequest::Stream { sink, corr: 0 }, trace)
+                        .map(|()| (rx, Box::new(|| {}) as Box<dyn FnOnce() + Send>))
+                }
+                Ok(Target::Remote(n)) => match self.cluster() {
+                    Some(c) => c.transport.stream(&n, path, trace, payload.clone()).await,
+                    None => Err(Self::not_clustered(&n)),
+                },
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) => {
+                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => return Err(e),
+                    }
+                }
+                ok => return ok,
+            }
+        }
+    }
+
+    /// The JSON conversions of the protocol spoken at `path`.
+    pub fn json_codec(&self, path: &ActorPath) -> Result<&dyn troupe_wire::JsonCodec, RemoteError> {
+        let ks = self.kind_spec(path.system(), path.kind()).ok_or_else(|| RemoteError::UnknownPath {
+            path: path.to_string(),
+            reason: format!("no kind `{}` in system `{}`", path.kind(), path.system()),
+        })?;
+        self.0
+            .kinds
+            .get_ref(&ks.factory)
+            .map(|f| f.json())
+            .ok_or_else(|| RemoteError::UnknownPath { path: path.to_string(), reason: "kind has no factory".into() })
+    }
+
+    /// Makes `op` durable on `rf` nodes (this one and the next owners of `path`).
+    pub async fn persist(&self, path: &ActorPath, rf: u64, op: WriteOp) -> Result<(), StoreError> {
+        match self.cluster() {
+            Some(c) if rf > 1 => c.replicate(self, path, rf, op).await,
+            _ => self.0.store.write(vec![op]).await,
+        }
+    }
+
+    /// Reads `path`'s durable state; clustered, the newest copy among live replicas.
+    pub async fn recover(&self, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
+        match self.cluster() {
+            // Clustered, recovery always looks at the live copies: even with one copy,
+            // an entity that moved finds its state on the node it moved from.
+            Some(c) => c.recover(self, path, rf).await,
+            _ => {
+                let store = self.0.store.clone();
+                let p = path.to_string();
+                tokio::task::spawn_blocking(move || store.load(&p))
+                    .await
+                    .map_err(|e| StoreError::Read(e.to_string()))?
+            }
+        }
+    }
+}
