@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use troupe_wire::introspect::ChaosCommand;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Rule {
     partition: bool,
     delay_ms: u64,
@@ -44,12 +44,7 @@ impl ChaosRules {
             }
             ChaosCommand::Partition { nodes, for_ms } => {
                 for n in nodes {
-                    let r = self.rules.entry(n.clone()).or_insert(Rule {
-                        partition: false,
-                        delay_ms: 0,
-                        drop_ratio: 0.0,
-                        until: None,
-                    });
+                    let r = self.rules.entry(n.clone()).or_default();
                     r.partition = true;
                     r.until = until(for_ms);
                 }
@@ -57,12 +52,7 @@ impl ChaosRules {
             }
             ChaosCommand::Delay { nodes, delay_ms, for_ms } => {
                 for n in nodes {
-                    let r = self.rules.entry(n.clone()).or_insert(Rule {
-                        partition: false,
-                        delay_ms: 0,
-                        drop_ratio: 0.0,
-                        until: None,
-                    });
+                    let r = self.rules.entry(n.clone()).or_default();
                     r.delay_ms = *delay_ms;
                     r.until = until(for_ms);
                 }
@@ -71,12 +61,7 @@ impl ChaosRules {
             ChaosCommand::Drop { nodes, ratio, for_ms } => {
                 let ratio = ratio.clamp(0.0, 1.0);
                 for n in nodes {
-                    let r = self.rules.entry(n.clone()).or_insert(Rule {
-                        partition: false,
-                        delay_ms: 0,
-                        drop_ratio: 0.0,
-                        until: None,
-                    });
+                    let r = self.rules.entry(n.clone()).or_default();
                     r.drop_ratio = ratio;
                     r.until = until(for_ms);
                 }

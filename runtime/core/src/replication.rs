@@ -6,7 +6,7 @@
 //!
 //! - A replica takes a write only if, in its own view, the writer owns the path, and
 //!   only if the entry extends its log without a gap ([`check_write`]); it hands its
-//!   copy only to the owner of its view ([`check_load`]).
+//!   copy only to the owner of its view ([`check_owner`]).
 //! - The owner writes to its replica set and acknowledges when every member holds
 //!   the entry; a member the view drops during the write is replaced by the current
 //!   set's ([`WriteRound`]).
@@ -42,7 +42,7 @@ pub fn check_write(
     first_append: Option<u64>,
     have: u64,
 ) -> WriteCheck {
-    if let Err(why) = check_load(me, path, writer, view_owner) {
+    if let Err(why) = check_owner(me, path, writer, view_owner) {
         return WriteCheck::Refuse(why);
     }
     match first_append {
@@ -52,8 +52,8 @@ pub fn check_write(
 }
 
 /// Whether replica `me` hands its copy of `path` to `asker` (or takes a write from
-/// it): only if `asker` owns `path` in `me`'s view.
-pub fn check_load(me: &str, path: &str, asker: &str, view_owner: Result<&str, String>) -> Result<(), String> {
+/// it): only if `asker` owns `path` in `me`'s view (`view_owner`).
+pub fn check_owner(me: &str, path: &str, asker: &str, view_owner: Result<&str, String>) -> Result<(), String> {
     match view_owner {
         Ok(o) if o == asker => Ok(()),
         Ok(o) => Err(format!("{asker} is not the owner of {path} in {me}'s view ({o} is)")),
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(check_write("n2", "/a", "n1", Ok("n1"), None, 0), WriteCheck::Accept);
         let WriteCheck::Refuse(why) = check_write("n2", "/a", "n1", Ok("n3"), Some(1), 0) else { panic!() };
         assert_eq!(why, "n1 is not the owner of /a in n2's view (n3 is)");
-        assert!(check_load("n2", "/a", "n1", Err("no live node".into())).is_err());
+        assert!(check_owner("n2", "/a", "n1", Err("no live node".into())).is_err());
     }
 
     #[test]

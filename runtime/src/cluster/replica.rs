@@ -151,7 +151,7 @@ async fn load(node: &Node, path: &str, owner: &str) -> ReplicaReply {
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let _guard = cluster.path_lock(path).lock().await;
     let owner_here = view_owner(node, path);
-    if let Err(why) = replication::check_load(node.name(), path, owner, owner_here.as_deref().map_err(Clone::clone)) {
+    if let Err(why) = replication::check_owner(node.name(), path, owner, owner_here.as_deref().map_err(Clone::clone)) {
         return ReplicaReply::Refused(why);
     }
     match node.store().load(path) {

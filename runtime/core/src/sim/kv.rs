@@ -22,7 +22,7 @@ use super::{Cargo, World};
 use crate::directory::{self, Kind, Placement, Roster};
 use crate::placement::Candidate;
 use crate::replication::{
-    Recovery, RecoveryRound, Versioned, WriteCheck, WriteRound, WriteStep, check_load, check_write,
+    Recovery, RecoveryRound, Versioned, WriteCheck, WriteRound, WriteStep, check_owner, check_write,
 };
 use rand010::RngExt;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -280,7 +280,7 @@ impl World {
                 }
             }
             Req::Load { asker } => {
-                Some(match check_load(&me, &p, asker, view_owner.as_deref().map_err(Clone::clone)) {
+                Some(match check_owner(&me, &p, asker, view_owner.as_deref().map_err(Clone::clone)) {
                     Ok(()) => Ans::Loaded(self.nodes[i].disk.logs.get(&key).cloned().unwrap_or_default()),
                     Err(why) => Ans::Refused(why),
                 })
