@@ -90,26 +90,37 @@ impl Node {
         }
     }
 
-    /// Sends an encoded message to `path` wherever it lives (no type needed).
-    pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
-        let mut retry = Retry::new();
+    /// Runs `attempt` under the one retry policy (`retry`): a failure the policy retries
+    /// is tried again after its pause, and a membership change during the attempt
+    /// counts as a reroute. Every raw send goes through here.
+    async fn retrying<T, F, Fut>(&self, mut retry: Retry, mut attempt: F) -> Result<T, RemoteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
         loop {
             let routed_in = self.placement_version();
-            let r = match self.resolve(path).await {
-                Ok(Target::Local(slot)) => slot.deliver_bytes(&payload, WireRequest::Tell, trace),
-                Ok(Target::Remote(n)) => self.send_remote(&n, path, trace, payload.clone()).await,
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) => {
-                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
-                        Some(pause) => tokio::time::sleep(pause).await,
-                        None => return Err(e),
-                    }
-                }
+            let e = match attempt().await {
+                Err(e) => e,
                 ok => return ok,
+            };
+            match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
             }
         }
+    }
+
+    /// Sends an encoded message to `path` wherever it lives (no type needed).
+    pub async fn tell_raw(&self, path: &ActorPath, payload: Vec<u8>, trace: TraceId) -> Result<(), RemoteError> {
+        let payload = &payload;
+        self.retrying(Retry::new(), move || async move {
+            match self.resolve(path).await? {
+                Target::Local(slot) => slot.deliver_bytes(payload, WireRequest::Tell, trace),
+                Target::Remote(n) => self.send_remote(&n, path, trace, payload.clone()).await,
+            }
+        })
+        .await
     }
 
     /// Asks `path` with an encoded message; returns the encoded reply.
@@ -121,48 +132,33 @@ impl Node {
         timeout: Duration,
     ) -> Result<Vec<u8>, RemoteError> {
         let deadline = Instant::now() + timeout;
-        let mut retry = Retry::until(deadline);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 });
-            }
-            let routed_in = self.placement_version();
-            let r = match self.resolve(path).await {
-                Ok(Target::Local(slot)) => {
-                    let (tx, rx) = oneshot::channel();
-                    let sink = Arc::new(OnceSink(Mutex::new(Some(tx))));
-                    match slot.deliver_bytes(&payload, WireRequest::Ask { sink, corr: 0 }, trace) {
-                        Err(e) => Err(e),
-                        Ok(()) => match tokio::time::timeout(left, rx).await {
+        let timed_out = || RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 };
+        let payload = &payload;
+        let r = self
+            .retrying(Retry::until(deadline), move || async move {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out());
+                }
+                match self.resolve(path).await? {
+                    Target::Local(slot) => {
+                        let (tx, rx) = oneshot::channel();
+                        let sink = Arc::new(OnceSink(Mutex::new(Some(tx))));
+                        slot.deliver_bytes(payload, WireRequest::Ask { sink, corr: 0 }, trace)?;
+                        match tokio::time::timeout(left, rx).await {
                             Ok(Ok(r)) => r,
                             Ok(Err(_)) => Err(RemoteError::NoReply { path: path.to_string() }),
-                            Err(_) => {
-                                Err(RemoteError::Timeout { path: path.to_string(), ms: timeout.as_millis() as u64 })
-                            }
-                        },
-                    }
-                }
-                Ok(Target::Remote(n)) => self.ask_remote(&n, path, trace, payload.clone(), left).await,
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) => {
-                    let now = Instant::now();
-                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), now) {
-                        Some(pause) => tokio::time::sleep(pause).await,
-                        // Past the deadline a transient refusal is reported as the timeout it is.
-                        None if now >= deadline && crate::retry::worth_retrying(&e) => {
-                            return Err(RemoteError::Timeout {
-                                path: path.to_string(),
-                                ms: timeout.as_millis() as u64,
-                            });
+                            Err(_) => Err(timed_out()),
                         }
-                        None => return Err(e),
                     }
+                    Target::Remote(n) => self.ask_remote(&n, path, trace, payload.clone(), left).await,
                 }
-                ok => return ok,
-            }
+            })
+            .await;
+        match r {
+            // Past the deadline a transient refusal is reported as the timeout it is.
+            Err(e) if Instant::now() >= deadline && crate::retry::worth_retrying(&e) => Err(timed_out()),
+            r => r,
         }
     }
 
@@ -173,32 +169,22 @@ impl Node {
         payload: Vec<u8>,
         trace: TraceId,
     ) -> Result<RawStream, RemoteError> {
-        let mut retry = Retry::new();
-        loop {
-            let routed_in = self.placement_version();
-            let r: Result<RawStream, RemoteError> = match self.resolve(path).await {
-                Ok(Target::Local(slot)) => {
+        let payload = &payload;
+        self.retrying(Retry::new(), move || async move {
+            match self.resolve(path).await? {
+                Target::Local(slot) => {
                     let (tx, rx) = mpsc::channel(self.stream_buffer());
                     let sink = Arc::new(ChanSink(tx));
-                    slot.deliver_bytes(&payload, WireRequest::Stream { sink, corr: 0 }, trace)
+                    slot.deliver_bytes(payload, WireRequest::Stream { sink, corr: 0 }, trace)
                         .map(|()| (rx, Box::new(|| {}) as Box<dyn FnOnce() + Send>))
                 }
-                Ok(Target::Remote(n)) => match self.cluster() {
+                Target::Remote(n) => match self.cluster() {
                     Some(c) => c.transport.stream(&n, path, trace, payload.clone()).await,
                     None => Err(Self::not_clustered(&n)),
                 },
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) => {
-                    match retry.after(&rerouted(e.clone(), self.placement_version() != routed_in), Instant::now()) {
-                        Some(pause) => tokio::time::sleep(pause).await,
-                        None => return Err(e),
-                    }
-                }
-                ok => return ok,
             }
-        }
+        })
+        .await
     }
 
     /// The JSON conversions of the protocol spoken at `path`.
