@@ -2,13 +2,18 @@
 //! - the dependency closure of troupe-core (read from Cargo.lock) has no tokio, quinn,
 //!   redb or socket crate;
 //! - no non-test code of the core reads a clock, the OS's randomness, a socket or a file;
-//! - no cycle among the core's modules (from their `use crate::` lines).
+//! - no cycle among the core's files (from their `crate::` and `super::` paths; the
+//!   graph reader is the runtime's, `runtime/tests/support/imports.rs`).
 //!
 //! Each checker is also run on a broken input, so the test is seen to fail when an
 //! invariant is broken.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+#[path = "../../tests/support/imports.rs"]
+mod imports;
+
+use imports::{graph, in_cycles, reach, read_tree};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -32,16 +37,8 @@ fn closure(lock: &str, root: &str) -> BTreeSet<String> {
             .map(|d| d.split(' ').next().unwrap_or_default().to_string());
         deps.entry(name).or_default().extend(ds);
     }
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![root.to_string()];
-    while let Some(p) = todo.pop() {
-        for d in deps.get(&p).into_iter().flatten() {
-            if seen.insert(d.clone()) {
-                todo.push(d.clone());
-            }
-        }
-    }
-    seen
+    let g: BTreeMap<String, BTreeSet<String>> = deps.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect();
+    reach(&g, root)
 }
 
 fn banned_deps(lock: &str) -> Vec<String> {
@@ -60,68 +57,8 @@ fn banned_calls(file: &str, src: &str) -> Vec<String> {
         .collect()
 }
 
-/// A cycle among modules, from `use crate::<module>` lines, if there is one.
-fn cycle(modules: &BTreeMap<String, String>) -> Option<Vec<String>> {
-    let edges: BTreeMap<&str, BTreeSet<String>> = modules
-        .iter()
-        .map(|(m, src)| {
-            let to = src
-                .lines()
-                .filter_map(|l| l.trim_start().strip_prefix("use crate::"))
-                .filter_map(|rest| rest.split([':', ';', ' ', '{']).next())
-                .filter(|t| *t != m && modules.contains_key(*t))
-                .map(str::to_string)
-                .collect();
-            (m.as_str(), to)
-        })
-        .collect();
-    fn visit<'a>(
-        m: &'a str,
-        edges: &'a BTreeMap<&'a str, BTreeSet<String>>,
-        path: &mut Vec<String>,
-        done: &mut BTreeSet<String>,
-    ) -> Option<Vec<String>> {
-        if let Some(i) = path.iter().position(|p| p == m) {
-            let mut c = path[i..].to_vec();
-            c.push(m.to_string());
-            return Some(c);
-        }
-        if done.contains(m) {
-            return None;
-        }
-        path.push(m.to_string());
-        for t in edges.get(m).into_iter().flatten() {
-            if let Some(c) = visit(t, edges, path, done) {
-                return Some(c);
-            }
-        }
-        path.pop();
-        done.insert(m.to_string());
-        None
-    }
-    let mut done = BTreeSet::new();
-    edges.keys().find_map(|m| visit(m, &edges, &mut Vec::new(), &mut done))
-}
-
-/// The core's modules by top-level name; a module's folder (`sim/`) counts as one.
 fn core_sources() -> BTreeMap<String, String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for e in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            let name = p.file_name().unwrap().to_string_lossy().to_string();
-            let mut files: Vec<_> = std::fs::read_dir(&p).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
-            files.sort();
-            for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "rs")) {
-                out.entry(name.clone()).or_default().push_str(&std::fs::read_to_string(f).unwrap());
-            }
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            let name = p.file_stem().unwrap().to_string_lossy().to_string();
-            out.insert(name, std::fs::read_to_string(&p).unwrap());
-        }
-    }
-    out
+    read_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
 }
 
 #[test]
@@ -148,10 +85,12 @@ fn no_clock_socket_or_file_in_the_core() {
 
 #[test]
 fn no_cycle_among_core_modules() {
-    let modules = core_sources();
-    assert!(modules.contains_key("membership") && modules.contains_key("sim"), "{:?}", modules.keys());
-    assert_eq!(cycle(&modules), None);
-    let mut broken = modules.clone();
-    broken.insert("health".into(), format!("use crate::membership::View;\n{}", modules["health"]));
-    assert!(cycle(&broken).is_some(), "the cycle check must catch health -> membership -> health");
+    let files = core_sources();
+    let g = graph(&files);
+    assert!(g["sim/kv.rs"].contains("sim/mod.rs") && g["sim/mod.rs"].contains("membership.rs"), "{g:#?}");
+    assert_eq!(in_cycles(&g), BTreeSet::new());
+    let mut broken = files.clone();
+    broken.insert("health.rs".into(), format!("use crate::membership::View;\n{}", files["health.rs"]));
+    let cycle: Vec<String> = in_cycles(&graph(&broken)).into_iter().collect();
+    assert_eq!(cycle, ["health.rs", "membership.rs"], "the cycle check must catch health -> membership -> health");
 }
