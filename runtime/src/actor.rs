@@ -73,11 +73,11 @@ pub trait FromParams: Sized {
     }
 }
 
-pub use crate::slot::Delivery;
+pub(crate) use crate::slot::Delivery;
 
 /// What the task handling a message knows about it.
 #[derive(Clone)]
-pub struct Current {
+pub(crate) struct Current {
     /// The trace id of the message being handled.
     pub trace: TraceId,
     /// The path of the actor handling it (FIFO lanes are per sender → receiver).

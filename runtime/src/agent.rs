@@ -7,7 +7,7 @@ use crate::node::Node;
 use crate::reply::Reply;
 use troupe_wire::introspect::{NodeAgent, NodeReply, NodeRequest};
 
-pub struct NodeAgentBehavior;
+pub(crate) struct NodeAgentBehavior;
 
 impl FromParams for NodeAgentBehavior {
     type Params = toml::Table;

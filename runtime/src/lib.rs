@@ -4,27 +4,34 @@
 //!
 //! Start at [`Node::start`]; write actor kinds with [`Behavior`] + [`FromParams`];
 //! talk to actors with [`ActorHandle`].
+//!
+//! The public API is deliberate: the re-exports below, plus the modules left `pub`
+//! for the node binary, the admin and HTTP shells and the tests (`admin`, `cluster`'s
+//! certificates, sealing and chaos, `config`, `gateway`, `metrics`, `store`,
+//! `placement`). Everything else is `pub(crate)`, and `unreachable_pub` keeps it so.
 
-pub mod actor;
+#![warn(unreachable_pub)]
+
+pub(crate) mod actor;
 pub mod admin;
-pub mod agent;
+pub(crate) mod agent;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
-pub mod handle;
-pub mod kinds;
+pub(crate) mod handle;
+pub(crate) mod kinds;
 pub mod metrics;
-pub mod node;
+pub(crate) mod node;
 pub use troupe_core::placement;
-pub mod registry;
-pub mod reply;
+pub(crate) mod registry;
+pub(crate) mod reply;
 use troupe_core::retry;
-pub mod slot;
-pub mod stats;
+pub(crate) mod slot;
+pub(crate) mod stats;
 pub mod store;
-pub mod supervision;
+pub(crate) mod supervision;
 
-pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_trace, fail};
+pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_trace, fail, store_failed};
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};
 pub use handle::ActorHandle;
 pub use kinds::KindRegistry;

@@ -11,22 +11,22 @@ use std::sync::Arc;
 use troupe_wire::ActorPath;
 
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     slots: RwLock<HashMap<ActorPath, Arc<dyn ErasedSlot>>>,
 }
 
 impl Registry {
-    pub fn get(&self, path: &ActorPath) -> Option<Arc<dyn ErasedSlot>> {
+    pub(crate) fn get(&self, path: &ActorPath) -> Option<Arc<dyn ErasedSlot>> {
         self.slots.read().get(path).cloned()
     }
 
-    pub fn insert(&self, path: ActorPath, slot: Arc<dyn ErasedSlot>) {
+    pub(crate) fn insert(&self, path: ActorPath, slot: Arc<dyn ErasedSlot>) {
         self.slots.write().insert(path, slot);
     }
 
     /// Removes `path` only if it still maps to `slot` (a newer incarnation's slot
     /// stays).
-    pub fn remove_if(&self, path: &ActorPath, slot: &Arc<dyn ErasedSlot>) -> bool {
+    pub(crate) fn remove_if(&self, path: &ActorPath, slot: &Arc<dyn ErasedSlot>) -> bool {
         let mut s = self.slots.write();
         match s.get(path) {
             Some(cur) if Arc::ptr_eq(cur, slot) => {
@@ -37,16 +37,8 @@ impl Registry {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every local path of one kind (for re-homing after a membership change).
-    pub fn paths_of(&self, system: &str, kind: &str) -> Vec<ActorPath> {
+    pub(crate) fn paths_of(&self, system: &str, kind: &str) -> Vec<ActorPath> {
         self.slots.read().keys().filter(|p| p.system() == system && p.kind() == kind).cloned().collect()
     }
 }

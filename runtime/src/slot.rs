@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use troupe_wire::{ActorPath, Protocol, RemoteError, TraceId, codec};
 
 /// What an actor's mailbox carries.
-pub enum Delivery<P: Protocol> {
+pub(crate) enum Delivery<P: Protocol> {
     Msg { msg: P::Msg, reply: Reply<P::Reply>, trace: TraceId },
     Tick,
     IdleCheck,
@@ -69,7 +69,7 @@ pub trait ErasedSlot: Send + Sync {
     fn is_live(&self) -> bool;
 }
 
-pub struct LocalSlot<P: Protocol> {
+pub(crate) struct LocalSlot<P: Protocol> {
     path: ActorPath,
     path_str: Arc<str>,
     entry: Arc<ActorEntry>,
@@ -79,7 +79,7 @@ pub struct LocalSlot<P: Protocol> {
 }
 
 impl<P: Protocol> LocalSlot<P> {
-    pub fn new(path: ActorPath, entry: Arc<ActorEntry>) -> Self {
+    pub(crate) fn new(path: ActorPath, entry: Arc<ActorEntry>) -> Self {
         let path_str: Arc<str> = path.to_string().into();
         Self {
             path,
@@ -91,11 +91,11 @@ impl<P: Protocol> LocalSlot<P> {
         }
     }
 
-    pub fn path_str(&self) -> &Arc<str> {
+    pub(crate) fn path_str(&self) -> &Arc<str> {
         &self.path_str
     }
 
-    pub fn entry_stats(&self) -> &crate::stats::ActorStats {
+    pub(crate) fn entry_stats(&self) -> &crate::stats::ActorStats {
         &self.entry.stats
     }
 
@@ -107,7 +107,7 @@ impl<P: Protocol> LocalSlot<P> {
     /// Enqueues one delivery, enforcing the mailbox bound. On failure the delivery
     /// is handed back, so the caller decides how its reply port learns the cause.
     #[inline]
-    pub fn enqueue(&self, d: Delivery<P>) -> Result<(), (RemoteError, Delivery<P>)> {
+    pub(crate) fn enqueue(&self, d: Delivery<P>) -> Result<(), (RemoteError, Delivery<P>)> {
         let stats = &self.entry.stats;
         if !stats.try_enqueue() {
             return Err((RemoteError::MailboxFull { path: self.path_str.to_string(), cap: stats.cap }, d));

@@ -128,7 +128,7 @@ impl QuotaActor {
 
     async fn make_durable(&self, ctx: &Ctx<LimiterQuota>, s: &mut QuotaState) -> Result<(), RemoteError> {
         let bytes = codec::encode(&s.d).map_err(|e| RemoteError::Invalid(e.to_string()))?;
-        ctx.persist(bytes.clone()).await.map_err(|e| troupe_runtime::actor::store_failed(ctx.path(), &e))?;
+        ctx.persist(bytes.clone()).await.map_err(|e| troupe_runtime::store_failed(ctx.path(), &e))?;
         s.since_snapshot += 1;
         if s.since_snapshot >= self.params.snapshot_every {
             // Each entry is the whole state, so the snapshot is just the latest one.

@@ -67,7 +67,7 @@ impl RulesActor {
         }
         let bytes = codec::encode(&set).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         // Durable on rf nodes before anyone is told: an acknowledged set survives a crash.
-        ctx.persist(bytes).await.map_err(|e| troupe_runtime::actor::store_failed(ctx.path(), &e))?;
+        ctx.persist(bytes).await.map_err(|e| troupe_runtime::store_failed(ctx.path(), &e))?;
         let diff = s.active.apply(set.clone()).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         s.since_snapshot += 1;
         if s.since_snapshot >= SNAPSHOT_EVERY {

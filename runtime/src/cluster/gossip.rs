@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use troupe_core::membership::{Effects, Input, Membership, packet_sender};
-pub use troupe_core::membership::{MemberEvent, MembershipTuning, NodeId, View, ViewMember};
+pub(crate) use troupe_core::membership::{MemberEvent, MembershipTuning, NodeId, View};
 use troupe_wire::introspect::MemberState;
 
 pub struct GossipConfig {
@@ -36,7 +36,7 @@ pub struct GossipConfig {
 }
 
 /// A synchronous observer of membership changes.
-pub type MemberListener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
+pub(crate) type MemberListener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
 
 enum Cmd {
     Leave(oneshot::Sender<()>),

@@ -12,13 +12,13 @@
 
 pub use troupe_core::chaos;
 pub(crate) mod client;
-pub mod gossip;
+pub(crate) mod gossip;
 pub use troupe_core::health;
 mod parking;
-pub mod replica;
+pub(crate) mod replica;
 pub mod seal;
 pub mod tls;
-pub mod transport;
+pub(crate) mod transport;
 
 use crate::config::{KindSpec, Placement};
 use crate::node::{Node, NodeError};

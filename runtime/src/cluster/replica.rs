@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use troupe_core::replication::{self, FAILOVER_ROUNDS_MAX, Recovery, RecoveryRound, WriteCheck, WriteRound, WriteStep};
 use troupe_wire::{ActorPath, Protocol, RemoteError};
 
-pub struct ReplicaProto;
+pub(crate) struct ReplicaProto;
 
 impl Protocol for ReplicaProto {
     type Msg = ReplicaMsg;
@@ -34,7 +34,7 @@ impl Protocol for ReplicaProto {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ReplicaMsg {
+pub(crate) enum ReplicaMsg {
     /// Apply these operations for `path`, written by its owner `owner`.
     Write { path: String, owner: String, ops: Vec<WriteOp> },
     /// Hand over your copy of `path` to its new owner `owner`.
@@ -42,7 +42,7 @@ pub enum ReplicaMsg {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ReplicaReply {
+pub(crate) enum ReplicaReply {
     Written,
     Loaded(Recovered),
     /// The entry would leave a hole: the log here ends at `have`.
@@ -63,7 +63,7 @@ const RECOVER_DEADLINE: Duration = Duration::from_secs(10);
 /// Stripes of the per-path lock.
 pub(crate) const LOCK_STRIPES: usize = 256;
 
-pub struct ReplicaAgent;
+pub(crate) struct ReplicaAgent;
 
 impl FromParams for ReplicaAgent {
     type Params = toml::Table;

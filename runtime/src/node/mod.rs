@@ -39,7 +39,7 @@ mod locate;
 mod routing;
 
 /// Spans kept per node for `troupe trace` (oldest dropped first).
-pub const SPANS_MAX: usize = 50_000;
+pub(crate) const SPANS_MAX: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -56,7 +56,7 @@ pub enum NodeError {
 }
 
 /// A raw stream: its events and a hook that cancels it.
-pub type RawStream = (mpsc::Receiver<StreamEvent<Vec<u8>>>, Box<dyn FnOnce() + Send>);
+pub(crate) type RawStream = (mpsc::Receiver<StreamEvent<Vec<u8>>>, Box<dyn FnOnce() + Send>);
 
 /// A map keyed by (system, kind) that looks up with `&str`s, without building an
 /// owned key on every message.

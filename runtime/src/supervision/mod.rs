@@ -1,7 +1,7 @@
 //! Supervision: restart policies (pure) and the supervisor actor that applies them.
 
-pub use troupe_core::restart as policy;
-pub mod supervisor;
+pub(crate) use troupe_core::restart as policy;
+pub(crate) mod supervisor;
 
-pub use policy::{Decision, Intensity, RestartPolicy, Strategy};
-pub use supervisor::{ChildSpec, Restart, StartFn, SupMsg, Supervisor, SupervisorConfig};
+pub(crate) use policy::{Intensity, Strategy};
+pub(crate) use supervisor::{ChildSpec, Restart, StartFn, SupMsg, Supervisor, SupervisorConfig};

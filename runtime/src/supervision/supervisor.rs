@@ -25,10 +25,10 @@ use tokio::sync::oneshot;
 use troupe_wire::introspect::ActorState;
 use troupe_wire::{ActorPath, RemoteError};
 
-pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, String>> + Send + Sync>;
+pub(crate) type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, String>> + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Restart {
+pub(crate) enum Restart {
     /// Restarted whenever it stops (static children: singletons, per-node actors,
     /// kind supervisors).
     Permanent,
@@ -36,7 +36,7 @@ pub enum Restart {
     Transient,
 }
 
-pub struct ChildSpec {
+pub(crate) struct ChildSpec {
     /// Unique among siblings: the child's path.
     pub key: String,
     pub entry: Arc<ActorEntry>,
@@ -46,12 +46,7 @@ pub struct ChildSpec {
     pub slot: Option<Arc<dyn ErasedSlot>>,
 }
 
-pub enum SupMsg {
-    /// Start and supervise one more child.
-    AddChild {
-        spec: ChildSpec,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
+pub(crate) enum SupMsg {
     /// Find or start the entity `path` (kind supervisors only).
     Activate {
         path: ActorPath,
@@ -73,17 +68,10 @@ pub enum SupMsg {
     },
 }
 
-pub type ActivateReply = oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>;
+pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>;
 
-/// Someone waiting for a child's start to finish.
-enum Waiter {
-    Add(oneshot::Sender<Result<(), String>>),
-    Activate(ActivateReply),
-}
-
-pub struct SupervisorConfig {
+pub(crate) struct SupervisorConfig {
     pub path: String,
-    pub kind: String,
     pub strategy: Strategy,
     pub intensity: Intensity,
     pub entry: Arc<ActorEntry>,
@@ -93,16 +81,20 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
-    pub fn new(path: impl Into<String>, kind: impl Into<String>, strategy: Strategy, intensity: Intensity) -> Self {
+    pub(crate) fn new(
+        path: impl Into<String>,
+        kind: impl Into<String>,
+        strategy: Strategy,
+        intensity: Intensity,
+    ) -> Self {
         let path = path.into();
-        let kind = kind.into();
         let entry =
-            ActorEntry::new(path.clone(), kind.clone(), strategy.to_string(), Arc::new(ActorStats::new(u64::MAX)));
-        Self { path, kind, strategy, intensity, entry, initial: Vec::new(), activator: None }
+            ActorEntry::new(path.clone(), kind.into(), strategy.to_string(), Arc::new(ActorStats::new(u64::MAX)));
+        Self { path, strategy, intensity, entry, initial: Vec::new(), activator: None }
     }
 }
 
-pub struct Supervisor;
+pub(crate) struct Supervisor;
 
 struct Child {
     spec: ChildSpec,
@@ -165,7 +157,7 @@ impl Children {
     }
 }
 
-pub struct SupState {
+pub(crate) struct SupState {
     cfg_path: String,
     entry: Arc<ActorEntry>,
     children: Children,
@@ -176,14 +168,15 @@ pub struct SupState {
     epoch: Instant,
     activator: Option<(Node, Arc<dyn KindInstance>)>,
     /// Waiting for a start to finish, by child key.
-    waiters: HashMap<String, Vec<Waiter>>,
+    /// Activations waiting for a child's start to finish.
+    waiters: HashMap<String, Vec<ActivateReply>>,
     /// Activations waiting for a passivating incarnation to stop.
     parked: Vec<(ActorPath, ActivateReply)>,
 }
 
 impl Supervisor {
     /// Spawns a supervisor, linked to `parent` when there is one.
-    pub async fn start(cfg: SupervisorConfig, parent: Option<ActorCell>) -> Result<ActorRef<SupMsg>, String> {
+    pub(crate) async fn start(cfg: SupervisorConfig, parent: Option<ActorCell>) -> Result<ActorRef<SupMsg>, String> {
         let r = match parent {
             Some(p) => Actor::spawn_linked(None, Supervisor, cfg, p).await,
             None => Actor::spawn(None, Supervisor, cfg).await,
@@ -192,7 +185,7 @@ impl Supervisor {
     }
 
     /// A child spec that runs a supervisor under another supervisor.
-    pub fn child_spec(
+    pub(crate) fn child_spec(
         cfg_fn: Arc<dyn Fn() -> SupervisorConfig + Send + Sync>,
         entry: Arc<ActorEntry>,
         key: String,
@@ -236,20 +229,14 @@ impl SupState {
     fn answer(&mut self, key: &str, outcome: Result<Option<Arc<dyn ErasedSlot>>, String>) {
         for w in self.waiters.remove(key).unwrap_or_default() {
             match (w, &outcome) {
-                (Waiter::Add(tx), Ok(_)) => {
-                    let _ = tx.send(Ok(()));
-                }
-                (Waiter::Add(tx), Err(e)) => {
-                    let _ = tx.send(Err(e.clone()));
-                }
-                (Waiter::Activate(tx), Ok(slot)) => {
+                (tx, Ok(slot)) => {
                     let r = slot.clone().ok_or_else(|| RemoteError::UnknownPath {
                         path: key.to_string(),
                         reason: "not an entity".into(),
                     });
                     let _ = tx.send(r);
                 }
-                (Waiter::Activate(tx), Err(e)) => {
+                (tx, Err(e)) => {
                     let _ = tx.send(Err(RemoteError::ActorFailed {
                         path: key.to_string(),
                         reason: format!("activation failed: {e}"),
@@ -398,7 +385,7 @@ impl SupState {
                 }
                 Some(_) if closing => self.parked.push((path, reply)),
                 Some(_) if c.starting.is_some() || c.cell.is_none() => {
-                    self.waiters.entry(key).or_default().push(Waiter::Activate(reply));
+                    self.waiters.entry(key).or_default().push(reply);
                 }
                 Some(slot) => {
                     let _ = reply.send(Ok(slot.clone()));
@@ -427,7 +414,7 @@ impl SupState {
             slot: Some(slot),
         });
         self.entry.add_child(entry);
-        self.waiters.entry(key.clone()).or_default().push(Waiter::Activate(reply));
+        self.waiters.entry(key.clone()).or_default().push(reply);
         self.launch(&key, myself);
     }
 }
@@ -471,17 +458,6 @@ impl Actor for Supervisor {
 
     async fn handle(&self, myself: ActorRef<SupMsg>, msg: SupMsg, st: &mut SupState) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupMsg::AddChild { spec, reply } => {
-                if st.children.get(&spec.key).is_some() {
-                    let _ = reply.send(Err(format!("{} already has a child {}", st.cfg_path, spec.key)));
-                    return Ok(());
-                }
-                st.entry.add_child(spec.entry.clone());
-                st.waiters.entry(spec.key.clone()).or_default().push(Waiter::Add(reply));
-                let key = spec.key.clone();
-                st.children.insert(spec);
-                st.launch(&key, &myself);
-            }
             SupMsg::Activate { path, reply } => st.activate(path, reply, &myself),
             SupMsg::StopChild { key } => {
                 if st.children.get(&key).is_some() {
