@@ -134,7 +134,7 @@ async fn handle(State(st): State<RouteState>, Path(params): Path<HashMap<String,
             _ => return error_response(&RemoteError::Invalid(format!("bad request for `{}`: {first}", route.message))),
         },
     };
-    let trace = crate::actor::current_trace() | 1;
+    let trace = crate::current::current_trace() | 1;
     match st.node.ask_raw(&path, payload, trace, st.node.default_ask_timeout().min(Duration::from_secs(30))).await {
         Ok(bytes) => match codec.reply_to_json(&bytes) {
             Ok(json) => ([("content-type", "application/json")], json).into_response(),

@@ -17,6 +17,7 @@ pub mod admin;
 pub(crate) mod agent;
 pub mod cluster;
 pub mod config;
+pub(crate) mod current;
 pub mod gateway;
 pub(crate) mod handle;
 pub(crate) mod kinds;

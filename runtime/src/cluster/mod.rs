@@ -13,6 +13,7 @@
 pub use troupe_core::chaos;
 pub(crate) mod client;
 pub(crate) mod gossip;
+pub(crate) mod inbound;
 pub use troupe_core::health;
 mod parking;
 pub(crate) mod replica;
@@ -47,7 +48,8 @@ pub struct Cluster {
 impl Cluster {
     /// Joins `node` to its cluster: binds the QUIC endpoint and the gossip socket,
     /// announces to the seeds, and waits (bounded) until membership is known.
-    pub async fn join(node: &Node) -> Result<Arc<Cluster>, NodeError> {
+    /// Joins the cluster as `node`; what arrives on its links goes to `inbound`.
+    pub(crate) async fn join(node: &Node, inbound: Arc<dyn transport::Inbound>) -> Result<Arc<Cluster>, NodeError> {
         let cfg = node.loaded().cluster.clone();
         let me = cfg.node(node.name()).ok_or_else(|| NodeError::UnknownNode(node.name().into()))?.clone();
         let err = |e: String| NodeError::Cluster(e);
@@ -94,7 +96,7 @@ impl Cluster {
         if !node.set_cluster(cluster.clone()) {
             return Err(err("node is already clustered".into()));
         }
-        transport.serve(node.clone());
+        transport.serve(inbound);
         // Wait until we have heard from the cluster, so placement decisions at start
         // (singletons) are made with a real view. The first node gives up waiting.
         let others = cfg.nodes.len() > 1;

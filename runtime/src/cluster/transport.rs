@@ -12,11 +12,9 @@
 //! comes from its verified certificate, never from a payload.
 
 use super::chaos::{ChaosRules, Verdict};
-use super::parking::{Parked, Parking};
 use super::tls::{self, PeerId};
 use crate::config::TransportTuning;
 use crate::metrics::{Counter, Metrics};
-use crate::node::{Located, Node};
 use crate::placement::stable_hash;
 use crate::reply::{ReplySink, StreamEvent};
 use crate::slot::WireRequest;
@@ -282,8 +280,40 @@ pub struct Transport {
     /// Requests waiting for an answer: correlation id → (node asked, waiter).
     pending: Mutex<HashMap<u64, (String, Pending)>>,
     chaos: Arc<RwLock<ChaosRules>>,
-    node: OnceLock<Weak<crate::node::NodeInner>>,
+    /// Where arriving requests go (the node's `cluster::inbound`), set by `serve`.
+    inbound: OnceLock<Arc<dyn Inbound>>,
+    /// This transport, for tasks it spawns from `&self`.
+    me: Weak<Transport>,
     stats: Stats,
+}
+
+/// Where the transport hands what arrives for this node's actors. The node implements
+/// it (`cluster/inbound.rs`), so the transport never names the node.
+pub(crate) trait Inbound: Send + Sync + 'static {
+    /// A handler for one incoming stream, whose requests it takes in order; `None`
+    /// once the node is gone.
+    fn lane(&self) -> Option<Box<dyn LaneInbound>>;
+}
+
+/// The handler of one incoming stream.
+pub(crate) trait LaneInbound: Send {
+    /// A request for an actor from a node or a client (`from_client`); `request`
+    /// answers it on its link. Must not wait: the stream's next frames are behind it.
+    fn request(&mut self, env: Envelope, request: WireRequest, from_client: bool);
+    /// A JSON ask from a client (CLI, SDK), answered on `link`.
+    #[allow(clippy::too_many_arguments)]
+    fn json_ask(
+        &mut self,
+        link: Arc<Link>,
+        target: ActorPath,
+        corr: u64,
+        timeout_ms: u32,
+        json: String,
+        stream: bool,
+        trace: TraceId,
+    );
+    /// A JSON tell from a client.
+    fn json_tell(&mut self, target: ActorPath, json: String, trace: TraceId);
 }
 
 impl Transport {
@@ -335,7 +365,7 @@ impl Transport {
                 )
             })
             .collect();
-        Ok(Arc::new(Transport {
+        Ok(Arc::new_cyclic(|me| Transport {
             endpoint,
             client_cfg: cc,
             tuning: tuning.clone(),
@@ -343,7 +373,8 @@ impl Transport {
             corr: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             chaos,
-            node: OnceLock::new(),
+            inbound: OnceLock::new(),
+            me: me.clone(),
             stats: Stats::new(metrics),
         }))
     }
@@ -352,9 +383,9 @@ impl Transport {
         self.endpoint.local_addr().ok()
     }
 
-    /// Starts accepting connections; requests are dispatched to `node`.
-    pub fn serve(self: &Arc<Self>, node: Node) {
-        let _ = self.node.set(node.downgrade());
+    /// Starts accepting connections; requests are handed to `inbound`.
+    pub(crate) fn serve(self: &Arc<Self>, inbound: Arc<dyn Inbound>) {
+        let _ = self.inbound.set(inbound);
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(incoming) = me.endpoint.accept().await {
@@ -378,10 +409,6 @@ impl Transport {
                 });
             }
         });
-    }
-
-    fn node(&self) -> Option<Node> {
-        self.node.get().and_then(|w| w.upgrade()).map(Node::from_inner)
     }
 
     /// Our link to `node`, connecting (once, shared by concurrent callers) if needed.
@@ -447,7 +474,12 @@ impl Transport {
     }
 
     fn self_arc(&self) -> Option<Arc<Transport>> {
-        self.node().and_then(|n| n.cluster().map(|c| c.transport.clone()))
+        self.me.upgrade()
+    }
+
+    /// A request that reached a node which does not own its target.
+    pub(crate) fn note_wrong_owner(&self) {
+        self.stats.wrong_owner.inc();
     }
 
     fn chaos_verdict(&self, node: &str) -> Verdict {
@@ -486,7 +518,7 @@ impl Transport {
 
     fn lane_key(path: &ActorPath) -> u64 {
         let target = path.as_str().as_bytes();
-        match crate::actor::CURRENT.try_with(|c| stable_hash(&[c.actor.as_bytes(), target])) {
+        match crate::current::CURRENT.try_with(|c| stable_hash(&[c.actor.as_bytes(), target])) {
             Ok(h) => h,
             Err(_) => stable_hash(&[target]),
         }
@@ -588,7 +620,7 @@ impl Transport {
         let cap = self.tuning.frame_bytes_max as usize;
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut start = 0usize;
-        let mut parking = Parking::default();
+        let mut lane: Option<Box<dyn LaneInbound>> = None;
         loop {
             let chunk = match recv.read_chunk(256 << 10, true).await {
                 Ok(Some(c)) => c,
@@ -601,7 +633,7 @@ impl Transport {
                     Ok(Some((frame, used))) => {
                         start += used;
                         self.stats.frames_in.inc();
-                        self.on_frame(frame, &link, &mut parking).await;
+                        self.on_frame(frame, &link, &mut lane).await;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -619,7 +651,15 @@ impl Transport {
         }
     }
 
-    async fn on_frame(self: &Arc<Self>, frame: Frame, link: &Arc<Link>, parking: &mut Parking) {
+    /// The stream's handler, made on its first request.
+    fn lane<'a>(&self, lane: &'a mut Option<Box<dyn LaneInbound>>) -> Option<&'a mut Box<dyn LaneInbound>> {
+        if lane.is_none() {
+            *lane = self.inbound.get()?.lane();
+        }
+        lane.as_mut()
+    }
+
+    async fn on_frame(self: &Arc<Self>, frame: Frame, link: &Arc<Link>, lane: &mut Option<Box<dyn LaneInbound>>) {
         let from = match &link.peer {
             PeerId::Node(n) => n.clone(),
             PeerId::Client(c) => format!("client:{c}"),
@@ -629,7 +669,7 @@ impl Transport {
             return;
         }
         match frame {
-            Frame::Msg(env) => self.on_msg(env, link, parking),
+            Frame::Msg(env) => self.on_msg(env, link, lane),
             Frame::Reply { corr, result } => {
                 if let Some((_, Pending::Ask(tx))) = self.pending.lock().remove(&corr) {
                     let _ = tx.send(result);
@@ -663,61 +703,29 @@ impl Transport {
                 c.insert(corr);
             }
             Frame::JsonAsk { target, corr, timeout_ms, json, stream, trace } => {
-                let Some(node) = self.node() else { return };
-                let link = link.clone();
-                let fut: BoxFuture<'static, ()> =
-                    Box::pin(super::client::json_request(node, link, target, corr, timeout_ms, json, stream, trace));
-                tokio::spawn(fut);
+                if let Some(l) = self.lane(lane) {
+                    l.json_ask(link.clone(), target, corr, timeout_ms, json, stream, trace);
+                }
             }
             Frame::JsonTell { target, json, trace } => {
-                let Some(node) = self.node() else { return };
-                let fut: BoxFuture<'static, ()> = Box::pin(super::client::json_tell(node, target, json, trace));
-                tokio::spawn(fut);
+                if let Some(l) = self.lane(lane) {
+                    l.json_tell(target, json, trace);
+                }
             }
             Frame::JsonReply { .. } => {}
         }
     }
 
-    /// Delivers a request in lane order without waiting: one whose target must first
-    /// be activated here is parked (see [`super::parking`]).
-    fn on_msg(self: &Arc<Self>, env: Envelope, link: &Arc<Link>, parking: &mut Parking) {
-        let Some(node) = self.node() else { return };
-        let lane = link.lane_for(match env.request {
+    /// Hands a request to the stream's handler, with the sink that answers it here.
+    fn on_msg(&self, env: Envelope, link: &Arc<Link>, lane: &mut Option<Box<dyn LaneInbound>>) {
+        let Some(l) = self.lane(lane) else { return };
+        let corr = match env.request {
             RequestKind::Ask { corr, .. } | RequestKind::Stream { corr } => corr,
             RequestKind::Tell => 0,
-        });
-        let sink = Arc::new(LinkSink { link: link.clone(), lane });
-        let request = WireRequest::new(env.request, sink);
-        if let PeerId::Client(_) = link.peer {
-            // Clients do not know placement: this node forwards for them.
-            tokio::spawn(async move { super::client::forward(node, env, request).await });
-            return;
-        }
-        // Inline (not spawned): frames of one lane are handled in order.
-        let start = node.clock_us();
-        let expires = match env.request {
-            RequestKind::Ask { timeout_ms, .. } => {
-                Some((Instant::now() + Duration::from_millis(u64::from(timeout_ms)), u64::from(timeout_ms)))
-            }
-            _ => None,
         };
-        let p = Parked { path: env.target, payload: env.payload, request, trace: env.trace, expires };
-        let Some(p) = parking.try_join(&node, p) else { return };
-        match node.locate(&p.path) {
-            Ok(Located::Live(slot)) => {
-                if let Err(e) = slot.deliver_bytes(&p.payload, p.request, p.trace) {
-                    tracing::debug!(target = %p.path, error = %e, "message not delivered");
-                }
-                // Arrival from another node: decoding, resolution and enqueueing.
-                node.record_span(p.trace, "remote-in", &p.path, start);
-            }
-            Ok(Located::Remote(owner)) => {
-                self.stats.wrong_owner.inc();
-                p.request.fail(RemoteError::WrongOwner { path: p.path.to_string(), owner });
-            }
-            Ok(Located::ActivateHere) => parking.start(node, p),
-            Err(e) => p.request.fail(e),
-        }
+        let sink = Arc::new(LinkSink { link: link.clone(), lane: link.lane_for(corr) });
+        let request = WireRequest::new(env.request, sink);
+        l.request(env, request, matches!(link.peer, PeerId::Client(_)));
     }
 
     /// Fails every request waiting for an answer from `node`: its link closed or

@@ -82,7 +82,11 @@ impl Node {
         let want = instances.len();
         let _ = node.0.instances.set(instances);
 
-        let cluster = if clustered { Some(Cluster::join(&node).await?) } else { None };
+        let cluster = if clustered {
+            Some(Cluster::join(&node, crate::cluster::inbound::NodeInbound::new(&node)).await?)
+        } else {
+            None
+        };
         let root_cfg = node.root_config();
         let root = Supervisor::start(root_cfg, None).await.map_err(NodeError::Tree)?;
         *node.0.root.lock() = Some(root);

@@ -1,0 +1,37 @@
+//! What the task handling a message knows about it: its trace id and the actor
+//! handling it (a task-local), and fresh trace ids for sends made outside any actor.
+//! A leaf module: the transport reads it without reaching the actor shell.
+
+use std::sync::Arc;
+use troupe_wire::TraceId;
+
+/// What the task handling a message knows about it.
+#[derive(Clone)]
+pub(crate) struct Current {
+    /// The trace id of the message being handled.
+    pub trace: TraceId,
+    /// The path of the actor handling it (FIFO lanes are per sender → receiver).
+    pub actor: Arc<str>,
+}
+
+tokio::task_local! {
+    pub static CURRENT: Current;
+}
+
+thread_local! {
+    /// Fresh unsampled trace ids: a Weyl sequence from a random start per thread,
+    /// cheap enough for every tell.
+    static NEXT_TRACE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+}
+
+/// The current trace id, or a fresh unsampled one when none is being handled.
+/// Odd ids are sampled: their spans are recorded for `troupe trace`.
+pub fn current_trace() -> TraceId {
+    CURRENT.try_with(|c| c.trace).unwrap_or_else(|_| {
+        NEXT_TRACE.with(|n| {
+            let v = n.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            n.set(v);
+            v & !1
+        })
+    })
+}
