@@ -60,9 +60,6 @@ const SLOW_REPLICA_ASK: Duration = Duration::from_millis(250);
 /// How long recovery waits for every live node to agree on the new owner.
 const RECOVER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Stripes of the per-path lock.
-pub(crate) const LOCK_STRIPES: usize = 256;
-
 pub(crate) struct ReplicaAgent;
 
 impl FromParams for ReplicaAgent {

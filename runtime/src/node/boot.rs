@@ -83,7 +83,14 @@ impl Node {
         let _ = node.0.instances.set(instances);
 
         let cluster = if clustered {
-            Some(Cluster::join(&node, crate::cluster::inbound::NodeInbound::new(&node)).await?)
+            let cfg = &node.0.loaded.cluster;
+            let c =
+                Cluster::join(cfg, &node.0.name, node.0.epoch, &node.0.metrics).await.map_err(NodeError::Cluster)?;
+            if !node.set_cluster(c.clone()) {
+                return Err(NodeError::Cluster("node is already clustered".into()));
+            }
+            c.open(cfg, crate::cluster::inbound::NodeInbound::new(&node)).await;
+            Some(c)
         } else {
             None
         };
@@ -97,9 +104,9 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if let Some(c) = cluster {
-            c.watch(&node);
+            node.watch(&c);
             // Re-home once now, in case membership moved while the tree started.
-            crate::cluster::rehome(&node).await;
+            node.rehome().await;
         }
         tracing::info!(node = %node.0.name, epoch = node.0.epoch, systems = loaded.topologies.len(), "node started");
         Ok(node)
@@ -243,5 +250,28 @@ impl Node {
         if let Some(root) = root {
             let _ = root.get_cell().wait(None).await;
         }
+    }
+
+    /// Watches membership and re-homes actors after every change. (The transport
+    /// already followed the change: the gossip driver tells it first, synchronously.)
+    pub(super) fn watch(&self, cluster: &Cluster) {
+        let mut events = cluster.gossip.events.subscribe();
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    // A lagged receiver missed changes: re-homing reads the current
+                    // view, so it is enough to re-home now.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let node = Node::from_inner(inner);
+                // Let a burst of changes settle before re-homing.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while events.try_recv().is_ok() {}
+                node.rehome().await;
+            }
+        });
     }
 }

@@ -116,4 +116,40 @@ impl Node {
     pub fn local_paths(&self, system: &str, kind: &str) -> Vec<ActorPath> {
         self.0.registry.paths_of(system, kind)
     }
+
+    /// Stops what this node no longer owns and starts the singletons it now owns.
+    pub(super) async fn rehome(&self) {
+        let node = self;
+        let specs: Vec<KindSpec> = node.loaded().topologies.iter().flat_map(|t| t.kinds.clone()).collect();
+        for ks in specs {
+            match ks.placement {
+                Placement::PerNode => {}
+                Placement::Singleton => {
+                    let mine = !node.static_paths(&ks).is_empty();
+                    let path = match ActorPath::new(&ks.system, &ks.name, KindSpec::singleton_key()) {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    };
+                    let running = node.local_slot(&path).is_some();
+                    if mine && !running {
+                        tracing::info!(%path, "taking over singleton");
+                        if let Err(e) = node.activate_local(&path).await {
+                            tracing::warn!(%path, error = %e, "singleton did not start");
+                        }
+                    } else if !mine && running {
+                        tracing::info!(%path, "handing off singleton");
+                        node.stop_local(&path);
+                    }
+                }
+                Placement::Sharded => {
+                    for path in node.local_paths(&ks.system, &ks.name) {
+                        if node.owner_of(&ks, &path).is_ok_and(|o| o != node.name()) {
+                            tracing::debug!(%path, "handing off entity");
+                            node.stop_local(&path);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -203,7 +203,7 @@ impl Node {
     /// Makes `op` durable on `rf` nodes (this one and the next owners of `path`).
     pub async fn persist(&self, path: &ActorPath, rf: u64, op: WriteOp) -> Result<(), StoreError> {
         match self.cluster() {
-            Some(c) if rf > 1 => c.replicate(self, path, rf, op).await,
+            Some(_) if rf > 1 => crate::cluster::replica::replicate(self, path, rf, op).await,
             _ => self.0.store.write(vec![op]).await,
         }
     }
@@ -213,7 +213,7 @@ impl Node {
         match self.cluster() {
             // Clustered, recovery always looks at the live copies: even with one copy,
             // an entity that moved finds its state on the node it moved from.
-            Some(c) => c.recover(self, path, rf).await,
+            Some(_) => crate::cluster::replica::recover(self, path, rf).await,
             _ => {
                 let store = self.0.store.clone();
                 let p = path.to_string();
