@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use troupe_limiter::lab::plot::{Line, LineChart, render_lines_png};
+use troupe_chart::{Line, LineChart, render_lines_png};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Eos {

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use troupe_actors::limiter::core::lab::plot::{BarChart, Line, LineChart, render_bars_png, render_lines_png};
 use troupe_actors::llm::lab::route_sim::{PolicyResult, SimConfig, simulate};
 use troupe_actors::llm::lab::{
     Batching, Clock, Produced, Req, RunSummary, StepEngine, Timeline, cdf, drive, mean, mixed_workload, quantile,
@@ -27,6 +26,7 @@ use troupe_actors::llm::lab::{
 };
 use troupe_actors::llm::proto::{Blob, WorkerReply};
 use troupe_actors::llm::route::Policy;
+use troupe_chart::{BarChart, Line, LineChart, render_bars_png, render_lines_png};
 use troupe_llm::{Engine, EngineConfig, EngineError, KvBlocks, Message, ModelFile, SamplingParams, ScheduleError};
 
 #[derive(clap::Args)]

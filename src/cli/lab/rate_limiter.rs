@@ -20,8 +20,9 @@ use troupe_actors::limiter::core::lab::accuracy::{AccuracyConfig, run_accuracy};
 use troupe_actors::limiter::core::lab::boundary::{BoundaryConfig, run_boundary};
 use troupe_actors::limiter::core::lab::failmode::{FailModeConfig, run_failmode, run_failmode_series};
 use troupe_actors::limiter::core::lab::leasing::{LeasingConfig, run_leasing};
-use troupe_actors::limiter::core::lab::plot::{Line, LineChart, render_boundary_png, render_lines_png};
+use troupe_actors::limiter::core::lab::plot::render_boundary_png;
 use troupe_actors::limiter::core::rules::FailMode;
+use troupe_chart::{Line, LineChart, render_lines_png};
 
 #[derive(clap::Args)]
 pub struct Args {

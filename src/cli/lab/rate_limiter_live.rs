@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use troupe_actors::limiter::core::lab::plot::{Line, LineChart};
+use troupe_chart::{Line, LineChart};
 
 const TOPOLOGY: &str = include_str!("../../../systems/rate-limiter.toml");
 const LIMIT_PER_S: u64 = 50;

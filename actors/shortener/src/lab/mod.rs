@@ -11,12 +11,14 @@
 
 pub mod cache_zipf;
 pub mod enumeration;
+#[cfg(feature = "plot")]
 mod plot;
 pub mod redirects;
 mod rng;
 
 pub use cache_zipf::{CachePoint, CacheZipfParams, CacheZipfResult, cache_hit_rates};
 pub use enumeration::{EnumerationCurve, EnumerationParams, EnumerationResult, IdScheme, Strategy, enumeration};
+#[cfg(feature = "plot")]
 pub use plot::{plot_cache_hit_rate, plot_enumeration, plot_redirect_loss};
 pub use redirects::{RedirectLossParams, RedirectLossResult, redirect_loss, redirect_loss_sweep};
 
@@ -81,7 +83,8 @@ pub fn run_all(seed: u64, scale: LabScale) -> Result<LabReport, LabError> {
 }
 
 impl LabReport {
-    /// `(file name, PNG bytes)` for each plot.
+    /// `(file name, PNG bytes)` for each plot (feature `plot`).
+    #[cfg(feature = "plot")]
     pub fn plots(&self) -> Result<Vec<(&'static str, Vec<u8>)>, LabError> {
         Ok(vec![
             ("url-shortener-301-vs-302.png", plot_redirect_loss(&self.redirect_loss)?),
@@ -152,22 +155,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quick_run_produces_numbers_and_pngs() {
+    fn quick_run_produces_numbers() {
         let report = run_all(1, LabScale::Quick).expect("lab runs");
         assert_eq!(report.redirect_loss.len(), 3);
         let summary = report.summary();
         assert!(summary.contains("(a)") && summary.contains("(b)") && summary.contains("(c)"), "{summary}");
+        // Same seed, same numbers.
+        let again = run_all(1, LabScale::Quick).expect("lab runs");
+        assert_eq!(again.summary(), summary);
+    }
+
+    #[cfg(feature = "plot")]
+    #[test]
+    fn quick_run_produces_pngs() {
+        let report = run_all(1, LabScale::Quick).expect("lab runs");
         let plots = report.plots().expect("plots render");
         assert_eq!(plots.len(), 3);
         for (name, png) in &plots {
             assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{name} is not a PNG");
             assert!(png.len() > 10_000, "{name} is suspiciously small ({} bytes)", png.len());
         }
-        // Same seed, same numbers.
-        let again = run_all(1, LabScale::Quick).expect("lab runs");
-        assert_eq!(again.summary(), summary);
     }
 
+    #[cfg(feature = "plot")]
     #[test]
     fn plots_contain_text() {
         // Text pixels are antialiased greys: a plot without text would have almost none.

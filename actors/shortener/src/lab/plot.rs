@@ -1,13 +1,11 @@
 //! PNG plots of the lab results, drawn in memory (the caller writes the bytes).
 //!
-//! Text uses DejaVu Sans embedded from the `dejavu` crate and registered with plotters'
-//! `ab_glyph` backend once per process, so plots render the same on machines without
-//! system fonts or fontconfig.
+//! Canvas, PNG encoding and the embedded font are troupe-chart's, so plots render the
+//! same on machines without system fonts or fontconfig.
 
-use std::sync::OnceLock;
-
-use plotters::coord::Shift;
-use plotters::prelude::*;
+use troupe_chart::plotters::coord::Shift;
+use troupe_chart::plotters::prelude::*;
+use troupe_chart::{FONT, PlotError, canvas};
 
 use super::LabError;
 use super::cache_zipf::CacheZipfResult;
@@ -16,7 +14,6 @@ use super::redirects::RedirectLossResult;
 
 const WIDTH_PX: u32 = 900;
 const HEIGHT_PX: u32 = 560;
-const FONT: &str = "sans-serif";
 
 /// Axis numbers without decimals: 1500 -> "1.5k", 2000000 -> "2M".
 fn human(x: &f64) -> String {
@@ -35,37 +32,16 @@ fn trim(x: f64) -> String {
     text.strip_suffix(".0").map(str::to_string).unwrap_or(text)
 }
 
-fn register_font() -> Result<(), LabError> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
-    if ok { Ok(()) } else { Err(LabError::Plot("the embedded DejaVu Sans font did not load".into())) }
+fn plot_err<E: std::fmt::Display>(e: E) -> PlotError {
+    PlotError::Draw(e.to_string())
 }
 
-fn plot_err<E: std::fmt::Display>(e: E) -> LabError {
-    LabError::Plot(e.to_string())
-}
-
-/// Draws with `draw` on a white RGB canvas and returns it PNG-encoded.
+/// Draws with `draw` on the lab's canvas and returns it PNG-encoded (troupe-chart's
+/// canvas and font).
 fn render(
-    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), LabError>,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), PlotError>,
 ) -> Result<Vec<u8>, LabError> {
-    register_font()?;
-    let mut rgb = vec![0u8; (WIDTH_PX * HEIGHT_PX * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        draw(&root)?;
-        root.present().map_err(plot_err)?;
-    }
-    let mut png_bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut png_bytes, WIDTH_PX, HEIGHT_PX);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(plot_err)?;
-    writer.write_image_data(&rgb).map_err(plot_err)?;
-    writer.finish().map_err(plot_err)?;
-    Ok(png_bytes)
+    canvas(WIDTH_PX, HEIGHT_PX, draw).map_err(|e| LabError::Plot(e.to_string()))
 }
 
 type PointValue = fn(&super::cache_zipf::CachePoint) -> f64;
