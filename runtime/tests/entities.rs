@@ -196,3 +196,34 @@ async fn idle_entities_passivate_and_come_back_with_their_state() {
     assert_eq!(h.ask(AccMsg::Add(1)).await.unwrap(), 8);
     n.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extensions_are_one_per_node_made_once_and_retried_after_a_failure() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    struct Counter(AtomicU64);
+    struct Other(u64);
+    let (a, b) = (node(60_000, 1024).await, node(60_000, 1024).await);
+    let made = AtomicU64::new(0);
+    let make = || {
+        made.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, String>(Counter(AtomicU64::new(0)))
+    };
+    let a1 = a.extension(make).unwrap();
+    a1.0.fetch_add(5, Ordering::SeqCst);
+    let a2 = a.extension(make).unwrap();
+    assert!(Arc::ptr_eq(&a1, &a2), "one instance per node");
+    assert_eq!(made.load(Ordering::SeqCst), 1, "made once");
+    let b1 = b.extension(make).unwrap();
+    assert_eq!(b1.0.load(Ordering::SeqCst), 0, "another node has its own");
+    // A failed init leaves nothing behind: the next use tries again. An init may ask for
+    // an extension of another type.
+    assert_eq!(a.extension::<Other, String>(|| Err("not yet".into())).err().as_deref(), Some("not yet"));
+    let o = a.extension::<Other, String>(|| Ok(Other(a.extension(make)?.0.load(Ordering::SeqCst)))).unwrap();
+    assert_eq!(o.0, 5);
+    // Shutdown drops them (they usually hold the node).
+    let weak = Arc::downgrade(&a1);
+    drop((a1, a2, o));
+    a.shutdown().await;
+    assert!(weak.upgrade().is_none(), "the node let go of its extension at shutdown");
+    b.shutdown().await;
+}

@@ -3,9 +3,9 @@
 //!
 //! Every caller on the node (the agent's SDK service, the HTTP service, other systems' actors
 //! through [`super::Limiter`]) and every shard hosted here share one instance, so rules are
-//! applied once per node and leases are per node, as the quota owner accounts them. It lives in
-//! a registry keyed by node name and boot epoch because ractor's registry is process-global and
-//! tests run several nodes in one process; it is created on first use from the loaded topology.
+//! applied once per node and leases are per node, as the quota owner accounts them. It is the
+//! node's extension of this type (`Node::extension`): one per node even with several nodes in a
+//! process, created on first use from the loaded topology, kept until the node shuts down.
 //!
 //! Invariants: the rule set only moves to newer versions ([`ActiveRules`]); a shard's breaker
 //! only ever delays asking its owner by `breaker_ms`, never longer.
@@ -16,9 +16,8 @@ use super::config::SystemConfig;
 use super::lease::Leases;
 use super::metrics::LimiterMetrics;
 use parking_lot::{Mutex, RwLock};
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 use troupe_limiter::proto::{
     self, LimiterRules, LimiterShard, RulesMsg, RulesReply, ShardCheck, ShardItem, ShardMsg, ShardReply,
@@ -53,16 +52,13 @@ pub struct NodeLimiter {
     pulling: AtomicBool,
 }
 
-static REGISTRY: Mutex<BTreeMap<(String, u64), Weak<NodeLimiter>>> = Mutex::new(BTreeMap::new());
-
 impl NodeLimiter {
     /// This node's instance, created on first use. `Err` when the system is not enabled.
     pub fn of(node: &Node) -> Result<Arc<NodeLimiter>, String> {
-        let key = (node.name().to_string(), node.epoch());
-        let mut reg = REGISTRY.lock();
-        if let Some(s) = reg.get(&key).and_then(Weak::upgrade) {
-            return Ok(s);
-        }
+        node.extension(|| NodeLimiter::new(node))
+    }
+
+    fn new(node: &Node) -> Result<NodeLimiter, String> {
         let cfg = SystemConfig::of(node)?;
         let shards = (0..cfg.shard.shards)
             .map(|i| {
@@ -77,7 +73,7 @@ impl NodeLimiter {
             .collect::<Result<Vec<_>, String>>()?;
         let metrics = LimiterMetrics::new(node);
         metrics.rules_version.set(cfg.initial_rules.version() as f64);
-        let s = Arc::new(NodeLimiter {
+        Ok(NodeLimiter {
             node: node.clone(),
             active: Mutex::new(ActiveRules::new(cfg.initial_rules.clone())),
             rules: RwLock::new(Arc::new(cfg.initial_rules.clone())),
@@ -88,10 +84,7 @@ impl NodeLimiter {
             clock: OwnerClock::new(),
             pulling: AtomicBool::new(false),
             cfg,
-        });
-        reg.retain(|_, w| w.strong_count() > 0);
-        reg.insert(key, Arc::downgrade(&s));
-        Ok(s)
+        })
     }
 
     /// The rule set in force (cheap: one `Arc` clone).

@@ -59,6 +59,7 @@ impl Node {
             started_unix_us: unix_ms() * 1000,
             cluster: OnceLock::new(),
             alone: OnceLock::new(),
+            extensions: Mutex::new(HashMap::new()),
         };
         let node = Node(Arc::new(inner));
 
@@ -242,6 +243,8 @@ impl Node {
         if let Some(root) = root {
             let _ = root.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(5))).await;
         }
+        // Extensions usually hold the node: dropping them here ends that cycle.
+        self.0.extensions.lock().clear();
     }
 
     /// Resolves when the root supervisor has stopped (it escalated: the node is dead).

@@ -26,6 +26,7 @@ use crate::store::{Store, StoreError};
 use crate::supervision::SupMsg;
 use parking_lot::{Mutex, RwLock};
 use ractor::ActorRef;
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -123,7 +124,12 @@ pub(crate) struct NodeInner {
     cluster: OnceLock<Arc<Cluster>>,
     /// This node as the only placement candidate, when not clustered.
     alone: OnceLock<Arc<Vec<Candidate>>>,
+    /// Systems' per-node state by type ([`Node::extension`]); cleared at shutdown.
+    extensions: Mutex<HashMap<TypeId, Arc<ExtensionSlot>>>,
 }
+
+/// One extension: empty until its first user made it.
+type ExtensionSlot = Mutex<Option<Arc<dyn Any + Send + Sync>>>;
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -221,5 +227,27 @@ impl Node {
     pub(crate) fn unregister(&self, path: &ActorPath, slot: &Arc<dyn ErasedSlot>) {
         slot.mark_removed();
         self.0.registry.remove_if(path, slot);
+    }
+
+    /// This node's one instance of `T`, made by `init` on its first use: a system's
+    /// per-node state (its caches, leases, metrics), shared by every actor and service
+    /// of the system on this node. Several nodes in one process each have their own.
+    /// `init` runs once per node and type; it may ask for extensions of other types
+    /// (only the slot of `T` is held meanwhile), and when it fails the next use tries
+    /// again. Extensions live until [`Node::shutdown`].
+    pub fn extension<T, E>(&self, init: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E>
+    where
+        T: Any + Send + Sync,
+    {
+        let slot = self.0.extensions.lock().entry(TypeId::of::<T>()).or_default().clone();
+        let mut slot = slot.lock();
+        if let Some(made) = slot.as_ref()
+            && let Ok(t) = made.clone().downcast::<T>()
+        {
+            return Ok(t);
+        }
+        let made = Arc::new(init()?);
+        *slot = Some(made.clone());
+        Ok(made)
     }
 }
