@@ -2,7 +2,7 @@
 //!
 //! Everything here is plain data and functions: no async, no clock (time is passed in as
 //! Unix milliseconds), no randomness that is not seeded, no dependency on the troupe
-//! runtime, and no I/O except [`geo::GeoDb::load`]. The actor shells (sharded link actors,
+//! runtime, and no I/O (the shell reads the geo table). The actor shells (sharded link actors,
 //! gateway, click log, aggregators) and the HTTP API wrap these types.
 //!
 //! | module | job |

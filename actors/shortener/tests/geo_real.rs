@@ -6,10 +6,13 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use troupe_shortener::geo::{CountryCode, GeoDb, default_db_path};
+use troupe_shortener::geo::{CountryCode, GEO_DB_ENV, GEO_DB_RELATIVE_PATH, GeoDb};
 
 fn real_db() -> Option<GeoDb> {
-    let path = default_db_path(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let path = match std::env::var_os(GEO_DB_ENV) {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(GEO_DB_RELATIVE_PATH),
+    };
     if !path.exists() {
         if std::env::var_os("TROUPE_REQUIRE_GEO").is_some() {
             panic!(
@@ -20,7 +23,9 @@ fn real_db() -> Option<GeoDb> {
         eprintln!("SKIPPED: no geo database at {} (run actors/shortener/tools/build_geo.py)", path.display());
         return None;
     }
-    Some(GeoDb::load(&path).unwrap_or_else(|e| panic!("{e}")))
+    // Tests may read files; the crate itself does not.
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(GeoDb::from_bytes(&bytes).unwrap_or_else(|e| panic!("{e}")))
 }
 
 fn country(db: &GeoDb, ip: &str) -> Option<String> {

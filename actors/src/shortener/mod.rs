@@ -26,6 +26,7 @@
 
 pub mod clicklog;
 pub mod gateway;
+pub mod geo;
 pub mod limiter;
 pub mod link;
 

