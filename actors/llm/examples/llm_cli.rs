@@ -1,6 +1,6 @@
 //! Standalone build of the root binary's `troupe models` / `troupe generate`
 //! commands (src/cli/llm.rs), so the CLI is compiled and usable from this crate:
-//! `cargo run -p troupe-llm --release --example llm_cli -- generate --prompt "Hi"`.
+//! `cargo run -p troupe-llm --release --features fetch --example llm_cli -- generate --prompt "Hi"`.
 
 #[path = "../../../src/cli/llm.rs"]
 mod llm;

