@@ -14,6 +14,7 @@
 //! | [`analytics`] | click events, User-Agent/Referer parsing, exactly-once mergeable aggregation |
 //! | [`geo`] | IP -> country from a range file built by `tools/build_geo.py` |
 //! | [`lab`] | seeded experiments for `troupe lab url-shortener`, with PNG plots |
+//! | [`proto`] | the wire protocol (link, click-log, gateway messages) and the pure rules of a link's log |
 //! | [`time`] | UTC calendar arithmetic on Unix milliseconds |
 //!
 //! # Creating a link and following it
@@ -67,5 +68,6 @@ pub mod cache;
 pub mod geo;
 pub mod ids;
 pub mod lab;
+pub mod proto;
 pub mod time;
 pub mod validate;

@@ -17,38 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 use troupe_runtime::wire::codec;
-use troupe_runtime::{
-    ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Protocol, RemoteError, Reply, ReplyOf, fail,
-};
-use troupe_shortener::analytics::{Admission, Aggregator, AggregatorConfig, ClickEvent, LinkReport, StatsLimits};
-
-pub struct ClickLog;
-
-impl Protocol for ClickLog {
-    type Msg = ClickLogMsg;
-    type Reply = ClickLogReply;
-    const NAME: &'static str = "shortener.clicklog";
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ClickLogMsg {
-    /// Append these clicks and count the new ones.
-    Ingest { events: Vec<ClickEvent> },
-    /// Statistics of one link (top lists cut to `top_n`).
-    Stats { code: String, top_n: u32 },
-    /// Drop a deleted link's statistics.
-    Forget { code: String },
-    /// Counters of the shard.
-    Status,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ClickLogReply {
-    Ingested { new: u32, duplicates: u32, late: u32 },
-    Stats(Option<LinkReport>),
-    Forgotten,
-    Status { links: u64, duplicate_events: u64, late_events: u64, dedup_ids: u64 },
-}
+use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail};
+use troupe_shortener::analytics::{Admission, Aggregator, AggregatorConfig, ClickEvent, StatsLimits};
+pub use troupe_shortener::proto::{ClickLog, ClickLogMsg, ClickLogReply};
 
 /// One entry of the durable log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

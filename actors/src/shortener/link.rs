@@ -14,142 +14,14 @@
 
 use super::KIND_GATEWAY;
 use super::gateway::GatewayMsg;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use troupe_runtime::wire::codec;
 use troupe_runtime::{
-    ActorError, ActorPath, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Protocol, RemoteError, Reply, ReplyOf,
-    fail,
+    ActorError, ActorPath, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail,
 };
-
-pub struct Link;
-
-impl Protocol for Link {
-    type Msg = LinkMsg;
-    type Reply = LinkReply;
-    const NAME: &'static str = "shortener.link";
-}
-
-/// A short link as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinkRecord {
-    /// Normalized target URL (validated and screened by the gateway).
-    pub target: String,
-    pub created_ms: u64,
-    pub updated_ms: u64,
-    /// Unix ms after which the link answers 410.
-    pub expires_ms: Option<u64>,
-    /// 301 instead of 302: browsers cache it, so later clicks never reach us (opt-in).
-    pub permanent: bool,
-    /// The user who created it (`X-User-Id`); `None` = anonymous, immutable.
-    pub owner: Option<String>,
-    /// Set when deleted; the record stays as a tombstone.
-    pub deleted_ms: Option<u64>,
-}
-
-impl LinkRecord {
-    pub fn is_expired(&self, now_ms: u64) -> bool {
-        self.expires_ms.is_some_and(|at| now_ms >= at)
-    }
-}
-
-/// Who asks for an edit or a delete.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Requester {
-    pub user: Option<String>,
-    /// Presented the deployment's admin token (abuse takedowns).
-    pub admin: bool,
-}
-
-/// Fields an edit may change; `None` leaves a field as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct LinkChange {
-    pub target: Option<String>,
-    /// `Some(None)` removes the expiry.
-    pub expires_ms: Option<Option<u64>>,
-    pub permanent: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum LinkMsg {
-    /// Store a new link under this code, unless the code was ever used.
-    Create {
-        link: LinkRecord,
-    },
-    /// The record (tombstones included; the caller decides 404/410).
-    Get,
-    Update {
-        change: LinkChange,
-        by: Requester,
-        at_ms: u64,
-    },
-    Delete {
-        by: Requester,
-        at_ms: u64,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum LinkReply {
-    Created(LinkRecord),
-    /// The code is in use (or was, and was deleted).
-    Taken {
-        deleted: bool,
-    },
-    Found(LinkRecord),
-    NotFound,
-    Updated(LinkRecord),
-    Deleted,
-    Forbidden(String),
-}
-
-/// One entry of the durable log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum LinkOp {
-    Created(LinkRecord),
-    Updated { change: LinkChange, at_ms: u64 },
-    Deleted { at_ms: u64 },
-}
-
-/// The pure state transition: what the log means.
-pub fn apply(state: &mut Option<LinkRecord>, op: LinkOp) {
-    match op {
-        LinkOp::Created(rec) => *state = Some(rec),
-        LinkOp::Updated { change, at_ms } => {
-            if let Some(rec) = state {
-                if let Some(t) = change.target {
-                    rec.target = t;
-                }
-                if let Some(e) = change.expires_ms {
-                    rec.expires_ms = e;
-                }
-                if let Some(p) = change.permanent {
-                    rec.permanent = p;
-                }
-                rec.updated_ms = at_ms;
-            }
-        }
-        LinkOp::Deleted { at_ms } => {
-            if let Some(rec) = state {
-                rec.deleted_ms.get_or_insert(at_ms);
-            }
-        }
-    }
-}
-
-/// Whether `by` may edit or delete `rec`; the error is the 403 message.
-pub fn may_manage(rec: &LinkRecord, by: &Requester) -> Result<(), String> {
-    if by.admin {
-        return Ok(());
-    }
-    match (&rec.owner, &by.user) {
-        (Some(owner), Some(user)) if owner == user => Ok(()),
-        (Some(_), Some(_)) => Err("this link belongs to another user".into()),
-        (Some(_), None) => Err("send the X-User-Id of the user who created this link".into()),
-        (None, _) => {
-            Err("anonymous links cannot be changed or deleted; create links with an X-User-Id to manage them".into())
-        }
-    }
-}
+pub use troupe_shortener::proto::{
+    Link, LinkChange, LinkMsg, LinkOp, LinkRecord, LinkReply, Requester, apply, may_manage,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -32,27 +32,7 @@ pub mod link;
 
 /// The pure cores (IDs, validation, abuse, cache, analytics, geo, lab).
 pub use troupe_shortener as core;
-
-/// Kind names the shells use to address each other inside the system.
-pub const KIND_LINK: &str = "link";
-pub const KIND_CLICKLOG: &str = "clicklog";
-pub const KIND_GATEWAY: &str = "gateway";
-
-/// FNV-1a (64 bit): a hash that is the same on every node and every build, so every
-/// gateway sends a code's clicks to the same shard (std's hasher is seeded per process).
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The click-log shard of a code.
-pub fn shard_of(code: &str, shards: u32) -> u32 {
-    (stable_hash(code.as_bytes()) % u64::from(shards.max(1))) as u32
-}
+pub use troupe_shortener::proto::{KIND_CLICKLOG, KIND_GATEWAY, KIND_LINK, shard_of, stable_hash};
 
 #[cfg(test)]
 mod tests {

@@ -25,38 +25,16 @@ use cache::LinkCache;
 use clicks::{ClickMetrics, ClickSink, ShipConfig};
 use ids::IdSource;
 use params::GatewayParams;
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use troupe_runtime::metrics::Counter;
-use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Protocol, Reply, ReplyOf, fail};
+use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Reply, ReplyOf, fail};
 use troupe_shortener::abuse::{AbuseConfig, AbusePolicy, DomainBlocklist};
 use troupe_shortener::geo::GeoDb;
 use troupe_shortener::ids::CodeGen;
-
-pub struct Gateway;
-
-impl Protocol for Gateway {
-    type Msg = GatewayMsg;
-    type Reply = GatewayReply;
-    const NAME: &'static str = "shortener.gateway";
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum GatewayMsg {
-    /// A link was edited or deleted: drop this node's cached copy.
-    Invalidate {
-        code: String,
-    },
-    Status,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum GatewayReply {
-    Status { http: String, cache_entries: u64, cache_hits: u64, cache_misses: u64, geo: Option<String> },
-}
+pub use troupe_shortener::proto::{Gateway, GatewayMsg, GatewayReply};
 
 /// Request counters of one gateway node.
 pub struct GatewayMetrics {
