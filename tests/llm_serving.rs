@@ -319,7 +319,10 @@ fn one_streamed(addr: SocketAddr, i: usize) -> Outcome {
     match request(addr, "POST", "/v1/completions", &[("Authorization", &auth(PAID))], &body) {
         Ok((200, body)) => {
             let ev = events(&body);
-            match ev.iter().find(|e| e.contains("\"error\"")) {
+            // An error event has an `error` member; a token may well be the word "error".
+            let is_error =
+                |e: &&String| serde_json::from_str::<serde_json::Value>(e).is_ok_and(|v| v.get("error").is_some());
+            match ev.iter().find(is_error) {
                 Some(e) => Outcome::MidStream(e.clone()),
                 None if ev.last().is_some_and(|e| e == "[DONE]") => Outcome::Ok,
                 None => Outcome::MidStream(format!("no [DONE]: {body}")),
