@@ -7,11 +7,11 @@
 //! across restarts). Transient refusals — the actor restarting or passivating, the
 //! owner changing — are retried a bounded number of times within the deadline.
 
-use crate::actor::{Delivery, current_trace};
+use crate::current::current_trace;
 use crate::node::{Node, Target};
 use crate::reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 use crate::retry::{Retry, rerouted, worth_retrying};
-use crate::slot::LocalSlot;
+use crate::slot::{Delivery, LocalSlot};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,14 @@ impl<P: Protocol> std::fmt::Debug for ActorHandle<P> {
 enum Resolved<P: Protocol> {
     Local(Arc<LocalSlot<P>>),
     Remote(Arc<str>),
+}
+
+impl Node {
+    /// A typed handle to `path`. (Here rather than in node/: the node hands out
+    /// handles without naming them, so handles may call back into the node.)
+    pub fn handle<P: Protocol>(&self, path: ActorPath) -> ActorHandle<P> {
+        ActorHandle::new(self.clone(), path)
+    }
 }
 
 impl<P: Protocol> ActorHandle<P> {

@@ -6,37 +6,14 @@
 
 use crate::actor::{Behavior, FromParams, Shell, ShellArgs};
 use crate::config::KindSpec;
-use crate::node::Node;
+use crate::node::{KindFactory, KindInstance, KindRegistry, Node};
 use crate::slot::{ErasedSlot, LocalSlot};
 use crate::stats::ActorEntry;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell};
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use troupe_wire::{ActorPath, JsonCodec, JsonOf, Protocol};
-
-pub trait KindFactory: Send + Sync + 'static {
-    fn name(&self) -> &str;
-    /// JSON conversions of the kind's protocol (CLI and HTTP routes).
-    fn json(&self) -> &dyn JsonCodec;
-    fn check_params(&self, params: &toml::Table) -> Result<(), String>;
-    fn instantiate(&self, node: &Node, spec: Arc<KindSpec>) -> Result<Arc<dyn KindInstance>, String>;
-}
-
-/// A kind built for one node: its behavior and spec.
-pub trait KindInstance: Send + Sync {
-    fn spec(&self) -> &Arc<KindSpec>;
-    /// A new empty slot for `path`.
-    fn new_slot(&self, path: ActorPath, entry: Arc<ActorEntry>) -> Arc<dyn ErasedSlot>;
-    /// Starts one incarnation into `slot`, linked to `supervisor`.
-    fn start(
-        &self,
-        node: Node,
-        slot: Arc<dyn ErasedSlot>,
-        supervisor: ActorCell,
-    ) -> BoxFuture<'static, Result<ActorCell, String>>;
-}
 
 struct BehaviorFactory<B: Behavior + FromParams> {
     name: String,
@@ -109,56 +86,11 @@ impl<B: Behavior> Shell<B> {
     }
 }
 
-/// Every kind this binary can run, by factory name.
-#[derive(Clone, Default)]
-pub struct KindRegistry {
-    map: BTreeMap<String, Arc<dyn KindFactory>>,
-}
-
-impl std::fmt::Debug for KindRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.map.keys()).finish()
-    }
-}
-
 impl KindRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Registers behavior `B` under `name` (e.g. `kv.store`).
     pub fn register<B: Behavior + FromParams>(&mut self, name: &str) -> &mut Self {
         let f = BehaviorFactory::<B> { name: name.to_string(), json: JsonOf::new(), _b: PhantomData };
         self.map.insert(name.to_string(), Arc::new(f));
         self
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<dyn KindFactory>> {
-        self.map.get(name).cloned()
-    }
-
-    pub fn get_ref(&self, name: &str) -> Option<&dyn KindFactory> {
-        self.map.get(name).map(|f| f.as_ref())
-    }
-
-    pub fn names(&self) -> Vec<&str> {
-        self.map.keys().map(|s| s.as_str()).collect()
-    }
-}
-
-impl crate::config::KindCatalog for KindRegistry {
-    fn contains(&self, factory: &str) -> bool {
-        self.map.contains_key(factory)
-    }
-
-    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String> {
-        match self.map.get(factory) {
-            Some(f) => f.check_params(params),
-            None => Err(format!("unknown actor kind `{factory}`")),
-        }
-    }
-
-    fn names(&self) -> Vec<&str> {
-        KindRegistry::names(self)
     }
 }

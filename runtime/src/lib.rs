@@ -35,7 +35,7 @@ pub(crate) mod supervision;
 pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_trace, fail, store_failed};
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};
 pub use handle::ActorHandle;
-pub use kinds::KindRegistry;
+pub use node::KindRegistry;
 pub use node::{Node, NodeError};
 pub use reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 pub use store::{Recovered, Store, StoreError, WriteOp};

@@ -9,7 +9,7 @@ pub mod topology;
 
 pub use cluster::{ClusterConfig, GpuSpec, MembershipTuning, NodeSpec, TransportTuning};
 pub use diag::{ConfigErrors, Diag, Diags, Doc};
-pub use topology::{KindSpec, Placement, RouteSpec, SupervisionSpec, Topology};
+pub use topology::{KindCatalog, KindSpec, Placement, RouteSpec, SupervisionSpec, Topology};
 
 use std::path::Path;
 
@@ -37,18 +37,6 @@ fn read_doc(path: &Path, diags: &Diags, what: &str, help: &str) -> Option<Doc> {
             None
         }
     }
-}
-
-/// The actor kinds a configuration may name: loading checks factories and their
-/// params through this, without knowing the node (`KindRegistry` is the one the node
-/// uses).
-pub trait KindCatalog {
-    /// Whether a kind named `factory` is registered.
-    fn contains(&self, factory: &str) -> bool;
-    /// Checks `params` for the registered kind `factory`.
-    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String>;
-    /// Every registered kind's name, for "did you mean".
-    fn names(&self) -> Vec<&str>;
 }
 
 /// Loads `cluster_file` and every topology it enables.

@@ -4,7 +4,6 @@
 //! a factory registered in code, and loading checks that it exists and accepts the
 //! parameters.
 
-use super::KindCatalog;
 use super::diag::{Diags, Doc, suggest};
 use super::reader::Tbl;
 use crate::supervision::policy::{Intensity, Strategy};
@@ -32,6 +31,18 @@ impl Topology {
 
 /// Where a kind's actors live (the directory's, in `troupe-core`).
 pub use troupe_core::directory::Placement;
+
+/// The actor kinds a configuration may name: loading checks factories and their
+/// params through this, without knowing the node (`KindRegistry` is the one the node
+/// uses).
+pub trait KindCatalog {
+    /// Whether a kind named `factory` is registered.
+    fn contains(&self, factory: &str) -> bool;
+    /// Checks `params` for the registered kind `factory`.
+    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String>;
+    /// Every registered kind's name, for "did you mean".
+    fn names(&self) -> Vec<&str>;
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SupervisionSpec {

@@ -13,9 +13,7 @@
 //! ```
 
 use crate::cluster::Cluster;
-use crate::config::{KindSpec, Loaded, Placement};
-use crate::handle::ActorHandle;
-use crate::kinds::{KindInstance, KindRegistry};
+use crate::config::{KindCatalog, KindSpec, Loaded, Placement};
 use crate::metrics::Metrics;
 use crate::placement::Candidate;
 use crate::registry::Registry;
@@ -24,15 +22,17 @@ use crate::slot::ErasedSlot;
 use crate::stats::ActorEntry;
 use crate::store::{Store, StoreError};
 use crate::supervision::SupMsg;
+use futures::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
+use ractor::ActorCell;
 use ractor::ActorRef;
 use std::any::{Any, TypeId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use troupe_wire::introspect::SpanRecord;
-use troupe_wire::{ActorPath, Protocol};
+use troupe_wire::{ActorPath, JsonCodec};
 
 mod boot;
 mod introspect;
@@ -215,11 +215,6 @@ impl Node {
         self.0.loaded.cluster.transport.stream_buffer as usize
     }
 
-    /// A typed handle to `path`.
-    pub fn handle<P: Protocol>(&self, path: ActorPath) -> ActorHandle<P> {
-        ActorHandle::new(self.clone(), path)
-    }
-
     pub(crate) fn register(&self, path: ActorPath, slot: Arc<dyn ErasedSlot>) {
         self.0.registry.insert(path, slot);
     }
@@ -249,5 +244,78 @@ impl Node {
         let made = Arc::new(init()?);
         *slot = Some(made.clone());
         Ok(made)
+    }
+}
+
+/// What a node needs of a kind before it runs: its name, JSON codec and param check,
+/// and an instance built for the node. Defined beside [`Node`] (and implemented for
+/// behaviors in kinds.rs) so the node does not name the actor layer.
+pub trait KindFactory: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// JSON conversions of the kind's protocol (CLI and HTTP routes).
+    fn json(&self) -> &dyn JsonCodec;
+    fn check_params(&self, params: &toml::Table) -> Result<(), String>;
+    fn instantiate(&self, node: &Node, spec: Arc<KindSpec>) -> Result<Arc<dyn KindInstance>, String>;
+}
+
+/// A kind built for one node: its behavior and spec.
+pub trait KindInstance: Send + Sync {
+    fn spec(&self) -> &Arc<KindSpec>;
+    /// A new empty slot for `path`.
+    fn new_slot(&self, path: ActorPath, entry: Arc<ActorEntry>) -> Arc<dyn ErasedSlot>;
+    /// Starts one incarnation into `slot`, linked to `supervisor`.
+    fn start(
+        &self,
+        node: Node,
+        slot: Arc<dyn ErasedSlot>,
+        supervisor: ActorCell,
+    ) -> BoxFuture<'static, Result<ActorCell, String>>;
+}
+
+/// Every kind this binary can run, by factory name (behaviors register with
+/// `KindRegistry::register`, in kinds.rs).
+#[derive(Clone, Default)]
+pub struct KindRegistry {
+    pub(crate) map: BTreeMap<String, Arc<dyn KindFactory>>,
+}
+
+impl std::fmt::Debug for KindRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.map.keys()).finish()
+    }
+}
+
+impl KindRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn KindFactory>> {
+        self.map.get(name).cloned()
+    }
+
+    pub fn get_ref(&self, name: &str) -> Option<&dyn KindFactory> {
+        self.map.get(name).map(|f| f.as_ref())
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.map.keys().map(|s| s.as_str()).collect()
+    }
+}
+
+impl KindCatalog for KindRegistry {
+    fn contains(&self, factory: &str) -> bool {
+        self.map.contains_key(factory)
+    }
+
+    fn check_params(&self, factory: &str, params: &toml::Table) -> Result<(), String> {
+        match self.map.get(factory) {
+            Some(f) => f.check_params(params),
+            None => Err(format!("unknown actor kind `{factory}`")),
+        }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        KindRegistry::names(self)
     }
 }

@@ -10,9 +10,10 @@
 //! live incarnations on a node, and a key being passivated is re-activated only
 //! after the old incarnation has stopped.
 
+use super::msg::{ActivateReply, SupMsg};
 use super::policy::{Decision, Intensity, RestartPolicy, Strategy};
 use crate::actor::PASSIVATED;
-use crate::kinds::KindInstance;
+use crate::node::KindInstance;
 use crate::node::Node;
 use crate::slot::ErasedSlot;
 use crate::stats::{ActorEntry, ActorStats};
@@ -21,7 +22,6 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use troupe_wire::introspect::ActorState;
 use troupe_wire::{ActorPath, RemoteError};
 
@@ -45,30 +45,6 @@ pub(crate) struct ChildSpec {
     /// The entity's slot, for kind supervisors (removed from the registry with it).
     pub slot: Option<Arc<dyn ErasedSlot>>,
 }
-
-pub(crate) enum SupMsg {
-    /// Find or start the entity `path` (kind supervisors only).
-    Activate {
-        path: ActorPath,
-        reply: ActivateReply,
-    },
-    /// Stop a child on purpose and forget it.
-    StopChild {
-        key: String,
-    },
-    RestartDue {
-        keys: Vec<String>,
-        round: u64,
-    },
-    /// A start launched in the background finished.
-    Started {
-        key: String,
-        attempt: u64,
-        result: Result<ActorCell, String>,
-    },
-}
-
-pub(crate) type ActivateReply = oneshot::Sender<Result<Arc<dyn ErasedSlot>, RemoteError>>;
 
 pub(crate) struct SupervisorConfig {
     pub path: String,
