@@ -2,8 +2,11 @@
 //! the runtime's own end-to-end system — small, but every write goes through the
 //! durable, replicated log, so tests can kill nodes and count what survived.
 //!
-//! Invariant: a write is acknowledged only after `ctx.persist` returned, i.e. after
-//! it is on disk on `replication_factor` nodes.
+//! Invariants (docs/replication.md): a write is acknowledged only after `ctx.persist`
+//! returned, i.e. after it is on disk on a majority of the key's replica set; a read
+//! is answered only after `ctx.confirm` — a majority still backs this owner's term —
+//! so every key is linearizable, and a node cut off with a minority answers an error,
+//! not a stale value.
 
 use serde::{Deserialize, Serialize};
 use troupe_runtime::{
@@ -140,7 +143,12 @@ impl Behavior for KvStoreActor {
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
         match msg {
-            KvMsg::Get => reply.send(KvReply::Value { value: st.value.clone(), version: st.version }).await,
+            KvMsg::Get => match ctx.confirm().await {
+                Ok(()) => reply.send(KvReply::Value { value: st.value.clone(), version: st.version }).await,
+                // Another owner may have taken over: re-elect (or fail to) before the
+                // next request.
+                Err(e) => self.fail_write(ctx, st, reply, fail(e.to_string())).await?,
+            },
             KvMsg::Put { value } => {
                 if value.len() > self.params.value_bytes_max {
                     reply.fail(RemoteError::Invalid(format!(
@@ -186,9 +194,10 @@ impl Behavior for KvStoreActor {
 }
 
 impl KvStoreActor {
-    /// A write that could not be made durable on every replica is not acknowledged:
-    /// the caller gets an error and may retry. The entry may have reached some disks,
-    /// so the entity reloads its state from the durable copies instead of guessing.
+    /// A write that could not be made durable on a majority (or a read whose barrier
+    /// failed) is not acknowledged: the caller gets an error and may retry. The entry
+    /// may have reached some disks, and another owner may have taken over, so the
+    /// entity recovers again instead of guessing.
     async fn fail_write(
         &self,
         ctx: &Ctx<KvStore>,

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use troupe_core::replication::Term;
 use troupe_wire::introspect::ActorState;
 use troupe_wire::{ActorPath, Protocol, RemoteError};
 
@@ -88,6 +89,8 @@ pub struct Ctx<P: Protocol> {
     passivate: AtomicBool,
     /// Next durable log sequence number.
     next_seq: AtomicU64,
+    /// The term this actor owns its replicated state under (set by [`Ctx::recover`]).
+    term: parking_lot::Mutex<Term>,
 }
 
 impl<P: Protocol> Ctx<P> {
@@ -135,20 +138,28 @@ impl<P: Protocol> Ctx<P> {
     }
 
     /// Reads back this actor's durable state (snapshot + log after it), and sets
-    /// the next sequence number after it. On a cluster, the newest copy among the
-    /// live replicas wins.
+    /// the next sequence number after it. Replicated on a cluster, this is an
+    /// election: a majority of the kind's replica set promises this node a new term
+    /// and the newest copy among them is adopted under it (docs/replication.md).
     pub async fn recover(&self) -> Result<Recovered, StoreError> {
         let r = self.node.recover(&self.path, self.spec.replication_factor).await?;
         self.next_seq.store(r.last_seq() + 1, Ordering::SeqCst);
+        *self.term.lock() = r.terms.accepted.clone();
         Ok(r)
     }
 
-    /// Appends one entry to this actor's durable log. Returns after it is on disk on
-    /// `replication_factor` nodes; only then may the actor acknowledge the write.
+    fn term(&self) -> Term {
+        self.term.lock().clone()
+    }
+
+    /// Appends one entry to this actor's durable log. Returns after it is on disk on a
+    /// majority of the kind's `replication_factor` replicas; only then may the actor
+    /// acknowledge the write. An error means it may or may not be there: recover
+    /// before serving again.
     pub async fn persist(&self, bytes: Vec<u8>) -> Result<u64, StoreError> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let op = WriteOp::Append { path: self.path.to_string(), seq, bytes };
-        self.node.persist(&self.path, self.spec.replication_factor, op).await?;
+        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await?;
         Ok(seq)
     }
 
@@ -156,15 +167,24 @@ impl<P: Protocol> Ctx<P> {
     pub async fn snapshot(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
         let seq = self.next_seq.load(Ordering::SeqCst).saturating_sub(1);
         let op = WriteOp::Snapshot { path: self.path.to_string(), seq, bytes };
-        self.node.persist(&self.path, self.spec.replication_factor, op).await
+        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await
     }
 
     /// Deletes this actor's durable state everywhere.
     pub async fn forget(&self) -> Result<(), StoreError> {
         let op = WriteOp::Remove { path: self.path.to_string() };
-        self.node.persist(&self.path, self.spec.replication_factor, op).await?;
+        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await?;
         self.next_seq.store(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// A read barrier: returns once a majority of the replica set confirms that this
+    /// actor's term is still the newest it promised, so what the actor answers from
+    /// memory next is linearizable (a deposed owner on the minority side of a
+    /// partition gets an error instead of serving a stale value). Immediate for
+    /// unreplicated kinds.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        self.node.confirm(&self.path, self.spec.replication_factor, &self.term()).await
     }
 
     /// Sequence number the next `persist` will use.
@@ -213,6 +233,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
             me: myself.clone(),
             passivate: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
+            term: parking_lot::Mutex::new(Term::default()),
         };
         let stats = ctx.slot.entry_stats();
         stats.set_state(ActorState::Starting);

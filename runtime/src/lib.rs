@@ -39,5 +39,6 @@ pub use node::KindRegistry;
 pub use node::{Node, NodeError};
 pub use reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 pub use store::{Recovered, Store, StoreError, WriteOp};
+pub use troupe_core::replication::{Term, Terms};
 pub use troupe_wire as wire;
 pub use troupe_wire::{ActorPath, Protocol, RemoteError};

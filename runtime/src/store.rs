@@ -9,6 +9,9 @@
 //! Invariants:
 //! - Log keys are (actor path, sequence number); a snapshot at sequence `s` removes
 //!   the log entries up to `s` in the same transaction.
+//! - A replicated path's terms (`Terms`) live beside its log and are written in the
+//!   same transaction as the data they describe; `Remove` keeps them (a replica
+//!   never forgets a promise).
 //! - The writer's queue is bounded (`WRITE_QUEUE_CAP`): a burst waits, memory does not
 //!   grow.
 
@@ -16,10 +19,14 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use troupe_core::replication::Terms;
 
 const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log");
 const SNAP: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("snapshot");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Per replicated path: the terms this replica promised and accepted (bincode of
+/// `troupe_core::replication::Terms`), committed with the data they describe.
+const TERMS: TableDefinition<&str, &[u8]> = TableDefinition::new("terms");
 
 /// Operations waiting for the writer, in operations (not bytes).
 pub const WRITE_QUEUE_CAP: usize = 4096;
@@ -59,6 +66,11 @@ pub enum WriteOp {
         key: String,
         bytes: Vec<u8>,
     },
+    /// Record the terms of a replicated `path`.
+    Terms {
+        path: String,
+        terms: Terms,
+    },
 }
 
 struct WriteReq {
@@ -72,6 +84,9 @@ pub struct Recovered {
     pub snapshot: Option<(u64, Vec<u8>)>,
     /// Log entries after the snapshot, in order.
     pub entries: Vec<(u64, Vec<u8>)>,
+    /// The replica's terms for this path (default for unreplicated paths).
+    #[serde(default)]
+    pub terms: Terms,
 }
 
 impl troupe_core::replication::Versioned for Recovered {
@@ -81,7 +96,7 @@ impl troupe_core::replication::Versioned for Recovered {
 }
 
 impl Recovered {
-    /// The operations that make another store hold exactly this state.
+    /// The operations that make another store hold exactly this data (not the terms).
     pub fn as_ops(&self, path: &str) -> Vec<WriteOp> {
         let mut ops = vec![WriteOp::Remove { path: path.to_string() }];
         if let Some((seq, bytes)) = &self.snapshot {
@@ -96,6 +111,11 @@ impl Recovered {
     /// The highest sequence number covered (0 when empty).
     pub fn last_seq(&self) -> u64 {
         self.entries.last().map(|e| e.0).or(self.snapshot.as_ref().map(|s| s.0)).unwrap_or(0)
+    }
+
+    /// The same data, without the terms (what replicas compare and hand over).
+    pub fn data(&self) -> Recovered {
+        Recovered { terms: Terms::default(), ..self.clone() }
     }
 }
 
@@ -132,6 +152,7 @@ impl Store {
             w.open_table(LOG).map_err(|e| err(e.to_string()))?;
             w.open_table(SNAP).map_err(|e| err(e.to_string()))?;
             w.open_table(META).map_err(|e| err(e.to_string()))?;
+            w.open_table(TERMS).map_err(|e| err(e.to_string()))?;
         }
         w.commit().map_err(|e| err(e.to_string()))?;
         let db = Arc::new(db);
@@ -194,7 +215,12 @@ impl Store {
             let (k, v) = item.map_err(|e| rerr(&e))?;
             entries.push((k.value().1, v.value().to_vec()));
         }
-        Ok(Recovered { snapshot, entries })
+        let terms = r.open_table(TERMS).map_err(|e| rerr(&e))?;
+        let terms = match terms.get(path).map_err(|e| rerr(&e))? {
+            Some(g) => troupe_wire::codec::decode(g.value()).map_err(|e| rerr(&e))?,
+            None => Terms::default(),
+        };
+        Ok(Recovered { snapshot, entries, terms })
     }
 
     /// Paths that have durable state and start with `prefix` (e.g. `/kv/store/`).
@@ -257,6 +283,7 @@ fn commit(db: &Database, batch: &[WriteReq]) -> Result<(), StoreError> {
         let mut log = w.open_table(LOG).map_err(|e| werr(&e))?;
         let mut snap = w.open_table(SNAP).map_err(|e| werr(&e))?;
         let mut meta = w.open_table(META).map_err(|e| werr(&e))?;
+        let mut terms = w.open_table(TERMS).map_err(|e| werr(&e))?;
         for op in batch.iter().flat_map(|r| &r.ops) {
             match op {
                 WriteOp::Append { path, seq, bytes } => {
@@ -273,6 +300,10 @@ fn commit(db: &Database, batch: &[WriteReq]) -> Result<(), StoreError> {
                 }
                 WriteOp::Meta { key, bytes } => {
                     meta.insert(key.as_str(), bytes.as_slice()).map_err(|e| werr(&e))?;
+                }
+                WriteOp::Terms { path, terms: t } => {
+                    let bytes = troupe_wire::codec::encode(t).map_err(|e| werr(&e))?;
+                    terms.insert(path.as_str(), bytes.as_slice()).map_err(|e| werr(&e))?;
                 }
             }
         }
@@ -303,6 +334,31 @@ mod tests {
         s.write(vec![WriteOp::Remove { path: "/kv/store/a".into() }]).await.unwrap();
         assert_eq!(s.load("/kv/store/a").unwrap(), Recovered::default());
         assert_eq!(s.load("/kv/store/b").unwrap().entries, vec![(1, vec![9])]);
+    }
+
+    #[tokio::test]
+    async fn terms_are_kept_with_the_data_and_survive_a_removal() {
+        use troupe_core::replication::Term;
+        let dir = tempdir();
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        let t = Term { n: 3, node: "n1".into(), epoch: 7 };
+        let terms = Terms { promised: t.clone(), accepted: t };
+        s.write(vec![
+            WriteOp::Append { path: "/kv/store/a".into(), seq: 1, bytes: vec![1] },
+            WriteOp::Terms { path: "/kv/store/a".into(), terms: terms.clone() },
+        ])
+        .await
+        .unwrap();
+        let r = s.load("/kv/store/a").unwrap();
+        assert_eq!(r.terms, terms);
+        assert_eq!(r.data().terms, Terms::default());
+        s.write(vec![WriteOp::Remove { path: "/kv/store/a".into() }]).await.unwrap();
+        let r = s.load("/kv/store/a").unwrap();
+        assert!(r.entries.is_empty());
+        assert_eq!(r.terms, terms, "a replica never forgets a promise");
+        s.close();
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        assert_eq!(s.load("/kv/store/a").unwrap().terms, terms);
     }
 
     #[test]

@@ -120,12 +120,5 @@ fn report(failed: &[SimReport]) -> anyhow::Result<()> {
         let more = if more > 0 { format!("\n  … and {more} more") } else { String::new() };
         eprintln!("seed {}: {}{more}\n  replay: troupe sim --seed {}", r.seed, shown.join("\n  "), r.seed);
     }
-    let losing = bad.iter().filter(|r| r.other_violations().is_empty()).count();
-    if losing > 0 {
-        eprintln!(
-            "{losing} seed(s) only lost acknowledged writes: the known loss of primary-backup fenced by views \
-             (docs/replication.md, \"What the simulator finds\"); the partition-safety issue fixes it"
-        );
-    }
     bail!("{} seed(s) broke an invariant; add them to runtime/core/tests/sim_regressions.txt once fixed", bad.len())
 }

@@ -55,6 +55,8 @@ pub struct ShardState {
     dirty: bool,
     /// Sequence number of the next snapshot (above every copy's, from recovery).
     next_seq: u64,
+    /// The term this shard owns its snapshot under (from its recovery).
+    term: troupe_runtime::Term,
     writing: Arc<AtomicBool>,
     keys: Gauge,
     refunds_applied: Counter,
@@ -123,11 +125,11 @@ impl ShardActor {
         s.dirty = false;
         let seq = s.next_seq;
         s.next_seq += 1;
-        let (node, path, rf, writing) =
-            (ctx.node().clone(), ctx.path().clone(), ctx.spec().replication_factor, s.writing.clone());
+        let (node, path, rf, writing, term) =
+            (ctx.node().clone(), ctx.path().clone(), ctx.spec().replication_factor, s.writing.clone(), s.term.clone());
         tokio::spawn(async move {
             let op = WriteOp::Snapshot { path: path.to_string(), seq, bytes };
-            if let Err(e) = node.persist(&path, rf, op).await {
+            if let Err(e) = node.persist(&path, rf, &term, op).await {
                 // Not fatal: the next tick writes a newer one. Until then a failover loses more.
                 tracing::debug!(%path, error = %e, "shard snapshot not written");
             }
@@ -152,6 +154,7 @@ impl Behavior for ShardActor {
             st,
             dirty: false,
             next_seq: recovered.last_seq() + 1,
+            term: recovered.terms.accepted.clone(),
             writing: Arc::new(AtomicBool::new(false)),
             keys: LimiterMetrics::keys_gauge(ctx.node().metrics(), ctx.key()),
             refunds_applied: LimiterMetrics::refunds_applied(ctx.node().metrics()),

@@ -5,9 +5,17 @@
 //! same functions, so what the simulator finds about ownership under partitions holds
 //! for the real node.
 //!
-//! **Invariant:** two nodes with the same view compute the same owner and the same
-//! replica set (placement's hash is fixed); a per-node path is owned by the node it
-//! names whatever the view says (it is that node's agent, alive or not).
+//! A replicated kind (`rf` > 1) keeps each path on a fixed replica set: the first
+//! `rf` eligible nodes of the cluster file's roster in the path's rendezvous order,
+//! whoever is live. Its owner is the first member of that set that is live in the
+//! view; when none is, the path is unavailable (it does not move to a node that holds
+//! no copy). Writes need a majority of the set ([`crate::replication`]), so the set
+//! never shrinks to what one side of a partition sees.
+//!
+//! **Invariant:** two nodes with the same view compute the same owner; every node
+//! computes the same replica set (placement's hash is fixed, the roster is the
+//! cluster file); a per-node path is owned by the node it names whatever the view
+//! says (it is that node's agent, alive or not).
 
 use crate::placement::{self, Candidate};
 use std::borrow::Cow;
@@ -40,12 +48,17 @@ pub struct Kind<'a> {
     pub placement: Placement,
     /// Nodes eligible to host it (by role); `None` = every node.
     pub role: Option<&'a str>,
+    /// Copies of each path's durable state (1: not replicated).
+    pub rf: u64,
 }
 
-/// The nodes of the cluster file (not the live view): per-node paths name them.
+/// The nodes of the cluster file (not the live view): per-node paths name them, and
+/// replica sets are drawn from them.
 pub trait Roster {
     /// The roles of `node`, or `None` when the cluster has no such node.
     fn roles(&self, node: &str) -> Option<&[String]>;
+    /// Every node of the cluster: (name, roles, placement weight).
+    fn members(&self) -> Vec<(&str, &[String], f64)>;
 }
 
 /// The string placement hashes for `path`: a singleton hashes its kind, so every
@@ -83,39 +96,44 @@ pub fn owner_of(
             }
             Ok(node.to_string())
         }
-        Placement::Singleton => {
-            if path.key() != SINGLETON_KEY {
+        Placement::Singleton | Placement::Sharded => {
+            if kind.placement == Placement::Singleton && path.key() != SINGLETON_KEY {
                 return Err(unknown(path, format!("`{}` is a singleton; its key is `{SINGLETON_KEY}`", kind.name)));
             }
             let key = placement_key(kind, path);
+            if kind.rf > 1 {
+                let set = fixed_set(kind, &key, roster);
+                return set.iter().find(|n| live.iter().any(|c| c.name == **n)).map(|n| n.to_string()).ok_or_else(
+                    || RemoteError::Unreachable {
+                        node: "-".into(),
+                        reason: format!("none of the replicas of {key} ({}) is live", set.join(", ")),
+                    },
+                );
+            }
             placement::owner(&key, live, kind.role).map(|c| c.name.clone()).ok_or_else(|| nobody(&key))
         }
-        Placement::Sharded => placement::owner(path.as_str(), live, kind.role)
-            .map(|c| c.name.clone())
-            .ok_or_else(|| nobody(path.as_str())),
     }
 }
 
-/// The nodes that hold `path`'s durable state in the view `live`: its owner first,
-/// then the next `rf - 1` live nodes in rendezvous order.
-pub fn replica_set(
-    kind: &Kind<'_>,
-    path: &ActorPath,
-    rf: u64,
-    live: &[Candidate],
-    roster: &dyn Roster,
-) -> Result<Vec<String>, RemoteError> {
-    let owner = owner_of(kind, path, live, roster)?;
-    let key = placement_key(kind, path);
-    let mut set = vec![owner.clone()];
-    set.extend(
-        placement::rank(&key, live, kind.role)
-            .into_iter()
-            .filter(|c| c.name != owner)
-            .take(rf.saturating_sub(1) as usize)
-            .map(|c| c.name.clone()),
-    );
-    Ok(set)
+fn fixed_set<'r>(kind: &Kind<'_>, key: &str, roster: &'r dyn Roster) -> Vec<&'r str> {
+    placement::top(key, roster.members().into_iter(), kind.role, kind.rf.max(1) as usize)
+}
+
+/// The nodes that hold `path`'s durable state: the first `rf` eligible nodes of the
+/// roster in its rendezvous order (fewer when the cluster has fewer), live or not.
+/// The owner in any view is one of them ([`owner_of`]); the order is the roster's,
+/// not owner first.
+pub fn replica_set(kind: &Kind<'_>, path: &ActorPath, roster: &dyn Roster) -> Vec<String> {
+    if kind.placement == Placement::PerNode {
+        return vec![path.key().split('.').next().unwrap_or("").to_string()];
+    }
+    fixed_set(kind, &placement_key(kind, path), roster).into_iter().map(str::to_string).collect()
+}
+
+/// Votes needed among a replica set of `n` nodes: a strict majority, so two sides of
+/// any partition never both have one.
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
 }
 
 /// Where a path is to be served from, seen from node `me`.
@@ -149,6 +167,9 @@ mod tests {
         fn roles(&self, node: &str) -> Option<&[String]> {
             self.0.get(node).map(Vec::as_slice)
         }
+        fn members(&self) -> Vec<(&str, &[String], f64)> {
+            self.0.iter().map(|(n, r)| (n.as_str(), r.as_slice(), 1.0)).collect()
+        }
     }
 
     fn cand(name: &str, roles: &[&str]) -> Candidate {
@@ -161,20 +182,35 @@ mod tests {
         (book, live)
     }
 
-    const SHARDED: Kind<'static> = Kind { system: "s", name: "k", placement: Placement::Sharded, role: None };
+    const SHARDED: Kind<'static> = Kind { system: "s", name: "k", placement: Placement::Sharded, role: None, rf: 1 };
 
     #[test]
-    fn the_replica_set_starts_with_the_owner_and_has_distinct_members() {
+    fn a_replica_set_is_fixed_and_its_owner_is_its_first_live_member() {
         let (book, live) = world();
+        let rf3 = Kind { rf: 3, ..SHARDED };
+        let rf2 = Kind { rf: 2, ..SHARDED };
         for i in 0..50 {
             let p = ActorPath::new("s", "k", &format!("key{i}")).unwrap();
-            let owner = owner_of(&SHARDED, &p, &live, &book).unwrap();
-            let set = replica_set(&SHARDED, &p, 2, &live, &book).unwrap();
-            assert_eq!(set[0], owner);
+            let set = replica_set(&rf2, &p, &book);
             assert_eq!(set.len(), 2);
             assert_ne!(set[0], set[1]);
-            assert_eq!(replica_set(&SHARDED, &p, 9, &live, &book).unwrap().len(), 3, "capped by the live nodes");
+            assert_eq!(replica_set(&Kind { rf: 9, ..SHARDED }, &p, &book).len(), 3, "capped by the roster");
+            // With everyone live, the owner is the unreplicated owner and heads the set.
+            assert_eq!(owner_of(&rf2, &p, &live, &book).unwrap(), owner_of(&SHARDED, &p, &live, &book).unwrap());
+            assert_eq!(owner_of(&rf2, &p, &live, &book).unwrap(), set[0]);
+            // The set does not follow the view: with its first member down, the next
+            // member owns; with both down, nobody does (the third node holds no copy).
+            let without = |gone: &[&String]| -> Vec<Candidate> {
+                live.iter().filter(|c| !gone.contains(&&c.name)).cloned().collect()
+            };
+            assert_eq!(replica_set(&rf2, &p, &book), set);
+            assert_eq!(owner_of(&rf2, &p, &without(&[&set[0]]), &book).unwrap(), set[1]);
+            let err = owner_of(&rf2, &p, &without(&[&set[0], &set[1]]), &book).unwrap_err();
+            assert!(err.to_string().contains("none of the replicas"), "{err}");
+            // rf 3 of 3 nodes: every node holds a copy.
+            assert_eq!(replica_set(&rf3, &p, &book).len(), 3);
         }
+        assert_eq!((majority(1), majority(2), majority(3), majority(4), majority(5)), (1, 2, 2, 3, 3));
     }
 
     #[test]

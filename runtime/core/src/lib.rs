@@ -9,7 +9,8 @@
 //!   health, the stale-suspicion watchdog, the membership view and its events.
 //! - [`placement`]: weighted rendezvous hashing over the live members.
 //! - [`directory`]: the owner and the replica set of a path in a view.
-//! - [`replication`]: primary-backup's decisions (fencing, fail-over, recovery).
+//! - [`replication`]: majority quorums fenced by terms (promises, adoption, appends,
+//!   read barriers, elections).
 //! - [`retry`]: the one retry policy of every send.
 //! - [`restart`]: supervision's restart policy (strategies, intensity, backoff).
 //! - [`chaos`]: fault rules (drop, delay, partition) with expiry.

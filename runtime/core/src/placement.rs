@@ -38,10 +38,14 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 fn score(key: &str, c: &Candidate) -> f64 {
-    let h = stable_hash(&[key.as_bytes(), c.name.as_bytes()]);
+    score_of(key, &c.name, c.weight)
+}
+
+fn score_of(key: &str, name: &str, weight: f64) -> f64 {
+    let h = stable_hash(&[key.as_bytes(), name.as_bytes()]);
     // u in (0, 1): never 0, so ln(u) is finite and negative.
     let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -c.weight / u.ln()
+    -weight / u.ln()
 }
 
 /// Candidates eligible for `role` (all when `None`), best owner first.
@@ -54,6 +58,23 @@ pub fn rank<'a>(key: &str, candidates: &'a [Candidate], role: Option<&str>) -> V
     // Ties (vanishingly rare) break by name so every node agrees.
     v.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
     v.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The first `n` eligible members of a roster for `key`, best owner first: the same
+/// order [`rank`] gives the same nodes as candidates. `members` are (name, roles,
+/// weight) triples.
+pub fn top<'a>(
+    key: &str,
+    members: impl Iterator<Item = (&'a str, &'a [String], f64)>,
+    role: Option<&str>,
+    n: usize,
+) -> Vec<&'a str> {
+    let mut v: Vec<(f64, &str)> = members
+        .filter(|(_, roles, _)| role.is_none_or(|r| roles.iter().any(|x| x == r)))
+        .map(|(name, _, weight)| (score_of(key, name, if weight > 0.0 { weight } else { 1.0 }), name))
+        .collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    v.into_iter().take(n).map(|(_, name)| name).collect()
 }
 
 pub fn owner<'a>(key: &str, candidates: &'a [Candidate], role: Option<&str>) -> Option<&'a Candidate> {
@@ -110,6 +131,16 @@ mod tests {
                     prop_assert_eq!(&before.name, &after.name);
                 }
             }
+        }
+
+        /// `top` over a roster orders the nodes as `rank` over the same candidates.
+        #[test]
+        fn top_agrees_with_rank(n in 1usize..8, take in 1usize..9, key in "[a-z]{1,8}") {
+            let mut all = nodes(n);
+            all[0].weight = 2.5;
+            let ranked: Vec<&str> = rank(&key, &all, None).iter().take(take).map(|c| c.name.as_str()).collect();
+            let t = top(&key, all.iter().map(|c| (c.name.as_str(), c.roles.as_slice(), c.weight)), None, take);
+            prop_assert_eq!(ranked, t);
         }
 
         /// The replica order is a permutation of the eligible nodes.

@@ -1,58 +1,86 @@
-//! Replication's decisions: primary-backup over the placement order, fenced by the
-//! membership view (the argument is in docs/replication.md). The node shell
+//! Replication's decisions: majority quorums over a fixed replica set, owners fenced
+//! by terms (the argument is in docs/replication.md). The node shell
 //! (`runtime/src/cluster/replica.rs`) does the asking and the disk writes and calls
 //! these for every decision; the simulator ([`crate::sim`]) calls the same ones, so a
 //! loss it finds is a loss of the real protocol.
 //!
-//! - A replica takes a write only if, in its own view, the writer owns the path, and
-//!   only if the entry extends its log without a gap ([`check_write`]); it hands its
-//!   copy only to the owner of its view ([`check_owner`]).
-//! - The owner writes to its replica set and acknowledges when every member holds
-//!   the entry; a member the view drops during the write is replaced by the current
-//!   set's ([`WriteRound`]).
-//! - A new owner takes the newest copy of every live node, once all of them answer
-//!   ([`RecoveryRound`]).
+//! A replicated path lives on a fixed replica set ([`crate::directory::replica_set`]).
+//! Each replica keeps, beside the path's data, two terms ([`Terms`]): the highest it
+//! *promised* and the one of the owner whose copy it holds (*accepted*). It is
+//! single-decree Paxos per owner change, then primary-backup within a term:
+//!
+//! 1. **Election** ([`Election`]): a new owner picks a term above every term it has
+//!    seen and asks the set to promise it; a replica promises only a term not below
+//!    its promise, only to the owner of its own view ([`check_prepare`]), durably, and
+//!    hands over its copy. With a majority of promises the owner takes the copy of the
+//!    highest accepted term (longest on a tie).
+//! 2. **Adoption**: the owner writes that copy under its term to the set
+//!    ([`check_adopt`]); once a majority holds it, the owner serves.
+//! 3. **Writes**: each entry goes to the set under the owner's term; a replica takes it
+//!    only if its copy is of that very term and the entry extends it without a gap
+//!    ([`check_append`]; otherwise the owner sends its whole copy). The write is
+//!    acknowledged once a majority ([`Quorum`]) has it on disk. A replica that
+//!    promised a newer term refuses, and the old owner steps down.
+//! 4. **Reads**: the owner serves from memory after a majority confirmed that its term
+//!    is still the newest they promised ([`check_confirm`]), so a deposed owner on the
+//!    minority side of a partition cannot answer a stale read.
+//!
+//! Unreplicated kinds (rf 1) keep their one copy on their owner and gather it from
+//! every live node when the owner moves ([`RecoveryRound`]).
 
-use std::collections::BTreeMap;
+use crate::directory::majority;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Rounds of one write while its replica set changes under it (members declared down).
-pub const FAILOVER_ROUNDS_MAX: usize = 3;
+/// An owner's term: a number, then the node and its boot epoch that took it, so two
+/// owners (or two incarnations of one node) never hold the same term.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term {
+    pub n: u64,
+    pub node: String,
+    pub epoch: u64,
+}
 
-/// A replica's decision on a write, before it touches its disk.
+impl Term {
+    /// The next term for `node` (boot `epoch`), above `seen`.
+    pub fn after(seen: &Term, node: &str, epoch: u64) -> Term {
+        Term { n: seen.n + 1, node: node.to_string(), epoch }
+    }
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.n == 0 { write!(f, "none") } else { write!(f, "{} of {}", self.n, self.node) }
+    }
+}
+
+/// What a replica keeps beside a path's data. **Invariant:** `accepted <= promised`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    /// The highest term this replica promised (it refuses older owners).
+    pub promised: Term,
+    /// The term of the owner whose copy this replica holds.
+    pub accepted: Term,
+}
+
+/// A replica's decision on a request, before it touches its disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteCheck {
+pub enum Check {
+    /// Take it.
     Accept,
-    /// The entry would leave a hole: the log here ends at `have`.
-    Gap {
-        have: u64,
-    },
-    /// The writer does not own the path in this node's view.
-    Refuse(String),
+    /// An append this replica cannot place: it needs the owner's whole copy.
+    NeedCopy(String),
+    /// The entry's sequence number is already here in this term: the same entry sent
+    /// again (the shell checks the content is the same and answers written).
+    Duplicate,
+    /// A newer owner holds the path: the sender must step down.
+    Fenced(Term),
+    /// The sender does not own the path in this replica's view.
+    NotOwner(String),
 }
 
-/// Whether replica `me` takes a write of `path` from `writer`. `view_owner` is the
-/// owner of `path` in `me`'s view (or why there is none); `first_append` the sequence
-/// number of the write's first appended entry (`None` for a full copy, which never
-/// leaves a gap); `have` the last sequence number on `me`'s disk.
-pub fn check_write(
-    me: &str,
-    path: &str,
-    writer: &str,
-    view_owner: Result<&str, String>,
-    first_append: Option<u64>,
-    have: u64,
-) -> WriteCheck {
-    if let Err(why) = check_owner(me, path, writer, view_owner) {
-        return WriteCheck::Refuse(why);
-    }
-    match first_append {
-        Some(seq) if have + 1 < seq => WriteCheck::Gap { have },
-        _ => WriteCheck::Accept,
-    }
-}
-
-/// Whether replica `me` hands its copy of `path` to `asker` (or takes a write from
-/// it): only if `asker` owns `path` in `me`'s view (`view_owner`).
+/// Whether replica `me` hands its copy of `path` to `asker` (or, for unreplicated
+/// kinds, takes its write): only if `asker` owns `path` in `me`'s view (`view_owner`).
 pub fn check_owner(me: &str, path: &str, asker: &str, view_owner: Result<&str, String>) -> Result<(), String> {
     match view_owner {
         Ok(o) if o == asker => Ok(()),
@@ -61,79 +89,145 @@ pub fn check_owner(me: &str, path: &str, asker: &str, view_owner: Result<&str, S
     }
 }
 
-/// What the owner does next in a write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteStep {
-    /// Send the entry to these replicas, then report with [`WriteRound::round_done`].
-    Send(Vec<String>),
-    /// Every member of the current replica set holds the entry: acknowledge.
-    Ack,
-    /// The view moved the path to another node during the write: not acknowledged.
-    LostOwnership,
-    /// A replica still in the set refused or did not answer: the write fails with
-    /// that replica's error.
-    ReplicaFailed(String),
-    /// The set changed [`FAILOVER_ROUNDS_MAX`] times: not acknowledged.
-    SetKeptChanging,
+/// Whether replica `me` promises `term` to `asker` for `path`: `asker` owns the path
+/// in `me`'s view and `term` is not below what `me` promised. On `Accept` the shell
+/// stores `promised = term` durably before it answers with its copy.
+pub fn check_prepare(
+    me: &str,
+    path: &str,
+    asker: &str,
+    view_owner: Result<&str, String>,
+    term: &Term,
+    terms: &Terms,
+) -> Check {
+    if let Err(why) = check_owner(me, path, asker, view_owner) {
+        return Check::NotOwner(why);
+    }
+    if *term < terms.promised { Check::Fenced(terms.promised.clone()) } else { Check::Accept }
 }
 
-/// The owner's side of one replicated write, after its own disk holds the entry.
+/// Whether a replica takes an owner's whole copy under `term`. On `Accept` the shell
+/// replaces its copy and stores `promised = accepted = term` in the same commit.
+pub fn check_adopt(term: &Term, terms: &Terms) -> Check {
+    if *term < terms.promised { Check::Fenced(terms.promised.clone()) } else { Check::Accept }
+}
+
+/// Whether a replica takes entries under `term`: its copy must be of that very term
+/// (else it needs the whole copy) and `first_seq`, the first appended entry's number
+/// (`None` for a snapshot or a removal, which cover everything before them), must
+/// follow `have`, the last on its disk.
+pub fn check_append(term: &Term, terms: &Terms, first_seq: Option<u64>, have: u64) -> Check {
+    if *term < terms.promised {
+        return Check::Fenced(terms.promised.clone());
+    }
+    if *term != terms.accepted {
+        return Check::NeedCopy(format!("this copy is of term {}, the write of term {term}", terms.accepted));
+    }
+    match first_seq {
+        Some(seq) if seq > have + 1 => {
+            Check::NeedCopy(format!("the log here ends at {have}, the write starts at {seq}"))
+        }
+        Some(seq) if seq <= have => Check::Duplicate,
+        _ => Check::Accept,
+    }
+}
+
+/// Whether a replica still backs the owner of `term` (a read barrier): `Fenced` when
+/// it promised a newer term, `NeedCopy` when it has not taken this one yet (it missed
+/// the adoption; it is no vote, and no sign of a newer owner).
+pub fn check_confirm(term: &Term, terms: &Terms) -> Check {
+    match term.cmp(&terms.promised) {
+        std::cmp::Ordering::Equal => Check::Accept,
+        std::cmp::Ordering::Less => Check::Fenced(terms.promised.clone()),
+        std::cmp::Ordering::Greater => {
+            Check::NeedCopy(format!("this replica has not taken term {term} (it promised {})", terms.promised))
+        }
+    }
+}
+
+/// The votes of one round over a replica set (a write, an adoption, a read barrier).
 #[derive(Debug, Clone)]
-pub struct WriteRound {
-    me: String,
+pub struct Quorum {
     set: Vec<String>,
-    holding: Vec<String>,
-    rounds: usize,
+    yes: BTreeSet<String>,
+    no: BTreeMap<String, String>,
+    fenced: Option<Term>,
+    needed: usize,
 }
 
-impl WriteRound {
-    /// Starts a write by `me` to the replica set `set` (owner first) of its view;
-    /// `None` when `me` does not own the path there (the write is refused).
-    pub fn start(me: &str, set: Vec<String>) -> Option<(WriteRound, WriteStep)> {
-        if set.first().map(String::as_str) != Some(me) {
-            return None;
-        }
-        let round = WriteRound { me: me.to_string(), set, holding: vec![me.to_string()], rounds: 0 };
-        let step = round.todo();
-        Some((round, step))
+/// Where a round stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tally {
+    /// A majority said yes: the round succeeded (whatever the others say later).
+    Won,
+    /// Too few can still say yes, or a replica promised a newer owner: the round
+    /// failed, with why.
+    Lost(String),
+    /// Neither yet.
+    Pending,
+}
+
+impl Quorum {
+    /// A round over `set`, won with a majority of it.
+    pub fn new(set: &[String]) -> Quorum {
+        Quorum::with_needed(set, majority(set.len()))
     }
 
-    fn todo(&self) -> WriteStep {
-        let todo: Vec<String> = self.set[1..].iter().filter(|r| !self.holding.contains(r)).cloned().collect();
-        if todo.is_empty() { WriteStep::Ack } else { WriteStep::Send(todo) }
+    /// A round won with `needed` votes (the simulator's test that it finds losses when
+    /// fewer than a majority acknowledge; nothing else).
+    pub fn with_needed(set: &[String], needed: usize) -> Quorum {
+        Quorum { set: set.to_vec(), yes: BTreeSet::new(), no: BTreeMap::new(), fenced: None, needed: needed.max(1) }
     }
 
-    /// Reports a round: which replicas answered `Written` (`true`) and which did not,
-    /// and the replica set of the view now (`fresh`).
-    pub fn round_done(&mut self, results: &[(String, bool)], fresh: Vec<String>) -> WriteStep {
-        let mut failed = Vec::new();
-        for (r, ok) in results {
-            if *ok {
-                self.holding.push(r.clone());
-            } else {
-                failed.push(r.clone());
-            }
+    pub fn yes(&mut self, from: &str) {
+        if self.set.iter().any(|s| s == from) {
+            self.no.remove(from);
+            self.yes.insert(from.to_string());
         }
-        let Some(first_failed) = failed.first().cloned() else { return WriteStep::Ack };
-        if fresh.first() != Some(&self.me) {
-            return WriteStep::LostOwnership;
-        }
-        // Only a replica that left the set (held down) is failed over; a live replica
-        // that refused or timed out fails the write.
-        if failed.iter().any(|r| fresh.contains(r)) {
-            return WriteStep::ReplicaFailed(first_failed);
-        }
-        self.rounds += 1;
-        if self.rounds >= FAILOVER_ROUNDS_MAX {
-            return WriteStep::SetKeptChanging;
-        }
-        self.set = fresh;
-        self.todo()
     }
 
-    /// The replica set the write now goes to (owner first).
-    pub fn set(&self) -> &[String] {
-        &self.set
+    pub fn no(&mut self, from: &str, why: impl std::fmt::Display) {
+        if self.set.iter().any(|s| s == from) && !self.yes.contains(from) {
+            self.no.insert(from.to_string(), why.to_string());
+        }
+    }
+
+    /// `from` promised the newer term `by`.
+    pub fn fenced(&mut self, from: &str, by: Term) {
+        self.no(from, format!("promised the newer term {by}"));
+        if self.fenced.as_ref().is_none_or(|f| by > *f) {
+            self.fenced = Some(by);
+        }
+    }
+
+    /// The newest term a replica reported having promised, if any did.
+    pub fn newer(&self) -> Option<&Term> {
+        self.fenced.as_ref()
+    }
+
+    pub fn tally(&self) -> Tally {
+        if self.yes.len() >= self.needed {
+            return Tally::Won;
+        }
+        let why = || self.no.iter().map(|(n, w)| format!("{n}: {w}")).collect::<Vec<_>>().join("; ");
+        if let Some(t) = &self.fenced {
+            return Tally::Lost(format!("a newer owner (term {t}) holds it: {}", why()));
+        }
+        if self.set.len() - self.no.len() < self.needed {
+            return Tally::Lost(format!(
+                "{} of {} replicas needed, {} cannot: {}",
+                self.needed,
+                self.set.len(),
+                self.no.len(),
+                why()
+            ));
+        }
+        Tally::Pending
+    }
+
+    /// The members that said yes.
+    pub fn voters(&self) -> &BTreeSet<String> {
+        &self.yes
     }
 }
 
@@ -143,18 +237,101 @@ pub trait Versioned {
     fn last_seq(&self) -> u64;
 }
 
-/// What a new owner does after a round of asking every live node for its copy.
+/// An election's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elected<C> {
+    /// Not decided yet: wait for more answers.
+    Pending,
+    /// A majority promised: adopt `best` under the term. `send` lists each member
+    /// with whether it needs the data (`false`: its copy is `best` already and only
+    /// its terms change).
+    Won { best: C, send: Vec<(String, bool)> },
+    /// No majority: try again with a term above `seen` (why in `problems`).
+    Lost { seen: Term, problems: String },
+}
+
+/// A new owner's election: promises of its term from the replica set, each with the
+/// replica's copy and the term of that copy.
+#[derive(Debug, Clone)]
+pub struct Election<C> {
+    me: String,
+    term: Term,
+    votes: Quorum,
+    copies: BTreeMap<String, (Term, C)>,
+    seen: Term,
+}
+
+impl<C: Versioned + Clone + PartialEq + Default> Election<C> {
+    pub fn new(me: &str, term: Term, set: &[String]) -> Self {
+        Election { me: me.to_string(), seen: term.clone(), term, votes: Quorum::new(set), copies: BTreeMap::new() }
+    }
+
+    pub fn term(&self) -> &Term {
+        &self.term
+    }
+
+    /// `from` promised and handed over `copy`, which it holds under `accepted`.
+    pub fn promised(&mut self, from: &str, accepted: Term, copy: C) {
+        self.votes.yes(from);
+        self.copies.insert(from.to_string(), (accepted, copy));
+    }
+
+    /// `from` refused (not the owner in its view, an error) or did not answer.
+    pub fn refused(&mut self, from: &str, why: impl std::fmt::Display) {
+        self.votes.no(from, why);
+    }
+
+    /// `from` promised the newer term `by`.
+    pub fn fenced(&mut self, from: &str, by: Term) {
+        if by > self.seen {
+            self.seen = by.clone();
+        }
+        self.votes.fenced(from, by);
+    }
+
+    /// The outcome so far. The best copy is the one of the highest accepted term, the
+    /// longest among those; on a tie this node's own copy stays (no data to write).
+    pub fn outcome(&self, set: &[String]) -> Elected<C> {
+        match self.votes.tally() {
+            Tally::Pending => Elected::Pending,
+            Tally::Lost(problems) => Elected::Lost { seen: self.seen.clone(), problems },
+            Tally::Won => {
+                let mut best: Option<(&String, &(Term, C))> = None;
+                for (from, tc) in &self.copies {
+                    let better = match best {
+                        None => true,
+                        Some((bf, b)) => {
+                            let key = (&tc.0, tc.1.last_seq());
+                            let bkey = (&b.0, b.1.last_seq());
+                            key > bkey || (key == bkey && *from == self.me && *bf != self.me)
+                        }
+                    };
+                    if better {
+                        best = Some((from, tc));
+                    }
+                }
+                let best = best.map(|(_, (_, c))| c.clone()).unwrap_or_default();
+                let send =
+                    set.iter().map(|r| (r.clone(), self.copies.get(r).is_none_or(|(_, c)| *c != best))).collect();
+                Elected::Won { best, send }
+            }
+        }
+    }
+}
+
+/// What a new owner of an unreplicated path does after a round of asking every live
+/// node for its copy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recovery<C> {
     /// Someone did not answer or refused (its view does not name this node the owner
     /// yet): ask again shortly, until the deadline.
     Retry(Vec<String>),
-    /// Adopt `best` (write it locally first when `adopt_locally`), then bring the
-    /// replicas `sync` level with it.
-    Adopt { best: C, adopt_locally: bool, sync: Vec<String> },
+    /// Adopt `best` (write it locally first when `adopt_locally`).
+    Adopt { best: C, adopt_locally: bool },
 }
 
-/// One round of a new owner's recovery: every live node's answer, then the outcome.
+/// One round of an unreplicated path's recovery: every live node's answer, then the
+/// newest copy (the path's one copy may be on the node it moved from).
 #[derive(Debug, Clone)]
 pub struct RecoveryRound<C> {
     me: String,
@@ -177,19 +354,16 @@ impl<C: Versioned + Clone + PartialEq + Default> RecoveryRound<C> {
         self.problems.push(format!("{from}: {why}"));
     }
 
-    /// The outcome once every live node answered; `set` is the replica set (owner
-    /// first). The newest copy wins; on a tie this node's own copy stays.
-    pub fn outcome(self, set: &[String]) -> Recovery<C> {
+    /// The outcome once every live node answered. The newest copy wins; on a tie this
+    /// node's own copy stays.
+    pub fn outcome(self) -> Recovery<C> {
         if !self.problems.is_empty() {
             return Recovery::Retry(self.problems);
         }
         let mine = self.copies.get(&self.me).cloned().unwrap_or_default();
         let best =
             self.copies.values().fold(mine.clone(), |a, b| if b.last_seq() > a.last_seq() { b.clone() } else { a });
-        // A replica that handed over exactly this copy is already level: no write (an
-        // activation of a new entity then costs no disk write).
-        let sync = set.iter().skip(1).filter(|r| self.copies.get(*r) != Some(&best)).cloned().collect();
-        Recovery::Adopt { adopt_locally: best != mine, best, sync }
+        Recovery::Adopt { adopt_locally: best != mine, best }
     }
 }
 
@@ -209,56 +383,125 @@ mod tests {
         xs.iter().map(|s| s.to_string()).collect()
     }
 
-    #[test]
-    fn replicas_fence_by_their_view_and_refuse_gaps() {
-        assert_eq!(check_write("n2", "/a", "n1", Ok("n1"), Some(5), 4), WriteCheck::Accept);
-        assert_eq!(check_write("n2", "/a", "n1", Ok("n1"), Some(6), 4), WriteCheck::Gap { have: 4 });
-        assert_eq!(check_write("n2", "/a", "n1", Ok("n1"), None, 0), WriteCheck::Accept);
-        let WriteCheck::Refuse(why) = check_write("n2", "/a", "n1", Ok("n3"), Some(1), 0) else { panic!() };
-        assert_eq!(why, "n1 is not the owner of /a in n2's view (n3 is)");
-        assert!(check_owner("n2", "/a", "n1", Err("no live node".into())).is_err());
+    fn t(n: u64, node: &str) -> Term {
+        Term { n, node: node.into(), epoch: 1 }
+    }
+
+    fn terms(promised: Term, accepted: Term) -> Terms {
+        Terms { promised, accepted }
     }
 
     #[test]
-    fn a_write_fails_over_only_from_members_that_left_the_set() {
-        let (mut w, step) = WriteRound::start("n1", v(&["n1", "n2", "n3"])).unwrap();
-        assert_eq!(step, WriteStep::Send(v(&["n2", "n3"])));
-        // n3 failed and the view dropped it: the entry goes to n4 instead.
-        let step = w.round_done(&[("n2".into(), true), ("n3".into(), false)], v(&["n1", "n2", "n4"]));
-        assert_eq!(step, WriteStep::Send(v(&["n4"])));
-        assert_eq!(w.round_done(&[("n4".into(), true)], v(&["n1", "n2", "n4"])), WriteStep::Ack);
-        // A live replica that refused fails the write.
-        let (mut w, _) = WriteRound::start("n1", v(&["n1", "n2"])).unwrap();
-        assert_eq!(w.round_done(&[("n2".into(), false)], v(&["n1", "n2"])), WriteStep::ReplicaFailed("n2".into()));
-        let (mut w, _) = WriteRound::start("n1", v(&["n1", "n2"])).unwrap();
-        assert_eq!(w.round_done(&[("n2".into(), false)], v(&["n3", "n1"])), WriteStep::LostOwnership);
-        assert!(WriteRound::start("n2", v(&["n1", "n2"])).is_none());
-        // Alone in its view, an owner acknowledges with its own copy only.
-        assert_eq!(WriteRound::start("n1", v(&["n1"])).unwrap().1, WriteStep::Ack);
+    fn terms_order_by_number_then_node_then_boot() {
+        assert!(t(2, "a") > t(1, "z"));
+        assert!(t(1, "b") > t(1, "a"));
+        let reboot = Term { epoch: 2, ..t(1, "a") };
+        assert!(reboot > t(1, "a"), "a restarted node never reuses its old term");
+        assert_eq!(Term::after(&t(4, "b"), "a", 7), Term { n: 5, node: "a".into(), epoch: 7 });
+        assert_eq!(Term::default().to_string(), "none");
     }
 
     #[test]
-    fn a_set_that_keeps_changing_ends_the_write() {
-        let (mut w, _) = WriteRound::start("n1", v(&["n1", "n2"])).unwrap();
-        let mut step = WriteStep::Ack;
-        for next in ["n3", "n4", "n5"] {
-            let failed = w.set()[1].clone();
-            step = w.round_done(&[(failed, false)], v(&["n1", next]));
-        }
-        assert_eq!(step, WriteStep::SetKeptChanging);
+    fn replicas_promise_only_newer_terms_to_the_owner_of_their_view() {
+        let held = terms(t(3, "n2"), t(3, "n2"));
+        assert_eq!(check_prepare("n3", "/a", "n1", Ok("n1"), &t(4, "n1"), &held), Check::Accept);
+        assert_eq!(check_prepare("n3", "/a", "n1", Ok("n1"), &t(3, "n2"), &held), Check::Accept, "a retry");
+        assert_eq!(check_prepare("n3", "/a", "n1", Ok("n1"), &t(2, "n1"), &held), Check::Fenced(t(3, "n2")));
+        let Check::NotOwner(why) = check_prepare("n3", "/a", "n1", Ok("n2"), &t(9, "n1"), &held) else { panic!() };
+        assert_eq!(why, "n1 is not the owner of /a in n3's view (n2 is)");
+        assert_eq!(check_adopt(&t(2, "n1"), &held), Check::Fenced(t(3, "n2")));
+        assert_eq!(check_adopt(&t(3, "n2"), &held), Check::Accept);
     }
 
     #[test]
-    fn recovery_takes_the_newest_copy_once_everyone_answered() {
+    fn appends_need_the_copy_of_their_own_term_and_no_gap() {
+        let here = terms(t(3, "n1"), t(3, "n1"));
+        assert_eq!(check_append(&t(3, "n1"), &here, Some(5), 4), Check::Accept);
+        assert_eq!(check_append(&t(3, "n1"), &here, Some(4), 4), Check::Duplicate);
+        assert!(matches!(check_append(&t(3, "n1"), &here, Some(6), 4), Check::NeedCopy(_)));
+        assert_eq!(check_append(&t(3, "n1"), &here, None, 0), Check::Accept);
+        // Promised to n1 but holding an older copy: the whole copy first.
+        let promised_only = terms(t(3, "n1"), t(2, "n2"));
+        let Check::NeedCopy(why) = check_append(&t(3, "n1"), &promised_only, Some(5), 4) else { panic!() };
+        assert_eq!(why, "this copy is of term 2 of n2, the write of term 3 of n1");
+        // An older owner is fenced; a newer one it never heard of needs the copy.
+        assert_eq!(check_append(&t(2, "n2"), &here, Some(5), 4), Check::Fenced(t(3, "n1")));
+        assert!(matches!(check_append(&t(4, "n2"), &here, Some(5), 4), Check::NeedCopy(_)));
+        assert_eq!(check_confirm(&t(3, "n1"), &here), Check::Accept);
+        assert_eq!(check_confirm(&t(2, "n1"), &here), Check::Fenced(t(3, "n1")));
+        // A replica that missed the adoption of term 4 is no vote, not a newer owner.
+        assert!(matches!(check_confirm(&t(4, "n2"), &here), Check::NeedCopy(_)));
+    }
+
+    #[test]
+    fn a_round_is_won_by_a_majority_and_lost_when_one_is_out_of_reach() {
+        let set = v(&["n1", "n2", "n3"]);
+        let mut q = Quorum::new(&set);
+        q.yes("n1");
+        assert_eq!(q.tally(), Tally::Pending);
+        q.no("n3", "timed out");
+        assert_eq!(q.tally(), Tally::Pending);
+        q.yes("n2");
+        assert_eq!(q.tally(), Tally::Won);
+        let mut q = Quorum::new(&set);
+        q.yes("n1");
+        q.no("n2", "timed out");
+        q.no("n3", "unreachable");
+        let Tally::Lost(why) = q.tally() else { panic!() };
+        assert!(why.contains("2 of 3 replicas needed, 2 cannot"), "{why}");
+        // A newer owner ends the round at once, unless a majority already said yes.
+        let mut q = Quorum::new(&set);
+        q.yes("n1");
+        q.fenced("n2", t(7, "n2"));
+        assert!(matches!(q.tally(), Tally::Lost(w) if w.contains("term 7 of n2")));
+        q.yes("n3");
+        assert_eq!(q.tally(), Tally::Won);
+        // Votes from outside the set do not count; a lone node is its own majority.
+        let mut q = Quorum::new(&set);
+        q.yes("n9");
+        q.yes("n9");
+        assert_eq!(q.tally(), Tally::Pending);
+        let mut q = Quorum::new(&v(&["n1"]));
+        q.yes("n1");
+        assert_eq!(q.tally(), Tally::Won);
+    }
+
+    #[test]
+    fn an_election_takes_the_copy_of_the_newest_term_then_the_longest() {
+        let set = v(&["n1", "n2", "n3"]);
+        let mut e = Election::new("n1", t(5, "n1"), &set);
+        e.promised("n1", t(3, "n1"), Log(9));
+        assert_eq!(e.outcome(&set), Elected::Pending);
+        // n2's copy is shorter but of a newer term: an owner after n1's last write
+        // there adopted it, so n1's extra entries were never acknowledged.
+        e.promised("n2", t(4, "n3"), Log(7));
+        let Elected::Won { best, send } = e.outcome(&set) else { panic!() };
+        assert_eq!(best, Log(7));
+        assert_eq!(send, vec![("n1".into(), true), ("n2".into(), false), ("n3".into(), true)]);
+        // Same term: the longest; equal: this node's own.
+        let mut e = Election::new("n2", t(5, "n2"), &set);
+        e.promised("n1", t(3, "n1"), Log(4));
+        e.promised("n2", t(3, "n1"), Log(4));
+        e.promised("n3", t(3, "n1"), Log(2));
+        let Elected::Won { best, send } = e.outcome(&set) else { panic!() };
+        assert_eq!(best, Log(4));
+        assert_eq!(send, vec![("n1".into(), false), ("n2".into(), false), ("n3".into(), true)]);
+        // Fenced without a majority: lost, with the term to go above.
+        let mut e: Election<Log> = Election::new("n1", t(5, "n1"), &set);
+        e.promised("n1", t(3, "n1"), Log(4));
+        e.fenced("n2", t(8, "n3"));
+        assert!(matches!(e.outcome(&set), Elected::Lost { seen, .. } if seen == t(8, "n3")));
+    }
+
+    #[test]
+    fn an_unreplicated_path_takes_the_newest_copy_once_everyone_answered() {
         let mut r = RecoveryRound::new("n1");
         r.copy("n1", Log(3));
         r.copy("n2", Log(5));
-        r.copy("n3", Log(5));
-        let out = r.outcome(&v(&["n1", "n2"]));
-        assert_eq!(out, Recovery::Adopt { best: Log(5), adopt_locally: true, sync: vec![] });
+        assert_eq!(r.outcome(), Recovery::Adopt { best: Log(5), adopt_locally: true });
         let mut r = RecoveryRound::new("n1");
         r.copy("n1", Log(3));
         r.problem("n2", "refused");
-        assert!(matches!(r.outcome(&v(&["n1", "n2"])), Recovery::Retry(p) if p == vec!["n2: refused"]));
+        assert!(matches!(r.outcome(), Recovery::Retry(p) if p == vec!["n2: refused"]));
     }
 }

@@ -1,16 +1,22 @@
-//! Replication of durable state: primary-backup over the placement order, fenced by
-//! the membership view. The argument is in docs/replication.md; in short:
+//! Replication of durable state: majority quorums over a fixed replica set, owners
+//! fenced by terms. The argument is in docs/replication.md and the decisions are
+//! troupe-core's (`troupe_core::replication`, which the simulator runs too); in short:
 //!
-//! - The owner of a path (first in the rendezvous order of live nodes) writes
-//!   locally and then to the next `replication_factor - 1` nodes, and acknowledges
-//!   only when all of them have the entry on disk.
-//! - A replica accepts a write only if, in its own view, the writer owns the path,
-//!   and only if the entry extends its log without a gap (else it asks for a full
-//!   sync). A new owner recovers by asking every live node for its copy and taking
-//!   the newest — and a node answers only if it, too, sees the asker as the owner.
-//! - On each node, the owner check and the disk write (or the read of a copy) happen
-//!   under one per-path lock, so a node cannot accept a write from an old owner after
-//!   it has handed its copy to a new one.
+//! - A replicated path lives on the first `replication_factor` nodes of the cluster
+//!   file in its rendezvous order; its owner is the first of them that is live.
+//! - A new owner is elected: it asks the set to promise a term above every term it has
+//!   seen, takes the copy of the newest term from a majority of promises, and writes
+//!   that copy under its term to a majority before it serves.
+//! - A write goes to the owner's disk, then to the others; it is acknowledged once a
+//!   majority holds it. A replica takes it only under the term it holds a copy of and
+//!   without a gap (else the owner sends its whole copy), and refuses an older owner.
+//! - A read barrier (`confirm`) asks a majority whether the owner's term is still the
+//!   newest they promised.
+//! - On each node the check and the disk write (or the read of a copy) happen under one
+//!   per-path lock, so a promise and a write of one path never interleave.
+//!
+//! Unreplicated kinds (rf 1) keep their copy on the owner; a new owner gathers the
+//! newest copy from every live node (the entity may have moved).
 //!
 //! Replication messages go to the built-in per-node actor `/troupe/replica/<node>`.
 
@@ -19,10 +25,11 @@ use crate::config::KindSpec;
 use crate::node::Node;
 use crate::reply::Reply;
 use crate::store::{Recovered, StoreError, WriteOp};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use troupe_core::replication::{self, FAILOVER_ROUNDS_MAX, Recovery, RecoveryRound, WriteCheck, WriteRound, WriteStep};
+use troupe_core::replication::{self, Check, Elected, Election, Quorum, Recovery, RecoveryRound, Tally, Term, Terms};
 use troupe_wire::{ActorPath, Protocol, RemoteError};
 
 pub(crate) struct ReplicaProto;
@@ -35,30 +42,38 @@ impl Protocol for ReplicaProto {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ReplicaMsg {
-    /// Apply these operations for `path`, written by its owner `owner`.
-    Write { path: String, owner: String, ops: Vec<WriteOp> },
-    /// Hand over your copy of `path` to its new owner `owner`.
+    /// Unreplicated paths: hand over your copy of `path` to its new owner `owner`.
     Load { path: String, owner: String },
+    /// Promise `term` to `owner`, then hand over your copy.
+    Prepare { path: String, owner: String, term: Term },
+    /// Hold this copy under `term` (`None`: yours is it already; only the terms change).
+    Adopt { path: String, term: Term, ops: Option<Vec<WriteOp>> },
+    /// Apply these operations of the owner of `term`.
+    Append { path: String, term: Term, ops: Vec<WriteOp> },
+    /// Do you still back the owner of `term`? (a read barrier)
+    Confirm { path: String, term: Term },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum ReplicaReply {
     Written,
+    /// A copy, with this replica's terms for it.
     Loaded(Recovered),
-    /// The entry would leave a hole: the log here ends at `have`.
-    Gap {
-        have: u64,
-    },
-    /// This node does not see the sender as the owner.
+    /// This replica cannot place the write: it needs the owner's whole copy.
+    NeedCopy(String),
+    /// This replica promised the newer term: the asker is no longer the owner.
+    Fenced(Term),
     Refused(String),
+    Confirmed,
 }
 
 /// How long one replication round trip may take.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
 /// A replica ask that takes this long is logged.
 const SLOW_REPLICA_ASK: Duration = Duration::from_millis(250);
-/// How long recovery waits for every live node to agree on the new owner.
+/// How long an election (or an unreplicated path's gathering) keeps trying.
 const RECOVER_DEADLINE: Duration = Duration::from_secs(10);
+const RECOVER_RETRY: Duration = Duration::from_millis(100);
 
 pub(crate) struct ReplicaAgent;
 
@@ -88,14 +103,95 @@ impl Behavior for ReplicaAgent {
         // parallel and are group-committed by the store.
         let node = ctx.node().clone();
         tokio::spawn(async move {
-            let answer = match msg {
-                ReplicaMsg::Write { path, owner, ops } => apply(&node, &path, &owner, ops).await,
-                ReplicaMsg::Load { path, owner } => load(&node, &path, &owner).await,
-            };
+            let answer = serve(&node, msg).await;
             reply.send(answer).await;
         });
         Ok(())
     }
+}
+
+/// A replica's side of every request, under the path's lock.
+async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
+    let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
+    let path = match &msg {
+        ReplicaMsg::Load { path, .. }
+        | ReplicaMsg::Prepare { path, .. }
+        | ReplicaMsg::Adopt { path, .. }
+        | ReplicaMsg::Append { path, .. }
+        | ReplicaMsg::Confirm { path, .. } => path.clone(),
+    };
+    let _guard = cluster.path_lock(&path).lock().await;
+    let stored = match node.store().load(&path) {
+        Ok(r) => r,
+        Err(e) => return ReplicaReply::Refused(e.to_string()),
+    };
+    let me = node.name();
+    let check = match &msg {
+        ReplicaMsg::Load { owner, .. } => {
+            let view = view_owner(node, &path);
+            return match replication::check_owner(me, &path, owner, view.as_deref().map_err(Clone::clone)) {
+                Ok(()) => ReplicaReply::Loaded(stored),
+                Err(why) => ReplicaReply::Refused(why),
+            };
+        }
+        ReplicaMsg::Prepare { owner, term, .. } => {
+            let view = view_owner(node, &path);
+            replication::check_prepare(me, &path, owner, view.as_deref().map_err(Clone::clone), term, &stored.terms)
+        }
+        ReplicaMsg::Adopt { term, .. } => replication::check_adopt(term, &stored.terms),
+        ReplicaMsg::Append { term, ops, .. } => {
+            let first = match ops.first() {
+                Some(WriteOp::Append { seq, .. }) => Some(*seq),
+                _ => None,
+            };
+            replication::check_append(term, &stored.terms, first, stored.last_seq())
+        }
+        ReplicaMsg::Confirm { term, .. } => replication::check_confirm(term, &stored.terms),
+    };
+    match check {
+        Check::Accept => {}
+        Check::NeedCopy(why) => return ReplicaReply::NeedCopy(why),
+        Check::Fenced(t) => return ReplicaReply::Fenced(t),
+        Check::NotOwner(why) => return ReplicaReply::Refused(why),
+        Check::Duplicate => return duplicate(&path, &stored, &msg),
+    }
+    let (ops, answer) = match msg {
+        ReplicaMsg::Load { .. } => unreachable!("answered above"),
+        ReplicaMsg::Confirm { .. } => return ReplicaReply::Confirmed,
+        ReplicaMsg::Prepare { term, .. } => {
+            let terms = Terms { promised: term, accepted: stored.terms.accepted.clone() };
+            let answer = ReplicaReply::Loaded(Recovered { terms: terms.clone(), ..stored });
+            (vec![WriteOp::Terms { path, terms }], answer)
+        }
+        ReplicaMsg::Adopt { term, ops, .. } => {
+            let mut ops = ops.unwrap_or_default();
+            ops.push(WriteOp::Terms { path, terms: Terms { promised: term.clone(), accepted: term } });
+            (ops, ReplicaReply::Written)
+        }
+        ReplicaMsg::Append { ops, .. } => (ops, ReplicaReply::Written),
+    };
+    match node.store().write(ops).await {
+        Ok(()) => answer,
+        Err(e) => ReplicaReply::Refused(e.to_string()),
+    }
+}
+
+/// Entries sent again under the same term: written if they are the ones here (an op
+/// with the same term and sequence number never replaces different content).
+fn duplicate(path: &str, stored: &Recovered, msg: &ReplicaMsg) -> ReplicaReply {
+    let ReplicaMsg::Append { ops, .. } = msg else { return ReplicaReply::Refused("not an append".into()) };
+    for op in ops {
+        if let WriteOp::Append { seq, bytes, .. } = op
+            && let Some((_, here)) = stored.entries.iter().find(|(s, _)| s == seq)
+            && here != bytes
+        {
+            tracing::error!(path, seq, "an entry sent again under one term differs from the one on disk");
+            return ReplicaReply::Refused(format!(
+                "entry {seq} of {path} differs from the one here under the same term"
+            ));
+        }
+    }
+    ReplicaReply::Written
 }
 
 /// The owner of `path` in this node's view, or why there is none.
@@ -105,67 +201,22 @@ fn view_owner(node: &Node, path: &str) -> Result<String, String> {
     node.owner_of(ks, &p).map_err(|e| e.to_string())
 }
 
-fn last_seq(node: &Node, path: &str) -> Result<u64, StoreError> {
-    node.store().load(path).map(|r| r.last_seq())
-}
-
-/// Applies a write here, under the path lock, if the writer owns the path in our
-/// view and the write leaves no gap.
-pub(crate) async fn apply(node: &Node, path: &str, owner: &str, ops: Vec<WriteOp>) -> ReplicaReply {
-    let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
-    let _guard = cluster.path_lock(path).lock().await;
-    let first_append = match ops.first() {
-        Some(WriteOp::Append { seq, .. }) => Some(*seq),
-        _ => None,
-    };
-    let have = match first_append {
-        Some(_) => match last_seq(node, path) {
-            Ok(have) => have,
-            Err(e) => return ReplicaReply::Refused(e.to_string()),
-        },
-        None => 0,
-    };
-    let owner_here = view_owner(node, path);
-    match replication::check_write(
-        node.name(),
-        path,
-        owner,
-        owner_here.as_deref().map_err(Clone::clone),
-        first_append,
-        have,
-    ) {
-        WriteCheck::Accept => {}
-        WriteCheck::Gap { have } => return ReplicaReply::Gap { have },
-        WriteCheck::Refuse(why) => return ReplicaReply::Refused(why),
-    }
-    match node.store().write(ops).await {
-        Ok(()) => ReplicaReply::Written,
-        Err(e) => ReplicaReply::Refused(e.to_string()),
-    }
-}
-
-async fn load(node: &Node, path: &str, owner: &str) -> ReplicaReply {
-    let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
-    let _guard = cluster.path_lock(path).lock().await;
-    let owner_here = view_owner(node, path);
-    if let Err(why) = replication::check_owner(node.name(), path, owner, owner_here.as_deref().map_err(Clone::clone)) {
-        return ReplicaReply::Refused(why);
-    }
-    match node.store().load(path) {
-        Ok(r) => ReplicaReply::Loaded(r),
-        Err(e) => ReplicaReply::Refused(e.to_string()),
-    }
-}
-
 fn agent_path(node: &str) -> Result<ActorPath, StoreError> {
     ActorPath::new("troupe", "replica", node).map_err(|e| StoreError::Write(e.to_string()))
 }
 
+/// Asks `to` (this node itself: served here, without a message).
 async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, RemoteError> {
+    if to == node.name() {
+        return Ok(serve(node, msg).await);
+    }
     let path = agent_path(to).map_err(|e| RemoteError::Invalid(e.to_string()))?;
-    let (what, of) = match &msg {
-        ReplicaMsg::Write { path, .. } => ("write", path.clone()),
+    let what = match &msg {
         ReplicaMsg::Load { path, .. } => ("load", path.clone()),
+        ReplicaMsg::Prepare { path, .. } => ("prepare", path.clone()),
+        ReplicaMsg::Adopt { path, .. } => ("adopt", path.clone()),
+        ReplicaMsg::Append { path, .. } => ("append", path.clone()),
+        ReplicaMsg::Confirm { path, .. } => ("confirm", path.clone()),
     };
     let started = Instant::now();
     let r = node.handle::<ReplicaProto>(path).ask_timeout(msg, REPLICA_TIMEOUT).await;
@@ -173,151 +224,256 @@ async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, Rem
     // A replica round trip is normally a few ms; one that waited or failed is what an
     // operator needs to see to explain a slow owner.
     if r.is_err() || took >= SLOW_REPLICA_ASK {
-        tracing::warn!(replica = %to, path = %of, op = what, took_ms = took.as_millis() as u64,
+        tracing::warn!(replica = %to, path = %what.1, op = what.0, took_ms = took.as_millis() as u64,
             outcome = ?r.as_ref().map(|_| "answered"), "slow or failed replica ask");
     }
     r
 }
 
-/// The nodes that hold `path`, owner first, in this node's view.
-fn replica_set(node: &Node, path: &ActorPath, rf: u64) -> Result<Vec<String>, StoreError> {
-    let ks =
-        node.kind_spec(path.system(), path.kind()).ok_or_else(|| StoreError::Write(format!("no kind for {path}")))?;
-    node.replica_set(ks, path, rf).map_err(|e| StoreError::Write(e.to_string()))
+fn kind_of(node: &Node, path: &ActorPath) -> Result<KindSpec, StoreError> {
+    node.kind_spec(path.system(), path.kind()).cloned().ok_or_else(|| StoreError::Write(format!("no kind for {path}")))
 }
 
-/// Makes `op` durable on the replica set of `path`; this node must own it.
-pub(crate) async fn replicate(node: &Node, path: &ActorPath, rf: u64, op: WriteOp) -> Result<(), StoreError> {
-    let key = path.to_string();
-    let set = replica_set(node, path, rf)?;
-    let Some((mut round, mut step)) = WriteRound::start(node.name(), set) else {
-        return Err(StoreError::Write(format!("{} does not own {key} in its view; the write is refused", node.name())));
-    };
-    match apply(node, &key, node.name(), vec![op.clone()]).await {
-        ReplicaReply::Written => {}
-        ReplicaReply::Gap { have } => return Err(StoreError::Write(format!("local log of {key} ends at {have}: gap"))),
-        other => return Err(StoreError::Write(format!("local write refused: {other:?}"))),
+/// Counts one answer to a round (a write, an adoption, a read barrier).
+fn vote(votes: &mut Quorum, from: &str, answer: Result<ReplicaReply, RemoteError>, yes: fn(&ReplicaReply) -> bool) {
+    match answer {
+        Ok(r) if yes(&r) => votes.yes(from),
+        Ok(ReplicaReply::Fenced(t)) => votes.fenced(from, t),
+        Ok(ReplicaReply::Refused(why) | ReplicaReply::NeedCopy(why)) => votes.no(from, why),
+        Ok(other) => votes.no(from, format!("answered {other:?}")),
+        Err(e) => votes.no(from, e),
     }
-    // Every replica of the set must hold the entry; one the view drops meanwhile is
-    // replaced by the current set's (troupe_core::replication::WriteRound decides).
-    // Acknowledging then is safe for the same reason as before: the entry is on disk on
-    // every member of the owner's replica set *as of the ack*; copies left on members
-    // that dropped out are extra and harmless (recovery takes the newest copy of every
-    // live node).
-    let mut errors: HashMap<String, StoreError> = HashMap::new();
+}
+
+/// Runs `asks` (one task each, so the ones still out when the round is decided finish
+/// in the background) until the round is won or lost.
+async fn round<F>(votes: &mut Quorum, asks: Vec<(String, F)>, yes: fn(&ReplicaReply) -> bool) -> Tally
+where
+    F: std::future::Future<Output = Result<ReplicaReply, RemoteError>> + Send + 'static,
+{
+    let mut out: FuturesUnordered<_> = asks
+        .into_iter()
+        .map(|(to, f)| {
+            let task = tokio::spawn(f);
+            async move { (to, task.await.unwrap_or_else(|e| Err(RemoteError::Invalid(e.to_string())))) }
+        })
+        .collect();
     loop {
-        let todo = match step {
-            WriteStep::Send(todo) => todo,
-            WriteStep::Ack => return Ok(()),
-            WriteStep::LostOwnership => {
-                return Err(StoreError::Write(format!(
-                    "{} lost ownership of {key} while writing; the write is not acknowledged",
-                    node.name()
-                )));
+        let t = votes.tally();
+        if t != Tally::Pending {
+            return t;
+        }
+        let Some((to, answer)) = out.next().await else { return votes.tally() };
+        vote(votes, &to, answer, yes);
+    }
+}
+
+fn won(t: Tally) -> Result<(), String> {
+    match t {
+        Tally::Won => Ok(()),
+        Tally::Lost(why) => Err(why),
+        // Every member answered: a quorum is then either won or out of reach.
+        Tally::Pending => Err("the round ended undecided".into()),
+    }
+}
+
+fn written(r: &ReplicaReply) -> bool {
+    matches!(r, ReplicaReply::Written)
+}
+
+/// Makes `op` durable on a majority of `path`'s replica set under the owner's `term`:
+/// this node's disk first, then the others'.
+pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: WriteOp) -> Result<(), StoreError> {
+    let key = path.to_string();
+    let set = node.replica_set(&kind_of(node, path)?, path);
+    let me = node.name().to_string();
+    let local = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op.clone()] };
+    match serve(node, local).await {
+        ReplicaReply::Written => {}
+        ReplicaReply::Fenced(t) => {
+            return Err(StoreError::Write(format!("{me} no longer owns {key}: a newer owner (term {t}) holds it")));
+        }
+        other => return Err(StoreError::Write(format!("local write of {key} refused: {other:?}"))),
+    }
+    let mut votes = Quorum::new(&set);
+    votes.yes(&me);
+    let asks = set
+        .iter()
+        .filter(|r| **r != me)
+        .map(|r| (r.clone(), append_to(node.clone(), r.clone(), key.clone(), term.clone(), op.clone())))
+        .collect();
+    won(round(&mut votes, asks, written).await)
+        .map_err(|why| StoreError::Write(format!("write of {key} not acknowledged: {why}")))
+}
+
+/// Appends `op` at replica `to`, sending this node's whole copy when it needs one.
+async fn append_to(node: Node, to: String, key: String, term: Term, op: WriteOp) -> Result<ReplicaReply, RemoteError> {
+    let msg = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op] };
+    match ask(&node, &to, msg).await? {
+        ReplicaReply::NeedCopy(why) => {
+            tracing::debug!(replica = %to, path = %key, why, "sending the whole copy");
+            let full = node.store().load(&key).map_err(|e| RemoteError::Invalid(e.to_string()))?;
+            ask(&node, &to, ReplicaMsg::Adopt { path: key.clone(), term, ops: Some(full.as_ops(&key)) }).await
+        }
+        other => Ok(other),
+    }
+}
+
+/// Reads `path`'s durable state as its new owner. Replicated, an election: the copy of
+/// the newest term among a majority, adopted under this node's new term by a majority;
+/// the result's `terms` hold that term. Unreplicated, the newest copy of every live node.
+pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
+    if rf > 1 { elect(node, path).await } else { gather(node, path).await }
+}
+
+async fn elect(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> {
+    let key = path.to_string();
+    let ks = kind_of(node, path)?;
+    let me = node.name().to_string();
+    let deadline = Instant::now() + RECOVER_DEADLINE;
+    let mut seen = Term::default();
+    let mut first_round = true;
+    loop {
+        let set = node.replica_set(&ks, path);
+        let owner = node.owner_of(&ks, path).map_err(|e| StoreError::Read(e.to_string()))?;
+        if owner != me {
+            return Err(StoreError::Read(format!("{me} does not own {key} in its view ({owner} does)")));
+        }
+        let local = node.store().load(&key)?.terms.promised;
+        let term = Term::after(&seen.clone().max(local), &me, node.epoch());
+        let why = match election_round(node, &key, &set, term.clone()).await {
+            Ok(best) => {
+                tracing::debug!(path = %key, term = %term, seq = best.last_seq(), "owner elected");
+                return Ok(Recovered { terms: Terms { promised: term.clone(), accepted: term }, ..best });
             }
-            WriteStep::ReplicaFailed(r) => {
-                return Err(errors.remove(&r).unwrap_or_else(|| StoreError::Write(format!("replica {r} failed"))));
-            }
-            WriteStep::SetKeptChanging => {
-                return Err(StoreError::Write(format!(
-                    "the replica set of {key} kept changing during the write ({FAILOVER_ROUNDS_MAX} rounds); not acknowledged"
-                )));
+            Err((newer, why)) => {
+                seen = seen.max(newer);
+                why
             }
         };
-        let writes = todo.iter().map(|r| write_to(node, r, &key, op.clone()));
-        let mut results = Vec::with_capacity(todo.len());
-        for (r, res) in todo.iter().zip(futures::future::join_all(writes).await) {
-            if let Err(e) = res {
-                errors.insert(r.clone(), e);
-                results.push((r.clone(), false));
-            } else {
-                results.push((r.clone(), true));
-            }
+        // The first failed round says why recovery waits; the retries after it would
+        // only repeat it every 100 ms.
+        if first_round {
+            tracing::info!(path = %key, problems = %why, "election round failed; retrying");
+            first_round = false;
+        } else {
+            tracing::debug!(path = %key, problems = %why, "election round failed; retrying");
         }
-        let from = round.set().to_vec();
-        let fresh = replica_set(node, path, rf)?;
-        step = round.round_done(&results, fresh);
-        if matches!(step, WriteStep::Send(_)) {
-            tracing::info!(path = %key, from = ?from, to = ?round.set(), "replica held down; the write fails over");
+        if Instant::now() >= deadline {
+            return Err(StoreError::Read(format!("cannot recover {key}: no majority of its replicas agreed ({why})")));
         }
+        tokio::time::sleep(RECOVER_RETRY).await;
     }
 }
 
-/// Writes one op to replica `to`, syncing it first if its log has a gap.
-async fn write_to(node: &Node, to: &str, key: &str, op: WriteOp) -> Result<(), StoreError> {
-    let msg = ReplicaMsg::Write { path: key.to_string(), owner: node.name().to_string(), ops: vec![op.clone()] };
-    match ask(node, to, msg).await {
-        Ok(ReplicaReply::Written) => Ok(()),
-        Ok(ReplicaReply::Gap { .. }) => {
-            // The replica missed earlier entries (it joined the set later): send it
-            // our whole copy, which already includes `op`.
-            let full = node.store().load(key)?;
-            let msg =
-                ReplicaMsg::Write { path: key.to_string(), owner: node.name().to_string(), ops: full.as_ops(key) };
-            match ask(node, to, msg).await {
-                Ok(ReplicaReply::Written) => Ok(()),
-                Ok(other) => Err(StoreError::Write(format!("replica {to} refused a full sync of {key}: {other:?}"))),
-                Err(e) => Err(StoreError::Write(format!("replica {to}: {e}"))),
+/// One election under `term`: promises, then the adoption of the best copy. `Err`
+/// carries the newest term seen and why the round failed.
+async fn election_round(node: &Node, key: &str, set: &[String], term: Term) -> Result<Recovered, (Term, String)> {
+    let me = node.name().to_string();
+    let mut election: Election<Recovered> = Election::new(&me, term.clone(), set);
+    let mut out: FuturesUnordered<_> = set
+        .iter()
+        .map(|r| {
+            let msg = ReplicaMsg::Prepare { path: key.to_string(), owner: me.clone(), term: term.clone() };
+            let (node, r) = (node.clone(), r.clone());
+            async move {
+                let a = ask(&node, &r, msg).await;
+                (r, a)
             }
+        })
+        .collect();
+    let (best, send) = loop {
+        match election.outcome(set) {
+            Elected::Won { best, send } => break (best, send),
+            Elected::Lost { seen, problems } => return Err((seen, problems)),
+            Elected::Pending => {}
         }
-        Ok(ReplicaReply::Refused(why)) => Err(StoreError::Write(format!("replica {to} refused: {why}"))),
-        Ok(other) => Err(StoreError::Write(format!("replica {to} answered {other:?}"))),
-        Err(e) => Err(StoreError::Write(format!("replica {to}: {e}"))),
+        let Some((from, answer)) = out.next().await else {
+            return Err((term, "every replica answered without a decision".into()));
+        };
+        match answer {
+            Ok(ReplicaReply::Loaded(r)) => election.promised(&from, r.terms.accepted.clone(), r.data()),
+            Ok(ReplicaReply::Fenced(t)) => election.fenced(&from, t),
+            Ok(ReplicaReply::Refused(why)) => election.refused(&from, why),
+            Ok(other) => election.refused(&from, format!("answered {other:?}")),
+            Err(e) => election.refused(&from, e),
+        }
+    };
+    drop(out);
+    // This node's copy first: it is the source of every copy it sends later.
+    let data_for = |r: &str| send.iter().find(|(n, _)| n == r).is_none_or(|(_, d)| *d);
+    let ops = |r: &str| data_for(r).then(|| best.as_ops(key));
+    match serve(node, ReplicaMsg::Adopt { path: key.to_string(), term: term.clone(), ops: ops(&me) }).await {
+        ReplicaReply::Written => {}
+        ReplicaReply::Fenced(t) => return Err((t, "a newer owner holds it".into())),
+        other => return Err((term, format!("could not adopt the copy here: {other:?}"))),
+    }
+    let mut votes = Quorum::new(set);
+    votes.yes(&me);
+    let asks = set
+        .iter()
+        .filter(|r| **r != me)
+        .map(|r| {
+            let msg = ReplicaMsg::Adopt { path: key.to_string(), term: term.clone(), ops: ops(r) };
+            let (node, r2) = (node.clone(), r.clone());
+            (r.clone(), async move { ask(&node, &r2, msg).await })
+        })
+        .collect();
+    match won(round(&mut votes, asks, written).await) {
+        Ok(()) => Ok(best),
+        Err(why) => Err((votes.newer().cloned().unwrap_or(term), why)),
     }
 }
 
-/// Recovers `path` as its new owner: the newest copy among all live nodes, once
-/// every one of them sees this node as the owner; then brings the replicas level.
-pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
+/// A read barrier: `Ok` once a majority of `path`'s replica set still backs `term`,
+/// so a read served after it is linearizable.
+pub(crate) async fn confirm(node: &Node, path: &ActorPath, term: &Term) -> Result<(), StoreError> {
     let key = path.to_string();
+    let set = node.replica_set(&kind_of(node, path)?, path);
+    let mut votes = Quorum::new(&set);
+    let asks = set
+        .iter()
+        .map(|r| {
+            let msg = ReplicaMsg::Confirm { path: key.clone(), term: term.clone() };
+            let (node, r2) = (node.clone(), r.clone());
+            (r.clone(), async move { ask(&node, &r2, msg).await })
+        })
+        .collect();
+    won(round(&mut votes, asks, |r| matches!(r, ReplicaReply::Confirmed)).await)
+        .map_err(|why| StoreError::Read(format!("{} cannot serve a read of {key}: {why}", node.name())))
+}
+
+/// An unreplicated path's recovery: the newest copy among all live nodes, once every
+/// one of them sees this node as the owner.
+async fn gather(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> {
+    let key = path.to_string();
+    let ks = kind_of(node, path)?;
     let deadline = Instant::now() + RECOVER_DEADLINE;
     let mut first_round = true;
     loop {
-        let set = replica_set(node, path, rf)?;
-        if set.first().map(String::as_str) != Some(node.name()) {
+        if node.owner_of(&ks, path).ok().as_deref() != Some(node.name()) {
             return Err(StoreError::Read(format!("{} does not own {key} in its view", node.name())));
         }
         let live: Vec<String> = node.candidates().into_iter().map(|c| c.name).collect();
-        let asks = live.iter().map(|n| {
-            let key = key.clone();
-            async move {
-                if n == node.name() {
-                    Ok(load(node, &key, n).await)
-                } else {
-                    ask(node, n, ReplicaMsg::Load { path: key, owner: node.name().to_string() }).await
-                }
-            }
-        });
+        let asks = live.iter().map(|n| ask(node, n, ReplicaMsg::Load { path: key.clone(), owner: node.name().into() }));
         let answers = futures::future::join_all(asks).await;
         let mut round = RecoveryRound::new(node.name());
         for (n, a) in live.iter().zip(answers) {
             match a {
-                Ok(ReplicaReply::Loaded(r)) => round.copy(n, r),
+                Ok(ReplicaReply::Loaded(r)) => round.copy(n, r.data()),
                 Ok(other) => round.problem(n, format!("{other:?}")),
                 Err(e) => round.problem(n, e),
             }
         }
-        let problems = match round.outcome(&set) {
-            Recovery::Adopt { best, adopt_locally, sync } => {
+        let problems = match round.outcome() {
+            Recovery::Adopt { best, adopt_locally } => {
                 if adopt_locally {
-                    apply_local_full(node, &key, &best).await?;
-                }
-                for r in &sync {
-                    let msg =
-                        ReplicaMsg::Write { path: key.clone(), owner: node.name().to_string(), ops: best.as_ops(&key) };
-                    match ask(node, r, msg).await {
-                        Ok(ReplicaReply::Written) => {}
-                        other => {
-                            tracing::warn!(replica = %r, path = %key, answer = ?other, "replica not synced at recovery")
-                        }
-                    }
+                    node.store().write(best.as_ops(&key)).await?;
                 }
                 return Ok(best);
             }
             Recovery::Retry(problems) => problems,
         };
-        // The first incomplete round says why recovery waits; the retries after it would
-        // only repeat it every 100 ms.
         if first_round {
             tracing::info!(path = %key, problems = %problems.join("; "), "recovery round incomplete; retrying");
             first_round = false;
@@ -330,13 +486,6 @@ pub(crate) async fn recover(node: &Node, path: &ActorPath, rf: u64) -> Result<Re
                 problems.join("; ")
             )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn apply_local_full(node: &Node, key: &str, r: &Recovered) -> Result<(), StoreError> {
-    match apply(node, key, node.name(), r.as_ops(key)).await {
-        ReplicaReply::Written => Ok(()),
-        other => Err(StoreError::Write(format!("could not adopt the recovered copy of {key}: {other:?}"))),
+        tokio::time::sleep(RECOVER_RETRY).await;
     }
 }

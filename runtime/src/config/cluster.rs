@@ -87,10 +87,14 @@ impl Default for TransportTuning {
     }
 }
 
-/// Per-node paths name nodes of the cluster file, live or not.
+/// Per-node paths name nodes of the cluster file, live or not; replica sets are drawn
+/// from them.
 impl troupe_core::directory::Roster for ClusterConfig {
     fn roles(&self, node: &str) -> Option<&[String]> {
         self.node(node).map(|n| n.roles.as_slice())
+    }
+    fn members(&self) -> Vec<(&str, &[String], f64)> {
+        self.nodes.iter().map(|n| (n.name.as_str(), n.roles.as_slice(), n.weight)).collect()
     }
 }
 

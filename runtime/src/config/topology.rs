@@ -85,6 +85,7 @@ impl KindSpec {
             name: &self.name,
             placement: self.placement,
             role: self.role.as_deref(),
+            rf: self.replication_factor,
         }
     }
 }

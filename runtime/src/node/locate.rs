@@ -54,10 +54,10 @@ impl Node {
         directory::owner_of(&ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)
     }
 
-    /// The nodes that hold `path`'s durable state: its owner first, then the next
-    /// `rf - 1` live nodes in rendezvous order.
-    pub fn replica_set(&self, ks: &KindSpec, path: &ActorPath, rf: u64) -> Result<Vec<String>, RemoteError> {
-        directory::replica_set(&ks.place(), path, rf, &self.candidates_shared(), &self.0.loaded.cluster)
+    /// The nodes that hold `path`'s durable state: the kind's `replication_factor`
+    /// first nodes of the cluster file in the path's rendezvous order, live or not.
+    pub fn replica_set(&self, ks: &KindSpec, path: &ActorPath) -> Vec<String> {
+        directory::replica_set(&ks.place(), path, &self.0.loaded.cluster)
     }
 
     /// Finds or activates `path`.

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use troupe_core::replication::Term;
 use troupe_wire::{ActorPath, RemoteError, TraceId};
 
 type RawReplyTx = oneshot::Sender<Result<Vec<u8>, RemoteError>>;
@@ -200,19 +201,21 @@ impl Node {
             .ok_or_else(|| RemoteError::UnknownPath { path: path.to_string(), reason: "kind has no factory".into() })
     }
 
-    /// Makes `op` durable on `rf` nodes (this one and the next owners of `path`).
-    pub async fn persist(&self, path: &ActorPath, rf: u64, op: WriteOp) -> Result<(), StoreError> {
+    /// Makes `op` durable: replicated (`rf` > 1, clustered), on a majority of the
+    /// path's replica set under its owner's `term`; else on this node's disk.
+    pub async fn persist(&self, path: &ActorPath, rf: u64, term: &Term, op: WriteOp) -> Result<(), StoreError> {
         match self.cluster() {
-            Some(_) if rf > 1 => crate::cluster::replica::replicate(self, path, rf, op).await,
+            Some(_) if rf > 1 => crate::cluster::replica::replicate(self, path, term, op).await,
             _ => self.0.store.write(vec![op]).await,
         }
     }
 
-    /// Reads `path`'s durable state; clustered, the newest copy among live replicas.
+    /// Reads `path`'s durable state as its owner: replicated, after an election (the
+    /// result's `terms` hold the owner's new term); unreplicated and clustered, the
+    /// newest copy among live nodes (an entity that moved finds its state on the node
+    /// it moved from).
     pub async fn recover(&self, path: &ActorPath, rf: u64) -> Result<Recovered, StoreError> {
         match self.cluster() {
-            // Clustered, recovery always looks at the live copies: even with one copy,
-            // an entity that moved finds its state on the node it moved from.
             Some(_) => crate::cluster::replica::recover(self, path, rf).await,
             _ => {
                 let store = self.0.store.clone();
@@ -221,6 +224,15 @@ impl Node {
                     .await
                     .map_err(|e| StoreError::Read(e.to_string()))?
             }
+        }
+    }
+
+    /// A read barrier for the owner of `path` under `term`: returns once a majority of
+    /// the replica set still backs it (at once when not replicated).
+    pub async fn confirm(&self, path: &ActorPath, rf: u64, term: &Term) -> Result<(), StoreError> {
+        match self.cluster() {
+            Some(_) if rf > 1 => crate::cluster::replica::confirm(self, path, term).await,
+            _ => Ok(()),
         }
     }
 }

@@ -1,28 +1,31 @@
 //! Replicated durable state under simulation: a sharded entity per key, each holding an
-//! append-only log, persisted through primary-backup replication as the runtime does
-//! it — the same directory ([`crate::directory`]) and the same replication decisions
-//! ([`crate::replication`]: replica fencing, the write round with its fail-over, the
-//! recovery round) over the simulated network and disks, driven by the membership
-//! cores' views.
+//! append-only log, persisted as the runtime does it — the same directory
+//! ([`crate::directory`]: fixed replica sets, owner = first live member) and the same
+//! replication decisions ([`crate::replication`]: elections by term, adoption, majority
+//! writes, read barriers) over the simulated network and disks, driven by the
+//! membership cores' views.
 //!
 //! What is modelled after the node shell rather than run: the entity (a log of values,
-//! as the kv store's actor keeps; one request at a time, a failed write re-recovers it,
-//! handoff stops it when the view moves it), the per-path lock of `replica.rs` (one
-//! disk job per key per node at a time), the store (a write is on disk only after its
-//! sync; a crash loses the write in flight — redb's commit is atomic, so a torn last
-//! write is discarded at open, which here is the same as lost), and the links (QUIC:
-//! reliable and ordered while both ends live and the network joins them; loss costs a
-//! retransmission's delay; a partition or a crash drops what is in flight).
+//! as the kv store's actor keeps; one request at a time; a failed write or read barrier
+//! re-recovers it, as the kv actor re-initializes; handoff stops it when the view moves
+//! it), the per-path lock of `replica.rs` (one disk job per key per node at a time),
+//! the store (data and terms are on disk only after their sync; a crash loses the
+//! write in flight — redb's commit is atomic, so a torn last write is discarded at
+//! open, which here is the same as lost), and the links (QUIC: reliable and ordered
+//! while both ends live and the network joins them; loss costs a retransmission's
+//! delay; a partition or a crash drops what is in flight).
 //!
 //! Checked: after the faults end, every node restarts and the cluster settles, each
 //! key is read through its owner; every write that was ever acknowledged must be in
-//! the log read.
+//! the log read. Every read of the run, final ones included, must fit one order per
+//! key with the writes ([`NOT_LINEARIZABLE`]).
 
-use super::{Cargo, World};
+use super::{Cargo, NOT_LINEARIZABLE, World};
 use crate::directory::{self, Kind, Placement, Roster};
 use crate::placement::Candidate;
 use crate::replication::{
-    Recovery, RecoveryRound, Versioned, WriteCheck, WriteRound, WriteStep, check_owner, check_write,
+    Check, Elected, Election, Quorum, Tally, Term, Terms, Versioned, check_adopt, check_append, check_confirm,
+    check_prepare,
 };
 use rand010::RngExt;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -30,14 +33,18 @@ use troupe_wire::ActorPath;
 
 /// How long one replication ask may take (the runtime's `REPLICA_TIMEOUT`).
 pub(super) const REPLICA_TIMEOUT_MS: u64 = 3_000;
-/// How long recovery waits for every live node to agree (`RECOVER_DEADLINE`).
+/// How long an election may keep trying (`RECOVER_DEADLINE`).
 const RECOVER_DEADLINE_MS: u64 = 10_000;
 const RECOVER_RETRY_MS: u64 = 100;
 /// Forwarding hops a client request may take between nodes that disagree.
 const HOPS_MAX: u8 = 3;
+/// One client request in this many is a read.
+const READ_ONE_IN: u32 = 4;
 
-/// The simulated kind: sharded, every node eligible.
-const KIND: Kind<'static> = Kind { system: "sim", name: "log", placement: Placement::Sharded, role: None };
+/// The simulated kind: sharded, every node eligible, `rf` copies.
+fn kind(rf: u64) -> Kind<'static> {
+    Kind { system: "sim", name: "log", placement: Placement::Sharded, role: None, rf }
+}
 
 /// A key's log: sequence number → value (a write id).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,32 +56,62 @@ impl Versioned for Log {
     }
 }
 
-/// What survives a crash: the synced logs.
+impl Log {
+    /// Whether `self` is a prefix of `other` (logs have no holes).
+    fn prefix_of(&self, other: &Log) -> bool {
+        self.0.iter().all(|(s, v)| other.0.get(s) == Some(v))
+    }
+
+    fn position(&self, id: u64) -> Option<u64> {
+        self.0.iter().find(|(_, v)| **v == id).map(|(s, _)| *s)
+    }
+}
+
+/// One key's durable state on one node: its log and its terms, committed together.
+#[derive(Debug, Clone, Default)]
+struct Stored {
+    log: Log,
+    terms: Terms,
+}
+
+/// What survives a crash: the synced state.
 #[derive(Default)]
 pub(super) struct Disk {
-    logs: BTreeMap<usize, Log>,
+    keys: BTreeMap<usize, Stored>,
 }
 
 #[derive(Debug, Clone)]
 pub(super) enum Req {
-    /// Apply `entries` (all of the log when `full`), written by `writer`.
-    Write { writer: String, entries: Log, full: bool },
-    /// Hand over your copy to its owner `asker`.
-    Load { asker: String },
+    /// Promise `term` to `asker` and hand over your copy.
+    Prepare { asker: String, term: Term },
+    /// Hold this copy under `term` (`None`: yours is it already; only the terms change).
+    Adopt { term: Term, log: Option<Log> },
+    /// Append these entries of the owner of `term`.
+    Append { term: Term, entries: Log },
+    /// Do you still back the owner of `term`? (a read barrier)
+    Confirm { term: Term },
 }
 
 #[derive(Debug, Clone)]
 pub(super) enum Ans {
     Written,
-    Gap(u64),
+    Promised { accepted: Term, log: Log },
+    NeedCopy(String),
+    Fenced(Term),
     Refused(String),
-    Loaded(Log),
+    Confirmed,
 }
 
 #[derive(Debug, Clone)]
 pub(super) enum ClientReq {
-    Write { id: u64 },
-    Read,
+    Write {
+        id: u64,
+    },
+    /// `last`: the final read after the faults, which the loss check uses.
+    Read {
+        id: u64,
+        last: bool,
+    },
 }
 
 /// What travels between nodes.
@@ -90,7 +127,8 @@ pub(super) enum Body {
 pub(super) enum Timer {
     AskTimeout(u64),
     DiskDone(usize),
-    RecoverRetry(u64),
+    /// Start another election round of this operation.
+    Retry(u64),
 }
 
 enum Origin {
@@ -111,7 +149,7 @@ struct Lock {
 
 enum Phase {
     Recovering,
-    Ready { log: Log, busy: bool },
+    Ready { log: Log, term: Term, busy: bool },
 }
 
 struct Entity {
@@ -121,34 +159,54 @@ struct Entity {
     stopping: bool,
 }
 
-enum Stage {
-    Asking(RecoveryRound<Log>),
-    Adopting { best: Log, sync: Vec<String> },
-    Syncing { best: Log },
-}
-
+/// An owner's operation in progress. Each stage has its own id: answers to the asks
+/// of a stage that is over find nothing and are dropped.
 enum Op {
+    /// Waiting to start the next election round (after `seen`).
+    Pause {
+        key: usize,
+        seen: Term,
+        deadline_ms: u64,
+    },
+    Elect {
+        key: usize,
+        set: Vec<String>,
+        election: Election<Log>,
+        deadline_ms: u64,
+    },
+    Adopt {
+        key: usize,
+        term: Term,
+        best: Log,
+        send: Vec<(String, bool)>,
+        votes: Quorum,
+        failed: Option<String>,
+        deadline_ms: u64,
+    },
     Write {
         key: usize,
         seq: u64,
         id: u64,
-        round: WriteRound,
-        /// The step to take once the local disk holds the entry.
-        first: Option<WriteStep>,
-        results: Vec<(String, bool)>,
+        term: Term,
+        votes: Quorum,
+        failed: Option<String>,
     },
-    Recover {
+    Confirm {
         key: usize,
-        set: Vec<String>,
-        deadline_ms: u64,
-        stage: Stage,
+        read: (u64, bool),
+        log: Log,
+        votes: Quorum,
     },
 }
 
 impl Op {
     fn key(&self) -> usize {
         match self {
-            Op::Write { key, .. } | Op::Recover { key, .. } => *key,
+            Op::Pause { key, .. }
+            | Op::Elect { key, .. }
+            | Op::Adopt { key, .. }
+            | Op::Write { key, .. }
+            | Op::Confirm { key, .. } => *key,
         }
     }
 }
@@ -161,8 +219,6 @@ pub(super) struct KvNode {
     ops: BTreeMap<u64, Op>,
     /// Open asks: ask id → (op, peer).
     asks: BTreeMap<u64, (u64, String)>,
-    /// Asks of an op still unanswered.
-    waiting: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 /// An acknowledged write.
@@ -175,12 +231,25 @@ struct Acked {
     by: String,
 }
 
+/// A completed read.
+#[derive(Debug, Clone)]
+struct ReadDone {
+    key: usize,
+    id: u64,
+    invoked_ms: u64,
+    done_ms: u64,
+    log: Log,
+}
+
 /// What the clients saw.
 #[derive(Default)]
 pub(super) struct Ledger {
     next_id: u64,
+    /// When each client request was issued, by id: (key, ms).
+    invoked: BTreeMap<u64, (usize, u64)>,
     acked: Vec<Acked>,
-    reads: BTreeMap<usize, Log>,
+    reads: Vec<ReadDone>,
+    finals: BTreeMap<usize, Log>,
     pub(super) writes: u64,
     pub(super) acks: u64,
 }
@@ -191,10 +260,13 @@ impl Roster for Everyone<'_> {
     fn roles(&self, node: &str) -> Option<&[String]> {
         self.0.iter().any(|n| n == node).then_some(&[])
     }
+    fn members(&self) -> Vec<(&str, &[String], f64)> {
+        self.0.iter().map(|n| (n.as_str(), &[] as &[String], 1.0)).collect()
+    }
 }
 
 fn path(key: usize) -> ActorPath {
-    ActorPath::new(KIND.system, KIND.name, &format!("k{key}")).expect("valid path")
+    ActorPath::new("sim", "log", &format!("k{key}")).expect("valid path")
 }
 
 impl World {
@@ -214,13 +286,22 @@ impl World {
 
     fn owner_in_view(&self, i: usize, key: usize) -> Result<String, String> {
         let names = self.names();
-        directory::owner_of(&KIND, &path(key), &self.live_view(i), &Everyone(&names)).map_err(|e| e.to_string())
+        directory::owner_of(&kind(self.cfg.rf), &path(key), &self.live_view(i), &Everyone(&names))
+            .map_err(|e| e.to_string())
     }
 
-    fn replica_set_in_view(&self, i: usize, key: usize) -> Vec<String> {
+    fn replica_set(&self, key: usize) -> Vec<String> {
         let names = self.names();
-        directory::replica_set(&KIND, &path(key), self.cfg.rf, &self.live_view(i), &Everyone(&names))
-            .unwrap_or_default()
+        directory::replica_set(&kind(self.cfg.rf), &path(key), &Everyone(&names))
+    }
+
+    /// A write's votes: a majority of the set, unless the configuration asks for fewer
+    /// (the test that shows the simulator finds the loss that follows).
+    fn write_votes(&self, set: &[String]) -> Quorum {
+        match self.cfg.write_votes {
+            Some(n) => Quorum::with_needed(set, n),
+            None => Quorum::new(set),
+        }
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -251,7 +332,7 @@ impl World {
         self.push(at_ms, node, node, Cargo::Timer { epoch, t });
     }
 
-    // ---- the store under the per-path lock -------------------------------------
+    // ---- the replica: the store under the per-path lock --------------------------
 
     fn enqueue(&mut self, now_ms: u64, i: usize, key: usize, job: Job) {
         self.nodes[i].kv.locks.entry(key).or_default().jobs.push_back(job);
@@ -267,23 +348,39 @@ impl World {
         let Some(job) = lock.jobs.front() else { return };
         lock.started = true;
         let req = job.req.clone();
-        let view_owner = self.owner_in_view(i, key);
-        let have = self.nodes[i].disk.logs.get(&key).map(Versioned::last_seq).unwrap_or(0);
-        let p = path(key).to_string();
-        let done = match &req {
-            Req::Write { writer, entries, full } => {
-                let first = if *full { None } else { entries.0.keys().next().copied() };
-                match check_write(&me, &p, writer, view_owner.as_deref().map_err(Clone::clone), first, have) {
-                    WriteCheck::Accept => None,
-                    WriteCheck::Gap { have } => Some(Ans::Gap(have)),
-                    WriteCheck::Refuse(why) => Some(Ans::Refused(why)),
-                }
+        let stored = self.nodes[i].disk.keys.get(&key).cloned().unwrap_or_default();
+        let check = match &req {
+            Req::Prepare { asker, term } => {
+                let view_owner = self.owner_in_view(i, key);
+                let p = path(key).to_string();
+                check_prepare(&me, &p, asker, view_owner.as_deref().map_err(Clone::clone), term, &stored.terms)
             }
-            Req::Load { asker } => {
-                Some(match check_owner(&me, &p, asker, view_owner.as_deref().map_err(Clone::clone)) {
-                    Ok(()) => Ans::Loaded(self.nodes[i].disk.logs.get(&key).cloned().unwrap_or_default()),
-                    Err(why) => Ans::Refused(why),
-                })
+            Req::Adopt { term, .. } => check_adopt(term, &stored.terms),
+            Req::Append { term, entries } => {
+                check_append(term, &stored.terms, entries.0.keys().next().copied(), stored.log.last_seq())
+            }
+            Req::Confirm { term } => match check_confirm(term, &stored.terms) {
+                Check::Accept => return self.finish_job(now_ms, i, key, Ans::Confirmed),
+                other => other,
+            },
+        };
+        let done = match check {
+            Check::Accept => None,
+            Check::NeedCopy(why) => Some(Ans::NeedCopy(why)),
+            Check::Fenced(t) => Some(Ans::Fenced(t)),
+            Check::NotOwner(why) => Some(Ans::Refused(why)),
+            Check::Duplicate => {
+                let Req::Append { entries, .. } = &req else { unreachable!("only appends are duplicates") };
+                if entries.prefix_of(&stored.log) {
+                    Some(Ans::Written)
+                } else {
+                    let line = format!(
+                        "{now_ms} ms: {me} was sent entries {:?} of k{key} that differ from its own under one term",
+                        entries.0
+                    );
+                    self.violations.push(format!("{NOT_LINEARIZABLE}: {line}"));
+                    Some(Ans::Refused("conflicting entry".into()))
+                }
             }
         };
         match done {
@@ -296,19 +393,30 @@ impl World {
         }
     }
 
-    /// The sync of the write at the head of `key`'s lock completed.
+    /// The sync of the job at the head of `key`'s lock completed.
     fn disk_done(&mut self, now_ms: u64, i: usize, key: usize) {
         let Some(job) = self.nodes[i].kv.locks.get(&key).and_then(|l| l.jobs.front()) else { return };
-        if let Req::Write { entries, full, .. } = &job.req {
-            let (entries, full) = (entries.clone(), *full);
-            let log = self.nodes[i].disk.logs.entry(key).or_default();
-            if full {
-                *log = entries;
-            } else {
-                log.0.extend(entries.0);
+        let req = job.req.clone();
+        let stored = self.nodes[i].disk.keys.entry(key).or_default();
+        let ans = match req {
+            Req::Prepare { term, .. } => {
+                stored.terms.promised = term;
+                Ans::Promised { accepted: stored.terms.accepted.clone(), log: stored.log.clone() }
             }
-        }
-        self.finish_job(now_ms, i, key, Ans::Written);
+            Req::Adopt { term, log } => {
+                if let Some(log) = log {
+                    stored.log = log;
+                }
+                stored.terms = Terms { promised: term.clone(), accepted: term };
+                Ans::Written
+            }
+            Req::Append { entries, .. } => {
+                stored.log.0.extend(entries.0);
+                Ans::Written
+            }
+            Req::Confirm { .. } => Ans::Confirmed,
+        };
+        self.finish_job(now_ms, i, key, ans);
     }
 
     fn finish_job(&mut self, now_ms: u64, i: usize, key: usize, ans: Ans) {
@@ -322,12 +430,11 @@ impl World {
         self.pump(now_ms, i, key);
     }
 
-    // ---- asks ------------------------------------------------------------------
+    // ---- the owner: asks and the operations they serve ----------------------------
 
     fn ask(&mut self, now_ms: u64, i: usize, op: u64, peer: &str, key: usize, req: Req) {
         let ask = self.next_id();
         self.nodes[i].kv.asks.insert(ask, (op, peer.to_string()));
-        self.nodes[i].kv.waiting.entry(op).or_default().insert(ask);
         if peer == self.nodes[i].name {
             self.enqueue(now_ms, i, key, Job { origin: Origin::Local { ask }, req });
             return;
@@ -337,149 +444,186 @@ impl World {
         self.timer(now_ms + REPLICA_TIMEOUT_MS, i, Timer::AskTimeout(ask));
     }
 
-    /// An answer to ask `ask` (`None`: it timed out).
-    fn answer(&mut self, now_ms: u64, i: usize, ask: u64, ans: Option<Ans>) {
-        let Some((op, peer)) = self.nodes[i].kv.asks.remove(&ask) else { return };
-        let Some(w) = self.nodes[i].kv.waiting.get_mut(&op) else { return };
-        w.remove(&ask);
-        let all_in = w.is_empty();
-        let me = self.nodes[i].name.clone();
-        let Some(o) = self.nodes[i].kv.ops.get_mut(&op) else { return };
-        let key = o.key();
-        let mut resend_full = false;
-        match o {
-            Op::Write { first, results, .. } => {
-                if peer == me {
-                    // The local write: on, or the write fails.
-                    if !matches!(ans, Some(Ans::Written)) {
-                        *first = Some(WriteStep::LostOwnership);
-                    }
-                } else {
-                    match ans {
-                        Some(Ans::Written) => results.push((peer.clone(), true)),
-                        // The replica missed earlier entries: it gets the whole copy.
-                        Some(Ans::Gap(_)) => resend_full = true,
-                        _ => results.push((peer.clone(), false)),
-                    }
-                }
-            }
-            Op::Recover { stage, .. } => match stage {
-                Stage::Asking(round) => match ans {
-                    Some(Ans::Loaded(log)) => round.copy(&peer, log),
-                    Some(Ans::Refused(why)) => round.problem(&peer, why),
-                    Some(Ans::Gap(have)) => round.problem(&peer, format!("gap after {have}")),
-                    Some(Ans::Written) => round.problem(&peer, "answered a load with `written`"),
-                    None => round.problem(&peer, "timed out"),
-                },
-                Stage::Adopting { .. } if peer == me && !matches!(ans, Some(Ans::Written)) => {
-                    self.abandon(now_ms, i, op, "could not adopt the recovered copy");
-                    return;
-                }
-                _ => {}
-            },
-        }
-        if resend_full {
-            let full = self.nodes[i].disk.logs.get(&key).cloned().unwrap_or_default();
-            self.ask(now_ms, i, op, &peer, key, Req::Write { writer: me, entries: full, full: true });
-            return;
-        }
-        if all_in {
-            self.nodes[i].kv.waiting.remove(&op);
-            self.advance(now_ms, i, op);
-        }
+    /// Starts a new stage: a fresh op id, so the old stage's late answers are dropped.
+    fn stage(&mut self, i: usize, op: Op) -> u64 {
+        let id = self.next_id();
+        self.nodes[i].kv.ops.insert(id, op);
+        id
     }
 
-    /// Every ask of `op`'s current stage is in: take the next step.
-    fn advance(&mut self, now_ms: u64, i: usize, op_id: u64) {
+    /// An answer to ask `ask` (`None`: it timed out).
+    fn answer(&mut self, now_ms: u64, i: usize, ask: u64, ans: Option<Ans>) {
+        let Some((op_id, peer)) = self.nodes[i].kv.asks.remove(&ask) else { return };
         let me = self.nodes[i].name.clone();
-        let Some(op) = self.nodes[i].kv.ops.remove(&op_id) else { return };
-        match op {
-            Op::Write { key, seq, id, mut round, first, results } => {
-                let step = match first {
-                    Some(step) => step,
-                    None => {
-                        let fresh = self.replica_set_in_view(i, key);
-                        round.round_done(&results, fresh)
-                    }
+        let local = peer == me;
+        let Some(op) = self.nodes[i].kv.ops.get_mut(&op_id) else { return };
+        let key = op.key();
+        let why = why_not;
+        let then = match op {
+            Op::Pause { .. } => Then::Nothing,
+            Op::Elect { election, .. } => {
+                match ans {
+                    Some(Ans::Promised { accepted, log }) => election.promised(&peer, accepted, log),
+                    Some(Ans::Fenced(t)) => election.fenced(&peer, t),
+                    other => election.refused(&peer, why(&other)),
+                }
+                Then::Nothing
+            }
+            Op::Adopt { votes, failed, term, best, .. } => {
+                let next = Req::Adopt { term: term.clone(), log: Some(best.clone()) };
+                count_write(votes, failed, &peer, local, ans, next, why)
+            }
+            Op::Write { term, .. } if !local && matches!(ans, Some(Ans::NeedCopy(_))) => Then::Copy(term.clone()),
+            Op::Write { votes, failed, term, seq, id, .. } => {
+                let next = Req::Append { term: term.clone(), entries: Log(BTreeMap::from([(*seq, *id)])) };
+                count_write(votes, failed, &peer, local, ans, next, why)
+            }
+            Op::Confirm { votes, .. } => {
+                match ans {
+                    Some(Ans::Confirmed) => votes.yes(&peer),
+                    Some(Ans::Fenced(t)) => votes.fenced(&peer, t),
+                    other => votes.no(&peer, why(&other)),
+                }
+                Then::Nothing
+            }
+        };
+        match then {
+            Then::Nothing => {}
+            Then::Others(req) => {
+                // An adoption sends the data only to members whose copy differs.
+                let plan: Vec<(String, Req)> = match (&self.nodes[i].kv.ops[&op_id], &req) {
+                    (Op::Adopt { send, .. }, Req::Adopt { term, log }) => send
+                        .iter()
+                        .filter(|(r, _)| *r != me)
+                        .map(|(r, data)| {
+                            (r.clone(), Req::Adopt { term: term.clone(), log: if *data { log.clone() } else { None } })
+                        })
+                        .collect(),
+                    _ => self.replica_set(key).into_iter().filter(|r| *r != me).map(|r| (r, req.clone())).collect(),
                 };
-                match step {
-                    WriteStep::Send(todo) => {
-                        let op = Op::Write { key, seq, id, round, first: None, results: Vec::new() };
-                        self.nodes[i].kv.ops.insert(op_id, op);
-                        let entries = Log(BTreeMap::from([(seq, id)]));
-                        for r in todo {
-                            let req = Req::Write { writer: me.clone(), entries: entries.clone(), full: false };
-                            self.ask(now_ms, i, op_id, &r, key, req);
-                        }
-                    }
-                    WriteStep::Ack => {
-                        self.ledger.acks += 1;
-                        self.ledger.acked.push(Acked { key, id, seq, at_ms: now_ms, by: me.clone() });
-                        self.record(now_ms, &format!("{me} acks write {id} of k{key} at seq {seq}"));
-                        if let Some(Entity { phase: Phase::Ready { log, busy }, .. }) =
-                            self.nodes[i].kv.entities.get_mut(&key)
-                        {
-                            log.0.insert(seq, id);
-                            *busy = false;
-                        }
-                        self.drive(now_ms, i, key);
-                    }
-                    other => {
-                        self.record(now_ms, &format!("{me} fails write {id} of k{key}: {other:?}"));
-                        // The kv actor re-initializes after a failed write: it recovers again.
-                        self.start_recovery(now_ms, i, key);
-                    }
+                for (r, req) in plan {
+                    self.ask(now_ms, i, op_id, &r, key, req);
                 }
             }
-            Op::Recover { key, set, deadline_ms, stage } => match stage {
-                Stage::Asking(round) => match round.outcome(&set) {
-                    Recovery::Retry(problems) => {
-                        if now_ms >= deadline_ms {
-                            let why = format!("live nodes do not agree ({})", problems.join("; "));
-                            self.stop(now_ms, i, key, &why);
-                        } else {
-                            let stage = Stage::Asking(RecoveryRound::new(&me));
-                            self.nodes[i].kv.ops.insert(op_id, Op::Recover { key, set, deadline_ms, stage });
-                            self.timer(now_ms + RECOVER_RETRY_MS, i, Timer::RecoverRetry(op_id));
-                        }
-                    }
-                    Recovery::Adopt { best, adopt_locally, sync } => {
-                        let stage = Stage::Adopting { best: best.clone(), sync };
-                        self.nodes[i].kv.ops.insert(op_id, Op::Recover { key, set, deadline_ms, stage });
-                        if adopt_locally {
-                            let req = Req::Write { writer: me.clone(), entries: best, full: true };
-                            self.ask(now_ms, i, op_id, &me, key, req);
-                        } else {
-                            self.advance(now_ms, i, op_id);
-                        }
-                    }
-                },
-                Stage::Adopting { best, sync } => {
-                    let stage = Stage::Syncing { best: best.clone() };
-                    self.nodes[i].kv.ops.insert(op_id, Op::Recover { key, set, deadline_ms, stage });
-                    if sync.is_empty() {
-                        self.advance(now_ms, i, op_id);
-                    }
-                    for r in sync {
-                        let req = Req::Write { writer: me.clone(), entries: best.clone(), full: true };
-                        self.ask(now_ms, i, op_id, &r, key, req);
-                    }
+            Then::Copy(term) => {
+                let log = self.nodes[i].disk.keys.get(&key).map(|s| s.log.clone()).unwrap_or_default();
+                self.ask(now_ms, i, op_id, &peer, key, Req::Adopt { term, log: Some(log) });
+            }
+        }
+        self.progress(now_ms, i, op_id);
+    }
+
+    /// Takes the next step of `op_id` if its stage is decided.
+    fn progress(&mut self, now_ms: u64, i: usize, op_id: u64) {
+        let me = self.nodes[i].name.clone();
+        let Some(op) = self.nodes[i].kv.ops.get(&op_id) else { return };
+        match op {
+            Op::Pause { .. } => {}
+            Op::Elect { key, set, election, deadline_ms } => match election.outcome(set) {
+                Elected::Pending => {}
+                Elected::Won { best, send } => {
+                    let (key, deadline_ms, term) = (*key, *deadline_ms, election.term().clone());
+                    let votes = Quorum::new(set);
+                    self.nodes[i].kv.ops.remove(&op_id);
+                    let mine = send.iter().find(|(r, _)| *r == me).is_none_or(|(_, d)| *d);
+                    let req = Req::Adopt { term: term.clone(), log: mine.then(|| best.clone()) };
+                    let op = Op::Adopt { key, term, best, send, votes, failed: None, deadline_ms };
+                    let id = self.stage(i, op);
+                    self.ask(now_ms, i, id, &me, key, req);
                 }
-                Stage::Syncing { best } => {
-                    self.record(now_ms, &format!("{me} recovered k{key} up to seq {}", best.last_seq()));
+                Elected::Lost { seen, problems } => {
+                    let (key, deadline_ms) = (*key, *deadline_ms);
+                    self.nodes[i].kv.ops.remove(&op_id);
+                    self.retry_election(now_ms, i, key, seen, deadline_ms, &problems);
+                }
+            },
+            Op::Adopt { votes, failed, .. } => match failed.clone().map_or_else(|| votes.tally(), Tally::Lost) {
+                Tally::Pending => {}
+                Tally::Won => {
+                    let Some(Op::Adopt { key, term, best, .. }) = self.nodes[i].kv.ops.remove(&op_id) else {
+                        return;
+                    };
+                    self.record(
+                        now_ms,
+                        &format!("{me} owns k{key} under term {} up to seq {}", term.n, best.last_seq()),
+                    );
                     if let Some(e) = self.nodes[i].kv.entities.get_mut(&key) {
-                        e.phase = Phase::Ready { log: best, busy: false };
+                        e.phase = Phase::Ready { log: best, term, busy: false };
                     }
                     self.drive(now_ms, i, key);
                 }
+                Tally::Lost(why) => {
+                    let Some(Op::Adopt { key, term, deadline_ms, votes, .. }) = self.nodes[i].kv.ops.remove(&op_id)
+                    else {
+                        return;
+                    };
+                    let seen = votes.newer().cloned().unwrap_or(term);
+                    self.retry_election(now_ms, i, key, seen, deadline_ms, &why);
+                }
+            },
+            Op::Write { votes, failed, .. } => match failed.clone().map_or_else(|| votes.tally(), Tally::Lost) {
+                Tally::Pending => {}
+                Tally::Won => {
+                    let Some(Op::Write { key, seq, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
+                    self.ledger.acks += 1;
+                    self.ledger.acked.push(Acked { key, id, seq, at_ms: now_ms, by: me.clone() });
+                    self.record(now_ms, &format!("{me} acks write {id} of k{key} at seq {seq}"));
+                    if let Some(Entity { phase: Phase::Ready { log, busy, .. }, .. }) =
+                        self.nodes[i].kv.entities.get_mut(&key)
+                    {
+                        log.0.insert(seq, id);
+                        *busy = false;
+                    }
+                    self.drive(now_ms, i, key);
+                }
+                Tally::Lost(why) => {
+                    let Some(Op::Write { key, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
+                    self.record(now_ms, &format!("{me} fails write {id} of k{key}: {why}"));
+                    // The kv actor re-initializes after a failed write: it recovers again.
+                    self.start_recovery(now_ms, i, key);
+                }
+            },
+            Op::Confirm { votes, .. } => match votes.tally() {
+                Tally::Pending => {}
+                Tally::Won => {
+                    let Some(Op::Confirm { key, read, log, .. }) = self.nodes[i].kv.ops.remove(&op_id) else {
+                        return;
+                    };
+                    self.served_read(now_ms, key, read, log);
+                    if let Some(Entity { phase: Phase::Ready { busy, .. }, .. }) =
+                        self.nodes[i].kv.entities.get_mut(&key)
+                    {
+                        *busy = false;
+                    }
+                    self.drive(now_ms, i, key);
+                }
+                Tally::Lost(why) => {
+                    let Some(Op::Confirm { key, read, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
+                    self.record(now_ms, &format!("{me} fails read {} of k{key}: {why}", read.0));
+                    // The final reads are retried, as a client would until it gets an answer.
+                    if read.1
+                        && let Some(e) = self.nodes[i].kv.entities.get_mut(&key)
+                    {
+                        e.queue.push_front(ClientReq::Read { id: read.0, last: true });
+                    }
+                    self.start_recovery(now_ms, i, key);
+                }
             },
         }
+    }
+
+    fn retry_election(&mut self, now_ms: u64, i: usize, key: usize, seen: Term, deadline_ms: u64, why: &str) {
+        if now_ms >= deadline_ms {
+            self.stop(now_ms, i, key, &format!("no majority promised ({why})"));
+            return;
+        }
+        let id = self.stage(i, Op::Pause { key, seen, deadline_ms });
+        self.timer(now_ms + RECOVER_RETRY_MS, i, Timer::Retry(id));
     }
 
     // ---- entities --------------------------------------------------------------
 
     fn start_recovery(&mut self, now_ms: u64, i: usize, key: usize) {
-        let me = self.nodes[i].name.clone();
         let e = self.nodes[i].kv.entities.entry(key).or_insert_with(|| Entity {
             phase: Phase::Recovering,
             queue: VecDeque::new(),
@@ -490,41 +634,24 @@ impl World {
             return;
         }
         e.phase = Phase::Recovering;
-        let op_id = self.next_id();
-        let op = Op::Recover {
-            key,
-            set: Vec::new(),
-            deadline_ms: now_ms + RECOVER_DEADLINE_MS,
-            stage: Stage::Asking(RecoveryRound::new(&me)),
-        };
-        self.nodes[i].kv.ops.insert(op_id, op);
-        self.recovery_round(now_ms, i, op_id);
+        self.elect(now_ms, i, key, Term::default(), now_ms + RECOVER_DEADLINE_MS);
     }
 
-    fn recovery_round(&mut self, now_ms: u64, i: usize, op_id: u64) {
+    /// One election round: a term above everything seen, asked of the whole set.
+    fn elect(&mut self, now_ms: u64, i: usize, key: usize, seen: Term, deadline_ms: u64) {
         let me = self.nodes[i].name.clone();
-        let Some(Op::Recover { key, .. }) = self.nodes[i].kv.ops.get(&op_id) else { return };
-        let key = *key;
-        let set = self.replica_set_in_view(i, key);
-        if set.first() != Some(&me) {
-            self.abandon(now_ms, i, op_id, "does not own the key in its view");
+        if self.owner_in_view(i, key).ok().as_deref() != Some(me.as_str()) {
+            self.stop(now_ms, i, key, "does not own the key in its view");
             return;
         }
-        if let Some(Op::Recover { set: s, stage, .. }) = self.nodes[i].kv.ops.get_mut(&op_id) {
-            *s = set;
-            *stage = Stage::Asking(RecoveryRound::new(&me));
+        let set = self.replica_set(key);
+        let local = self.nodes[i].disk.keys.get(&key).map(|s| s.terms.promised.clone()).unwrap_or_default();
+        let term = Term::after(&seen.max(local), &me, self.nodes[i].epoch);
+        let election = Election::new(&me, term.clone(), &set);
+        let id = self.stage(i, Op::Elect { key, set: set.clone(), election, deadline_ms });
+        for r in set {
+            self.ask(now_ms, i, id, &r, key, Req::Prepare { asker: me.clone(), term: term.clone() });
         }
-        let live: Vec<String> = self.live_view(i).into_iter().map(|c| c.name).collect();
-        for n in live {
-            self.ask(now_ms, i, op_id, &n, key, Req::Load { asker: me.clone() });
-        }
-    }
-
-    /// Recovery failed: the entity stops and its queued requests fail.
-    fn abandon(&mut self, now_ms: u64, i: usize, op_id: u64, why: &str) {
-        let Some(op) = self.nodes[i].kv.ops.remove(&op_id) else { return };
-        self.nodes[i].kv.waiting.remove(&op_id);
-        self.stop(now_ms, i, op.key(), why);
     }
 
     fn stop(&mut self, now_ms: u64, i: usize, key: usize, why: &str) {
@@ -532,44 +659,53 @@ impl World {
             let me = self.nodes[i].name.clone();
             self.record(now_ms, &format!("{me} stops k{key} ({why}); {} queued requests fail", e.queue.len()));
         }
+        let stale: Vec<u64> = self.nodes[i].kv.ops.iter().filter(|(_, o)| o.key() == key).map(|(id, _)| *id).collect();
+        for id in stale {
+            self.nodes[i].kv.ops.remove(&id);
+        }
     }
 
     /// Serves queued requests of a ready entity, one at a time.
     fn drive(&mut self, now_ms: u64, i: usize, key: usize) {
         let me = self.nodes[i].name.clone();
-        loop {
-            let Some(e) = self.nodes[i].kv.entities.get_mut(&key) else { return };
-            let Phase::Ready { log, busy } = &mut e.phase else { return };
-            if *busy {
-                return;
-            }
-            if e.stopping {
-                self.stop(now_ms, i, key, "handed off");
-                return;
-            }
-            let Some(req) = e.queue.pop_front() else { return };
-            let id = match req {
-                ClientReq::Read => {
-                    let log = log.clone();
-                    self.ledger.reads.insert(key, log);
-                    continue;
-                }
-                ClientReq::Write { id } => id,
-            };
-            let seq = log.last_seq() + 1;
-            *busy = true;
-            let set = self.replica_set_in_view(i, key);
-            let Some((round, step)) = WriteRound::start(&me, set) else {
-                self.stop(now_ms, i, key, "not the owner in its view");
-                return;
-            };
-            let op_id = self.next_id();
-            let op = Op::Write { key, seq, id, round, first: Some(step), results: Vec::new() };
-            self.nodes[i].kv.ops.insert(op_id, op);
-            let req = Req::Write { writer: me.clone(), entries: Log(BTreeMap::from([(seq, id)])), full: false };
-            self.ask(now_ms, i, op_id, &me, key, req);
+        let set = self.replica_set(key);
+        let Some(e) = self.nodes[i].kv.entities.get_mut(&key) else { return };
+        let Phase::Ready { log, term, busy } = &mut e.phase else { return };
+        if *busy {
             return;
         }
+        if e.stopping {
+            self.stop(now_ms, i, key, "handed off");
+            return;
+        }
+        let Some(req) = e.queue.pop_front() else { return };
+        *busy = true;
+        let term = term.clone();
+        match req {
+            ClientReq::Read { id, last } => {
+                let log = log.clone();
+                let votes = Quorum::new(&set);
+                let op = self.stage(i, Op::Confirm { key, read: (id, last), log, votes });
+                for r in set {
+                    self.ask(now_ms, i, op, &r, key, Req::Confirm { term: term.clone() });
+                }
+            }
+            ClientReq::Write { id } => {
+                let seq = log.last_seq() + 1;
+                let votes = self.write_votes(&set);
+                let op = self.stage(i, Op::Write { key, seq, id, term: term.clone(), votes, failed: None });
+                let entries = Log(BTreeMap::from([(seq, id)]));
+                self.ask(now_ms, i, op, &me, key, Req::Append { term, entries });
+            }
+        }
+    }
+
+    fn served_read(&mut self, now_ms: u64, key: usize, (id, last): (u64, bool), log: Log) {
+        let invoked_ms = self.ledger.invoked.get(&id).map_or(now_ms, |(_, t)| *t);
+        if last {
+            self.ledger.finals.insert(key, log.clone());
+        }
+        self.ledger.reads.push(ReadDone { key, id, invoked_ms, done_ms: now_ms, log });
     }
 
     /// A client request reaches node `i`.
@@ -588,8 +724,7 @@ impl World {
                 }
             }
             Ok(_) => {
-                let fresh = !self.nodes[i].kv.entities.contains_key(&key);
-                if fresh {
+                if !self.nodes[i].kv.entities.contains_key(&key) {
                     self.start_recovery(now_ms, i, key);
                 }
                 if let Some(e) = self.nodes[i].kv.entities.get_mut(&key) {
@@ -639,7 +774,11 @@ impl World {
         match t {
             Timer::AskTimeout(ask) => self.answer(now_ms, i, ask, None),
             Timer::DiskDone(key) => self.disk_done(now_ms, i, key),
-            Timer::RecoverRetry(op) => self.recovery_round(now_ms, i, op),
+            Timer::Retry(op) => {
+                if let Some(Op::Pause { key, seen, deadline_ms }) = self.nodes[i].kv.ops.remove(&op) {
+                    self.elect(now_ms, i, key, seen, deadline_ms);
+                }
+            }
         }
     }
 
@@ -647,15 +786,16 @@ impl World {
     pub(super) fn crash_kv(&mut self, now_ms: u64, i: usize) {
         let kv = std::mem::take(&mut self.nodes[i].kv);
         for (key, lock) in kv.locks {
-            if lock.started && matches!(lock.jobs.front().map(|j| &j.req), Some(Req::Write { .. })) {
+            if lock.started && !matches!(lock.jobs.front().map(|j| &j.req), Some(Req::Confirm { .. })) {
                 let me = self.nodes[i].name.clone();
                 self.record(now_ms, &format!("{me}: the unsynced write of k{key} is lost with the crash"));
             }
         }
     }
 
-    /// One client write to a random key through a random running node.
-    pub(super) fn client_write(&mut self, now_ms: u64) {
+    /// One client request (a write, or one in [`READ_ONE_IN`] a read) to a random key
+    /// through a random running node.
+    pub(super) fn client_request(&mut self, now_ms: u64) {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].core.is_some()).collect();
         if running.is_empty() || self.cfg.keys == 0 {
             return;
@@ -663,34 +803,44 @@ impl World {
         let i = running[self.rng.random_range(0..running.len())];
         let key = self.rng.random_range(0..self.cfg.keys);
         let id = self.next_id();
-        self.ledger.writes += 1;
-        self.client(now_ms, i, key, ClientReq::Write { id }, 0);
+        self.ledger.invoked.insert(id, (key, now_ms));
+        let req = if self.rng.random_range(0..READ_ONE_IN) == 0 {
+            ClientReq::Read { id, last: false }
+        } else {
+            self.ledger.writes += 1;
+            ClientReq::Write { id }
+        };
+        self.client(now_ms, i, key, req, 0);
     }
 
     /// After the cluster settled: reads every key through its owner.
     pub(super) fn read_all(&mut self, now_ms: u64) {
         let Some(i) = (0..self.nodes.len()).find(|i| self.nodes[*i].core.is_some()) else { return };
         for key in 0..self.cfg.keys {
-            self.client(now_ms, i, key, ClientReq::Read, 0);
+            let id = self.next_id();
+            self.ledger.invoked.insert(id, (key, now_ms));
+            self.client(now_ms, i, key, ClientReq::Read { id, last: true }, 0);
         }
     }
 
-    /// Every acknowledged write is in the read of its key.
+    /// Every acknowledged write is in the final read of its key, and the history of
+    /// each key fits one order.
     pub(super) fn check_reads(&mut self, now_ms: u64) {
         let used: BTreeSet<usize> = self.ledger.acked.iter().map(|a| a.key).collect();
         for key in used {
-            if !self.ledger.reads.contains_key(&key) {
+            if !self.ledger.finals.contains_key(&key) {
                 self.violations.push(format!("{now_ms} ms: the final read of k{key} did not complete"));
             }
         }
         let mut lost = Vec::new();
         for a in &self.ledger.acked {
-            let Some(log) = self.ledger.reads.get(&a.key) else { continue };
+            let Some(log) = self.ledger.finals.get(&a.key) else { continue };
             if !log.0.values().any(|v| *v == a.id) {
                 let there = log.0.get(&a.seq).map_or("nothing".to_string(), |v| format!("write {v}"));
                 lost.push(format!(
-                    "acknowledged write lost: write {} of k{} (seq {}, acknowledged by {} at {} ms) is not in the \
-                     final read (seq {} holds {there}; the log ends at seq {})",
+                    "{}: write {} of k{} (seq {}, acknowledged by {} at {} ms) is not in the final read (seq {} \
+                     holds {there}; the log ends at seq {})",
+                    super::WRITE_LOST,
                     a.id,
                     a.key,
                     a.seq,
@@ -702,7 +852,139 @@ impl World {
             }
         }
         self.violations.extend(lost);
-        let reads = self.ledger.reads.len();
-        self.record(now_ms, &format!("read check: {reads} keys read, {} acknowledged writes", self.ledger.acked.len()));
+        let broken = linearizable(&self.ledger);
+        self.violations.extend(broken.into_iter().map(|b| format!("{NOT_LINEARIZABLE}: {b}")));
+        let reads = self.ledger.finals.len();
+        self.record(
+            now_ms,
+            &format!(
+                "read check: {reads} keys read, {} acknowledged writes, {} reads checked",
+                self.ledger.acked.len(),
+                self.ledger.reads.len()
+            ),
+        );
     }
+}
+
+/// What the owner sends next after an answer, once the borrow of the op is over.
+enum Then {
+    Nothing,
+    /// The owner's own disk holds it: on to the other members.
+    Others(Req),
+    /// This replica needs the owner's whole copy.
+    Copy(Term),
+}
+
+fn why_not(a: &Option<Ans>) -> String {
+    match a {
+        None => "timed out".to_string(),
+        Some(Ans::Refused(w) | Ans::NeedCopy(w)) => w.clone(),
+        Some(other) => format!("answered {other:?}"),
+    }
+}
+
+/// Counts an answer to an adoption or a write. The owner's own disk comes first: its
+/// failure fails the round, its success sends `next` to the others.
+fn count_write(
+    votes: &mut Quorum,
+    failed: &mut Option<String>,
+    peer: &str,
+    local: bool,
+    ans: Option<Ans>,
+    next: Req,
+    why: fn(&Option<Ans>) -> String,
+) -> Then {
+    match ans {
+        Some(Ans::Written) => {
+            votes.yes(peer);
+            if local { Then::Others(next) } else { Then::Nothing }
+        }
+        Some(Ans::Fenced(t)) => {
+            votes.fenced(peer, t);
+            Then::Nothing
+        }
+        other if local => {
+            *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
+            Then::Nothing
+        }
+        other => {
+            votes.no(peer, why(&other));
+            Then::Nothing
+        }
+    }
+}
+
+/// Checks each key's history of an append-only log against linearizability: reads
+/// return logs, and one order of all writes must explain every read at a point between
+/// its invocation and its completion. For a log with unique values that is: the reads
+/// are prefixes of one another; a read that completed before another began is not the
+/// longer one; a write acknowledged before a read began is in it; a write issued
+/// after a read completed is not; and a write acknowledged before another was issued
+/// comes first.
+fn linearizable(l: &Ledger) -> Vec<String> {
+    let mut out = Vec::new();
+    let keys: BTreeSet<usize> = l.reads.iter().map(|r| r.key).collect();
+    for key in keys {
+        let mut reads: Vec<&ReadDone> = l.reads.iter().filter(|r| r.key == key).collect();
+        reads.sort_by_key(|r| (r.log.0.len(), r.done_ms));
+        for w in reads.windows(2) {
+            if !w[0].log.prefix_of(&w[1].log) {
+                out.push(format!(
+                    "k{key}: read {} ({:?}) and read {} ({:?}) are not prefixes of one another",
+                    w[0].id, w[0].log.0, w[1].id, w[1].log.0
+                ));
+            }
+        }
+        let Some(longest) = reads.last().map(|r| &r.log) else { continue };
+        for a in reads.iter() {
+            for b in reads.iter() {
+                if a.done_ms < b.invoked_ms && a.log.0.len() > b.log.0.len() {
+                    out.push(format!(
+                        "k{key}: read {} ended at {} ms with {} entries, the later read {} (from {} ms) saw {}",
+                        a.id,
+                        a.done_ms,
+                        a.log.0.len(),
+                        b.id,
+                        b.invoked_ms,
+                        b.log.0.len()
+                    ));
+                }
+            }
+        }
+        let acked: Vec<&Acked> = l.acked.iter().filter(|a| a.key == key).collect();
+        for r in &reads {
+            for a in &acked {
+                if a.at_ms < r.invoked_ms && r.log.position(a.id).is_none() {
+                    out.push(format!(
+                        "k{key}: write {} acknowledged at {} ms is missing from read {} issued at {} ms",
+                        a.id, a.at_ms, r.id, r.invoked_ms
+                    ));
+                }
+            }
+            for (seq, v) in &r.log.0 {
+                if l.invoked.get(v).is_some_and(|(_, t)| *t > r.done_ms) {
+                    out.push(format!(
+                        "k{key}: read {} done at {} ms saw write {v} (seq {seq}) issued after it",
+                        r.id, r.done_ms
+                    ));
+                }
+            }
+        }
+        for a in &acked {
+            for b in &acked {
+                let b_invoked = l.invoked.get(&b.id).map_or(0, |(_, t)| *t);
+                if a.at_ms < b_invoked
+                    && let (Some(pa), Some(pb)) = (longest.position(a.id), longest.position(b.id))
+                    && pa > pb
+                {
+                    out.push(format!(
+                        "k{key}: write {} was acknowledged before write {} was issued, yet follows it",
+                        a.id, b.id
+                    ));
+                }
+            }
+        }
+    }
+    out.truncate(20);
+    out
 }

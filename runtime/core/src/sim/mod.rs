@@ -10,10 +10,11 @@
 //!   alive in its current incarnation, and every stopped node down or gone;
 //! - a node never holds itself down, and no event names a member outside the cluster.
 //!
-//! - no acknowledged write is lost: clients write to replicated logs ([`kv`]) through
-//!   the real directory and replication decisions; after the faults end, every node
-//!   restarts, and every key read through its owner must hold every write that was
-//!   ever acknowledged.
+//! - no acknowledged write is lost: clients write to and read replicated logs ([`kv`])
+//!   through the real directory and replication decisions; after the faults end,
+//!   every node restarts, and every key read through its owner must hold every write
+//!   that was ever acknowledged;
+//! - each key's history of writes and reads is linearizable ([`NOT_LINEARIZABLE`]).
 //!
 //! The actors' shells, the transport and the store run on tokio and are modelled here,
 //! not run (docs/ARCHITECTURE.md, "Simulation", says what is run and what is modelled).
@@ -46,12 +47,16 @@ pub struct SimConfig {
     /// One-way latency range in milliseconds; a spread reorders packets.
     pub latency_ms: (u64, u64),
     pub tuning: MembershipTuning,
-    /// Client writes per second of virtual time during the faulty phase (0: none).
+    /// Client requests per second of virtual time during the faulty phase, one in four
+    /// a read (0: none).
     pub writes_per_sec: u32,
     /// Keys the clients write (one replicated log each).
     pub keys: usize,
-    /// Copies of each write before it is acknowledged (the kv system's default).
+    /// Copies of each key (the kv system's default); a write needs a majority of them.
     pub rf: u64,
+    /// Votes that acknowledge a write, instead of a majority of `rf`: only for the
+    /// test that shows the simulator finds the loss fewer votes cause.
+    pub write_votes: Option<usize>,
     /// Time a disk write takes to sync, in milliseconds.
     pub disk_ms: (u64, u64),
 }
@@ -75,7 +80,8 @@ impl Default for SimConfig {
             },
             writes_per_sec: 20,
             keys: 6,
-            rf: 2,
+            rf: 3,
+            write_votes: None,
             disk_ms: (1, 5),
         }
     }
@@ -98,9 +104,10 @@ pub struct SimReport {
     pub violations: Vec<String>,
 }
 
-/// The prefix of a lost acknowledged write, the known partition write loss of
-/// primary-backup fenced by views (the partition-safety issue fixes it).
+/// The prefix of a lost acknowledged write.
 pub const WRITE_LOST: &str = "acknowledged write lost";
+/// The prefix of a history no single order of the operations explains.
+pub const NOT_LINEARIZABLE: &str = "not linearizable";
 
 impl SimReport {
     pub fn passed(&self) -> bool {
@@ -329,7 +336,7 @@ impl World {
                         }
                         Cargo::Client => {
                             if self.clients {
-                                self.client_write(at_ms);
+                                self.client_request(at_ms);
                                 self.schedule_client(at_ms);
                             }
                         }
@@ -586,7 +593,7 @@ mod tests {
         cfg.tuning.remove_down_after_ms = 1000;
         for seed in 100..106 {
             let r = run(seed, &cfg, base());
-            assert!(r.other_violations().is_empty(), "seed {seed} failed:\n{:#?}\n{}", r.violations, r.log.join("\n"));
+            assert!(r.passed(), "seed {seed} failed:\n{:#?}\n{}", r.violations, r.log.join("\n"));
         }
     }
 
@@ -596,7 +603,8 @@ mod tests {
         for seed in 0..4 {
             let r = run(seed, &cfg, base());
             assert!(r.passed(), "seed {seed}: {:#?}", r.violations);
-            assert!(r.writes > 1000, "seed {seed}: {} writes", r.writes);
+            // 20 requests a second for 60 s, one in four a read.
+            assert!(r.writes > 700, "seed {seed}: {} writes", r.writes);
             // Loss on the network delays answers; only a write cut by the end of the
             // faulty phase (or a forward between disagreeing views) goes unanswered.
             assert!(r.acks * 100 >= r.writes * 98, "seed {seed}: {} of {} acknowledged", r.acks, r.writes);
@@ -606,12 +614,15 @@ mod tests {
 
     #[test]
     fn the_read_check_reports_a_lost_write() {
-        // A minority node alone in its view acknowledges writes the majority never sees:
-        // the known loss of view-fenced primary-backup (tests/sim_known_losses.txt).
+        // Writes acknowledged by the owner alone: a minority owner acknowledges writes
+        // the majority's owner never sees, and the checks must say so.
+        let cfg = SimConfig { write_votes: Some(1), ..SimConfig::default() };
+        let r = run(18, &cfg, base());
+        assert!(r.violations.iter().any(|v| v.starts_with(WRITE_LOST)), "{:#?}", r.violations);
+        assert!(r.other_violations().iter().all(|v| v.starts_with(NOT_LINEARIZABLE)), "{:#?}", r.other_violations());
+        // With a majority, the same seed loses nothing.
         let r = run(18, &SimConfig::default(), base());
-        let lost: Vec<&String> = r.violations.iter().filter(|v| v.starts_with(WRITE_LOST)).collect();
-        assert!(!lost.is_empty(), "{:#?}", r.violations);
-        assert!(r.other_violations().is_empty(), "{:#?}", r.other_violations());
+        assert!(r.passed(), "{:#?}", r.violations);
     }
 
     #[test]
@@ -620,7 +631,7 @@ mod tests {
         for seed in 0..8 {
             let r = run(seed, &cfg, base());
             assert!(
-                r.other_violations().is_empty(),
+                r.passed(),
                 "seed {seed} failed (replay: troupe sim --seed {seed}):\n{:#?}\n{}",
                 r.violations,
                 r.log.join("\n")
