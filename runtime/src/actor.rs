@@ -91,6 +91,11 @@ pub struct Ctx<P: Protocol> {
     next_seq: AtomicU64,
     /// The term this actor owns its replicated state under (set by [`Ctx::recover`]).
     term: parking_lot::Mutex<Term>,
+    /// A write failed (it may be on some disks and not in the actor's memory) or a
+    /// newer owner holds the state: unless the actor recovers first, its incarnation
+    /// ends after the current message and its supervisor restarts it (a new
+    /// recovery), as Akka stops a persistent actor whose write failed.
+    must_recover: AtomicBool,
 }
 
 impl<P: Protocol> Ctx<P> {
@@ -142,9 +147,14 @@ impl<P: Protocol> Ctx<P> {
     /// election: a majority of the kind's replica set promises this node a new term
     /// and the newest copy among them is adopted under it (docs/replication.md).
     pub async fn recover(&self) -> Result<Recovered, StoreError> {
-        let r = self.node.recover(&self.path, self.spec.replication_factor).await?;
+        let mut r = self.node.recover(&self.path, self.spec.replication_factor).await?;
         self.next_seq.store(r.last_seq() + 1, Ordering::SeqCst);
         *self.term.lock() = r.terms.accepted.clone();
+        self.must_recover.store(false, Ordering::SeqCst);
+        // A tombstone left by `forget`: nothing before it counts.
+        if r.snapshot.as_ref().is_some_and(|(_, b)| b.is_empty()) {
+            r.snapshot = None;
+        }
         Ok(r)
     }
 
@@ -159,23 +169,43 @@ impl<P: Protocol> Ctx<P> {
     pub async fn persist(&self, bytes: Vec<u8>) -> Result<u64, StoreError> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let op = WriteOp::Append { path: self.path.to_string(), seq, bytes };
-        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await?;
+        let r = self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await;
+        self.note(&r, true)?;
         Ok(seq)
+    }
+
+    /// Marks the incarnation for recovery after a failed write (`any_failure`) or a
+    /// deposition.
+    fn note<T>(&self, r: &Result<T, StoreError>, any_failure: bool) -> Result<(), StoreError> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if any_failure || matches!(e, StoreError::Deposed(_)) {
+                    self.must_recover.store(true, Ordering::SeqCst);
+                }
+                Err(e.clone())
+            }
+        }
     }
 
     /// Replaces the log up to now with `bytes`, a snapshot of the state.
     pub async fn snapshot(&self, bytes: Vec<u8>) -> Result<(), StoreError> {
         let seq = self.next_seq.load(Ordering::SeqCst).saturating_sub(1);
         let op = WriteOp::Snapshot { path: self.path.to_string(), seq, bytes };
-        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await
+        let r = self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await;
+        // A snapshot holds nothing the log does not: only a deposition matters.
+        self.note(&r, false)
     }
 
-    /// Deletes this actor's durable state everywhere.
+    /// Deletes this actor's durable state everywhere: a tombstone (an empty snapshot)
+    /// at the next sequence number, so the deletion orders after every write before it
+    /// and no replica's older copy can win an election over it; `recover` reads it
+    /// back as no state.
     pub async fn forget(&self) -> Result<(), StoreError> {
-        let op = WriteOp::Remove { path: self.path.to_string() };
-        self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await?;
-        self.next_seq.store(1, Ordering::SeqCst);
-        Ok(())
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let op = WriteOp::Snapshot { path: self.path.to_string(), seq, bytes: Vec::new() };
+        let r = self.node.persist(&self.path, self.spec.replication_factor, &self.term(), op).await;
+        self.note(&r, true)
     }
 
     /// A read barrier: returns once a majority of the replica set confirms that this
@@ -184,7 +214,8 @@ impl<P: Protocol> Ctx<P> {
     /// partition gets an error instead of serving a stale value). Immediate for
     /// unreplicated kinds.
     pub async fn confirm(&self) -> Result<(), StoreError> {
-        self.node.confirm(&self.path, self.spec.replication_factor, &self.term()).await
+        let r = self.node.confirm(&self.path, self.spec.replication_factor, &self.term()).await;
+        self.note(&r, false)
     }
 
     /// Sequence number the next `persist` will use.
@@ -234,6 +265,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
             passivate: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             term: parking_lot::Mutex::new(Term::default()),
+            must_recover: AtomicBool::new(false),
         };
         let stats = ctx.slot.entry_stats();
         stats.set_state(ActorState::Starting);
@@ -294,6 +326,14 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
         if let Err(e) = result {
             stats.record_error(&e.to_string());
             return Err(e);
+        }
+        if st.ctx.must_recover.load(Ordering::SeqCst) {
+            // The handler did not recover after a failed write or a deposition: end this
+            // incarnation; the supervisor's restart recovers the state afresh.
+            let why =
+                format!("{}: a write failed or a newer owner holds the state; restarting to recover", st.ctx.path);
+            stats.record_error(&why);
+            return Err(why.into());
         }
         if st.ctx.passivate.load(Ordering::Relaxed) {
             if st.ctx.slot.try_close() {

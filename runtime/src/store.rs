@@ -43,6 +43,10 @@ pub enum StoreError {
     Read(String),
     #[error("the state writer has stopped (node shutting down)")]
     Closed,
+    /// A newer owner of the path holds it (a replica promised a newer term): this
+    /// actor must recover (a new election) before it serves again.
+    #[error("deposed: {0}")]
+    Deposed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

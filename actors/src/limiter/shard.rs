@@ -27,7 +27,8 @@ use troupe_limiter::{KeyedTable, LimitCheck, Rule, RuleSet, TableConfig, TableEr
 use troupe_runtime::metrics::{Counter, Gauge};
 use troupe_runtime::wire::codec;
 use troupe_runtime::{
-    ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, WriteOp, fail,
+    ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, StoreError, WriteOp,
+    fail,
 };
 
 /// The `limiter.shard` kind.
@@ -57,6 +58,8 @@ pub struct ShardState {
     next_seq: u64,
     /// The term this shard owns its snapshot under (from its recovery).
     term: troupe_runtime::Term,
+    /// A snapshot write found a newer owner: restart (and recover) at the next tick.
+    deposed: Arc<AtomicBool>,
     writing: Arc<AtomicBool>,
     keys: Gauge,
     refunds_applied: Counter,
@@ -125,13 +128,26 @@ impl ShardActor {
         s.dirty = false;
         let seq = s.next_seq;
         s.next_seq += 1;
-        let (node, path, rf, writing, term) =
-            (ctx.node().clone(), ctx.path().clone(), ctx.spec().replication_factor, s.writing.clone(), s.term.clone());
+        let (node, path, rf, writing, term, deposed) = (
+            ctx.node().clone(),
+            ctx.path().clone(),
+            ctx.spec().replication_factor,
+            s.writing.clone(),
+            s.term.clone(),
+            s.deposed.clone(),
+        );
         tokio::spawn(async move {
             let op = WriteOp::Snapshot { path: path.to_string(), seq, bytes };
-            if let Err(e) = node.persist(&path, rf, &term, op).await {
+            match node.persist(&path, rf, &term, op).await {
+                Ok(()) => {}
+                // Another node owns the shard now: restart at the next tick, recovering
+                // under a new election, instead of counting here unseen.
+                Err(e @ StoreError::Deposed(_)) => {
+                    tracing::warn!(%path, error = %e, "shard deposed; it restarts and recovers");
+                    deposed.store(true, Ordering::Release);
+                }
                 // Not fatal: the next tick writes a newer one. Until then a failover loses more.
-                tracing::debug!(%path, error = %e, "shard snapshot not written");
+                Err(e) => tracing::debug!(%path, error = %e, "shard snapshot not written"),
             }
             writing.store(false, Ordering::Release);
         });
@@ -155,6 +171,7 @@ impl Behavior for ShardActor {
             dirty: false,
             next_seq: recovered.last_seq() + 1,
             term: recovered.terms.accepted.clone(),
+            deposed: Arc::new(AtomicBool::new(false)),
             writing: Arc::new(AtomicBool::new(false)),
             keys: LimiterMetrics::keys_gauge(ctx.node().metrics(), ctx.key()),
             refunds_applied: LimiterMetrics::refunds_applied(ctx.node().metrics()),
@@ -218,6 +235,11 @@ impl Behavior for ShardActor {
     }
 
     async fn tick(&self, ctx: &Ctx<LimiterShard>, s: &mut ShardState) -> Result<(), ActorError> {
+        if s.deposed.load(Ordering::Acquire) {
+            // Failing restarts it: its init recovers under a new term, or fails while
+            // another node owns the shard (and the supervisor's backoff paces it).
+            return Err(fail(format!("{} was deposed by a newer owner; restarting to recover", ctx.path())));
+        }
         let now = s.clock.now_ns();
         let rules = s.st.rules();
         if rules.version() != s.rules_version {

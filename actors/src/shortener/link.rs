@@ -55,6 +55,10 @@ impl FromParams for LinkActor {
 pub struct LinkState {
     record: Option<LinkRecord>,
     since_snapshot: u64,
+    /// A write failed and recovering again failed too: the next request recovers
+    /// before it is served (the memory may miss an entry that reached the disks, or
+    /// another owner may have taken over).
+    stale: bool,
 }
 
 impl LinkActor {
@@ -64,8 +68,12 @@ impl LinkActor {
         let bytes = codec::encode(&op).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         if let Err(e) = ctx.persist(bytes).await {
             tracing::warn!(path = %ctx.path(), error = %e, "link write not acknowledged");
-            if let Ok(fresh) = self.init(ctx).await {
-                *st = fresh;
+            match self.init(ctx).await {
+                Ok(fresh) => *st = fresh,
+                Err(e) => {
+                    tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed; retried on the next request");
+                    st.stale = true;
+                }
             }
             return Err(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
         }
@@ -115,7 +123,7 @@ impl Behavior for LinkActor {
             let op: LinkOp = codec::decode(b).map_err(|e| fail(format!("corrupt log entry: {e}")))?;
             apply(&mut record, op);
         }
-        Ok(LinkState { record, since_snapshot: r.entries.len() as u64 })
+        Ok(LinkState { stale: false, record, since_snapshot: r.entries.len() as u64 })
     }
 
     async fn handle(
@@ -125,6 +133,15 @@ impl Behavior for LinkActor {
         msg: MsgOf<Self>,
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
+        if st.stale {
+            match self.init(ctx).await {
+                Ok(fresh) => *st = fresh,
+                Err(e) => {
+                    reply.fail(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
+                    return Ok(());
+                }
+            }
+        }
         match msg {
             LinkMsg::Get => match &st.record {
                 Some(rec) => reply.send(LinkReply::Found(rec.clone())).await,

@@ -20,7 +20,7 @@
 //!    only if its copy is of that very term and the entry extends it without a gap
 //!    ([`check_append`]; otherwise the owner sends its whole copy). The write is
 //!    acknowledged once a majority ([`Quorum`]) has it on disk. A replica that
-//!    promised a newer term refuses, and the old owner steps down.
+//!    promised a newer term refuses; an owner that cannot get a majority steps down.
 //! 4. **Reads**: the owner serves from memory after a majority confirmed that its term
 //!    is still the newest they promised ([`check_confirm`]), so a deposed owner on the
 //!    minority side of a partition cannot answer a stale read.
@@ -70,8 +70,9 @@ pub enum Check {
     Accept,
     /// An append this replica cannot place: it needs the owner's whole copy.
     NeedCopy(String),
-    /// The entry's sequence number is already here in this term: the same entry sent
-    /// again (the shell checks the content is the same and answers written).
+    /// Already here in this term: the same entries, or an older copy or snapshot of
+    /// this term, sent again or overtaken. Not applied; the shell checks that appended
+    /// entries have the same content and answers written.
     Duplicate,
     /// A newer owner holds the path: the sender must step down.
     Fenced(Term),
@@ -106,28 +107,49 @@ pub fn check_prepare(
     if *term < terms.promised { Check::Fenced(terms.promised.clone()) } else { Check::Accept }
 }
 
-/// Whether a replica takes an owner's whole copy under `term`. On `Accept` the shell
-/// replaces its copy and stores `promised = accepted = term` in the same commit.
-pub fn check_adopt(term: &Term, terms: &Terms) -> Check {
-    if *term < terms.promised { Check::Fenced(terms.promised.clone()) } else { Check::Accept }
+/// Whether a replica takes an owner's whole copy under `term`: `last`, the copy's last
+/// sequence number (`None`: no data, only the terms change), against `have`, the last
+/// on its disk. On `Accept` the shell replaces its copy and stores `promised =
+/// accepted = term` in the same commit. A copy of the term the replica already holds
+/// that is not longer than its own is a late duplicate (a retried or overtaken
+/// request): copies of one term are prefixes of one another, so applying it could
+/// only erase entries the replica has acknowledged since — `Duplicate`, not applied.
+pub fn check_adopt(term: &Term, terms: &Terms, last: Option<u64>, have: u64) -> Check {
+    if *term < terms.promised {
+        return Check::Fenced(terms.promised.clone());
+    }
+    if *term == terms.accepted && last.is_none_or(|l| l <= have) {
+        return Check::Duplicate;
+    }
+    Check::Accept
+}
+
+/// What an owner's write carries, as a replica checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entries {
+    /// Log entries from sequence number `first` on.
+    Append { first: u64 },
+    /// A snapshot covering everything up to `seq`.
+    Snapshot { seq: u64 },
 }
 
 /// Whether a replica takes entries under `term`: its copy must be of that very term
-/// (else it needs the whole copy) and `first_seq`, the first appended entry's number
-/// (`None` for a snapshot or a removal, which cover everything before them), must
-/// follow `have`, the last on its disk.
-pub fn check_append(term: &Term, terms: &Terms, first_seq: Option<u64>, have: u64) -> Check {
+/// (else it needs the whole copy); appended entries must follow `have`, the last on
+/// its disk; a snapshot must be newer than `snapshot_at`, the one it holds (an older
+/// one arriving late would drop entries after it: `Duplicate`, not applied).
+pub fn check_append(term: &Term, terms: &Terms, entries: Entries, have: u64, snapshot_at: u64) -> Check {
     if *term < terms.promised {
         return Check::Fenced(terms.promised.clone());
     }
     if *term != terms.accepted {
         return Check::NeedCopy(format!("this copy is of term {}, the write of term {term}", terms.accepted));
     }
-    match first_seq {
-        Some(seq) if seq > have + 1 => {
-            Check::NeedCopy(format!("the log here ends at {have}, the write starts at {seq}"))
+    match entries {
+        Entries::Append { first } if first > have + 1 => {
+            Check::NeedCopy(format!("the log here ends at {have}, the write starts at {first}"))
         }
-        Some(seq) if seq <= have => Check::Duplicate,
+        Entries::Append { first } if first <= have => Check::Duplicate,
+        Entries::Snapshot { seq } if seq <= snapshot_at => Check::Duplicate,
         _ => Check::Accept,
     }
 }
@@ -160,8 +182,8 @@ pub struct Quorum {
 pub enum Tally {
     /// A majority said yes: the round succeeded (whatever the others say later).
     Won,
-    /// Too few can still say yes, or a replica promised a newer owner: the round
-    /// failed, with why.
+    /// Too few can still say yes: the round failed, with why (naming a newer term a
+    /// replica promised, if one did).
     Lost(String),
     /// Neither yet.
     Pending,
@@ -205,21 +227,23 @@ impl Quorum {
         self.fenced.as_ref()
     }
 
+    /// Won with enough yes votes; lost once too few members are left to give them. A
+    /// replica that promised a newer term is one no vote, not the end of the round: a
+    /// node whose view wrongly holds the owner down may promise itself a term, and that
+    /// alone must not fail the owner's writes while a majority still backs it.
     pub fn tally(&self) -> Tally {
         if self.yes.len() >= self.needed {
             return Tally::Won;
         }
-        let why = || self.no.iter().map(|(n, w)| format!("{n}: {w}")).collect::<Vec<_>>().join("; ");
-        if let Some(t) = &self.fenced {
-            return Tally::Lost(format!("a newer owner (term {t}) holds it: {}", why()));
-        }
         if self.set.len() - self.no.len() < self.needed {
+            let why = self.no.iter().map(|(n, w)| format!("{n}: {w}")).collect::<Vec<_>>().join("; ");
+            let newer =
+                self.fenced.as_ref().map(|t| format!("a newer owner (term {t}) may hold it; ")).unwrap_or_default();
             return Tally::Lost(format!(
-                "{} of {} replicas needed, {} cannot: {}",
+                "{newer}{} of {} replicas needed, {} cannot: {why}",
                 self.needed,
                 self.set.len(),
                 self.no.len(),
-                why()
             ));
         }
         Tally::Pending
@@ -409,24 +433,36 @@ mod tests {
         assert_eq!(check_prepare("n3", "/a", "n1", Ok("n1"), &t(2, "n1"), &held), Check::Fenced(t(3, "n2")));
         let Check::NotOwner(why) = check_prepare("n3", "/a", "n1", Ok("n2"), &t(9, "n1"), &held) else { panic!() };
         assert_eq!(why, "n1 is not the owner of /a in n3's view (n2 is)");
-        assert_eq!(check_adopt(&t(2, "n1"), &held), Check::Fenced(t(3, "n2")));
-        assert_eq!(check_adopt(&t(3, "n2"), &held), Check::Accept);
+        assert_eq!(check_adopt(&t(2, "n1"), &held, Some(9), 4), Check::Fenced(t(3, "n2")));
+        assert_eq!(check_adopt(&t(3, "n2"), &held, Some(9), 4), Check::Accept);
+        // A late copy of the term this replica holds, not longer than its own: it would
+        // erase entries acknowledged since it was sent.
+        assert_eq!(check_adopt(&t(3, "n2"), &held, Some(3), 4), Check::Duplicate);
+        assert_eq!(check_adopt(&t(3, "n2"), &held, Some(4), 4), Check::Duplicate);
+        assert_eq!(check_adopt(&t(3, "n2"), &held, None, 4), Check::Duplicate);
+        // A newer owner's copy replaces it, even a shorter one.
+        let promised = terms(t(5, "n1"), t(3, "n2"));
+        assert_eq!(check_adopt(&t(5, "n1"), &promised, Some(2), 4), Check::Accept);
+        assert_eq!(check_adopt(&t(5, "n1"), &promised, None, 4), Check::Accept);
     }
 
     #[test]
     fn appends_need_the_copy_of_their_own_term_and_no_gap() {
         let here = terms(t(3, "n1"), t(3, "n1"));
-        assert_eq!(check_append(&t(3, "n1"), &here, Some(5), 4), Check::Accept);
-        assert_eq!(check_append(&t(3, "n1"), &here, Some(4), 4), Check::Duplicate);
-        assert!(matches!(check_append(&t(3, "n1"), &here, Some(6), 4), Check::NeedCopy(_)));
-        assert_eq!(check_append(&t(3, "n1"), &here, None, 0), Check::Accept);
+        let app = |first| Entries::Append { first };
+        assert_eq!(check_append(&t(3, "n1"), &here, app(5), 4, 0), Check::Accept);
+        assert_eq!(check_append(&t(3, "n1"), &here, app(4), 4, 0), Check::Duplicate);
+        assert!(matches!(check_append(&t(3, "n1"), &here, app(6), 4, 0), Check::NeedCopy(_)));
+        assert_eq!(check_append(&t(3, "n1"), &here, Entries::Snapshot { seq: 4 }, 4, 2), Check::Accept);
+        // A snapshot older than the one here, arriving late, is not applied.
+        assert_eq!(check_append(&t(3, "n1"), &here, Entries::Snapshot { seq: 2 }, 4, 3), Check::Duplicate);
         // Promised to n1 but holding an older copy: the whole copy first.
         let promised_only = terms(t(3, "n1"), t(2, "n2"));
-        let Check::NeedCopy(why) = check_append(&t(3, "n1"), &promised_only, Some(5), 4) else { panic!() };
+        let Check::NeedCopy(why) = check_append(&t(3, "n1"), &promised_only, app(5), 4, 0) else { panic!() };
         assert_eq!(why, "this copy is of term 2 of n2, the write of term 3 of n1");
         // An older owner is fenced; a newer one it never heard of needs the copy.
-        assert_eq!(check_append(&t(2, "n2"), &here, Some(5), 4), Check::Fenced(t(3, "n1")));
-        assert!(matches!(check_append(&t(4, "n2"), &here, Some(5), 4), Check::NeedCopy(_)));
+        assert_eq!(check_append(&t(2, "n2"), &here, app(5), 4, 0), Check::Fenced(t(3, "n1")));
+        assert!(matches!(check_append(&t(4, "n2"), &here, app(5), 4, 0), Check::NeedCopy(_)));
         assert_eq!(check_confirm(&t(3, "n1"), &here), Check::Accept);
         assert_eq!(check_confirm(&t(2, "n1"), &here), Check::Fenced(t(3, "n1")));
         // A replica that missed the adoption of term 4 is no vote, not a newer owner.
@@ -449,13 +485,20 @@ mod tests {
         q.no("n3", "unreachable");
         let Tally::Lost(why) = q.tally() else { panic!() };
         assert!(why.contains("2 of 3 replicas needed, 2 cannot"), "{why}");
-        // A newer owner ends the round at once, unless a majority already said yes.
+        // A replica that promised a newer term is one no: the round goes on while a
+        // majority is still possible, and a loss names the newer term.
         let mut q = Quorum::new(&set);
         q.yes("n1");
         q.fenced("n2", t(7, "n2"));
-        assert!(matches!(q.tally(), Tally::Lost(w) if w.contains("term 7 of n2")));
+        assert_eq!(q.tally(), Tally::Pending);
         q.yes("n3");
         assert_eq!(q.tally(), Tally::Won);
+        let mut q = Quorum::new(&set);
+        q.yes("n1");
+        q.fenced("n2", t(7, "n2"));
+        q.no("n3", "timed out");
+        assert!(matches!(q.tally(), Tally::Lost(w) if w.contains("term 7 of n2")));
+        assert_eq!(q.newer(), Some(&t(7, "n2")));
         // Votes from outside the set do not count; a lone node is its own majority.
         let mut q = Quorum::new(&set);
         q.yes("n9");
@@ -486,10 +529,12 @@ mod tests {
         let Elected::Won { best, send } = e.outcome(&set) else { panic!() };
         assert_eq!(best, Log(4));
         assert_eq!(send, vec![("n1".into(), false), ("n2".into(), false), ("n3".into(), true)]);
-        // Fenced without a majority: lost, with the term to go above.
+        // Fenced, then no majority left: lost, with the term to go above.
         let mut e: Election<Log> = Election::new("n1", t(5, "n1"), &set);
         e.promised("n1", t(3, "n1"), Log(4));
         e.fenced("n2", t(8, "n3"));
+        assert_eq!(e.outcome(&set), Elected::Pending, "n3 may still promise");
+        e.refused("n3", "timed out");
         assert!(matches!(e.outcome(&set), Elected::Lost { seen, .. } if seen == t(8, "n3")));
     }
 

@@ -29,7 +29,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-use troupe_core::replication::{self, Check, Elected, Election, Quorum, Recovery, RecoveryRound, Tally, Term, Terms};
+use troupe_core::replication::{
+    self, Check, Elected, Election, Entries, Quorum, Recovery, RecoveryRound, Tally, Term, Terms,
+};
 use troupe_wire::{ActorPath, Protocol, RemoteError};
 
 pub(crate) struct ReplicaProto;
@@ -138,13 +140,18 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
             let view = view_owner(node, &path);
             replication::check_prepare(me, &path, owner, view.as_deref().map_err(Clone::clone), term, &stored.terms)
         }
-        ReplicaMsg::Adopt { term, .. } => replication::check_adopt(term, &stored.terms),
+        ReplicaMsg::Adopt { term, ops, .. } => {
+            let last = ops.as_ref().map(|ops| copy_last_seq(ops));
+            replication::check_adopt(term, &stored.terms, last, stored.last_seq())
+        }
         ReplicaMsg::Append { term, ops, .. } => {
-            let first = match ops.first() {
-                Some(WriteOp::Append { seq, .. }) => Some(*seq),
-                _ => None,
+            let entries = match ops.first() {
+                Some(WriteOp::Append { seq, .. }) => Entries::Append { first: *seq },
+                Some(WriteOp::Snapshot { seq, .. }) => Entries::Snapshot { seq: *seq },
+                other => return ReplicaReply::Refused(format!("an owner's write carries {other:?}")),
             };
-            replication::check_append(term, &stored.terms, first, stored.last_seq())
+            let snapshot_at = stored.snapshot.as_ref().map_or(0, |s| s.0);
+            replication::check_append(term, &stored.terms, entries, stored.last_seq(), snapshot_at)
         }
         ReplicaMsg::Confirm { term, .. } => replication::check_confirm(term, &stored.terms),
     };
@@ -176,10 +183,22 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     }
 }
 
-/// Entries sent again under the same term: written if they are the ones here (an op
-/// with the same term and sequence number never replaces different content).
+/// The last sequence number a whole copy (as `Recovered::as_ops` makes it) covers.
+fn copy_last_seq(ops: &[WriteOp]) -> u64 {
+    ops.iter()
+        .filter_map(|op| match op {
+            WriteOp::Append { seq, .. } | WriteOp::Snapshot { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Entries sent again under the same term, or a late copy or snapshot of it: nothing is
+/// applied, and appended entries must be the ones here (an op with the same term and
+/// sequence number never replaces different content).
 fn duplicate(path: &str, stored: &Recovered, msg: &ReplicaMsg) -> ReplicaReply {
-    let ReplicaMsg::Append { ops, .. } = msg else { return ReplicaReply::Refused("not an append".into()) };
+    let ReplicaMsg::Append { ops, .. } = msg else { return ReplicaReply::Written };
     for op in ops {
         if let WriteOp::Append { seq, bytes, .. } = op
             && let Some((_, here)) = stored.entries.iter().find(|(s, _)| s == seq)
@@ -291,7 +310,7 @@ pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: Wr
     match serve(node, local).await {
         ReplicaReply::Written => {}
         ReplicaReply::Fenced(t) => {
-            return Err(StoreError::Write(format!("{me} no longer owns {key}: a newer owner (term {t}) holds it")));
+            return Err(StoreError::Deposed(format!("{me} no longer owns {key}: a newer owner (term {t}) holds it")));
         }
         other => return Err(StoreError::Write(format!("local write of {key} refused: {other:?}"))),
     }
@@ -302,8 +321,11 @@ pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: Wr
         .filter(|r| **r != me)
         .map(|r| (r.clone(), append_to(node.clone(), r.clone(), key.clone(), term.clone(), op.clone())))
         .collect();
-    won(round(&mut votes, asks, written).await)
-        .map_err(|why| StoreError::Write(format!("write of {key} not acknowledged: {why}")))
+    let tally = round(&mut votes, asks, written).await;
+    won(tally).map_err(|why| match votes.newer() {
+        Some(t) => StoreError::Deposed(format!("{me} no longer owns {key} (a replica promised term {t}): {why}")),
+        None => StoreError::Write(format!("write of {key} not acknowledged: {why}")),
+    })
 }
 
 /// Appends `op` at replica `to`, sending this node's whole copy when it needs one.
@@ -439,8 +461,14 @@ pub(crate) async fn confirm(node: &Node, path: &ActorPath, term: &Term) -> Resul
             (r.clone(), async move { ask(&node, &r2, msg).await })
         })
         .collect();
-    won(round(&mut votes, asks, |r| matches!(r, ReplicaReply::Confirmed)).await)
-        .map_err(|why| StoreError::Read(format!("{} cannot serve a read of {key}: {why}", node.name())))
+    let tally = round(&mut votes, asks, |r| matches!(r, ReplicaReply::Confirmed)).await;
+    won(tally).map_err(|why| {
+        let me = node.name();
+        match votes.newer() {
+            Some(t) => StoreError::Deposed(format!("{me} no longer owns {key} (a replica promised term {t}): {why}")),
+            None => StoreError::Read(format!("{me} cannot serve a read of {key}: {why}")),
+        }
+    })
 }
 
 /// An unreplicated path's recovery: the newest copy among all live nodes, once every

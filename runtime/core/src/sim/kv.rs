@@ -24,7 +24,7 @@ use super::{Cargo, NOT_LINEARIZABLE, World};
 use crate::directory::{self, Kind, Placement, Roster};
 use crate::placement::Candidate;
 use crate::replication::{
-    Check, Elected, Election, Quorum, Tally, Term, Terms, Versioned, check_adopt, check_append, check_confirm,
+    Check, Elected, Election, Entries, Quorum, Tally, Term, Terms, Versioned, check_adopt, check_append, check_confirm,
     check_prepare,
 };
 use rand010::RngExt;
@@ -324,6 +324,11 @@ impl World {
         while self.rng.random::<f64>() < self.loss {
             delay += 2 * hi.max(1);
         }
+        // A request sent again after its reply was lost arrives a second time, late.
+        if matches!(body, Body::Req { .. }) && self.rng.random::<f64>() < self.replay {
+            let late = delay + self.rng.random_range(0..=REPLICA_TIMEOUT_MS);
+            self.push(now_ms + late, from, to, Cargo::Body { body: body.clone(), sent_ms: now_ms });
+        }
         self.push(now_ms + delay, from, to, Cargo::Body { body, sent_ms: now_ms });
     }
 
@@ -355,9 +360,12 @@ impl World {
                 let p = path(key).to_string();
                 check_prepare(&me, &p, asker, view_owner.as_deref().map_err(Clone::clone), term, &stored.terms)
             }
-            Req::Adopt { term, .. } => check_adopt(term, &stored.terms),
+            Req::Adopt { term, log } => {
+                check_adopt(term, &stored.terms, log.as_ref().map(Versioned::last_seq), stored.log.last_seq())
+            }
             Req::Append { term, entries } => {
-                check_append(term, &stored.terms, entries.0.keys().next().copied(), stored.log.last_seq())
+                let first = entries.0.keys().next().copied().unwrap_or(0);
+                check_append(term, &stored.terms, Entries::Append { first }, stored.log.last_seq(), 0)
             }
             Req::Confirm { term } => match check_confirm(term, &stored.terms) {
                 Check::Accept => return self.finish_job(now_ms, i, key, Ans::Confirmed),
@@ -370,7 +378,10 @@ impl World {
             Check::Fenced(t) => Some(Ans::Fenced(t)),
             Check::NotOwner(why) => Some(Ans::Refused(why)),
             Check::Duplicate => {
-                let Req::Append { entries, .. } = &req else { unreachable!("only appends are duplicates") };
+                let Req::Append { entries, .. } = &req else {
+                    // A late copy of the term this replica holds: already covered.
+                    return self.finish_job(now_ms, i, key, Ans::Written);
+                };
                 if entries.prefix_of(&stored.log) {
                     Some(Ans::Written)
                 } else {
@@ -899,12 +910,13 @@ fn count_write(
             votes.yes(peer);
             if local { Then::Others(next) } else { Then::Nothing }
         }
-        Some(Ans::Fenced(t)) => {
-            votes.fenced(peer, t);
-            Then::Nothing
-        }
+        // The others are asked only once the owner's own disk holds it.
         other if local => {
             *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
+            Then::Nothing
+        }
+        Some(Ans::Fenced(t)) => {
+            votes.fenced(peer, t);
             Then::Nothing
         }
         other => {

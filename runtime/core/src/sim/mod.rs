@@ -44,6 +44,10 @@ pub struct SimConfig {
     pub loss_max: f64,
     /// Largest duplication rate drawn for a run.
     pub dup_max: f64,
+    /// Largest rate drawn for a run of replica requests delivered twice, the copy up
+    /// to the replica timeout late (a request the caller sent again after its reply
+    /// was lost, as the handle's retry does).
+    pub replay_max: f64,
     /// One-way latency range in milliseconds; a spread reorders packets.
     pub latency_ms: (u64, u64),
     pub tuning: MembershipTuning,
@@ -69,6 +73,7 @@ impl Default for SimConfig {
             faults: true,
             loss_max: 0.05,
             dup_max: 0.02,
+            replay_max: 0.1,
             latency_ms: (1, 20),
             // The test cluster's settings (tests/common): fast detection.
             tuning: MembershipTuning {
@@ -200,6 +205,7 @@ struct World {
     island: BTreeSet<usize>,
     loss: f64,
     dup: f64,
+    replay: f64,
     log: Vec<String>,
     sent: u64,
     delivered: u64,
@@ -438,6 +444,7 @@ pub fn run(seed: u64, cfg: &SimConfig, base: Instant) -> SimReport {
     let mut rng = SmallRng::seed_from_u64(seed);
     let loss = rng.random::<f64>() * cfg.loss_max;
     let dup = rng.random::<f64>() * cfg.dup_max;
+    let replay = rng.random::<f64>() * cfg.replay_max;
     let n = cfg.nodes.clamp(3, 7);
     let mut w = World {
         base,
@@ -449,6 +456,7 @@ pub fn run(seed: u64, cfg: &SimConfig, base: Instant) -> SimReport {
         island: BTreeSet::new(),
         loss,
         dup,
+        replay,
         log: Vec::new(),
         sent: 0,
         delivered: 0,
@@ -456,7 +464,7 @@ pub fn run(seed: u64, cfg: &SimConfig, base: Instant) -> SimReport {
         ledger: kv::Ledger::default(),
         clients: cfg.writes_per_sec > 0,
     };
-    w.record(0, &format!("seed {seed}: {n} nodes, loss {loss:.3}, duplication {dup:.3}"));
+    w.record(0, &format!("seed {seed}: {n} nodes, loss {loss:.3}, duplication {dup:.3}, replays {replay:.3}"));
     for i in 0..n {
         w.start_node(i, 0);
     }
@@ -482,6 +490,7 @@ pub fn run(seed: u64, cfg: &SimConfig, base: Instant) -> SimReport {
     }
     w.loss = 0.0;
     w.dup = 0.0;
+    w.replay = 0.0;
     // Suspicions can be stretched by local health; give the stretched timeout room.
     let stretch = 1 + t.local_health_max.min(2);
     let settle_end = now_ms + settle_ms * stretch;
@@ -568,6 +577,7 @@ mod tests {
             island: BTreeSet::new(),
             loss: 0.0,
             dup: 0.0,
+            replay: 0.0,
             log: Vec::new(),
             sent: 0,
             delivered: 0,
