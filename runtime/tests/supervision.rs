@@ -188,6 +188,31 @@ async fn one_for_one_restarts_only_the_failed_child() {
     node.shutdown().await;
 }
 
+/// Many children failing at once, each while the others' restarts are pending (as
+/// every entity of a node does when a partition starts): every one comes back. A
+/// later failure used to cancel the earlier children's pending restarts, leaving them
+/// down with every request to them waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_failing_together_all_restart() {
+    let (node, _dir) = node_with("one_for_one", 50, 50).await;
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut before = Vec::new();
+    for k in &keys {
+        before.push(incarnation(&node, k).await);
+    }
+    for k in &keys {
+        node.handle::<Probe>(path(k)).tell(ProbeMsg::Crash).await.unwrap();
+    }
+    let after = settle(&node, &keys).await;
+    for (i, k) in keys.iter().enumerate() {
+        assert_ne!(before[i], after[i], "{k} answered as its old incarnation");
+        let info = find(&node.tree(), &format!("/sup/probe/{k}")).cloned();
+        assert!(info.as_ref().is_some_and(|a| a.restarts >= 1), "{k} was never restarted: {info:?}");
+    }
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_for_all_restarts_every_child() {
     let (before, after, node) = crash_middle("one_for_all").await;

@@ -79,6 +79,9 @@ struct Child {
     starting: Option<u64>,
     /// Position in start order (rest-for-one and one-for-all restart in it).
     seq: u64,
+    /// The restart round that last scheduled this child's restart: a `RestartDue` of
+    /// an older round was superseded (a later decision covers this child).
+    restart_round: u64,
 }
 
 /// The children of a supervisor, by key, with their start order and an index from
@@ -101,7 +104,7 @@ impl Children {
     fn insert(&mut self, spec: ChildSpec) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_key.insert(spec.key.clone(), Child { spec, cell: None, starting: None, seq });
+        self.by_key.insert(spec.key.clone(), Child { spec, cell: None, starting: None, seq, restart_round: 0 });
     }
     fn remove(&mut self, key: &str) -> Option<Child> {
         let c = self.by_key.remove(key)?;
@@ -320,6 +323,11 @@ impl SupState {
                 }
                 self.round += 1;
                 let round = self.round;
+                for k in &keys {
+                    if let Some(c) = self.children.get_mut(k) {
+                        c.restart_round = round;
+                    }
+                }
                 tracing::warn!(supervisor = %self.cfg_path, child = %key, %reason, delay_ms, restarting = keys.len(), "child failed; restarting");
                 myself.send_after(Duration::from_millis(delay_ms), move || SupMsg::RestartDue { keys, round });
                 Ok(())
@@ -445,11 +453,14 @@ impl Actor for Supervisor {
                 }
             }
             SupMsg::RestartDue { keys, round } => {
-                if round != st.round {
-                    return Ok(());
-                }
+                // Per child, not per supervisor: another child's failure meanwhile (many
+                // entities fail together when a partition starts) must not cancel this
+                // one's restart, or it stays down with requests waiting on it.
                 for key in keys {
-                    let idle = st.children.get(&key).is_some_and(|c| c.cell.is_none() && c.starting.is_none());
+                    let idle = st
+                        .children
+                        .get(&key)
+                        .is_some_and(|c| c.restart_round == round && c.cell.is_none() && c.starting.is_none());
                     if !idle {
                         continue;
                     }
