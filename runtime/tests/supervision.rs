@@ -16,6 +16,8 @@ use troupe_runtime::{
 };
 
 static INCARNATIONS: AtomicU64 = AtomicU64::new(0);
+/// While set, every start fails (as a recovery does on the minority side of a partition).
+static FAIL_STARTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 struct Probe;
 impl Protocol for Probe {
@@ -45,6 +47,9 @@ impl Behavior for ProbeActor {
     type Proto = Probe;
     type State = u64;
     async fn init(&self, _: &Ctx<Probe>) -> Result<u64, ActorError> {
+        if FAIL_STARTS.load(Ordering::SeqCst) {
+            return Err(fail("cannot start now"));
+        }
         Ok(INCARNATIONS.fetch_add(1, Ordering::SeqCst))
     }
     async fn handle(
@@ -210,6 +215,27 @@ async fn children_failing_together_all_restart() {
         let info = find(&node.tree(), &format!("/sup/probe/{k}")).cloned();
         assert!(info.as_ref().is_some_and(|a| a.restarts >= 1), "{k} was never restarted: {info:?}");
     }
+    node.shutdown().await;
+}
+
+/// An entity whose restart fails is dropped, slot and all: the next message activates
+/// it afresh. Its slot used to stay registered with no actor behind it, and every
+/// message was told "restarting; retry" for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entity_whose_restart_fails_is_activated_again_by_the_next_message() {
+    let (node, _dir) = node_with("one_for_one", 50, 50).await;
+    let first = incarnation(&node, "r").await;
+    FAIL_STARTS.store(true, Ordering::SeqCst);
+    node.handle::<Probe>(path("r")).tell(ProbeMsg::Crash).await.unwrap();
+    // The restart (after its backoff) fails and the entity leaves the tree.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while find(&node.tree(), "/sup/probe/r").is_some() {
+        assert!(Instant::now() < deadline, "the failed restart kept the entity: {:#?}", node.tree());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    FAIL_STARTS.store(false, Ordering::SeqCst);
+    let again = node.handle::<Probe>(path("r")).ask_timeout(ProbeMsg::Incarnation, Duration::from_secs(5)).await;
+    assert!(again.as_ref().is_ok_and(|i| *i != first), "the next message found {again:?}");
     node.shutdown().await;
 }
 

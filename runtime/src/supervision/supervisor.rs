@@ -268,7 +268,10 @@ impl SupState {
                 self.answer(&key, Err(e.clone()));
                 if transient {
                     // An entity that cannot start is not kept: the next message tries again.
-                    self.remove_child(&key, false);
+                    // A restart that fails must also take its slot out of the registry
+                    // (the first start registered it), or every later message meets a
+                    // slot with no actor behind it and is told to retry, forever.
+                    self.remove_child(&key, true);
                     Ok(())
                 } else {
                     self.on_failure(&key, &format!("start failed: {e}"), myself)
