@@ -233,3 +233,27 @@ fn every_error_is_reported_at_once() {
     assert!(rendered.contains("errors in the configuration"), "{rendered}");
     assert!(rendered.contains("  --> "), "{rendered}");
 }
+
+#[test]
+fn split_brain_strategies_load_and_bad_ones_say_what_to_write() {
+    use troupe_runtime::config::SplitBrain;
+    let l = load(CLUSTER, &[("echo", ECHO)]).unwrap();
+    assert_eq!(l.cluster.split_brain, SplitBrain::KeepMajority, "keep-majority is the default");
+    let c = format!("{CLUSTER}\n[split_brain]\nstrategy = \"keep-oldest\"\n");
+    assert_eq!(load(&c, &[("echo", ECHO)]).unwrap().cluster.split_brain, SplitBrain::KeepOldest);
+    let c = format!("{CLUSTER}\n[split_brain]\nstrategy = \"static-quorum\"\nquorum = 1\n");
+    assert_eq!(load(&c, &[("echo", ECHO)]).unwrap().cluster.split_brain, SplitBrain::StaticQuorum(1));
+    let c = format!("{CLUSTER}\n[split_brain]\nstrategy = \"keep-majorty\"\n");
+    let (d, text) = only_error(load(&c, &[("echo", ECHO)]));
+    assert_eq!(file_name(&d), "cluster.toml");
+    assert!(text.contains("unknown split-brain strategy `keep-majorty`") && text.contains("keep-majority"), "{text}");
+    let c = format!("{CLUSTER}\n[split_brain]\nstrategy = \"static-quorum\"\n");
+    let (_, text) = only_error(load(&c, &[("echo", ECHO)]));
+    assert!(text.contains("static-quorum needs `quorum`") && text.contains("quorum = 1"), "{text}");
+    // Two nodes, a quorum of one: both halves of a split would serve.
+    let two = format!(
+        "{CLUSTER}\n[[nodes]]\nname = \"n2\"\naddr = \"127.0.0.1:7102\"\ngossip = \"127.0.0.1:7202\"\nadmin = \"127.0.0.1:7302\"\n\n[split_brain]\nstrategy = \"static-quorum\"\nquorum = 1\n"
+    );
+    let (_, text) = only_error(load(&two, &[("echo", ECHO)]));
+    assert!(text.contains("a quorum of 1 of 2 nodes lets both sides of a split serve"), "{text}");
+}

@@ -22,6 +22,7 @@
 
 pub mod chaos;
 pub mod directory;
+pub mod downing;
 pub mod health;
 pub mod membership;
 pub mod placement;

@@ -32,6 +32,7 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::Transport;
+use troupe_core::downing::{self, Member, Side, SplitBrain};
 use troupe_wire::introspect::{ChaosCommand, MemberInfo, MemberState, Metric};
 
 /// Stripes of the per-path lock that replication holds across a check and its write.
@@ -44,8 +45,12 @@ pub struct Cluster {
     chaos: Arc<RwLock<ChaosRules>>,
     roles: std::collections::HashMap<String, (Vec<String>, f64, String)>,
     locks: Vec<tokio::sync::Mutex<()>>,
-    /// Placement candidates of the view version they were built from.
-    cand_cache: parking_lot::Mutex<(u64, Arc<Vec<Candidate>>)>,
+    /// Placement candidates, and this node's side of a partition, of the view
+    /// version they were built from.
+    cand_cache: parking_lot::Mutex<(u64, Arc<Vec<Candidate>>, Side)>,
+    /// The cluster file's nodes, in its order (the split-brain resolver's roster).
+    roster: Vec<String>,
+    split_brain: SplitBrain,
 }
 
 impl Cluster {
@@ -98,7 +103,9 @@ impl Cluster {
             chaos,
             roles,
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            cand_cache: parking_lot::Mutex::new((0, Arc::new(Vec::new()))),
+            cand_cache: parking_lot::Mutex::new((0, Arc::new(Vec::new()), Side::Serving)),
+            roster: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            split_brain: cfg.split_brain,
         });
         Ok(cluster)
     }
@@ -122,16 +129,42 @@ impl Cluster {
     /// Live members for placement, rebuilt only when the view changes: placement
     /// runs on every remote send and must not allocate each time.
     pub fn candidates_shared(&self) -> Arc<Vec<Candidate>> {
+        self.placement_view().0
+    }
+
+    /// Whether this node's side of a partition serves (the split-brain resolver,
+    /// troupe-core's `downing`, on the current view).
+    pub fn side(&self) -> Side {
+        self.placement_view().1
+    }
+
+    fn placement_view(&self) -> (Arc<Vec<Candidate>>, Side) {
         let version = self.view_version();
         {
             let c = self.cand_cache.lock();
             if c.0 == version {
-                return c.1.clone();
+                return (c.1.clone(), c.2.clone());
             }
         }
         let fresh = Arc::new(self.build_candidates());
-        *self.cand_cache.lock() = (version, fresh.clone());
-        fresh
+        let side = self.build_side();
+        *self.cand_cache.lock() = (version, fresh.clone(), side.clone());
+        (fresh, side)
+    }
+
+    fn build_side(&self) -> Side {
+        let v = self.gossip.view.read();
+        let members: Vec<Member> = v
+            .members
+            .values()
+            .map(|m| Member { name: &m.id.name, epoch: m.id.epoch, live: m.state != MemberState::Down })
+            .collect();
+        let roster: Vec<&str> = self.roster.iter().map(String::as_str).collect();
+        let side = downing::side(self.split_brain, &roster, &self.me, &members);
+        if let Side::Minority(why) = &side {
+            tracing::warn!(reason = %why, "not serving: singletons, entity owners and gateways stand down");
+        }
+        side
     }
 
     fn build_candidates(&self) -> Vec<Candidate> {

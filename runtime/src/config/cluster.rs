@@ -6,6 +6,7 @@ use super::reader::Tbl;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use troupe_core::downing::SplitBrain;
 pub use troupe_core::membership::MembershipTuning;
 use troupe_wire::path::check_name;
 
@@ -24,6 +25,8 @@ pub struct ClusterConfig {
     /// Node names a joining node contacts first.
     pub seeds: Vec<String>,
     pub membership: MembershipTuning,
+    /// Which side of a partition keeps serving (`[split_brain]`).
+    pub split_brain: SplitBrain,
     pub transport: TransportTuning,
     pub nodes: Vec<NodeSpec>,
     /// Per-system overrides: `[overrides.<system>.<kind>]` tables merged over the
@@ -125,6 +128,7 @@ impl ClusterConfig {
             systems: Vec::new(),
             seeds: vec![name.into()],
             membership: MembershipTuning::default(),
+            split_brain: SplitBrain::default(),
             transport: TransportTuning::default(),
             nodes: vec![NodeSpec {
                 name: name.into(),
@@ -384,6 +388,50 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         );
     }
 
+    let split_brain = match root.table("split_brain") {
+        None => SplitBrain::default(),
+        Some(t) => {
+            let strategy = t.opt_str("strategy").unwrap_or_else(|| SplitBrain::NAMES[0].to_string());
+            let quorum = t.opt_u64_in("quorum", 1, 1024, "nodes");
+            let out = match strategy.as_str() {
+                "keep-majority" => SplitBrain::KeepMajority,
+                "keep-oldest" => SplitBrain::KeepOldest,
+                "static-quorum" => match quorum {
+                    Some(q) if (q as usize) * 2 > nodes.len() => SplitBrain::StaticQuorum(q as usize),
+                    Some(q) => {
+                        t.error(
+                            "quorum",
+                            format!("a quorum of {q} of {} nodes lets both sides of a split serve", nodes.len()),
+                            Some(format!("use more than half the nodes: at least {}", nodes.len() / 2 + 1)),
+                        );
+                        SplitBrain::default()
+                    }
+                    None => {
+                        t.error(
+                            "strategy",
+                            "static-quorum needs `quorum`, the nodes a side must see to serve",
+                            Some(format!("add `quorum = {}`", nodes.len() / 2 + 1)),
+                        );
+                        SplitBrain::default()
+                    }
+                },
+                other => {
+                    t.error(
+                        "strategy",
+                        format!("unknown split-brain strategy `{other}`"),
+                        Some(suggest(other, SplitBrain::NAMES, "strategies")),
+                    );
+                    SplitBrain::default()
+                }
+            };
+            if quorum.is_some() && !matches!(out, SplitBrain::StaticQuorum(_)) && strategy != "static-quorum" {
+                t.error("quorum", "`quorum` is only read by strategy = \"static-quorum\"", None);
+            }
+            t.finish();
+            out
+        }
+    };
+
     let mut overrides = BTreeMap::new();
     if let Some(o) = root.table("overrides") {
         for (sys, v) in o.table {
@@ -419,6 +467,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         systems,
         seeds,
         membership,
+        split_brain,
         transport,
         nodes,
         overrides,

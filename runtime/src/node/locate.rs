@@ -9,6 +9,7 @@ use crate::supervision::SupMsg;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use troupe_core::directory::{self, Route};
+use troupe_core::downing::Side;
 use troupe_wire::{ActorPath, RemoteError};
 
 impl Node {
@@ -49,9 +50,32 @@ impl Node {
         }
     }
 
-    /// The node that should own `path` in the current view (the directory's answer).
+    /// The node that should own `path` in the current view (the directory's answer);
+    /// an error on the minority side of a partition, which owns nothing but per-node
+    /// paths (the split-brain resolver, [`Node::side`]).
     pub fn owner_of(&self, ks: &KindSpec, path: &ActorPath) -> Result<String, RemoteError> {
+        self.standing_down(ks)?;
         directory::owner_of(&ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)
+    }
+
+    /// Whether this node's side of a partition serves (always, when not clustered).
+    pub fn side(&self) -> Side {
+        self.cluster().map_or(Side::Serving, |c| c.side())
+    }
+
+    /// `Err` when this node is on the minority side and `ks` is not per-node: the
+    /// refusal a client reads (a 503 with Retry-After from a gateway).
+    fn standing_down(&self, ks: &KindSpec) -> Result<(), RemoteError> {
+        if ks.placement == Placement::PerNode {
+            return Ok(());
+        }
+        match self.side() {
+            Side::Serving => Ok(()),
+            Side::Minority(why) => Err(RemoteError::Unreachable {
+                node: self.0.name.clone(),
+                reason: format!("{why}; it serves again once the partition heals, or ask a node of the majority"),
+            }),
+        }
     }
 
     /// The nodes that hold `path`'s durable state: the kind's `replication_factor`
@@ -84,6 +108,7 @@ impl Node {
                 format!("no system `{}` is enabled", path.system())
             },
         })?;
+        self.standing_down(ks)?;
         match directory::route(&self.0.name, &ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)? {
             Route::Remote(owner) => Ok(Located::Remote(owner)),
             Route::Here => Ok(Located::ActivateHere),
@@ -143,7 +168,10 @@ impl Node {
                 }
                 Placement::Sharded => {
                     for path in node.local_paths(&ks.system, &ks.name) {
-                        if node.owner_of(&ks, &path).is_ok_and(|o| o != node.name()) {
+                        // Not the owner any more, or standing down on a minority side.
+                        if node.owner_of(&ks, &path).is_ok_and(|o| o != node.name())
+                            || matches!(node.side(), Side::Minority(_))
+                        {
                             tracing::debug!(%path, "handing off entity");
                             node.stop_local(&path);
                         }
