@@ -264,19 +264,27 @@ fn vote(votes: &mut Quorum, from: &str, answer: Result<ReplicaReply, RemoteError
     }
 }
 
-/// Runs `asks` (one task each, so the ones still out when the round is decided finish
-/// in the background) until the round is won or lost.
-async fn round<F>(votes: &mut Quorum, asks: Vec<(String, F)>, yes: fn(&ReplicaReply) -> bool) -> Tally
+/// Starts `asks`, one task each, so the ones still out when their round is decided
+/// finish in the background.
+fn launch<F>(
+    asks: Vec<(String, F)>,
+) -> FuturesUnordered<impl std::future::Future<Output = (String, Result<ReplicaReply, RemoteError>)>>
 where
     F: std::future::Future<Output = Result<ReplicaReply, RemoteError>> + Send + 'static,
 {
-    let mut out: FuturesUnordered<_> = asks
-        .into_iter()
+    asks.into_iter()
         .map(|(to, f)| {
             let task = tokio::spawn(f);
             async move { (to, task.await.unwrap_or_else(|e| Err(RemoteError::Invalid(e.to_string())))) }
         })
-        .collect();
+        .collect()
+}
+
+/// Counts the answers of launched asks until the round is won or lost.
+async fn count<A>(votes: &mut Quorum, mut out: FuturesUnordered<A>, yes: fn(&ReplicaReply) -> bool) -> Tally
+where
+    A: std::future::Future<Output = (String, Result<ReplicaReply, RemoteError>)>,
+{
     loop {
         let t = votes.tally();
         if t != Tally::Pending {
@@ -285,6 +293,14 @@ where
         let Some((to, answer)) = out.next().await else { return votes.tally() };
         vote(votes, &to, answer, yes);
     }
+}
+
+/// Runs `asks` until the round is won or lost.
+async fn round<F>(votes: &mut Quorum, asks: Vec<(String, F)>, yes: fn(&ReplicaReply) -> bool) -> Tally
+where
+    F: std::future::Future<Output = Result<ReplicaReply, RemoteError>> + Send + 'static,
+{
+    count(votes, launch(asks), yes).await
 }
 
 fn won(t: Tally) -> Result<(), String> {
@@ -300,14 +316,29 @@ fn written(r: &ReplicaReply) -> bool {
     matches!(r, ReplicaReply::Written)
 }
 
-/// Makes `op` durable on a majority of `path`'s replica set under the owner's `term`:
-/// this node's disk first, then the others'.
+/// Makes `op` durable on a majority of `path`'s replica set under the owner's `term`.
+/// The owner's own disk and the others' are written at once (a write costs about one
+/// fsync and a round trip, not two fsyncs in a row), but the write is acknowledged only
+/// once the owner's own disk holds it too, and a replica that needs the whole copy gets
+/// it only after that (the copy is read from the owner's disk).
 pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: WriteOp) -> Result<(), StoreError> {
     let key = path.to_string();
     let set = node.replica_set(&kind_of(node, path)?, path);
     let me = node.name().to_string();
-    let local = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op.clone()] };
-    match serve(node, local).await {
+    let (local_done, local_rx) = tokio::sync::watch::channel(None::<bool>);
+    let asks = set
+        .iter()
+        .filter(|r| **r != me)
+        .map(|r| {
+            let f = append_to(node.clone(), r.clone(), key.clone(), term.clone(), op.clone(), local_rx.clone());
+            (r.clone(), f)
+        })
+        .collect();
+    let out = launch(asks);
+    let local = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op] };
+    let local = serve(node, local).await;
+    let _ = local_done.send(Some(matches!(local, ReplicaReply::Written)));
+    match local {
         ReplicaReply::Written => {}
         ReplicaReply::Fenced(t) => {
             return Err(StoreError::Deposed(format!("{me} no longer owns {key}: a newer owner (term {t}) holds it")));
@@ -316,23 +347,30 @@ pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: Wr
     }
     let mut votes = Quorum::new(&set);
     votes.yes(&me);
-    let asks = set
-        .iter()
-        .filter(|r| **r != me)
-        .map(|r| (r.clone(), append_to(node.clone(), r.clone(), key.clone(), term.clone(), op.clone())))
-        .collect();
-    let tally = round(&mut votes, asks, written).await;
+    let tally = count(&mut votes, out, written).await;
     won(tally).map_err(|why| match votes.newer() {
         Some(t) => StoreError::Deposed(format!("{me} no longer owns {key} (a replica promised term {t}): {why}")),
         None => StoreError::Write(format!("write of {key} not acknowledged: {why}")),
     })
 }
 
-/// Appends `op` at replica `to`, sending this node's whole copy when it needs one.
-async fn append_to(node: Node, to: String, key: String, term: Term, op: WriteOp) -> Result<ReplicaReply, RemoteError> {
+/// Appends `op` at replica `to`; when it needs the whole copy, sends it once the
+/// owner's own write is done (`local`: `Some(true)` once on the owner's disk).
+async fn append_to(
+    node: Node,
+    to: String,
+    key: String,
+    term: Term,
+    op: WriteOp,
+    mut local: tokio::sync::watch::Receiver<Option<bool>>,
+) -> Result<ReplicaReply, RemoteError> {
     let msg = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op] };
     match ask(&node, &to, msg).await? {
         ReplicaReply::NeedCopy(why) => {
+            let written = local.wait_for(Option::is_some).await.map(|v| *v == Some(true)).unwrap_or(false);
+            if !written {
+                return Err(RemoteError::Invalid(format!("the owner's own write of {key} failed")));
+            }
             tracing::debug!(replica = %to, path = %key, why, "sending the whole copy");
             let full = node.store().load(&key).map_err(|e| RemoteError::Invalid(e.to_string()))?;
             ask(&node, &to, ReplicaMsg::Adopt { path: key.clone(), term, ops: Some(full.as_ops(&key)) }).await

@@ -190,6 +190,10 @@ enum Op {
         term: Term,
         votes: Quorum,
         failed: Option<String>,
+        /// The owner's own disk holds the entry.
+        local_done: bool,
+        /// Replicas that asked for the whole copy before the owner's disk had it.
+        waiting: Vec<String>,
     },
     Confirm {
         key: usize,
@@ -484,11 +488,36 @@ impl World {
                 let next = Req::Adopt { term: term.clone(), log: Some(best.clone()) };
                 count_write(votes, failed, &peer, local, ans, next, why)
             }
-            Op::Write { term, .. } if !local && matches!(ans, Some(Ans::NeedCopy(_))) => Then::Copy(term.clone()),
-            Op::Write { votes, failed, term, seq, id, .. } => {
-                let next = Req::Append { term: term.clone(), entries: Log(BTreeMap::from([(*seq, *id)])) };
-                count_write(votes, failed, &peer, local, ans, next, why)
-            }
+            // The owner's own disk and the others' are written at once; a replica that
+            // needs the whole copy gets it once the owner's disk holds the entry.
+            Op::Write { votes, failed, term, local_done, waiting, .. } => match ans {
+                Some(Ans::Written) if local => {
+                    votes.yes(&peer);
+                    *local_done = true;
+                    Then::Copies(term.clone(), std::mem::take(waiting))
+                }
+                other if local => {
+                    *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
+                    Then::Nothing
+                }
+                Some(Ans::Written) => {
+                    votes.yes(&peer);
+                    Then::Nothing
+                }
+                Some(Ans::NeedCopy(_)) if *local_done => Then::Copies(term.clone(), vec![peer.clone()]),
+                Some(Ans::NeedCopy(_)) => {
+                    waiting.push(peer.clone());
+                    Then::Nothing
+                }
+                Some(Ans::Fenced(t)) => {
+                    votes.fenced(&peer, t);
+                    Then::Nothing
+                }
+                other => {
+                    votes.no(&peer, why(&other));
+                    Then::Nothing
+                }
+            },
             Op::Confirm { votes, .. } => {
                 match ans {
                     Some(Ans::Confirmed) => votes.yes(&peer),
@@ -516,9 +545,11 @@ impl World {
                     self.ask(now_ms, i, op_id, &r, key, req);
                 }
             }
-            Then::Copy(term) => {
+            Then::Copies(term, to) => {
                 let log = self.nodes[i].disk.keys.get(&key).map(|s| s.log.clone()).unwrap_or_default();
-                self.ask(now_ms, i, op_id, &peer, key, Req::Adopt { term, log: Some(log) });
+                for r in to {
+                    self.ask(now_ms, i, op_id, &r, key, Req::Adopt { term: term.clone(), log: Some(log.clone()) });
+                }
             }
         }
         self.progress(now_ms, i, op_id);
@@ -572,28 +603,32 @@ impl World {
                     self.retry_election(now_ms, i, key, seen, deadline_ms, &why);
                 }
             },
-            Op::Write { votes, failed, .. } => match failed.clone().map_or_else(|| votes.tally(), Tally::Lost) {
-                Tally::Pending => {}
-                Tally::Won => {
-                    let Some(Op::Write { key, seq, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
-                    self.ledger.acks += 1;
-                    self.ledger.acked.push(Acked { key, id, seq, at_ms: now_ms, by: me.clone() });
-                    self.record(now_ms, &format!("{me} acks write {id} of k{key} at seq {seq}"));
-                    if let Some(Entity { phase: Phase::Ready { log, busy, .. }, .. }) =
-                        self.nodes[i].kv.entities.get_mut(&key)
-                    {
-                        log.0.insert(seq, id);
-                        *busy = false;
+            Op::Write { votes, failed, local_done, .. } => {
+                match failed.clone().map_or_else(|| votes.tally(), Tally::Lost) {
+                    // Acknowledged only once the owner's own disk holds it too.
+                    Tally::Pending => {}
+                    Tally::Won if !local_done => {}
+                    Tally::Won => {
+                        let Some(Op::Write { key, seq, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
+                        self.ledger.acks += 1;
+                        self.ledger.acked.push(Acked { key, id, seq, at_ms: now_ms, by: me.clone() });
+                        self.record(now_ms, &format!("{me} acks write {id} of k{key} at seq {seq}"));
+                        if let Some(Entity { phase: Phase::Ready { log, busy, .. }, .. }) =
+                            self.nodes[i].kv.entities.get_mut(&key)
+                        {
+                            log.0.insert(seq, id);
+                            *busy = false;
+                        }
+                        self.drive(now_ms, i, key);
                     }
-                    self.drive(now_ms, i, key);
+                    Tally::Lost(why) => {
+                        let Some(Op::Write { key, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
+                        self.record(now_ms, &format!("{me} fails write {id} of k{key}: {why}"));
+                        // The kv actor re-initializes after a failed write: it recovers again.
+                        self.start_recovery(now_ms, i, key);
+                    }
                 }
-                Tally::Lost(why) => {
-                    let Some(Op::Write { key, id, .. }) = self.nodes[i].kv.ops.remove(&op_id) else { return };
-                    self.record(now_ms, &format!("{me} fails write {id} of k{key}: {why}"));
-                    // The kv actor re-initializes after a failed write: it recovers again.
-                    self.start_recovery(now_ms, i, key);
-                }
-            },
+            }
             Op::Confirm { votes, .. } => match votes.tally() {
                 Tally::Pending => {}
                 Tally::Won => {
@@ -704,9 +739,23 @@ impl World {
             ClientReq::Write { id } => {
                 let seq = log.last_seq() + 1;
                 let votes = self.write_votes(&set);
-                let op = self.stage(i, Op::Write { key, seq, id, term: term.clone(), votes, failed: None });
+                let write = Op::Write {
+                    key,
+                    seq,
+                    id,
+                    term: term.clone(),
+                    votes,
+                    failed: None,
+                    local_done: false,
+                    waiting: vec![],
+                };
+                let op = self.stage(i, write);
                 let entries = Log(BTreeMap::from([(seq, id)]));
-                self.ask(now_ms, i, op, &me, key, Req::Append { term, entries });
+                // Its own disk first in the queue, then the others, all at once.
+                self.ask(now_ms, i, op, &me, key, Req::Append { term: term.clone(), entries: entries.clone() });
+                for r in set.into_iter().filter(|r| *r != me) {
+                    self.ask(now_ms, i, op, &r, key, Req::Append { term: term.clone(), entries: entries.clone() });
+                }
             }
         }
     }
@@ -882,8 +931,8 @@ enum Then {
     Nothing,
     /// The owner's own disk holds it: on to the other members.
     Others(Req),
-    /// This replica needs the owner's whole copy.
-    Copy(Term),
+    /// These replicas need the owner's whole copy (read from its disk).
+    Copies(Term, Vec<String>),
 }
 
 fn why_not(a: &Option<Ans>) -> String {
