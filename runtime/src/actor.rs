@@ -29,18 +29,24 @@ use troupe_wire::{ActorPath, Protocol, RemoteError};
 /// What a handler returns on failure (the same as ractor's processing error).
 pub type ActorError = ActorProcessingErr;
 
+/// The message type of behavior `B`'s protocol.
 pub type MsgOf<B> = <<B as Behavior>::Proto as Protocol>::Msg;
+/// The reply type of behavior `B`'s protocol.
 pub type ReplyOf<B> = <<B as Behavior>::Proto as Protocol>::Reply;
 
 /// An actor kind's code.
 pub trait Behavior: Send + Sync + Sized + 'static {
+    /// The messages the kind accepts and the replies it gives.
     type Proto: Protocol;
+    /// One actor's in-memory state, built by [`Behavior::init`].
     type State: Send + 'static;
 
     /// Builds the state when the actor starts, and again on every restart (read
     /// durable state back here with [`Ctx::recover`]).
     fn init(&self, ctx: &Ctx<Self::Proto>) -> impl Future<Output = Result<Self::State, ActorError>> + Send;
 
+    /// Handles one message, answering through `reply` (dropping an ask's port
+    /// unanswered answers `NoReply`). An error fails the actor.
     fn handle(
         &self,
         ctx: &Ctx<Self::Proto>,
@@ -66,7 +72,11 @@ pub trait Behavior: Send + Sync + Sized + 'static {
 
 /// Builds a behavior from the `params` table of its topology entry.
 pub trait FromParams: Sized {
+    /// The kind's parameters, deserialized from the `params` table (with the
+    /// cluster's overrides merged in).
     type Params: DeserializeOwned;
+    /// Builds the behavior, once per node when the node starts; an error stops the
+    /// node from starting (`NodeError::Kind`).
     fn from_params(params: Self::Params, spec: &KindSpec, node: &Node) -> Result<Self, String>;
     /// Extra checks at config load time, beyond the params' types.
     fn check(_params: &Self::Params) -> Result<(), String> {
@@ -99,15 +109,19 @@ pub struct Ctx<P: Protocol> {
 }
 
 impl<P: Protocol> Ctx<P> {
+    /// This actor's path.
     pub fn path(&self) -> &ActorPath {
         &self.path
     }
+    /// This actor's key (the last segment of its path).
     pub fn key(&self) -> &str {
         self.path.key()
     }
+    /// The node this actor runs on.
     pub fn node(&self) -> &Node {
         &self.node
     }
+    /// This actor's kind, as configured.
     pub fn spec(&self) -> &KindSpec {
         &self.spec
     }

@@ -25,6 +25,9 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
     Ok(bound)
 }
 
+/// The admin routes, with the node as state: `/health` (503 when a system
+/// has failed), `/metrics`, `/v1/tree`, `/v1/members`, `/v1/metrics`,
+/// `/v1/trace/{id}` and `POST /v1/chaos`.
 pub fn router(node: Node) -> axum::Router {
     axum::Router::new()
         .route("/health", get(health))

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use troupe_wire::{ActorPath, Protocol, RemoteError, codec};
 
+/// A typed handle to the actor at one path, local or remote; it resolves where the
+/// actor is on each use and caches what it found.
 pub struct ActorHandle<P: Protocol> {
     node: Node,
     path: ActorPath,
@@ -62,6 +64,7 @@ impl<P: Protocol> ActorHandle<P> {
         Self { node, path, local: Mutex::new(None), remote: Mutex::new(None) }
     }
 
+    /// The path this handle addresses.
     pub fn path(&self) -> &ActorPath {
         &self.path
     }
@@ -151,6 +154,8 @@ impl<P: Protocol> ActorHandle<P> {
         self.ask_timeout(msg, self.node.default_ask_timeout()).await
     }
 
+    /// Asks and waits at most `timeout` for the reply, retrying transient refusals
+    /// within it; past it the error is `Timeout`.
     pub async fn ask_timeout(&self, msg: P::Msg, timeout: Duration) -> Result<P::Reply, RemoteError> {
         let deadline = Instant::now() + timeout;
         let trace = current_trace();

@@ -11,6 +11,7 @@
 //! `placement`). Everything else is `pub(crate)`, and `unreachable_pub` keeps it so.
 
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 
 pub(crate) mod actor;
 pub mod admin;

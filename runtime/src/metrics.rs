@@ -11,18 +11,22 @@ use troupe_wire::introspect::Metric;
 
 type Labels = Vec<(String, String)>;
 
+/// A monotonic u64 counter; clones share the same value.
 #[derive(Clone, Debug, Default)]
 pub struct Counter(Arc<AtomicU64>);
 
 impl Counter {
+    /// Adds one.
     #[inline]
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    /// Adds `n`.
     #[inline]
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
+    /// The current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -33,17 +37,22 @@ impl Counter {
 pub struct Gauge(Arc<AtomicU64>);
 
 impl Gauge {
+    /// Sets the value to `v`.
     pub fn set(&self, v: f64) {
         self.0.store(v.to_bits(), Ordering::Relaxed);
     }
+    /// The current value.
     pub fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
+    /// Adds `d` (negative to subtract), atomically.
     pub fn add(&self, d: f64) {
         let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((f64::from_bits(b) + d).to_bits()));
     }
 }
 
+/// The shared state of a [`Histogram`]: bucket bounds, per-bucket counts, sum and
+/// count.
 #[derive(Debug)]
 pub struct HistogramCore {
     /// Upper bounds, ascending; +Inf is implicit.
@@ -53,6 +62,8 @@ pub struct HistogramCore {
     count: AtomicU64,
 }
 
+/// A histogram with fixed bucket upper bounds (Prometheus style); clones share the
+/// same buckets.
 #[derive(Clone, Debug)]
 pub struct Histogram(Arc<HistogramCore>);
 
@@ -66,6 +77,7 @@ impl Histogram {
         }))
     }
 
+    /// Records one value, in the histogram's unit (seconds for latencies).
     pub fn observe(&self, v: f64) {
         let h = &self.0;
         let i = h.bounds.iter().position(|b| v <= *b).unwrap_or(h.bounds.len());
@@ -75,6 +87,7 @@ impl Histogram {
             h.sum_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((f64::from_bits(b) + v).to_bits()));
     }
 
+    /// How many values have been recorded.
     pub fn count(&self) -> u64 {
         self.0.count.load(Ordering::Relaxed)
     }
@@ -109,6 +122,8 @@ enum Cell {
     Histogram(Histogram),
 }
 
+/// A registry of metrics series, keyed by name and labels. Registering the same
+/// series twice returns the same handle.
 #[derive(Default, Debug)]
 pub struct Metrics {
     cells: Mutex<BTreeMap<(String, Labels), Cell>>,
@@ -120,6 +135,7 @@ fn labels(l: &[(&str, &str)]) -> Labels {
 }
 
 impl Metrics {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
@@ -136,6 +152,9 @@ impl Metrics {
         self.cells.lock().entry((name.to_string(), labels(l))).or_insert_with(make).clone()
     }
 
+    /// The counter `name` with labels `l`, registered on first use. `help` is kept
+    /// from the first registration of `name`. If the series exists as another type,
+    /// the counter returned is not registered (it counts, but is never rendered).
     pub fn counter(&self, name: &str, help: &str, l: &[(&str, &str)]) -> Counter {
         match self.cell(name, help, "counter", l, || Cell::Counter(Counter::default())) {
             Cell::Counter(c) => c,
@@ -143,6 +162,8 @@ impl Metrics {
         }
     }
 
+    /// The gauge `name` with labels `l`, registered on first use; same rules as
+    /// [`Metrics::counter`].
     pub fn gauge(&self, name: &str, help: &str, l: &[(&str, &str)]) -> Gauge {
         match self.cell(name, help, "gauge", l, || Cell::Gauge(Gauge::default())) {
             Cell::Gauge(g) => g,
@@ -150,6 +171,9 @@ impl Metrics {
         }
     }
 
+    /// The histogram `name` with labels `l`, registered on first use with bucket
+    /// upper bounds `bounds` (ascending; later calls keep the first bounds). Same
+    /// rules as [`Metrics::counter`].
     pub fn histogram(&self, name: &str, help: &str, l: &[(&str, &str)], bounds: &[f64]) -> Histogram {
         match self.cell(name, help, "histogram", l, || Cell::Histogram(Histogram::new(bounds))) {
             Cell::Histogram(h) => h,

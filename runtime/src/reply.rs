@@ -38,7 +38,9 @@ pub trait ReplySink: Send + Sync {
 pub enum Reply<R> {
     /// A tell: nobody waits.
     None,
+    /// An ask: exactly one answer is expected.
     Ask(ReplyTo<R>),
+    /// A streamed request: any number of items, then one end.
     Stream(StreamTo<R>),
 }
 
@@ -85,6 +87,7 @@ impl<R: Serialize> Reply<R> {
         }
     }
 
+    /// Whether nobody waits for an answer.
     pub fn is_tell(&self) -> bool {
         matches!(self, Reply::None)
     }
@@ -108,6 +111,7 @@ enum ReplyInner<R> {
     Remote { sink: Arc<dyn ReplySink>, corr: u64 },
 }
 
+/// The answer port of one ask. Dropping it unanswered answers `NoReply`.
 pub struct ReplyTo<R> {
     inner: Option<ReplyInner<R>>,
     path: Arc<str>,
@@ -123,6 +127,8 @@ impl<R> ReplyTo<R> {
 }
 
 impl<R: Serialize> ReplyTo<R> {
+    /// Answers with `value`. For a remote caller a value that fails to encode is
+    /// answered as `ActorFailed`.
     pub fn send(mut self, value: R) {
         match self.inner.take() {
             Some(ReplyInner::Local(tx)) => {
@@ -139,6 +145,7 @@ impl<R: Serialize> ReplyTo<R> {
         }
     }
 
+    /// Answers with the error `err`.
     pub fn fail(mut self, err: RemoteError) {
         self.finish_with(err);
     }
@@ -182,6 +189,8 @@ enum StreamInner<R> {
     Remote { sink: Arc<dyn ReplySink>, corr: u64 },
 }
 
+/// The port of one streamed request: send items, then [`StreamTo::end`]. Dropping
+/// it without ending ends the stream with `NoReply`.
 pub struct StreamTo<R> {
     inner: Option<StreamInner<R>>,
     path: Arc<str>,
@@ -218,6 +227,7 @@ impl<R: Serialize> StreamTo<R> {
         }
     }
 
+    /// Ends the stream: `Ok` for a complete stream, `Err` for one that failed.
     pub fn end(mut self, result: Result<(), RemoteError>) {
         self.finish(result);
     }

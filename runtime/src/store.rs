@@ -33,14 +33,27 @@ pub const WRITE_QUEUE_CAP: usize = 4096;
 /// Most operations folded into one transaction.
 const BATCH_OPS_MAX: usize = 1024;
 
+/// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The state file could not be opened or created, e.g. because another process
+    /// holds it.
     #[error("cannot open the state file {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
+    Open {
+        /// The state file.
+        path: PathBuf,
+        /// What went wrong, in words.
+        reason: String,
+    },
+    /// A transaction failed: none of its operations took effect, nor did those of
+    /// the other writes batched with it.
     #[error("state write failed: {0}")]
     Write(String),
+    /// Reading the state file or decoding what it holds failed.
     #[error("state read failed: {0}")]
     Read(String),
+    /// The writer thread is gone (the store was closed or the node is shutting
+    /// down); the write did not happen.
     #[error("the state writer has stopped (node shutting down)")]
     Closed,
     /// A newer owner of the path holds it (a replica promised a newer term): this
@@ -49,30 +62,45 @@ pub enum StoreError {
     Deposed(String),
 }
 
+/// One change to the store; a [`Store::write`] applies a list of them in one
+/// transaction.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
+    /// Add (or overwrite) the log entry `seq` of `path`.
     Append {
+        /// Actor path the entry belongs to.
         path: String,
+        /// Sequence number of the entry.
         seq: u64,
+        /// The entry, as the actor encoded it.
         bytes: Vec<u8>,
     },
     /// Replace the snapshot and drop log entries up to `seq`.
     Snapshot {
+        /// Actor path the snapshot belongs to.
         path: String,
+        /// Last sequence number the snapshot covers.
         seq: u64,
+        /// The snapshot, as the actor encoded it.
         bytes: Vec<u8>,
     },
     /// Forget everything about `path`.
     Remove {
+        /// Actor path whose snapshot and log are dropped (its terms are kept).
         path: String,
     },
+    /// Set a node-wide metadata value.
     Meta {
+        /// Metadata key.
         key: String,
+        /// The value, replacing any earlier one.
         bytes: Vec<u8>,
     },
     /// Record the terms of a replicated `path`.
     Terms {
+        /// Replicated actor path.
         path: String,
+        /// The terms this replica promised and accepted.
         terms: Terms,
     },
 }
@@ -85,6 +113,7 @@ struct WriteReq {
 /// What is durable for one actor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recovered {
+    /// The latest snapshot as (sequence number, bytes), if one was taken.
     pub snapshot: Option<(u64, Vec<u8>)>,
     /// Log entries after the snapshot, in order.
     pub entries: Vec<(u64, Vec<u8>)>,
@@ -123,6 +152,8 @@ impl Recovered {
     }
 }
 
+/// A node's state file: per actor path a snapshot and a log, written by one writer
+/// thread with group commit. Clones share the same file and writer.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -195,10 +226,13 @@ impl Store {
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Appends log entry `seq` of `path`; returns once it is on disk.
     pub async fn append(&self, path: &str, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.write(vec![WriteOp::Append { path: path.to_string(), seq, bytes }]).await
     }
 
+    /// Stores the snapshot of `path` at `seq` and drops its log entries up to `seq`;
+    /// returns once it is on disk.
     pub async fn snapshot(&self, path: &str, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.write(vec![WriteOp::Snapshot { path: path.to_string(), seq, bytes }]).await
     }
@@ -251,6 +285,7 @@ impl Store {
         Ok(out.into_iter().collect())
     }
 
+    /// The metadata value stored under `key`, if any.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
         let r = self.db.begin_read().map_err(|e| rerr(&e))?;

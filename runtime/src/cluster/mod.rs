@@ -1,7 +1,7 @@
-//! Clustering: SWIM membership ([`gossip`]), QUIC transport ([`transport`]), mutual
-//! TLS ([`tls`]), sealed gossip ([`seal`]), replication ([`replica`]) and fault
+//! Clustering: SWIM membership (`gossip`), QUIC transport (`transport`), mutual
+//! TLS ([`tls`]), sealed gossip ([`seal`]), replication (`replica`) and fault
 //! injection ([`chaos`]). The node holds a [`Cluster`]; the cluster does not name the
-//! node (arrivals go to a [`transport::Inbound`]; re-homing is the node's).
+//! node (arrivals go to the transport's `Inbound` trait; re-homing is the node's).
 //!
 //! Invariants:
 //! - Placement reads the membership view; when the view changes, every node stops
@@ -38,9 +38,13 @@ use troupe_wire::introspect::{ChaosCommand, MemberInfo, MemberState, Metric};
 /// Stripes of the per-path lock that replication holds across a check and its write.
 pub(crate) const LOCK_STRIPES: usize = 256;
 
+/// This node's part in the cluster: membership, transport, fault injection and the
+/// placement view built from them.
 pub struct Cluster {
     me: String,
+    /// SWIM membership: this node's view of the members.
     pub gossip: Gossip,
+    /// QUIC links to the other nodes and to clients.
     pub transport: Arc<Transport>,
     chaos: Arc<RwLock<ChaosRules>>,
     roles: std::collections::HashMap<String, (Vec<String>, f64, String)>,
@@ -122,6 +126,7 @@ impl Cluster {
         }
     }
 
+    /// Live members for placement (members not down), as an owned copy.
     pub fn candidates(&self) -> Vec<Candidate> {
         self.candidates_shared().as_ref().clone()
     }
@@ -179,6 +184,7 @@ impl Cluster {
             .collect()
     }
 
+    /// Every member in this node's view, down ones included, for introspection.
     pub fn members(&self) -> Vec<MemberInfo> {
         let v = self.gossip.view.read();
         v.members
@@ -197,10 +203,13 @@ impl Cluster {
             .collect()
     }
 
+    /// Version of the membership view; it changes whenever the view does.
     pub fn view_version(&self) -> u64 {
         self.gossip.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Applies a fault-injection command to this node's links and gossip (expired
+    /// rules are dropped first) and returns what it did, in words.
     pub fn chaos(&self, cmd: ChaosCommand) -> String {
         let mut c = self.chaos.write();
         c.expire(Instant::now());
@@ -209,6 +218,8 @@ impl Cluster {
         out
     }
 
+    /// The `troupe_members` gauges: members by state (alive, suspect, down) in this
+    /// node's view.
     pub fn metrics(&self) -> Vec<Metric> {
         let v = self.gossip.view.read();
         let count = |s: MemberState| v.members.values().filter(|m| m.state == s).count() as f64;
@@ -229,6 +240,8 @@ impl Cluster {
         &self.locks[h % self.locks.len()]
     }
 
+    /// Leaves the cluster: announces the departure over gossip, then closes the
+    /// transport.
     pub async fn shutdown(&self) {
         self.gossip.leave().await;
         self.transport.close().await;

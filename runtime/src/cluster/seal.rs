@@ -18,18 +18,27 @@ pub const SKEW_MS_MAX: u64 = 30_000;
 /// Bytes of a cluster key.
 pub const KEY_BYTES: usize = 32;
 
+/// Why a gossip packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
+    /// Shorter than the smallest sealed packet (header, timestamp and tag).
     #[error("packet too short")]
     TooShort,
+    /// The first byte is not a packet version this node knows.
     #[error("unknown packet version {0}")]
     Version(u8),
+    /// Decryption failed: the packet was not sealed with this cluster's key and
+    /// name, or was altered.
     #[error("packet failed authentication (not sealed with this cluster's key)")]
     Auth,
+    /// The packet's send time is further than `SKEW_MS_MAX` from our clock; the
+    /// value is the difference, in milliseconds.
     #[error("packet is {0} ms away from our clock (replayed or clocks too far apart)")]
     Stale(u64),
 }
 
+/// Seals and opens gossip packets with the key derived from one cluster's key and
+/// name.
 pub struct Sealer {
     key: LessSafeKey,
     aad: Vec<u8>,
@@ -43,6 +52,8 @@ impl hkdf::KeyType for Len32 {
 }
 
 impl Sealer {
+    /// Derives the packet key from `cluster_key` (as [`load_key`] returns it) and
+    /// `cluster_name`.
     pub fn new(cluster_key: &[u8], cluster_name: &str) -> Self {
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"troupe-gossip-v1");
         let prk = salt.extract(cluster_key);
@@ -59,6 +70,8 @@ impl Sealer {
         Self { key, aad: cluster_name.as_bytes().to_vec() }
     }
 
+    /// Encrypts `payload` into a packet stamped with `now_ms` (ms since the Unix
+    /// epoch), under a fresh random nonce.
     pub fn seal(&self, payload: &[u8], now_ms: u64) -> Vec<u8> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let mut out = Vec::with_capacity(1 + NONCE_LEN + 8 + payload.len() + TAG_LEN);
@@ -75,6 +88,8 @@ impl Sealer {
         out
     }
 
+    /// Checks and decrypts a packet, returning its payload; refuses it when its
+    /// stamp is more than `SKEW_MS_MAX` from `now_ms` (ms since the Unix epoch).
     pub fn open(&self, packet: &[u8], now_ms: u64) -> Result<Vec<u8>, SealError> {
         if packet.len() < 1 + NONCE_LEN + 8 + TAG_LEN {
             return Err(SealError::TooShort);

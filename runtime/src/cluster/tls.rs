@@ -13,16 +13,29 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// DNS-name suffix of node certificates: node `n1` is `n1.node.troupe`.
 pub const NODE_SUFFIX: &str = ".node.troupe";
+/// DNS-name suffix of client certificates: client `cli` is `cli.client.troupe`.
 pub const CLIENT_SUFFIX: &str = ".client.troupe";
+/// ALPN protocol id both ends of a troupe QUIC connection require.
 pub const ALPN: &[u8] = b"troupe/1";
 
+/// Why making, reading or using the cluster's certificates failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate or key file could not be read, written or parsed; the reason
+    /// says how to make missing ones.
     #[error("{path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The file concerned.
+        path: PathBuf,
+        /// What went wrong, with a hint.
+        reason: String,
+    },
+    /// Generating, signing or loading a certificate or key failed.
     #[error("certificate error: {0}")]
     Cert(String),
+    /// rustls refused the certificates or settings when building a configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -34,7 +47,9 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerId {
+    /// A node of the cluster, by node name.
     Node(String),
+    /// A client (CLI, tool), by client name.
     Client(String),
 }
 
@@ -52,15 +67,19 @@ impl std::fmt::Display for PeerId {
 pub struct TlsDir(pub PathBuf);
 
 impl TlsDir {
+    /// The CA certificate, `ca.pem`.
     pub fn ca_cert(&self) -> PathBuf {
         self.0.join("ca.pem")
     }
+    /// The CA private key, `ca.key`; only needed to issue certificates.
     pub fn ca_key(&self) -> PathBuf {
         self.0.join("ca.key")
     }
+    /// The certificate `<name>.pem` (a node's name, or `client-<name>` for a client).
     pub fn cert(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.pem"))
     }
+    /// The private key `<name>.key` that goes with [`TlsDir::cert`].
     pub fn key(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.key"))
     }
@@ -123,11 +142,16 @@ pub fn ensure_cert(dir: &TlsDir, id: &PeerId) -> Result<bool, TlsError> {
 
 /// The certificate chain and key of `id`, and the CA roots.
 pub struct Identity {
+    /// The certificate chain presented to peers, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf certificate.
     pub key: PrivateKeyDer<'static>,
+    /// The cluster CA, the only root peers are verified against.
     pub roots: Arc<rustls::RootCertStore>,
 }
 
+/// Reads the certificate, key and CA of `id` from `dir`. A missing file is a
+/// [`TlsError::File`] that says how to make the certificates.
 pub fn load_identity(dir: &TlsDir, id: &PeerId) -> Result<Identity, TlsError> {
     let file = match id {
         PeerId::Node(n) => n.clone(),

@@ -10,32 +10,44 @@ pub use troupe_core::downing::SplitBrain;
 pub use troupe_core::membership::MembershipTuning;
 use troupe_wire::path::check_name;
 
+/// A checked cluster file: its nodes, tuning and enabled systems. Relative paths in
+/// the file are already resolved against the file's folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
     /// The cluster file itself.
     pub file: PathBuf,
+    /// Cluster name (`[cluster] name`), a checked name.
     pub name: String,
+    /// Folder holding one data folder per node (default `.troupe/data`).
     pub data_dir: PathBuf,
+    /// Folder holding the cluster CA and the node and client certificates
+    /// (default `.troupe/tls`).
     pub tls_dir: PathBuf,
     /// 32-byte secret that seals gossip packets; made on first run in dev mode.
     pub key_file: PathBuf,
+    /// Folder holding the topology files, `<system>.toml` (default `systems`).
     pub systems_dir: PathBuf,
     /// Enabled systems (topology file stems), in start order.
     pub systems: Vec<String>,
     /// Node names a joining node contacts first.
     pub seeds: Vec<String>,
+    /// SWIM membership timings (`[membership]`).
     pub membership: MembershipTuning,
     /// Which side of a partition keeps serving (`[split_brain]`).
     pub split_brain: SplitBrain,
+    /// QUIC transport limits and timings (`[transport]`).
     pub transport: TransportTuning,
+    /// Every node of the cluster (`[[nodes]]`), names and sockets unique.
     pub nodes: Vec<NodeSpec>,
     /// Per-system overrides: `[overrides.<system>.<kind>]` tables merged over the
     /// kind's `params` (and `mailbox_cap` etc. when named).
     pub overrides: BTreeMap<String, toml::Table>,
 }
 
+/// One `[[nodes]]` table: a node's name, sockets and what it offers to placement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSpec {
+    /// Node name, unique in the cluster.
     pub name: String,
     /// QUIC endpoint: node links and clients.
     pub addr: SocketAddr,
@@ -43,8 +55,11 @@ pub struct NodeSpec {
     pub gossip: SocketAddr,
     /// Admin HTTP: /health, /metrics, introspection, chaos.
     pub admin: SocketAddr,
+    /// Roles this node plays; kinds placed by role run only on nodes that have it.
     pub roles: Vec<String>,
+    /// Free-form `[nodes.labels]` key/value strings.
     pub labels: BTreeMap<String, String>,
+    /// GPUs declared in `[[nodes.gpus]]`.
     pub gpus: Vec<GpuSpec>,
     /// Relative capacity for weighted placement.
     pub weight: f64,
@@ -52,24 +67,44 @@ pub struct NodeSpec {
     pub ports: BTreeMap<String, u16>,
 }
 
+/// One `[[nodes.gpus]]` entry: a group of identical GPUs on a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuSpec {
+    /// Model name, as written in the file.
     pub model: String,
+    /// Memory of each GPU, in GiB (1..=4096).
     pub memory_gib: u64,
+    /// How many GPUs of this model (1..=64, default 1).
     pub count: u64,
 }
 
+/// `[transport]`: limits and timings of the QUIC links between nodes and clients.
+/// `keep_alive_ms` is always shorter than `idle_timeout_ms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportTuning {
+    /// Largest frame a link sends or accepts, in bytes (default 16 MiB); a peer that
+    /// sends a bigger one loses that stream.
     pub frame_bytes_max: u64,
+    /// Frames queued for one peer, split evenly across its lanes (at least 8 per
+    /// lane); a send to a full lane fails with `QueueFull` (default 8192).
     pub send_queue_cap: u64,
+    /// Unidirectional streams per direction on each connection (default 8).
     pub lanes_per_peer: u64,
+    /// QUIC keep-alive interval, in milliseconds (default 1000).
     pub keep_alive_ms: u64,
+    /// A link with no traffic for this long is closed, in milliseconds (default 5000).
     pub idle_timeout_ms: u64,
+    /// How long a dial may take before it fails, in milliseconds (default 2000).
     pub connect_timeout_ms: u64,
+    /// After a failed dial, sends to that peer fail as unreachable for this long
+    /// before the next dial, in milliseconds (default 50); doubles on each further
+    /// failure.
     pub reconnect_backoff_min_ms: u64,
+    /// Cap on the redial wait, in milliseconds (default 2000).
     pub reconnect_backoff_max_ms: u64,
+    /// Default timeout of an ask, in milliseconds (default 5000).
     pub ask_timeout_ms: u64,
+    /// Undelivered items one reply stream buffers (default 64).
     pub stream_buffer: u64,
 }
 
@@ -102,10 +137,12 @@ impl troupe_core::directory::Roster for ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// The node named `name`, if the cluster file declares it.
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The folder of the cluster file, which relative paths in it are resolved against.
     pub fn dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("."))
     }

@@ -8,12 +8,19 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
+/// One configuration error, displayed like a compiler error (`error:`, location,
+/// the source line underlined, `help:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diag {
+    /// The file the error is in.
     pub file: PathBuf,
+    /// Line, counted from 1.
     pub line: usize,
+    /// Column in characters, counted from 1.
     pub col: usize,
+    /// What is wrong.
     pub message: String,
+    /// How to fix it, when there is something to say.
     pub help: Option<String>,
     /// The source line the error points at, and the width of the underline.
     pub snippet: Option<(String, usize)>,
@@ -42,18 +49,23 @@ impl fmt::Display for Diag {
 pub struct Diags(RefCell<Vec<Diag>>);
 
 impl Diags {
+    /// An empty list.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Adds one diagnostic.
     pub fn push(&self, d: Diag) {
         self.0.borrow_mut().push(d);
     }
+    /// Whether nothing has been reported.
     pub fn is_empty(&self) -> bool {
         self.0.borrow().is_empty()
     }
+    /// How many diagnostics have been reported so far.
     pub fn len(&self) -> usize {
         self.0.borrow().len()
     }
+    /// The diagnostics, in the order they were reported.
     pub fn into_vec(self) -> Vec<Diag> {
         self.0.into_inner()
     }
@@ -79,8 +91,11 @@ impl fmt::Display for ConfigErrors {
 /// One parsed TOML file: its values, and where each key and value sits in the text.
 #[derive(Debug)]
 pub struct Doc {
+    /// The file it was read from.
     pub file: PathBuf,
+    /// The file's text, which spans index into.
     pub text: String,
+    /// The parsed top-level table.
     pub root: toml::Table,
     /// Dotted path (`actors.store.placement`, `nodes[1].name`) → (key span, value span).
     spans: HashMap<String, (Range<usize>, Range<usize>)>,
@@ -112,10 +127,14 @@ impl Doc {
         }
     }
 
+    /// Byte range of the value at dotted `path` (or of its closest enclosing path
+    /// that has one); `0..0` when none does.
     pub fn value_span(&self, path: &str) -> Range<usize> {
         self.lookup(path).map(|s| s.1).unwrap_or(0..0)
     }
 
+    /// Byte range of the key at dotted `path`, with the same fallback as
+    /// [`Doc::value_span`].
     pub fn key_span(&self, path: &str) -> Range<usize> {
         self.lookup(path).map(|s| s.0).unwrap_or(0..0)
     }
@@ -132,6 +151,8 @@ impl Doc {
         }
     }
 
+    /// A diagnostic pointing at the byte range `span` of this file: line, column and
+    /// the underlined source line.
     pub fn diag_at(&self, span: Range<usize>, message: String, help: Option<String>) -> Diag {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
@@ -148,10 +169,12 @@ impl Doc {
         Diag { file: self.file.clone(), line, col, message, help, snippet }
     }
 
+    /// Reports an error at the value of dotted `path` (`nodes[1].addr`).
     pub fn error(&self, diags: &Diags, path: &str, message: impl Into<String>, help: Option<String>) {
         diags.push(self.diag_at(self.value_span(path), message.into(), help));
     }
 
+    /// Reports an error at the key of dotted `path`, for errors about the name itself.
     pub fn key_error(&self, diags: &Diags, path: &str, message: impl Into<String>, help: Option<String>) {
         diags.push(self.diag_at(self.key_span(path), message.into(), help));
     }

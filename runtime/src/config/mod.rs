@@ -16,14 +16,18 @@ use std::path::Path;
 /// A cluster file and the topologies of its enabled systems, all checked.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The cluster file.
     pub cluster: ClusterConfig,
+    /// One topology per enabled system, in the cluster file's `systems` order.
     pub topologies: Vec<Topology>,
 }
 
 impl Loaded {
+    /// The topology of enabled system `system`.
     pub fn topology(&self, system: &str) -> Option<&Topology> {
         self.topologies.iter().find(|t| t.name == system)
     }
+    /// Kind `kind` of enabled system `system`.
     pub fn kind(&self, system: &str, kind: &str) -> Option<&KindSpec> {
         self.topology(system).and_then(|t| t.kind(kind))
     }

@@ -7,24 +7,32 @@ use super::diag::{Diags, Doc, suggest};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+/// A reader over one table of a [`Doc`], reporting to a shared [`Diags`]. Call
+/// [`Tbl::finish`] once every known key has been read.
 pub struct Tbl<'a> {
+    /// The file the table is in.
     pub doc: &'a Doc,
+    /// Where errors go.
     pub diags: &'a Diags,
     /// Dotted path of this table (empty for the root).
     pub path: String,
+    /// The table itself; reading it directly does not mark keys as read.
     pub table: &'a toml::Table,
     seen: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Tbl<'a> {
+    /// A reader over the top level of `doc`.
     pub fn root(doc: &'a Doc, diags: &'a Diags) -> Self {
         Self::new(doc, diags, String::new(), &doc.root)
     }
 
+    /// A reader over `table`, found at dotted `path` in `doc`.
     pub fn new(doc: &'a Doc, diags: &'a Diags, path: String, table: &'a toml::Table) -> Self {
         Self { doc, diags, path, table, seen: RefCell::new(BTreeSet::new()) }
     }
 
+    /// Dotted path of `key` in this table (`nodes[0].addr`).
     pub fn child_path(&self, key: &str) -> String {
         if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
     }
@@ -34,6 +42,7 @@ impl<'a> Tbl<'a> {
         if self.path.is_empty() { "the top level".into() } else { format!("[{}]", self.path) }
     }
 
+    /// Reports an error at the value of `key` in this table.
     pub fn error(&self, key: &str, message: impl Into<String>, help: Option<String>) {
         self.doc.error(self.diags, &self.child_path(key), message, help);
     }
@@ -43,6 +52,7 @@ impl<'a> Tbl<'a> {
         self.table.get(key)
     }
 
+    /// Whether `key` is present; does not mark it as read.
     pub fn has(&self, key: &str) -> bool {
         self.table.contains_key(key)
     }
@@ -51,6 +61,7 @@ impl<'a> Tbl<'a> {
         self.error(key, format!("`{key}` in {} must be {want}, not {}", self.place(), got.type_str()), None);
     }
 
+    /// A required string; reports it missing or of the wrong type and gives `None`.
     pub fn req_str(&self, key: &str) -> Option<String> {
         match self.get(key) {
             None => {
@@ -66,6 +77,7 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// An optional string; `None` when absent or (reported) not a string.
     pub fn opt_str(&self, key: &str) -> Option<String> {
         self.get(key).and_then(|v| self.as_str(key, v))
     }
@@ -100,10 +112,14 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// Like [`Tbl::u64_in`] with no default: `None` when absent; a bad value is
+    /// reported and gives `Some(lo)`.
     pub fn opt_u64_in(&self, key: &str, lo: u64, hi: u64, unit: &str) -> Option<u64> {
         if self.has(key) { Some(self.u64_in(key, lo, lo, hi, unit)) } else { None }
     }
 
+    /// A number (integer or float) in `lo..=hi`, `what` named in the error; absent
+    /// or bad gives `default`.
     pub fn f64_in(&self, key: &str, default: f64, lo: f64, hi: f64, what: &str) -> f64 {
         let v = match self.get(key) {
             None => return default,
@@ -126,6 +142,7 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// A boolean; absent or (reported) not a boolean gives `default`.
     pub fn bool(&self, key: &str, default: bool) -> bool {
         match self.get(key) {
             None => default,
@@ -137,6 +154,8 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// An array of strings; absent gives an empty list, and items that are not
+    /// strings are reported and skipped.
     pub fn strs(&self, key: &str) -> Vec<String> {
         match self.get(key) {
             None => Vec::new(),

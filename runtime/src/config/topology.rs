@@ -10,20 +10,27 @@ use crate::supervision::policy::{Intensity, Strategy};
 use std::path::PathBuf;
 use troupe_wire::path::check_name;
 
+/// A checked topology file: one system's actor kinds and HTTP routes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
+    /// The topology file itself.
     pub file: PathBuf,
+    /// System name; the file must be named `<name>.toml`.
     pub name: String,
+    /// Free-form description (`[system] description`), empty when absent.
     pub description: String,
     /// Other systems this one calls; they must be enabled too.
     pub requires: Vec<String>,
+    /// How the system's supervisor treats its kind supervisors (`[system.supervision]`).
     pub supervision: SupervisionSpec,
     /// In declaration order, which is start order.
     pub kinds: Vec<KindSpec>,
+    /// HTTP routes the gateway exposes for this system (`[[routes]]`).
     pub routes: Vec<RouteSpec>,
 }
 
 impl Topology {
+    /// The kind named `name` in this system, if declared.
     pub fn kind(&self, name: &str) -> Option<&KindSpec> {
         self.kinds.iter().find(|k| k.name == name)
     }
@@ -44,9 +51,14 @@ pub trait KindCatalog {
     fn names(&self) -> Vec<&str>;
 }
 
+/// A `supervision` table: restart strategy and restart limits of one supervisor.
+/// Defaults to one-for-one with the default intensity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SupervisionSpec {
+    /// Which children restart when one fails (default `one_for_one`).
     pub strategy: Strategy,
+    /// How many restarts within how long before the supervisor gives up, and the
+    /// backoff between restarts (milliseconds).
     pub intensity: Intensity,
 }
 
@@ -56,24 +68,36 @@ impl Default for SupervisionSpec {
     }
 }
 
+/// One `[kinds.<name>]` table: an actor kind of a system, with its placement,
+/// bounds, supervision and parameters (cluster overrides already merged in).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KindSpec {
+    /// The system this kind belongs to.
     pub system: String,
+    /// Kind name, unique in its system.
     pub name: String,
+    /// Name of the registered factory that builds its actors (default
+    /// `<system>.<kind>`).
     pub factory: String,
+    /// Singleton, per node or sharded (`placement`, required).
     pub placement: Placement,
     /// Nodes eligible to host it (by role); `None` = every node.
     pub role: Option<String>,
+    /// Messages one actor's mailbox holds; beyond that sends fail with
+    /// `MailboxFull` (default 1024).
     pub mailbox_cap: u64,
     /// Sharded entities idle this long are stopped (their state is durable).
     pub passivate_after_ms: Option<u64>,
     /// Copies of each durable write, this node included, before it is acknowledged.
     pub replication_factor: u64,
+    /// How the kind's supervisor restarts its actors (`[kinds.<name>.supervision]`).
     pub supervision: SupervisionSpec,
+    /// Parameters handed to the factory, checked by it at load time.
     pub params: toml::Table,
 }
 
 impl KindSpec {
+    /// The key of the one actor of a singleton kind (also a route's default key).
     pub fn singleton_key() -> &'static str {
         troupe_core::directory::SINGLETON_KEY
     }
@@ -90,11 +114,15 @@ impl KindSpec {
     }
 }
 
+/// One `[[routes]]` table: an HTTP route of the gateway that sends a message to an
+/// actor of this system and answers with its reply as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
+    /// HTTP method, upper case: GET, POST, PUT, DELETE or PATCH.
     pub method: String,
     /// axum syntax: `/kv/{key}`.
     pub path: String,
+    /// The kind of this system the message goes to.
     pub kind: String,
     /// Template for the entity key, from path parameters: `{key}`.
     pub key: String,

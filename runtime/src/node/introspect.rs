@@ -34,14 +34,19 @@ impl Node {
         s.push_back(rec);
     }
 
+    /// The spans of `trace` this node still keeps (the newest `SPANS_MAX` of all
+    /// traces), in recording order.
     pub fn spans(&self, trace: TraceId) -> Vec<SpanRecord> {
         self.0.spans.lock().iter().filter(|s| s.trace == trace).cloned().collect()
     }
 
+    /// A snapshot of this node's supervision tree, from the root down.
     pub fn tree(&self) -> ActorInfo {
         self.0.root_entry.snapshot()
     }
 
+    /// Node name, epoch, uptime (ms) and the state of each system supervisor
+    /// (`failed: <error>` when one has failed).
     pub fn health(&self) -> Health {
         let systems = self
             .0

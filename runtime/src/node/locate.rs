@@ -13,6 +13,8 @@ use troupe_core::downing::Side;
 use troupe_wire::{ActorPath, RemoteError};
 
 impl Node {
+    /// The spec of kind `kind` of system `system` on this node (built-in `troupe`
+    /// kinds included); `None` for an unknown kind.
     pub fn kind_spec(&self, system: &str, kind: &str) -> Option<&KindSpec> {
         self.instances().get(system, kind).map(|i| i.spec().as_ref())
     }
@@ -138,6 +140,7 @@ impl Node {
         self.0.registry.get(path).filter(|s| s.is_live())
     }
 
+    /// Paths of the actors of one kind registered on this node.
     pub fn local_paths(&self, system: &str, kind: &str) -> Vec<ActorPath> {
         self.0.registry.paths_of(system, kind)
     }

@@ -42,16 +42,29 @@ mod routing;
 /// Spans kept per node for `troupe trace` (oldest dropped first).
 pub(crate) const SPANS_MAX: usize = 50_000;
 
+/// Why a node failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The node name given is not one of the cluster file's `[[nodes]]`.
     #[error("node `{0}` is not in the cluster file")]
     UnknownNode(String),
+    /// The node's state file could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A kind's factory is not registered in this binary, or refused to build it.
     #[error("cannot build kind `{kind}` of system `{system}`: {reason}")]
-    Kind { system: String, kind: String, reason: String },
+    Kind {
+        /// The system the kind belongs to.
+        system: String,
+        /// The kind's name.
+        kind: String,
+        /// Why it could not be built.
+        reason: String,
+    },
+    /// The root supervisor did not start.
     #[error("cannot start the supervision tree: {0}")]
     Tree(String),
+    /// Joining the cluster failed (certificates, transport or membership).
     #[error("{0}")]
     Cluster(String),
 }
@@ -96,6 +109,7 @@ pub(crate) enum Located {
     ActivateHere,
 }
 
+/// A running node; cheap to clone, every clone is the same node.
 #[derive(Clone)]
 pub struct Node(Arc<NodeInner>);
 
@@ -157,6 +171,7 @@ fn builtin_spec(kind: &str) -> KindSpec {
 }
 
 impl Node {
+    /// This node's name, as in the cluster file.
     pub fn name(&self) -> &str {
         &self.0.name
     }
@@ -171,26 +186,33 @@ impl Node {
         self.0.epoch
     }
 
+    /// The configuration the node was started with.
     pub fn loaded(&self) -> &Arc<Loaded> {
         &self.0.loaded
     }
 
+    /// The kinds registered in this binary.
     pub fn kinds(&self) -> &KindRegistry {
         &self.0.kinds
     }
 
+    /// This node's durable store.
     pub fn store(&self) -> &Store {
         &self.0.store
     }
 
+    /// This node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
 
+    /// Time since the node started.
     pub fn uptime(&self) -> Duration {
         self.0.started.elapsed()
     }
 
+    /// Membership and transport, when the node was started clustered; `None` for a
+    /// node running alone.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.0.cluster.get()
     }
@@ -207,10 +229,12 @@ impl Node {
         Node(inner)
     }
 
+    /// The cluster's default ask timeout (`[transport] ask_timeout_ms`).
     pub fn default_ask_timeout(&self) -> Duration {
         Duration::from_millis(self.0.loaded.cluster.transport.ask_timeout_ms)
     }
 
+    /// Undelivered items one reply stream buffers (`[transport] stream_buffer`).
     pub fn stream_buffer(&self) -> usize {
         self.0.loaded.cluster.transport.stream_buffer as usize
     }
@@ -286,18 +310,22 @@ impl std::fmt::Debug for KindRegistry {
 }
 
 impl KindRegistry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The kind registered under factory name `name`, shared.
     pub fn get(&self, name: &str) -> Option<Arc<dyn KindFactory>> {
         self.map.get(name).cloned()
     }
 
+    /// The kind registered under factory name `name`, borrowed.
     pub fn get_ref(&self, name: &str) -> Option<&dyn KindFactory> {
         self.map.get(name).map(|f| f.as_ref())
     }
 
+    /// Every registered factory name, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.map.keys().map(|s| s.as_str()).collect()
     }
