@@ -125,12 +125,11 @@ impl ClickLogActor {
         let bytes = codec::encode(&op).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         if let Err(e) = ctx.persist(bytes).await {
             tracing::warn!(path = %ctx.path(), error = %e, "click batch not acknowledged");
+            // If recovering fails too, the runtime ends this incarnation after the
+            // message (`Ctx::must_recover`) and its restart recovers.
             match self.init(ctx).await {
                 Ok(fresh) => *st = fresh,
-                Err(e) => {
-                    tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed; retried on the next request");
-                    st.stale = true;
-                }
+                Err(e) => tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed"),
             }
             return Err(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
         }
@@ -149,10 +148,6 @@ impl ClickLogActor {
 pub struct ShardState {
     agg: Aggregator,
     since_snapshot: u64,
-    /// A write failed and recovering again failed too: the next request recovers
-    /// before it is served (the memory may miss an entry that reached the disks, or
-    /// another owner may have taken over).
-    stale: bool,
 }
 
 impl Behavior for ClickLogActor {
@@ -171,7 +166,7 @@ impl Behavior for ClickLogActor {
             let op: ShardOp = codec::decode(b).map_err(|e| fail(format!("corrupt click log entry: {e}")))?;
             apply(&mut agg, &op);
         }
-        Ok(ShardState { stale: false, agg, since_snapshot: r.entries.len() as u64 })
+        Ok(ShardState { agg, since_snapshot: r.entries.len() as u64 })
     }
 
     async fn handle(
@@ -181,15 +176,6 @@ impl Behavior for ClickLogActor {
         msg: MsgOf<Self>,
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
-        if st.stale {
-            match self.init(ctx).await {
-                Ok(fresh) => *st = fresh,
-                Err(e) => {
-                    reply.fail(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
-                    return Ok(());
-                }
-            }
-        }
         match msg {
             ClickLogMsg::Ingest { events } => {
                 if events.len() > self.params.ingest_events_max {

@@ -55,10 +55,6 @@ impl FromParams for LinkActor {
 pub struct LinkState {
     record: Option<LinkRecord>,
     since_snapshot: u64,
-    /// A write failed and recovering again failed too: the next request recovers
-    /// before it is served (the memory may miss an entry that reached the disks, or
-    /// another owner may have taken over).
-    stale: bool,
 }
 
 impl LinkActor {
@@ -68,12 +64,11 @@ impl LinkActor {
         let bytes = codec::encode(&op).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         if let Err(e) = ctx.persist(bytes).await {
             tracing::warn!(path = %ctx.path(), error = %e, "link write not acknowledged");
+            // If recovering fails too, the runtime ends this incarnation after the
+            // message (`Ctx::must_recover`) and its restart recovers.
             match self.init(ctx).await {
                 Ok(fresh) => *st = fresh,
-                Err(e) => {
-                    tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed; retried on the next request");
-                    st.stale = true;
-                }
+                Err(e) => tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed"),
             }
             return Err(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
         }
@@ -123,7 +118,7 @@ impl Behavior for LinkActor {
             let op: LinkOp = codec::decode(b).map_err(|e| fail(format!("corrupt log entry: {e}")))?;
             apply(&mut record, op);
         }
-        Ok(LinkState { stale: false, record, since_snapshot: r.entries.len() as u64 })
+        Ok(LinkState { record, since_snapshot: r.entries.len() as u64 })
     }
 
     async fn handle(
@@ -133,15 +128,6 @@ impl Behavior for LinkActor {
         msg: MsgOf<Self>,
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
-        if st.stale {
-            match self.init(ctx).await {
-                Ok(fresh) => *st = fresh,
-                Err(e) => {
-                    reply.fail(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
-                    return Ok(());
-                }
-            }
-        }
         match msg {
             LinkMsg::Get => match &st.record {
                 Some(rec) => reply.send(LinkReply::Found(rec.clone())).await,

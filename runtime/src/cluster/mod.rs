@@ -143,7 +143,8 @@ impl Cluster {
         self.placement_view().1
     }
 
-    fn placement_view(&self) -> (Arc<Vec<Candidate>>, Side) {
+    /// The placement candidates and this node's side, of one view version.
+    pub(crate) fn placement_view(&self) -> (Arc<Vec<Candidate>>, Side) {
         let version = self.view_version();
         {
             let c = self.cand_cache.lock();

@@ -56,22 +56,32 @@ impl Node {
     /// an error on the minority side of a partition, which owns nothing but per-node
     /// paths (the split-brain resolver, [`Node::side`]).
     pub fn owner_of(&self, ks: &KindSpec, path: &ActorPath) -> Result<String, RemoteError> {
-        self.standing_down(ks)?;
-        directory::owner_of(&ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)
+        let (live, side) = self.view();
+        self.standing_down(ks, side)?;
+        directory::owner_of(&ks.place(), path, &live, &self.0.loaded.cluster)
     }
 
     /// Whether this node's side of a partition serves (always, when not clustered).
     pub fn side(&self) -> Side {
-        self.cluster().map_or(Side::Serving, |c| c.side())
+        self.view().1
+    }
+
+    /// The live placement candidates and this node's side, from one look at the view
+    /// (every send routes through this).
+    fn view(&self) -> (Arc<Vec<Candidate>>, Side) {
+        match self.cluster() {
+            Some(c) => c.placement_view(),
+            None => (self.candidates_shared(), Side::Serving),
+        }
     }
 
     /// `Err` when this node is on the minority side and `ks` is not per-node: the
     /// refusal a client reads (a 503 with Retry-After from a gateway).
-    fn standing_down(&self, ks: &KindSpec) -> Result<(), RemoteError> {
+    fn standing_down(&self, ks: &KindSpec, side: Side) -> Result<(), RemoteError> {
         if ks.placement == Placement::PerNode {
             return Ok(());
         }
-        match self.side() {
+        match side {
             Side::Serving => Ok(()),
             Side::Minority(why) => Err(RemoteError::Unreachable {
                 node: self.0.name.clone(),
@@ -110,8 +120,9 @@ impl Node {
                 format!("no system `{}` is enabled", path.system())
             },
         })?;
-        self.standing_down(ks)?;
-        match directory::route(&self.0.name, &ks.place(), path, &self.candidates_shared(), &self.0.loaded.cluster)? {
+        let (live, side) = self.view();
+        self.standing_down(ks, side)?;
+        match directory::route(&self.0.name, &ks.place(), path, &live, &self.0.loaded.cluster)? {
             Route::Remote(owner) => Ok(Located::Remote(owner)),
             Route::Here => Ok(Located::ActivateHere),
         }

@@ -484,10 +484,25 @@ impl World {
                 }
                 Then::Nothing
             }
-            Op::Adopt { votes, failed, term, best, .. } => {
-                let next = Req::Adopt { term: term.clone(), log: Some(best.clone()) };
-                count_write(votes, failed, &peer, local, ans, next, why)
-            }
+            // The owner adopts the copy on its own disk first, then on the others.
+            Op::Adopt { votes, failed, .. } => match ans {
+                Some(Ans::Written) => {
+                    votes.yes(&peer);
+                    if local { Then::AdoptOthers } else { Then::Nothing }
+                }
+                other if local => {
+                    *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
+                    Then::Nothing
+                }
+                Some(Ans::Fenced(t)) => {
+                    votes.fenced(&peer, t);
+                    Then::Nothing
+                }
+                other => {
+                    votes.no(&peer, why(&other));
+                    Then::Nothing
+                }
+            },
             // The owner's own disk and the others' are written at once; a replica that
             // needs the whole copy gets it once the owner's disk holds the entry.
             Op::Write { votes, failed, term, local_done, waiting, .. } => match ans {
@@ -529,18 +544,14 @@ impl World {
         };
         match then {
             Then::Nothing => {}
-            Then::Others(req) => {
-                // An adoption sends the data only to members whose copy differs.
-                let plan: Vec<(String, Req)> = match (&self.nodes[i].kv.ops[&op_id], &req) {
-                    (Op::Adopt { send, .. }, Req::Adopt { term, log }) => send
-                        .iter()
-                        .filter(|(r, _)| *r != me)
-                        .map(|(r, data)| {
-                            (r.clone(), Req::Adopt { term: term.clone(), log: if *data { log.clone() } else { None } })
-                        })
-                        .collect(),
-                    _ => self.replica_set(key).into_iter().filter(|r| *r != me).map(|r| (r, req.clone())).collect(),
-                };
+            Then::AdoptOthers => {
+                // The data goes only to members whose copy differs.
+                let Some(Op::Adopt { send, term, best, .. }) = self.nodes[i].kv.ops.get(&op_id) else { return };
+                let plan: Vec<(String, Req)> = send
+                    .iter()
+                    .filter(|(r, _)| *r != me)
+                    .map(|(r, data)| (r.clone(), Req::Adopt { term: term.clone(), log: data.then(|| best.clone()) }))
+                    .collect();
                 for (r, req) in plan {
                     self.ask(now_ms, i, op_id, &r, key, req);
                 }
@@ -929,8 +940,8 @@ impl World {
 /// What the owner sends next after an answer, once the borrow of the op is over.
 enum Then {
     Nothing,
-    /// The owner's own disk holds it: on to the other members.
-    Others(Req),
+    /// The owner's own disk holds the adopted copy: on to the other members.
+    AdoptOthers,
     /// These replicas need the owner's whole copy (read from its disk).
     Copies(Term, Vec<String>),
 }
@@ -940,38 +951,6 @@ fn why_not(a: &Option<Ans>) -> String {
         None => "timed out".to_string(),
         Some(Ans::Refused(w) | Ans::NeedCopy(w)) => w.clone(),
         Some(other) => format!("answered {other:?}"),
-    }
-}
-
-/// Counts an answer to an adoption or a write. The owner's own disk comes first: its
-/// failure fails the round, its success sends `next` to the others.
-fn count_write(
-    votes: &mut Quorum,
-    failed: &mut Option<String>,
-    peer: &str,
-    local: bool,
-    ans: Option<Ans>,
-    next: Req,
-    why: fn(&Option<Ans>) -> String,
-) -> Then {
-    match ans {
-        Some(Ans::Written) => {
-            votes.yes(peer);
-            if local { Then::Others(next) } else { Then::Nothing }
-        }
-        // The others are asked only once the owner's own disk holds it.
-        other if local => {
-            *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
-            Then::Nothing
-        }
-        Some(Ans::Fenced(t)) => {
-            votes.fenced(peer, t);
-            Then::Nothing
-        }
-        other => {
-            votes.no(peer, why(&other));
-            Then::Nothing
-        }
     }
 }
 
