@@ -490,18 +490,7 @@ impl World {
                     votes.yes(&peer);
                     if local { Then::AdoptOthers } else { Then::Nothing }
                 }
-                other if local => {
-                    *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
-                    Then::Nothing
-                }
-                Some(Ans::Fenced(t)) => {
-                    votes.fenced(&peer, t);
-                    Then::Nothing
-                }
-                other => {
-                    votes.no(&peer, why(&other));
-                    Then::Nothing
-                }
+                other => refused(votes, failed, &peer, local, other),
             },
             // The owner's own disk and the others' are written at once; a replica that
             // needs the whole copy gets it once the owner's disk holds the entry.
@@ -511,10 +500,7 @@ impl World {
                     *local_done = true;
                     Then::Copies(term.clone(), std::mem::take(waiting))
                 }
-                other if local => {
-                    *failed = Some(format!("the owner's own disk did not take it: {}", why(&other)));
-                    Then::Nothing
-                }
+                other if local => refused(votes, failed, &peer, local, other),
                 Some(Ans::Written) => {
                     votes.yes(&peer);
                     Then::Nothing
@@ -524,14 +510,7 @@ impl World {
                     waiting.push(peer.clone());
                     Then::Nothing
                 }
-                Some(Ans::Fenced(t)) => {
-                    votes.fenced(&peer, t);
-                    Then::Nothing
-                }
-                other => {
-                    votes.no(&peer, why(&other));
-                    Then::Nothing
-                }
+                other => refused(votes, failed, &peer, local, other),
             },
             Op::Confirm { votes, .. } => {
                 match ans {
@@ -944,6 +923,17 @@ enum Then {
     AdoptOthers,
     /// These replicas need the owner's whole copy (read from its disk).
     Copies(Term, Vec<String>),
+}
+
+/// Counts an answer that is not a yes to an adoption or a write: the owner's own disk
+/// refusing fails the round; a replica's refusal is a no (a newer term's, a fence).
+fn refused(votes: &mut Quorum, failed: &mut Option<String>, peer: &str, local: bool, ans: Option<Ans>) -> Then {
+    match ans {
+        other if local => *failed = Some(format!("the owner's own disk did not take it: {}", why_not(&other))),
+        Some(Ans::Fenced(t)) => votes.fenced(peer, t),
+        other => votes.no(peer, why_not(&other)),
+    }
+    Then::Nothing
 }
 
 fn why_not(a: &Option<Ans>) -> String {
