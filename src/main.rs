@@ -4,12 +4,13 @@
 //! bad configuration or usage, 3 the target was unreachable, 4 a timeout.
 
 mod cli;
+mod systems;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(name = "troupe", version, about = "An actor-model distributed runtime and the systems on it")]
 struct Cli {
     #[command(subcommand)]
@@ -47,23 +48,31 @@ enum Command {
     Metrics(cli::client::NodeArgs),
     /// Spans of one request across the cluster, in order.
     Trace(cli::client::TraceArgs),
-    /// Download or list models (`troupe models pull smollm2-135m`).
-    #[command(subcommand)]
-    Models(cli::llm::ModelsCmd),
-    /// Generate text with a local model, streamed to stdout.
-    Generate(cli::llm::GenerateArgs),
     /// Live view of the cluster: nodes, supervision trees, rates, metrics.
     Top(cli::top::TopArgs),
-    /// Seeded simulations of a system's design decisions, with plots.
-    #[command(subcommand)]
-    Lab(cli::lab::LabCmd),
     /// Seeded simulations of cluster membership under kills, partitions and loss.
     Sim(cli::sim::SimArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+/// The built-in subcommands, then `troupe lab` and each system's own subcommands.
+fn command() -> clap::Command {
+    let systems = systems::SYSTEMS;
+    let cmd = Cli::command().subcommand(cli::lab::command(systems));
+    systems.iter().flat_map(|s| s.commands()).fold(cmd, |c, sc| c.subcommand(sc.cli))
+}
+
+fn run(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let systems = systems::SYSTEMS;
+    if let Some((name, sub)) = matches.subcommand() {
+        if name == "lab" {
+            return cli::lab::run(systems, sub);
+        }
+        if let Some(c) = systems.iter().flat_map(|s| s.commands()).find(|c| c.cli.get_name() == name) {
+            return (c.run)(sub);
+        }
+    }
+    let cli = Cli::from_arg_matches(matches).map_err(|e| cli::UsageError(e.to_string()))?;
+    match cli.command {
         Command::Up(a) => cli::up::run(a),
         Command::Node(a) => cli::node::run(a),
         Command::Check { cluster } => cli::node::check(&cluster),
@@ -76,13 +85,14 @@ fn main() -> ExitCode {
         Command::Tree(a) => cli::client::tree(a),
         Command::Metrics(a) => cli::client::metrics(a),
         Command::Trace(a) => cli::client::trace(a),
-        Command::Models(cmd) => cli::llm::run_models(cli::llm::ModelsArgs { cmd }),
-        Command::Generate(a) => cli::llm::run_generate(a),
         Command::Top(a) => cli::top::run(a),
-        Command::Lab(c) => cli::lab::run(c),
         Command::Sim(a) => cli::sim::run_sim(a),
-    };
-    match result {
+    }
+}
+
+fn main() -> ExitCode {
+    let matches = command().get_matches();
+    match run(&matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = cli::exit_code(&e);

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use troupe_actors::limiter::core::Dimension;
-use troupe_actors::limiter::core::proto::shard_of;
+use troupe_limiter::Dimension;
+use troupe_limiter::proto::shard_of;
 
 const SYS: &str = "rate-limiter";
 const SHARDS: u32 = 16;
@@ -308,7 +308,7 @@ fn bad_input_gets_a_400_that_says_what_is_wrong() {
 
 #[test]
 fn sdk_checks_through_troupe_client() {
-    use troupe_actors::limiter::{Check, LimiterService, ServiceMsg, ServiceReply, agent_path};
+    use troupe_limiter::proto::{CheckItem as Check, LimiterService, ServiceMsg, ServiceReply, agent_path};
     let c = start(OVERRIDES);
     install(&c, "n1", RULES_V2, 2);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

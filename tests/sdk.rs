@@ -8,8 +8,8 @@ mod common;
 
 use common::{Options, TestCluster};
 use std::time::{Duration, Instant};
-use troupe_actors::kv::{KvMsg, KvReply, KvStore};
 use troupe_client::{Client, ClientConfig};
+use troupe_kv::store::{KvMsg, KvReply, KvStore};
 use troupe_runtime::ActorPath;
 use troupe_runtime::wire::introspect::{NodeReply, NodeRequest};
 

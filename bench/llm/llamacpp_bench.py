@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """llama.cpp side of the LLM engine bench (same measurements as
-actors/llm/examples/bench_engine.rs), through llama-cpp-python's low-level API so
+actors/llm/core/examples/bench_engine.rs), through llama-cpp-python's low-level API so
 that several sequences decode in one llama_decode call (like llama-batched-bench).
 
 Usage: python3 bench/llm/llamacpp_bench.py --model PATH --threads 2 > out.json

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! A protocol is just two serde types; declaring the same shapes as the actor kind
-//! (here `kv.store`, see actors/src/kv.rs) is all a client needs — it does not link
+//! (here `kv.store`, see actors/kv/shell/src/store.rs) is all a client needs — it does not link
 //! the runtime.
 
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,6 @@ pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod lab;
-pub mod llm;
 pub mod node;
 pub mod sim;
 pub mod top;
@@ -14,10 +13,8 @@ pub mod up;
 use std::path::Path;
 use troupe_runtime::{ConfigErrors, KindRegistry, Loaded, RemoteError};
 
-/// A configuration error (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// A configuration or usage error (exit code 2); systems' subcommands return the same.
+pub use troupe_system::UsageError;
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<ConfigErrors>().is_some() || e.downcast_ref::<UsageError>().is_some() {
@@ -30,8 +27,13 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
 }
 
+/// Every actor kind of every system this binary carries.
 pub fn kinds() -> KindRegistry {
-    troupe_actors::registry()
+    let mut k = KindRegistry::new();
+    for s in crate::systems::SYSTEMS {
+        s.register(&mut k);
+    }
+    k
 }
 
 /// Loads and checks a cluster file with every registered kind.

@@ -77,7 +77,10 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
             loaded.cluster.tls_dir.display()
         );
     }
-    pull_models(&loaded)?;
+    // What the systems need before any node starts (models, data files), once, here.
+    for s in crate::systems::SYSTEMS {
+        s.prepare(&loaded).with_context(|| format!("preparing {}", s.name()))?;
+    }
     let exe = std::env::current_exe().context("locating the troupe binary")?;
     let cluster_path = a.cluster.canonicalize().with_context(|| format!("{}", a.cluster.display()))?;
     let names: Vec<String> = loaded
@@ -165,36 +168,4 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Models the enabled systems serve (`llm.worker` kinds naming a `troupe models pull`
-/// model), downloaded and checked before the nodes start so that no node pays for it.
-pub fn needed_models(loaded: &troupe_runtime::config::Loaded) -> Vec<String> {
-    let mut out: Vec<String> = loaded
-        .topologies
-        .iter()
-        .flat_map(|t| &t.kinds)
-        .filter(|k| k.factory == "llm.worker")
-        .filter_map(|k| k.params.get("file").and_then(|v| v.as_str()))
-        .filter(|f| troupe_llm::fetch::spec(f).is_ok())
-        .map(str::to_string)
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn pull_models(loaded: &troupe_runtime::config::Loaded) -> anyhow::Result<()> {
-    for m in needed_models(loaded) {
-        if troupe_llm::fetch::locate(&m).is_some() {
-            continue;
-        }
-        println!("troupe: first run: pulling model {m} (needed by the llm-serving workers)");
-        let dir = troupe_llm::fetch::cache_dir();
-        let path = troupe_llm::fetch::pull(&m, &dir, true).with_context(|| {
-            format!("pulling model {m}; without network access run `troupe models pull {m}` where there is one")
-        })?;
-        println!("troupe: model {m} ready at {}", path.display());
-    }
-    Ok(())
 }

@@ -18,7 +18,7 @@ for b in bench_engine greedy_check; do
   cp "$CARGO_TARGET_DIR/release/examples/$b" .device/llm-a/
   strip .device/llm-a/$b
 done
-cp actors/llm/tests/fixtures/reference.json .device/llm-a/
+cp actors/llm/core/tests/fixtures/reference.json .device/llm-a/
 cp bench/llm/gpu/run.sh bench/llm/gpu/hf_baseline.py bench/llm/gpu/summarize_gpu.py .device/llm-a/
 pip download --quiet --no-deps gguf -d .device/llm-a/wheels
 split -b 50000000 "$MODEL" .device/llm-a/model.part.

@@ -35,13 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use troupe_actors::limiter::core::Dimension;
-use troupe_actors::limiter::core::proto::{
-    self, CheckItem, LimiterService, LimiterShard, ServiceMsg, ServiceReply, ShardItem, ShardMsg, ShardReply,
-};
 use troupe_bench::cluster::{LocalCluster, http};
 use troupe_bench::{new_histogram, record, summarize};
 use troupe_client::{ActorPath, Client, ClientConfig};
+use troupe_limiter::Dimension;
+use troupe_limiter::proto::{
+    self, CheckItem, LimiterService, LimiterShard, ServiceMsg, ServiceReply, ShardItem, ShardMsg, ShardReply,
+};
 use troupe_runtime::placement::{Candidate, owner};
 
 const SYS: &str = "rate-limiter";

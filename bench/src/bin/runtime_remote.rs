@@ -8,17 +8,17 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use troupe_actors::diag::{Counter, CounterMsg, CounterReply};
 use troupe_bench::cluster::LocalCluster;
 use troupe_bench::{new_histogram, record, summarize, write_result};
+use troupe_diag::{Counter, CounterMsg, CounterReply};
 use troupe_runtime::{ActorPath, Node};
+use troupe_system::System;
 
 async fn troupe_side(n: u64, asks: u64) -> anyhow::Result<serde_json::Value> {
     let mut c = LocalCluster::prepare(2, &["diag"], "[transport]\nsend_queue_cap = 65536\nlanes_per_peer = 4\n", &[])?;
     c.spawn("n2")?;
-    let loaded = troupe_runtime::config::load(&c.cluster_file(), &troupe_actors::registry())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let node = Node::start_with(Arc::new(loaded), troupe_actors::registry(), "n1", true).await?;
+    let loaded = troupe_runtime::config::load(&c.cluster_file(), &registry()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node = Node::start_with(Arc::new(loaded), registry(), "n1", true).await?;
     let target = node.handle::<Counter>(ActorPath::new("diag", "counter", "n2")?);
     // Wait until n2 answers.
     let t0 = Instant::now();
@@ -112,4 +112,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     println!("\nwrote {}", path.display());
     Ok(())
+}
+
+/// The diag system's kinds: all this benchmark's cluster runs.
+fn registry() -> troupe_runtime::KindRegistry {
+    let mut k = troupe_runtime::KindRegistry::new();
+    troupe_diag_shell::Diag.register(&mut k);
+    k
 }

@@ -9,7 +9,6 @@
 //! at a time, so a kind with thousands of entities stays cheap to draw and to scroll.
 
 use super::data::{NodeData, Report};
-use super::llm;
 use super::metrics::{self, Group};
 use super::rates::{self, Rates};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -157,6 +156,18 @@ pub struct App {
     tree_height: usize,
     metric_group: Option<String>,
     pub metric_offset: usize,
+    /// The systems' `troupe top` panels.
+    panels: Panels,
+}
+
+/// The systems' panels (a list of trait objects, which have no `Debug` of their own).
+#[derive(Default)]
+struct Panels(Vec<&'static dyn troupe_system::Panel>);
+
+impl std::fmt::Debug for Panels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} panels", self.0.len())
+    }
 }
 
 impl App {
@@ -177,6 +188,7 @@ impl App {
             tree_height: 10,
             metric_group: None,
             metric_offset: 0,
+            panels: Panels::default(),
         }
     }
 
@@ -375,10 +387,19 @@ impl App {
         metrics::group(&d.metrics, n.metric_history.front(), &systems)
     }
 
-    /// The selected node's LLM serving figures over the rate window, if it serves models.
-    pub fn llm(&self) -> Option<llm::Serving> {
+    /// Shows the systems' panels (`troupe_system::Panel`) on the nodes where they have
+    /// something to show.
+    pub fn with_panels(mut self, panels: Vec<&'static dyn troupe_system::Panel>) -> App {
+        self.panels = Panels(panels);
+        self
+    }
+
+    /// The systems' panels for the selected node, over the rate window, in the order
+    /// the systems are listed; empty where no system has one to show.
+    pub fn panel_views(&self) -> Vec<Box<dyn troupe_system::PanelView>> {
         let n = self.node();
-        llm::summarize(&n.data.as_ref()?.metrics, n.metric_history.front())
+        let Some(d) = &n.data else { return Vec::new() };
+        self.panels.0.iter().filter_map(|p| p.summarize(&d.metrics, n.metric_history.front())).collect()
     }
 
     /// Index of the shown group in `groups`.

@@ -30,26 +30,26 @@ fn labels(app: &App) -> Vec<String> {
 #[test]
 fn kinds_start_collapsed_and_systems_expanded() {
     let app = app_with_cluster(Instant::now());
-    assert_eq!(labels(&app), ["/kv", "/kv/store", "/kv/ranges", "/troupe", "/troupe/node"]);
-    assert_eq!(app.selected_row(), Some(RowId::Actor("/kv".into())), "the first row is selected at start");
+    assert_eq!(labels(&app), ["/demo", "/demo/store", "/demo/ranges", "/troupe", "/troupe/node"]);
+    assert_eq!(app.selected_row(), Some(RowId::Actor("/demo".into())), "the first row is selected at start");
 }
 
 #[test]
 fn enter_expands_and_collapses_the_selected_row() {
     let mut app = app_with_cluster(Instant::now());
     app.on_key(Key::Down);
-    assert_eq!(app.selected_actor().map(|a| a.path.as_str()), Some("/kv/store"));
+    assert_eq!(app.selected_actor().map(|a| a.path.as_str()), Some("/demo/store"));
     app.on_key(Key::Toggle);
     assert_eq!(
         labels(&app)[..5],
-        ["/kv", "/kv/store", "/kv/store/cart-7", "/kv/store/hello", "/kv/store/world"],
+        ["/demo", "/demo/store", "/demo/store/cart-7", "/demo/store/hello", "/demo/store/world"],
         "entities sorted by path"
     );
     app.on_key(Key::Down);
-    assert_eq!(app.selected_actor().map(|a| a.path.as_str()), Some("/kv/store/cart-7"));
+    assert_eq!(app.selected_actor().map(|a| a.path.as_str()), Some("/demo/store/cart-7"));
     // Left on a leaf goes to the parent, left again collapses it.
     app.on_key(Key::Left);
-    assert_eq!(app.selected_row(), Some(RowId::Actor("/kv/store".into())));
+    assert_eq!(app.selected_row(), Some(RowId::Actor("/demo/store".into())));
     app.on_key(Key::Left);
     assert_eq!(labels(&app).len(), 5);
     app.on_key(Key::Right);
@@ -67,7 +67,7 @@ fn selection_follows_the_actor_across_refreshes() {
     // A new entity sorts before the selection and shifts every index.
     let mut d = fixture::node("n1", 110, &[]);
     d.tree.children[0].children[0].children.push(fixture::actor(
-        "/kv/store/aaa",
+        "/demo/store/aaa",
         "store",
         troupe_runtime::wire::introspect::ActorState::Running,
         0,
@@ -87,24 +87,24 @@ fn big_kinds_are_paged() {
     app.on_key(Key::Toggle);
     let rows = labels(&app);
     assert_eq!(rows.len(), 5 + PAGE + 1, "one page of children plus a `more` row");
-    assert!(rows.contains(&">/kv/store".to_string()));
-    let more = app.rows().iter().find(|r| r.id == RowId::Later("/kv/store".into())).map(|r| r.hidden);
+    assert!(rows.contains(&">/demo/store".to_string()));
+    let more = app.rows().iter().find(|r| r.id == RowId::Later("/demo/store".into())).map(|r| r.hidden);
     assert_eq!(more, Some(3003 - PAGE));
     // Turn the page from the `more` row: the cursor lands on the first of the next page.
     app.on_key(Key::Down);
     app.on_key(Key::End);
-    while app.selected_row() != Some(RowId::Later("/kv/store".into())) {
+    while app.selected_row() != Some(RowId::Later("/demo/store".into())) {
         app.on_key(Key::Up);
     }
     app.on_key(Key::Toggle);
     let rows = labels(&app);
-    assert!(rows.contains(&"</kv/store".to_string()), "{rows:?}");
+    assert!(rows.contains(&"</demo/store".to_string()), "{rows:?}");
     let first = app.selected_actor().map(|a| a.path.clone()).unwrap_or_default();
-    assert_eq!(first, "/kv/store/key0048", "entry 51 by path: cart-7, hello, key0000.. come first");
+    assert_eq!(first, "/demo/store/key0048", "entry 51 by path: cart-7, hello, key0000.. come first");
     // And back.
     app.on_key(Key::Up);
     app.on_key(Key::Toggle);
-    assert!(!labels(&app).contains(&"</kv/store".to_string()));
+    assert!(!labels(&app).contains(&"</demo/store".to_string()));
 }
 
 #[test]
@@ -112,10 +112,10 @@ fn rates_come_from_successive_snapshots() {
     let t0 = Instant::now();
     let mut app = app_with_cluster(t0);
     app.ingest(ok("n1", 130), t0 + Duration::from_secs(2));
-    assert_eq!(app.rates.msgs_per_sec("n1", "/kv/store/hello"), Some(15.0));
+    assert_eq!(app.rates.msgs_per_sec("n1", "/demo/store/hello"), Some(15.0));
     // Node total: only `hello` changed.
     assert_eq!(app.rates.msgs_per_sec("n1", ""), Some(15.0));
-    assert_eq!(app.rates.restarts_per_min("n1", "/kv/store/cart-7"), Some(0.0));
+    assert_eq!(app.rates.restarts_per_min("n1", "/demo/store/cart-7"), Some(0.0));
 }
 
 #[test]
@@ -175,7 +175,7 @@ fn metrics_groups_cycle_with_arrows() {
     let mut app = app_with_cluster(Instant::now());
     let groups = app.metric_groups();
     let names: Vec<&str> = groups.iter().map(|g| g.system.as_str()).collect();
-    assert_eq!(names, ["kv", "runtime"]);
+    assert_eq!(names, ["demo", "runtime"]);
     app.focus = Panel::Metrics;
     app.on_key(Key::Right);
     assert_eq!(app.metric_group_index(&app.metric_groups()), 1);
@@ -192,13 +192,13 @@ fn metric_rates_use_the_same_window_as_actor_rates() {
         d.metrics.unix_ms = 1_700_000_000_000 + s * 1000;
         app.ingest(Report { node: "n1".into(), outcome: Ok(d) }, t0 + Duration::from_secs(s));
         if s == 2 {
-            let kv = &app.metric_groups()[0];
-            let handled = kv.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
+            let demo = &app.metric_groups()[0];
+            let handled = demo.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
             assert_eq!(handled, Some(15.0), "30 messages over 2 s");
         }
     }
-    let kv = &app.metric_groups()[0];
-    let handled = kv.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
+    let demo = &app.metric_groups()[0];
+    let handled = demo.series.iter().find(|x| x.name == "messages_handled").and_then(|x| x.rate);
     assert_eq!(handled, Some(0.0), "after a gap, the rate is over the gap");
     assert_eq!(app.nodes[0].metric_history.len(), 1, "only the newest snapshot before the window is kept");
 }

@@ -119,11 +119,11 @@ mod tests {
 
     #[test]
     fn groups_by_label_then_prefix_then_runtime() {
-        let systems = vec!["kv".to_string(), "chat".to_string(), "troupe".to_string()];
+        let systems = vec!["demo".to_string(), "chat".to_string(), "troupe".to_string()];
         let now = snap(
             2000,
             vec![
-                m("troupe_messages_handled_total", "counter", &[("system", "kv"), ("kind", "store")], 50.0),
+                m("troupe_messages_handled_total", "counter", &[("system", "demo"), ("kind", "store")], 50.0),
                 m("troupe_chat_rooms", "gauge", &[], 3.0),
                 m("troupe_gossip_packets_sent_total", "counter", &[], 9.0),
                 m("troupe_actors", "gauge", &[("system", "troupe"), ("kind", "node")], 1.0),
@@ -132,7 +132,7 @@ mod tests {
         );
         let g = group(&now, None, &systems);
         let names: Vec<&str> = g.iter().map(|g| g.system.as_str()).collect();
-        assert_eq!(names, ["kv", "chat", "runtime"]);
+        assert_eq!(names, ["demo", "chat", "runtime"]);
         assert_eq!(g[0].series[0].name, "messages_handled");
         assert_eq!(g[0].series[0].labels, "kind=store");
         assert_eq!(g[1].series[0].name, "rooms", "prefix stripped");
@@ -142,24 +142,24 @@ mod tests {
 
     #[test]
     fn counters_get_rates_and_busiest_come_first() {
-        let systems = vec!["kv".to_string()];
+        let systems = vec!["demo".to_string()];
         let prev = snap(
             1000,
-            vec![m("troupe_kv_puts_total", "counter", &[], 10.0), m("troupe_kv_gets_total", "counter", &[], 100.0)],
+            vec![m("troupe_demo_puts_total", "counter", &[], 10.0), m("troupe_demo_gets_total", "counter", &[], 100.0)],
         );
         let now = snap(
             3000,
             vec![
-                m("troupe_kv_puts_total", "counter", &[], 50.0),
-                m("troupe_kv_gets_total", "counter", &[], 102.0),
-                m("troupe_kv_keys", "gauge", &[], 7.0),
+                m("troupe_demo_puts_total", "counter", &[], 50.0),
+                m("troupe_demo_gets_total", "counter", &[], 102.0),
+                m("troupe_demo_keys", "gauge", &[], 7.0),
             ],
         );
         let g = group(&now, Some(&prev), &systems);
-        let kv = &g[0];
-        assert_eq!(kv.series[0].name, "puts");
-        assert_eq!(kv.series[0].rate, Some(20.0));
-        assert_eq!(kv.series[1].rate, Some(1.0));
-        assert_eq!(kv.series[2].rate, None, "gauges have no rate");
+        let demo = &g[0];
+        assert_eq!(demo.series[0].name, "puts");
+        assert_eq!(demo.series[0].rate, Some(20.0));
+        assert_eq!(demo.series[1].rate, Some(1.0));
+        assert_eq!(demo.series[2].rate, None, "gauges have no rate");
     }
 }

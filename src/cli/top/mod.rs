@@ -1,6 +1,6 @@
 //! `troupe top`: a live terminal view of a cluster — nodes and membership, each
 //! node's supervision tree, the selected actor's details and rates, metrics by system,
-//! and LLM serving's own panel on nodes that serve models.
+//! and the panels systems bring (`troupe_system::Panel`) on nodes where they apply.
 //!
 //! This module owns the terminal and the event loop; `app` is the state (pure),
 //! `view` draws it, `data` polls the nodes on a background thread.
@@ -11,8 +11,6 @@
 
 mod app;
 mod data;
-mod llm;
-mod llm_view;
 mod metrics;
 mod rates;
 mod view;
@@ -54,7 +52,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
     }
     let poll = data::PollConfig::for_refresh(refresh);
     let nodes: Vec<String> = cfg.nodes.iter().map(|(n, _)| n.clone()).collect();
-    let mut app = App::new(a.conn.cluster.display().to_string(), nodes, refresh);
+    let mut app = App::new(a.conn.cluster.display().to_string(), nodes, refresh).with_panels(crate::systems::panels());
     // Every node is asked directly, so --via only picks the node shown first.
     if let Some(i) = a.conn.via.as_ref().and_then(|v| app.nodes.iter().position(|n| &n.name == v)) {
         app.selected = i;

@@ -1,6 +1,6 @@
 //! Live rates from successive counter readings: messages per second from the
-//! `handled` counter, restarts per minute from the `restarts` counter, and the growth
-//! of a Prometheus counter between two snapshots.
+//! `handled` counter, restarts per minute from the `restarts` counter. (A Prometheus
+//! counter's growth between two snapshots is `troupe_system::counter_increase`.)
 //!
 //! Invariants: every history is bounded in length (`SAMPLES_MAX`) and age
 //! (`RESTART_WINDOW`), and the number of tracked series is bounded (`SERIES_MAX`);
@@ -86,13 +86,6 @@ impl Rates {
     }
 }
 
-/// How much a Prometheus counter grew between two readings. One that went backwards
-/// restarted in between (its process did), so all of `now` is growth, as with
-/// Prometheus's `increase()`: never negative.
-pub fn counter_increase(prev: f64, now: f64) -> f64 {
-    if now < prev { now } else { now - prev }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,13 +145,6 @@ mod tests {
         assert_eq!(r.msgs_per_sec("n1", "/a"), None, "no negative rate after a reset");
         r.record(key("/a"), t0 + Duration::from_secs(2), 7, 0);
         assert_eq!(r.msgs_per_sec("n1", "/a"), Some(5.0));
-    }
-
-    #[test]
-    fn counter_increase_counts_a_reset_as_growth_from_zero() {
-        assert_eq!(counter_increase(10.0, 25.0), 15.0);
-        assert_eq!(counter_increase(500.0, 7.0), 7.0, "restarted: everything since is new");
-        assert_eq!(counter_increase(3.0, 3.0), 0.0);
     }
 
     #[test]

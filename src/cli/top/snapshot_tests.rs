@@ -8,6 +8,7 @@ use super::{fixture, view};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use std::time::{Duration, Instant};
+use troupe_runtime::wire::introspect::{Metric, MetricsSnapshot};
 
 fn screen(app: &mut App, w: u16, h: u16, now: Instant) -> Vec<String> {
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
@@ -53,7 +54,7 @@ fn scenario(entities: usize) -> (App, Instant) {
         Report { node: "n2".into(), outcome: Err("no answer within 800 ms".into()) },
         t0 + Duration::from_secs(1),
     );
-    // Down to /kv/store, open it, down to cart-7 (first by path).
+    // Down to /demo/store, open it, down to cart-7 (first by path).
     for k in [Key::Down, Key::Toggle, Key::Down] {
         app.on_key(k);
     }
@@ -76,20 +77,20 @@ fn at_80x24_everything_is_on_screen() {
             "1h02m",
             // The tree with the kind expanded.
             "Tree n1",
-            "▾ /kv",
+            "▾ /demo",
             "▾ store (3, 1 failed)",
             "cart-7 FAILED ↻5",
             "hello mbox 2",
             "▸ ranges (1)",
             "▾ /troupe",
             // Details of the failed actor.
-            "path     /kv/store/cart-7",
+            "path     /demo/store/cart-7",
             "kind     store · FAILED",
             "mailbox  0/1024 · handled 3",
             "restarts 5 (0.0/min)",
             "error    disk full",
-            // Metrics of kv on n1.
-            "Metrics n1 · kv (1/2)",
+            // Metrics of demo on n1.
+            "Metrics n1 · demo (1/2)",
             "messages_handled",
             // Footer.
             "q quit",
@@ -110,7 +111,7 @@ fn rates_show_in_the_details() {
     let (mut app, now) = scenario(0);
     app.on_key(Key::Down); // hello: 100 → 112 in one second
     let s = screen(&mut app, 80, 24, now);
-    assert_has(&s, &["path     /kv/store/hello", "mailbox  2/1024 · handled 112", "rate     12.0 msg/s"]);
+    assert_has(&s, &["path     /demo/store/hello", "mailbox  2/1024 · handled 112", "rate     12.0 msg/s"]);
     let n1 = s.iter().find(|l| l.contains("▶ n1")).expect("n1 row");
     assert!(n1.contains("12.0"), "node messages/s: {n1}");
 }
@@ -140,10 +141,10 @@ fn a_node_that_stops_answering_shows_no_rates() {
         app.on_key(k);
     }
     let s = screen(&mut app, 80, 24, t0 + Duration::from_secs(1));
-    assert_has(&s, &["path     /kv/store/hello", "rate     12.0 msg/s", "12.0/s│"]);
+    assert_has(&s, &["path     /demo/store/hello", "rate     12.0 msg/s", "12.0/s│"]);
     app.ingest(Report { node: "n1".into(), outcome: Err("refused".into()) }, t0 + Duration::from_secs(2));
     let s = screen(&mut app, 80, 24, t0 + Duration::from_secs(3));
-    assert_has(&s, &["path     /kv/store/hello", "rate     -"]);
+    assert_has(&s, &["path     /demo/store/hello", "rate     -"]);
     assert!(!has(&s, "/s│"), "no metric rates for a node that stopped answering");
 }
 
@@ -156,7 +157,7 @@ fn at_120x40_a_big_kind_is_paged() {
         &[
             "store (3003, 1 failed)",
             "key0000",
-            "path     /kv/store/cart-7",
+            "path     /demo/store/cart-7",
             "error    disk full: cannot append to the log",
             "messages_handled kind=store",
             "12.0/s",
@@ -169,7 +170,7 @@ fn at_120x40_a_big_kind_is_paged() {
     }
     let s = screen(&mut app, 120, 40, now);
     assert_has(&s, &["… 2953 more (enter)", "▸ ranges (1)"]);
-    assert!(!has(&s, "▾ /kv "), "scrolled past the top");
+    assert!(!has(&s, "▾ /demo "), "scrolled past the top");
 }
 
 #[test]
@@ -211,115 +212,98 @@ fn tiny_terminals_do_not_break_the_screen() {
     }
 }
 
-/// Like `scenario`, with n1 serving models: two snapshots a second apart (see
-/// `fixture::llm_metrics` for what happened between them).
-fn llm_scenario() -> (App, Instant) {
-    let t0 = Instant::now();
-    let mut app =
-        App::new("cluster.toml", fixture::NODES.iter().map(|s| s.to_string()).collect(), Duration::from_secs(1));
-    for (step, handled) in [(0, 100), (1, 112)] {
-        for n in fixture::NODES {
-            let mut d =
-                if n == "n1" { fixture::llm_node(n, handled, &[], step) } else { fixture::node(n, handled, &[]) };
-            d.metrics.unix_ms = 1_700_000_000_000 + step * 1000;
-            app.ingest(Report { node: n.into(), outcome: Ok(d) }, t0 + Duration::from_secs(step));
-        }
+/// A system's panel as `troupe top` sees any: shown on nodes whose metrics have
+/// `demo_queue_depth`, as tall as asked, saying whether the node answers.
+struct DemoPanel {
+    title: &'static str,
+    rows: u16,
+}
+
+struct DemoView {
+    title: &'static str,
+    rows: u16,
+    depth: f64,
+}
+
+impl troupe_system::Panel for DemoPanel {
+    fn summarize(
+        &self,
+        now: &MetricsSnapshot,
+        _: Option<&MetricsSnapshot>,
+    ) -> Option<Box<dyn troupe_system::PanelView>> {
+        let m = now.metrics.iter().find(|m| m.name == "demo_queue_depth")?;
+        Some(Box::new(DemoView { title: self.title, rows: self.rows, depth: m.value }))
     }
-    (app, t0 + Duration::from_secs(1))
 }
 
-fn row<'a>(s: &'a [String], start: &str) -> &'a str {
-    s.iter().find(|l| l.trim_start_matches('│').starts_with(start)).map(|l| l.as_str()).unwrap_or_else(|| {
-        panic!("no row starting with {start:?}:\n{}", s.join("\n"));
-    })
+impl troupe_system::PanelView for DemoView {
+    fn height(&self) -> u16 {
+        self.rows
+    }
+    fn draw(&self, f: &mut ratatui::Frame, area: ratatui::layout::Rect, node: &str, live: bool) {
+        let title = format!(" {} {node}{} ", self.title, if live { "" } else { " (stale)" });
+        let text = format!("queue depth {}", self.depth);
+        f.render_widget(
+            ratatui::widgets::Paragraph::new(text).block(ratatui::widgets::Block::bordered().title(title)),
+            area,
+        );
+    }
 }
 
-/// The cells of a table row, split on blanks (values never hold one).
-fn cells(line: &str) -> Vec<&str> {
-    line.trim_matches('│').split_whitespace().collect()
+static DEMO: DemoPanel = DemoPanel { title: "Demo", rows: 4 };
+static TALL: DemoPanel = DemoPanel { title: "Tall", rows: 40 };
+
+/// `scenario`, with n1 (only) reporting the demo system's metric, and `panels` shown.
+fn panel_scenario(panels: Vec<&'static dyn troupe_system::Panel>) -> (App, Instant) {
+    let (app, now) = scenario(0);
+    let mut app = app.with_panels(panels);
+    let mut d = fixture::node("n1", 124, &["n2"]);
+    d.metrics.metrics.push(Metric {
+        name: "demo_queue_depth".into(),
+        help: String::new(),
+        kind: "gauge".into(),
+        labels: vec![("system".into(), "demo".into())],
+        value: 7.0,
+    });
+    d.metrics.unix_ms = 1_700_000_002_000;
+    app.ingest(Report { node: "n1".into(), outcome: Ok(d) }, now);
+    (app, now)
 }
 
 #[test]
-fn llm_panel_at_80x24() {
-    let (mut app, now) = llm_scenario();
+fn a_system_panel_is_drawn_under_the_rest_where_it_applies() {
+    let (mut app, now) = panel_scenario(vec![&DEMO]);
     let s = screen(&mut app, 80, 24, now);
-    assert!(s.iter().all(|l| l.chars().count() == 80));
-    assert_has(
-        &s,
-        &[
-            "LLM serving n1 · last 1s · * since start",
-            "MODEL",
-            "TTFT p50",
-            "TPOT p50",
-            "pool worker      queue 1 · breaker closed · workers 2 active, 1 warm",
-            "pool worker_fast queue 0 · breaker half-open · workers 1 active, 0 warm",
-            // The rest of the screen is still there.
-            "Tree n1",
-            "▾ /kv",
-            "path     /kv",
-            "Metrics n1",
-            "q quit",
-        ],
-    );
-    // The header's columns line up with the values under them.
-    let header = row(&s, "MODEL");
-    let big = row(&s, "smollm2-135m ");
-    let col = |l: &str, i: usize| l.chars().skip(i).collect::<String>();
-    let ttft_at = header.find("TTFT p50").map(|b| header[..b].chars().count()).expect("TTFT column");
-    assert!(col(big, ttft_at).trim_start().starts_with("125ms"), "TTFT p50 of smollm2-135m:\n{big}");
-    assert_eq!(
-        cells(big),
-        ["smollm2-135m", "3", "1", "42%", "75%", "240", "125ms", "248ms", "16ms", "25ms", "2"],
-        "running, waiting, KV, hit rate, tok/s, TTFT p50 p99, TPOT p50 p99, errors"
-    );
-    assert!(!row(&s, " pool worker ").contains("smoll"), "a model that does not fit whole is left out");
-    // The fast model was idle in the window: its figures are since start, marked.
-    let fast = row(&s, "smollm2-135m-f");
-    assert_eq!(
-        cells(fast),
-        ["smollm2-135m-fa…", "0", "0", "5%", "25%*", "0.0", "33ms*", "50ms*", "10ms*", "25ms*", "0"]
-    );
+    assert_has(&s, &["Demo n1", "queue depth 7", "Tree n1", "Metrics n1", "q quit"]);
+    let at = s.iter().position(|l| l.contains("Demo n1")).expect("panel title");
+    let tree = s.iter().position(|l| l.contains("Tree n1")).expect("tree title");
+    assert!(at > tree, "the panel is below the tree:\n{}", s.join("\n"));
+    assert_eq!(s.iter().filter(|l| l.contains("queue depth")).count(), 1);
+    // n2 is down and n3 reports no demo metric: no panel there.
+    for _ in 0..2 {
+        app.on_key(Key::NextNode);
+        let s = screen(&mut app, 80, 24, now);
+        assert!(!has(&s, "Demo "), "{}", s.join("\n"));
+    }
 }
 
 #[test]
-fn llm_panel_wider_shows_full_names_and_models_of_pools() {
-    let (mut app, now) = llm_scenario();
-    let s = screen(&mut app, 120, 40, now);
-    assert!(s.iter().all(|l| l.chars().count() == 120));
-    let fast = row(&s, "smollm2-135m-fast ");
-    assert_eq!(cells(fast)[0], "smollm2-135m-fast");
-    assert_has(
-        &s,
-        &[
-            "breaker half-open · workers 1 active, 0 warm · smollm2-135m-fast",
-            // The details pane keeps its full height on a tall screen.
-            "restarts",
-        ],
-    );
-}
-
-#[test]
-fn llm_panel_is_hidden_where_a_node_serves_no_model() {
-    let (mut app, now) = llm_scenario();
-    app.on_key(Key::NextNode);
+fn panels_take_at_most_half_of_the_middle_and_stack_in_list_order() {
+    let (mut app, now) = panel_scenario(vec![&DEMO, &TALL]);
     let s = screen(&mut app, 80, 24, now);
-    assert!(!has(&s, "LLM serving"), "n2 serves no model");
-    assert_has(&s, &["Tree n2", "path     /kv"]);
+    let demo = s.iter().position(|l| l.contains("Demo n1")).expect("first panel");
+    let tall = s.iter().position(|l| l.contains("Tall n1")).expect("second panel");
+    assert_eq!(tall, demo + 4, "the first system gets its rows first:\n{}", s.join("\n"));
+    // 80×24: the middle (tree, details, metrics) is 24 - 1 - 6 - 1 = 16 rows, so the
+    // panels get 8 between them and the tree keeps the rest.
+    assert_eq!(s.len() - 1 - demo, 8, "{}", s.join("\n"));
+    assert_has(&s, &["Tree n1", "q quit"]);
 }
 
 #[test]
-fn llm_panel_of_a_node_that_stopped_answering_is_stale_without_rates() {
-    let (mut app, now) = llm_scenario();
+fn a_panel_of_a_node_that_stopped_answering_says_stale() {
+    let (mut app, now) = panel_scenario(vec![&DEMO]);
     app.ingest(Report { node: "n1".into(), outcome: Err("refused".into()) }, now);
     let s = screen(&mut app, 80, 24, now + Duration::from_secs(2));
-    assert_has(&s, &["LLM serving n1 (stale)"]);
-    assert_eq!(cells(row(&s, "smollm2-135m "))[5], "-", "no tokens/s from the past");
-}
-
-#[test]
-fn llm_panel_says_what_a_short_screen_cuts() {
-    let (mut app, now) = llm_scenario();
-    let s = screen(&mut app, 80, 18, now);
-    assert_has(&s, &["LLM serving n1 · 2 more rows below", "smollm2-135m-fa…"]);
-    assert!(!has(&s, " pool worker"), "the pools are the rows cut");
+    assert_has(&s, &["Demo n1 (stale)", "queue depth 7"]);
 }

@@ -1,6 +1,6 @@
 //! Draws `troupe top` from the app state: a header, the nodes with how each sees the
 //! others, the selected node's supervision tree, the selected actor's details, the
-//! node's metrics by system, LLM serving's panel where the node serves models, and a
+//! node's metrics by system, the systems' own panels where they apply, and a
 //! footer with the keys.
 //!
 //! Invariants: drawing reads the state and only moves the scroll offsets to keep the
@@ -9,7 +9,6 @@
 //! alone (states are words), so the screen reads the same in `tmux capture-pane`.
 
 use super::app::{App, NodeState, Panel, Row, RowId, Status, summarize};
-use super::llm_view;
 use super::metrics::Group;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -31,17 +30,22 @@ pub fn draw(f: &mut Frame, app: &mut App, now: Instant) {
         Constraint::Length(1),
     ])
     .areas(f.area());
-    // LLM serving's panel takes the full width under the rest, only where a node serves
-    // models, and at most half the height so the tree stays usable at 80×24.
-    let llm = app.llm();
-    let (middle, llm_area) = match &llm {
-        Some(s) => {
-            let h = llm_view::height(s).min(middle.height / 2);
-            let [m, l] = Layout::vertical([Constraint::Min(0), Constraint::Length(h)]).areas(middle);
-            (m, Some(l))
-        }
-        None => (middle, None),
-    };
+    // The systems' panels take the full width under the rest, only on nodes where they
+    // have something to show, and together at most half the height so the tree stays
+    // usable at 80×24; the first listed system gets its rows first.
+    let views = app.panel_views();
+    let mut left_h = middle.height / 2;
+    let heights: Vec<u16> = views
+        .iter()
+        .map(|v| {
+            let h = v.height().min(left_h);
+            left_h -= h;
+            h
+        })
+        .collect();
+    let [middle, panels] =
+        Layout::vertical([Constraint::Min(0), Constraint::Length(heights.iter().sum())]).areas(middle);
+    let panel_areas = Layout::vertical(heights.iter().map(|h| Constraint::Length(*h))).split(panels);
     // The tree's rows are short (indent and a name); metric names need the width.
     let [left, right] = Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(middle);
     let details_h = if middle.height >= 24 { 11 } else { middle.height.saturating_sub(4).clamp(3, 9) };
@@ -51,8 +55,11 @@ pub fn draw(f: &mut Frame, app: &mut App, now: Instant) {
     tree_panel(f, app, left, now);
     details_panel(f, app, details);
     metrics_panel(f, app, metrics);
-    if let (Some(s), Some(area)) = (&llm, llm_area) {
-        llm_view::draw(f, area, &app.node().name, s, app.node().failure.is_none());
+    let live = app.node().failure.is_none();
+    for (v, area) in views.iter().zip(panel_areas.iter()) {
+        if area.height > 0 {
+            v.draw(f, *area, &app.node().name, live);
+        }
     }
     footer(f, foot);
     if app.help {

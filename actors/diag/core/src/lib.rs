@@ -1,0 +1,32 @@
+//! The `diag` system's wire protocol: a counter and an echo, for smoke tests and
+//! benchmarks of the runtime itself. No I/O and no runtime here.
+
+use serde::{Deserialize, Serialize};
+use troupe_wire::Protocol;
+
+pub struct Counter;
+
+impl Protocol for Counter {
+    type Msg = CounterMsg;
+    type Reply = CounterReply;
+    const NAME: &'static str = "diag.counter";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CounterMsg {
+    Add {
+        n: u64,
+    },
+    Get,
+    /// Answers with the same bytes (payload-size experiments).
+    Echo {
+        bytes: Vec<u8>,
+    },
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CounterReply {
+    Count { total: u64, messages: u64, node: String },
+    Echo { bytes: Vec<u8> },
+}
