@@ -12,8 +12,3 @@ pub static SYSTEMS: &[&dyn System] = &[
     &troupe_limiter_shell::RateLimiter,
     &troupe_shortener_shell::UrlShortener,
 ];
-
-/// The systems' `troupe top` panels, in list order.
-pub fn panels() -> Vec<&'static dyn troupe_system::Panel> {
-    SYSTEMS.iter().filter_map(|s| s.panel()).collect()
-}

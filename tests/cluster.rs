@@ -25,11 +25,14 @@ fn kill_detect_and_rejoin_with_new_incarnation() {
 }
 
 fn put(c: &TestCluster, node: &str, key: &str, value: &str) -> bool {
-    matches!(http(c.kv(node), "PUT", &format!("/kv/{key}"), Some(&format!("{{\"value\":\"{value}\"}}"))), Ok((200, _)))
+    matches!(
+        http(c.port(node, "kv"), "PUT", &format!("/kv/{key}"), Some(&format!("{{\"value\":\"{value}\"}}"))),
+        Ok((200, _))
+    )
 }
 
 fn get(c: &TestCluster, node: &str, key: &str) -> Option<String> {
-    let (code, body) = http(c.kv(node), "GET", &format!("/kv/{key}"), None).ok()?;
+    let (code, body) = http(c.port(node, "kv"), "GET", &format!("/kv/{key}"), None).ok()?;
     if code != 200 {
         return None;
     }
@@ -62,7 +65,7 @@ fn entities_rehome_with_their_state() {
 }
 
 fn allocate(c: &TestCluster, node: &str) -> Option<(u64, u64, String)> {
-    let (code, body) = http(c.kv(node), "POST", "/ranges/ids", Some("{\"size\":100}")).ok()?;
+    let (code, body) = http(c.port(node, "kv"), "POST", "/ranges/ids", Some("{\"size\":100}")).ok()?;
     if code != 200 {
         return None;
     }
@@ -118,7 +121,7 @@ fn chaos_random_kills_lose_no_acknowledged_write() {
     let kills: usize = std::env::var("TROUPE_CHAOS_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     // Writers put unique keys through whichever gateways are up, while the main
     // thread kills a random node, restarts it, and waits for the cluster to heal.
-    let kv: BTreeMap<String, std::net::SocketAddr> = c.names.iter().map(|n| (n.clone(), c.kv(n))).collect();
+    let kv: BTreeMap<String, std::net::SocketAddr> = c.names.iter().map(|n| (n.clone(), c.port(n, "kv"))).collect();
     let up: Arc<RwLock<Vec<String>>> = Arc::new(RwLock::new(c.alive()));
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let attempts = Arc::new(AtomicU64::new(0));

@@ -147,7 +147,7 @@ fn partition_run(nodes: usize, minority: &[&str]) {
         [(minority[0].to_string(), true), (majority[0].clone(), false), (majority[1].clone(), false)]
     {
         let (h, addr, refusing, partitioned, stop) =
-            (h.clone(), c.kv(&name), refusing.clone(), partitioned.clone(), stop.clone());
+            (h.clone(), c.port(&name, "kv"), refusing.clone(), partitioned.clone(), stop.clone());
         writers.push(std::thread::spawn(move || writer(h, addr, name, is_minority, refusing, partitioned, stop)));
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -160,7 +160,7 @@ fn partition_run(nodes: usize, minority: &[&str]) {
     let split_at = Instant::now();
     partitioned.store(true, Ordering::SeqCst);
     // The minority refuses, saying why, within the detection time.
-    let probe = c.kv(minority[0]);
+    let probe = c.port(minority[0], "kv");
     let (took, retry_after, body) = loop {
         if let Put::Minority { retry_after, body } = put(probe, "probe", "x") {
             break (split_at.elapsed(), retry_after, body);
@@ -195,12 +195,13 @@ fn partition_run(nodes: usize, minority: &[&str]) {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let call = h.now();
-                if let Some(v) = get(c.kv(&n), &key) {
+                if let Some(v) = get(c.port(&n, "kv"), &key) {
                     h.record(&key, Op { call, ret: Some(h.now()), kind: Kind::Read(v) });
                     break;
                 }
                 if Instant::now() >= deadline {
-                    let last = request(c.kv(&n), "GET", &format!("/kv/{key}"), &[], b"").map(|r| (r.status, r.body));
+                    let last =
+                        request(c.port(&n, "kv"), "GET", &format!("/kv/{key}"), &[], b"").map(|r| (r.status, r.body));
                     let tree = request(c.admin(&n), "GET", "/v1/tree", &[], b"").map(|r| r.body).unwrap_or_default();
                     panic!("{key} cannot be read through {n} after the heal; last answer {last:?}\n{tree}");
                 }

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-#[path = "../../tests/common/ports.rs"]
+#[path = "../../sdk/testkit/src/ports.rs"]
 mod ports;
 
 use ports::free_port;

@@ -1,36 +1,19 @@
-//! Test harness: real `troupe node` processes on 127.0.0.1, each with its own ports
-//! and data folder under a temporary directory. Every wait is bounded.
+//! The root crate's test harness: troupe-testkit with the `troupe` binary and the
+//! topologies of `systems/` (every wait bounded; logs kept in the cluster's folder when
+//! a test panics).
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 pub mod linearizable;
-mod ports;
-use ports::free_port;
 
+#[allow(unused_imports)] // each test file uses a part
+pub use troupe_testkit::{Resp, TestCluster, dechunk, http, request, wait_for, wait_for_or_last};
+
+/// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_troupe");
 
-pub struct NodePorts {
-    pub quic: u16,
-    pub gossip: u16,
-    pub admin: u16,
-    pub kv: u16,
-    /// `ports.<system>` of every other enabled system (e.g. `url-shortener`).
-    pub systems: BTreeMap<String, u16>,
-}
-
-pub struct TestCluster {
-    pub dir: PathBuf,
-    pub names: Vec<String>,
-    pub ports: BTreeMap<String, NodePorts>,
-    pub procs: BTreeMap<String, Child>,
-}
-
+/// A cluster of this repository's systems (kv by default).
 pub struct Options {
     pub nodes: usize,
     pub systems: Vec<&'static str>,
@@ -42,287 +25,29 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        let d = troupe_testkit::Options::default();
         Options {
-            nodes: 3,
+            nodes: d.nodes,
             systems: vec!["kv"],
-            probe_period_ms: 300,
-            probe_rtt_ms: 150,
-            suspect_to_down_ms: 900,
-            extra: String::new(),
+            probe_period_ms: d.probe_period_ms,
+            probe_rtt_ms: d.probe_rtt_ms,
+            suspect_to_down_ms: d.suspect_to_down_ms,
+            extra: d.extra,
         }
     }
 }
 
-impl TestCluster {
-    /// Writes the cluster file, its topologies and certificates; starts nothing (a test
-    /// may start the nodes itself, e.g. through `troupe up`).
-    pub fn prepare(opts: Options) -> TestCluster {
-        let dir = std::env::temp_dir().join(format!("troupe-it-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(dir.join("systems")).expect("mkdir");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for s in &opts.systems {
-            std::fs::copy(repo.join(format!("systems/{s}.toml")), dir.join(format!("systems/{s}.toml")))
-                .expect("copy topology");
+impl From<Options> for troupe_testkit::Options {
+    fn from(o: Options) -> Self {
+        troupe_testkit::Options {
+            bin: BIN.into(),
+            topologies: Path::new(env!("CARGO_MANIFEST_DIR")).join("systems"),
+            nodes: o.nodes,
+            systems: o.systems.iter().map(|s| s.to_string()).collect(),
+            probe_period_ms: o.probe_period_ms,
+            probe_rtt_ms: o.probe_rtt_ms,
+            suspect_to_down_ms: o.suspect_to_down_ms,
+            extra: o.extra,
         }
-        let names: Vec<String> = (1..=opts.nodes).map(|i| format!("n{i}")).collect();
-        let mut ports = BTreeMap::new();
-        let mut nodes_toml = String::new();
-        for n in &names {
-            let systems: BTreeMap<String, u16> =
-                opts.systems.iter().filter(|s| **s != "kv").map(|s| (s.to_string(), free_port())).collect();
-            let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), kv: free_port(), systems };
-            let extra: String = p.systems.iter().map(|(s, port)| format!(", \"{s}\" = {port}")).collect();
-            // Every node is a gateway and may host GPU workers (LLM serving falls back
-            // to its CPU backend where there is no GPU).
-            nodes_toml.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ kv = {}{extra} }}\n\n",
-                p.quic, p.gossip, p.admin, p.kv
-            ));
-            ports.insert(n.clone(), p);
-        }
-        let systems: Vec<String> = opts.systems.iter().map(|s| format!("\"{s}\"")).collect();
-        let seeds: Vec<String> = names.iter().take(2).map(|n| format!("\"{n}\"")).collect();
-        let toml = format!(
-            "[cluster]\nname = \"it\"\nsystems = [{}]\nseeds = [{}]\n\n[membership]\nprobe_period_ms = {}\nprobe_rtt_ms = {}\nsuspect_to_down_ms = {}\njoin_retry_ms = 200\n\n[transport]\nask_timeout_ms = 3000\nconnect_timeout_ms = 500\nidle_timeout_ms = 3000\nkeep_alive_ms = 500\n\n{}\n{}",
-            systems.join(", "),
-            seeds.join(", "),
-            opts.probe_period_ms,
-            opts.probe_rtt_ms,
-            opts.suspect_to_down_ms,
-            opts.extra,
-            nodes_toml
-        );
-        std::fs::write(dir.join("cluster.toml"), toml).expect("write cluster.toml");
-        let out = Command::new(BIN)
-            .args(["certs", "init", "--cluster"])
-            .arg(dir.join("cluster.toml"))
-            .output()
-            .expect("certs init");
-        assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
-        TestCluster { dir, names, ports, procs: BTreeMap::new() }
-    }
-
-    /// Writes the cluster file and certificates, and starts every node.
-    pub fn start(opts: Options) -> TestCluster {
-        let mut c = TestCluster::prepare(opts);
-        for n in c.names.clone() {
-            c.spawn(&n);
-        }
-        c
-    }
-
-    pub fn cluster_file(&self) -> PathBuf {
-        self.dir.join("cluster.toml")
-    }
-
-    pub fn spawn(&mut self, name: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))
-            .expect("log file");
-        let child = Command::new(BIN)
-            .args(["node", "--cluster"])
-            .arg(self.cluster_file())
-            .args(["--name", name])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn node");
-        self.procs.insert(name.to_string(), child);
-    }
-
-    /// SIGKILL, as `kill -9`.
-    pub fn kill(&mut self, name: &str) {
-        if let Some(mut c) = self.procs.remove(name) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn admin(&self, name: &str) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[name].admin))
-    }
-
-    pub fn kv(&self, name: &str) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[name].kv))
-    }
-
-    /// The `ports.<system>` listener of node `name` (systems other than kv).
-    pub fn port(&self, name: &str, system: &str) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[name].systems[system]))
-    }
-
-    pub fn alive(&self) -> Vec<String> {
-        self.procs.keys().cloned().collect()
-    }
-
-    /// Members as `name` sees them: name → (state, epoch).
-    pub fn members(&self, name: &str) -> Option<BTreeMap<String, (String, u64)>> {
-        let (code, body) = http(self.admin(name), "GET", "/v1/members", None).ok()?;
-        if code != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(
-            v.as_array()?
-                .iter()
-                .map(|m| {
-                    (
-                        m["name"].as_str().unwrap_or("").to_string(),
-                        (m["state"].as_str().unwrap_or("").to_string(), m["epoch"].as_u64().unwrap_or(0)),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    /// Waits until every running node sees every running node alive (and, if
-    /// `down` is given, those as down).
-    pub fn wait_converged(&self, down: &[&str], timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ok = self.procs.keys().all(|n| {
-                self.members(n).is_some_and(|m| {
-                    self.procs.keys().all(|o| m.get(o).is_some_and(|(s, _)| s == "Alive"))
-                        && down.iter().all(|d| m.get(*d).is_none_or(|(s, _)| s == "Down"))
-                })
-            });
-            if ok {
-                return;
-            }
-            if Instant::now() > deadline {
-                let views: Vec<String> = self.procs.keys().map(|n| format!("{n}: {:?}", self.members(n))).collect();
-                panic!(
-                    "cluster did not converge (down={down:?}):\n{}\nlogs in {}",
-                    views.join("\n"),
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn metric(&self, name: &str, metric: &str) -> f64 {
-        let Ok((_, body)) = http(self.admin(name), "GET", "/metrics", None) else { return f64::NAN };
-        body.lines()
-            .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.procs) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn rand_suffix() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    (t as u64) ^ ((std::process::id() as u64) << 32)
-}
-
-/// An HTTP response: status, headers (names lower-cased), body (chunked bodies decoded).
-pub struct Resp {
-    pub status: u16,
-    pub headers: std::collections::HashMap<String, String>,
-    pub body: String,
-}
-
-impl Resp {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), every wait bounded.
-/// A server may answer (e.g. 400, 413) before reading an oversize body; the unread rest
-/// is not an error here.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.get(9..12)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers: std::collections::HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
-    Ok(Resp { status, headers, body })
-}
-
-/// A JSON request; returns (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let r = request(addr, method, path, &[("Content-Type", "application/json")], body.unwrap_or("").as_bytes())?;
-    Ok((r.status, r.body))
-}
-
-/// Decodes a chunked HTTP/1.1 body.
-pub fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Polls `read` until `done` holds for its value or `timeout` passes; returns the last
-/// value either way, so the caller asserts on it with its own message.
-pub fn wait_for_or_last<T>(timeout: Duration, mut read: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = read();
-        if done(&v) || Instant::now() >= deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

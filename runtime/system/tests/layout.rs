@@ -3,8 +3,9 @@
 //!   crate, or one of the shared crates listed here;
 //! - a system's core crate depends, transitively (read from Cargo.lock), on no runtime,
 //!   async or storage crate, so the SDK and the simulator can use it alone;
-//! - the CLI crate (`src/`) names no system outside `src/systems.rs`, the one list that
-//!   registers them — a new system touches its home, the conventional files and that list.
+//! - the command line (`cli/`, troupe-cli) and the binary (`src/`) name no system outside
+//!   `src/systems.rs`, the one list that registers them — a new system touches its home,
+//!   the conventional files and that list.
 //!
 //! Each checker is also run on a broken input, so the test is seen to fail when the
 //! layout is broken.
@@ -164,6 +165,8 @@ fn the_cli_names_no_system_outside_its_list() {
     }
     let mut files = BTreeMap::new();
     rust_files(&repo().join("src"), &mut files);
+    rust_files(&repo().join("cli"), &mut files);
+    assert!(files.contains_key("cli/src/lib.rs"), "the command line is cli/ (troupe-cli)");
     assert!(files.contains_key("src/systems.rs"), "the list of systems is src/systems.rs");
     let list = &files["src/systems.rs"];
     assert!(!mentions("src/systems.rs", list, &names).is_empty(), "the list names the systems");
@@ -171,7 +174,7 @@ fn the_cli_names_no_system_outside_its_list() {
         files.iter().filter(|(f, _)| *f != "src/systems.rs").flat_map(|(f, src)| mentions(f, src, &names)).collect();
     assert!(
         found.is_empty(),
-        "the CLI names a system outside src/systems.rs; move this into the system's home (its System impl):\n{}",
+        "the command line names a system outside src/systems.rs; move this into the system's home (its System impl):\n{}",
         found.join("\n")
     );
     // The check catches a name in code and in a comment, and only whole words.

@@ -52,7 +52,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
     }
     let poll = data::PollConfig::for_refresh(refresh);
     let nodes: Vec<String> = cfg.nodes.iter().map(|(n, _)| n.clone()).collect();
-    let mut app = App::new(a.conn.cluster.display().to_string(), nodes, refresh).with_panels(crate::systems::panels());
+    let mut app = App::new(a.conn.cluster.display().to_string(), nodes, refresh).with_panels(crate::panels());
     // Every node is asked directly, so --via only picks the node shown first.
     if let Some(i) = a.conn.via.as_ref().and_then(|v| app.nodes.iter().position(|n| &n.name == v)) {
         app.selected = i;

@@ -78,7 +78,7 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
         );
     }
     // What the systems need before any node starts (models, data files), once, here.
-    for s in crate::systems::SYSTEMS {
+    for s in crate::systems() {
         s.prepare(&loaded).with_context(|| format!("preparing {}", s.name()))?;
     }
     let exe = std::env::current_exe().context("locating the troupe binary")?;

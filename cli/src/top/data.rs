@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn a_hanging_node_never_holds_up_the_others() {
         let src = FakeSource::default();
-        let fixture = crate::cli::top::fixture::cluster();
+        let fixture = crate::top::fixture::cluster();
         src.set("n1", Answer::Data(Box::new(fixture[0].clone())));
         src.set("n2", Answer::Hang);
         src.set("n3", Answer::Fail("connection refused".into()));

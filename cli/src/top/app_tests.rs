@@ -1,8 +1,8 @@
 //! App state: selection, expand/collapse, paging, rates, a node going down.
 
 use super::*;
-use crate::cli::top::data::Report;
-use crate::cli::top::fixture;
+use crate::top::data::Report;
+use crate::top::fixture;
 
 fn ok(node: &str, handled: u64) -> Report {
     Report { node: node.into(), outcome: Ok(fixture::node(node, handled, &[])) }

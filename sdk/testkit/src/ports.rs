@@ -1,4 +1,4 @@
-//! Ports for test nodes, shared by the root crate's tests (`tests/common`) and the
+//! Ports for test nodes, shared by troupe-testkit (and so the root crate's tests) and the
 //! runtime's multi-process tests (`runtime/tests/replica_down.rs` includes this file).
 
 use std::net::{TcpListener, UdpSocket};
