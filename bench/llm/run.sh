@@ -22,7 +22,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-cargo build -q -p troupe-llm --release --features fetch --example bench_engine --example pull_model
+cargo build -q -p troupe-llm --release --example bench_engine && cargo build -q -p troupe-llm-shell --release --example pull_model
 MODEL=${MODEL:-$("$CARGO_TARGET_DIR/release/examples/pull_model" smollm2-135m)}
 if ! python3 -c "import llama_cpp, numpy" 2>/dev/null; then
   echo "installing llama-cpp-python (source build, takes minutes) ..." >&2

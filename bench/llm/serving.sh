@@ -37,7 +37,7 @@ trap cleanup EXIT
 
 # BUILD=0 uses the binaries already in target/release (when another build holds the lock).
 if [ "${BUILD:-1}" != 0 ]; then cargo build --release -p troupe -p troupe-bench; fi
-MODEL=${MODEL:-$(cargo run -q --release -p troupe-llm --features fetch --example pull_model)}
+MODEL=${MODEL:-$(cargo run -q --release -p troupe-llm-shell --example pull_model)}
 if ! python3 -c "import llama_cpp.server.app" 2>/dev/null; then
   echo "installing llama-cpp-python[server] (a source build if llama_cpp is missing: minutes) ..." >&2
   pip install --quiet 'llama-cpp-python[server]'

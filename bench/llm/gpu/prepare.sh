@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-llm}
-cargo build -q -p troupe-llm --release --features fetch --example bench_engine --example greedy_check --example pull_model
+cargo build -q -p troupe-llm --release --example bench_engine --example greedy_check && cargo build -q -p troupe-llm-shell --release --example pull_model
 MODEL=$("$CARGO_TARGET_DIR/release/examples/pull_model" smollm2-135m)
 rm -rf .device/llm-a .device/llm-b
 mkdir -p .device/llm-a .device/llm-b

@@ -18,8 +18,20 @@ use std::path::{Path, PathBuf};
 /// Folders under `actors/` that are shared building blocks, not systems.
 const SHARED: &[&str] = &["chart"];
 /// What a system's core crate must not pull in.
-const NOT_IN_A_CORE: &[&str] =
-    &["troupe-runtime", "tokio", "ractor", "quinn", "redb", "axum", "hyper", "mio", "socket2", "ratatui"];
+const NOT_IN_A_CORE: &[&str] = &[
+    "troupe-runtime",
+    "tokio",
+    "ractor",
+    "quinn",
+    "redb",
+    "axum",
+    "hyper",
+    "mio",
+    "socket2",
+    "ratatui",
+    "ureq",
+    "reqwest",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

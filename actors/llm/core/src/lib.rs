@@ -35,7 +35,7 @@
 //! - `tokenizer`, `chat`, `text`: BPE, ChatML rendering, incremental detokenizing.
 //! - `backend`: the trait a compute backend implements; `cpu`, `cuda`: backends.
 //! - `kv::block_manager`, `scheduler`, `sampler`: pure cores (no I/O, no clock).
-//! - `engine`: ties them together; `fetch`: model download and cache.
+//! - `engine`: ties them together; `fetch`: the model catalogue and cache (downloading is the LLM shell's).
 
 // Numeric kernels index several arrays by the same loop variable; iterator
 // chains would hide the index arithmetic that the SAFETY comments reason about.

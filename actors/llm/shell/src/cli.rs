@@ -72,7 +72,7 @@ pub fn run_models(args: ModelsArgs) -> anyhow::Result<()> {
     match args.cmd {
         ModelsCmd::Pull { name, dir } => {
             let dir = dir.unwrap_or_else(fetch::cache_dir);
-            let path = fetch::pull(&name, &dir, true).with_context(|| format!("pulling model {name}"))?;
+            let path = crate::fetch::pull(&name, &dir, true).with_context(|| format!("pulling model {name}"))?;
             println!("{name}: {} (sha256 verified)", path.display());
         }
         ModelsCmd::List => {

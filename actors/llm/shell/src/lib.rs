@@ -23,6 +23,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod engine_thread;
+pub mod fetch;
 pub mod gateway;
 pub mod lab;
 pub mod metrics;
@@ -106,7 +107,7 @@ fn pull_models(loaded: &troupe_runtime::Loaded) -> anyhow::Result<()> {
         }
         println!("troupe: first run: pulling model {m} (needed by the llm-serving workers)");
         let dir = troupe_llm::fetch::cache_dir();
-        let path = troupe_llm::fetch::pull(&m, &dir, true).with_context(|| {
+        let path = crate::fetch::pull(&m, &dir, true).with_context(|| {
             format!("pulling model {m}; without network access run `troupe models pull {m}` where there is one")
         })?;
         println!("troupe: model {m} ready at {}", path.display());

@@ -4,7 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "smollm2-135m".into());
     let dir = troupe_llm::fetch::cache_dir();
-    let p = troupe_llm::fetch::pull(&name, &dir, true)?;
+    let p = troupe_llm_shell::fetch::pull(&name, &dir, true)?;
     println!("{}", p.display());
     Ok(())
 }
