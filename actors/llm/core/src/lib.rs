@@ -53,6 +53,7 @@ pub mod kv;
 pub mod model;
 pub mod sampler;
 pub mod scheduler;
+pub mod serving;
 pub mod stream;
 pub mod text;
 pub mod tokenizer;

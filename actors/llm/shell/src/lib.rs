@@ -19,20 +19,16 @@
 //! shells ([`gateway`], [`router`], [`worker`], [`scaler`], [`engine_thread`]) only move
 //! messages. The engine is the `troupe-llm` crate.
 
-pub mod breaker;
 pub mod cli;
+/// The pure parts of LLM serving, from the core crate (`troupe_llm::serving`).
+pub use troupe_llm::serving::{breaker, openai, proto, queue, route, scale};
 pub mod config;
 pub mod engine_thread;
 pub mod fetch;
 pub mod gateway;
 pub mod lab;
 pub mod metrics;
-pub mod openai;
-pub mod proto;
-pub mod queue;
-pub mod route;
 pub mod router;
-pub mod scale;
 pub mod scaler;
 pub mod top;
 pub mod worker;

@@ -5,7 +5,7 @@
 use super::queue::Class;
 use super::route::{Load, Stage, WorkerKey};
 use serde::{Deserialize, Serialize};
-use troupe_runtime::Protocol;
+use troupe_wire::Protocol;
 
 /// Bytes that encode as one length + raw bytes (serde's `Vec<u8>` encodes element by
 /// element, which is slow for megabytes of KV cache).
@@ -59,8 +59,8 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    pub fn to_engine(&self) -> troupe_llm::SamplingParams {
-        troupe_llm::SamplingParams {
+    pub fn to_engine(&self) -> crate::SamplingParams {
+        crate::SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k as usize,
             top_p: self.top_p,
@@ -273,9 +273,9 @@ mod tests {
     #[test]
     fn blobs_encode_as_raw_bytes() {
         let b = WorkerReply::KvPart(Blob(vec![7u8; 100_000]));
-        let bytes = troupe_runtime::wire::codec::encode(&b).expect("encode");
+        let bytes = troupe_wire::codec::encode(&b).expect("encode");
         assert!(bytes.len() < 100_010, "{} bytes", bytes.len());
-        assert_eq!(troupe_runtime::wire::codec::decode::<WorkerReply>(&bytes).expect("decode"), b);
+        assert_eq!(troupe_wire::codec::decode::<WorkerReply>(&bytes).expect("decode"), b);
         let j = serde_json::to_string(&Blob(vec![1, 2])).expect("json");
         assert_eq!(serde_json::from_str::<Blob>(&j).expect("json back"), Blob(vec![1, 2]));
     }
