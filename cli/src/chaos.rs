@@ -3,8 +3,6 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 use troupe_runtime::wire::introspect::ChaosCommand;
@@ -62,22 +60,14 @@ pub enum ChaosCmd {
 /// POSTs a chaos command to a node's admin API.
 fn post(addr: std::net::SocketAddr, cmd: &ChaosCommand) -> anyhow::Result<String> {
     let body = serde_json::to_string(cmd)?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("admin API at {addr} is unreachable"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "POST /v1/chaos HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}: {}", body.trim());
+    let json = [("Content-Type", "application/json")];
+    let r =
+        troupe_common::http::request_within(addr, "POST", "/v1/chaos", &json, body.as_bytes(), Duration::from_secs(5))
+            .with_context(|| format!("admin API at {addr} is unreachable"))?;
+    if r.status != 200 {
+        bail!("{addr}: {}", r.body.trim());
     }
-    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
-    Ok(v["result"].as_str().unwrap_or("").to_string())
+    Ok(r.json()["result"].as_str().unwrap_or("").to_string())
 }
 
 fn apply_pairwise(

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Folders under `actors/` that are shared building blocks, not systems.
-const SHARED: &[&str] = &["chart"];
+const SHARED: &[&str] = &["chart", "common"];
 /// What a system's core crate must not pull in.
 const NOT_IN_A_CORE: &[&str] = &[
     "troupe-runtime",

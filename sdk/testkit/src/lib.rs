@@ -26,14 +26,14 @@
 #![warn(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod ports;
 pub use ports::free_port;
+pub use troupe_common::http::{Resp, dechunk, http, request, request_within};
 
 /// The ports of one node.
 #[derive(Debug, Clone)]
@@ -288,85 +288,6 @@ impl Drop for TestCluster {
 fn rand_suffix() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     (t as u64) ^ ((std::process::id() as u64) << 32)
-}
-
-/// An HTTP response: status, headers (names lower-cased), body (chunked bodies decoded).
-#[derive(Debug, Clone)]
-pub struct Resp {
-    /// The status code (0 when the status line did not parse).
-    pub status: u16,
-    /// Headers by lower-case name.
-    pub headers: std::collections::HashMap<String, String>,
-    /// The body, de-chunked.
-    pub body: String,
-}
-
-impl Resp {
-    /// The body as JSON (`Null` when it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-    /// A header by lower-case name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`), every wait bounded.
-/// A server may answer (e.g. 400, 413) before reading an oversize body; the unread rest
-/// is not an error here.
-pub fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes())?;
-    let _ = s.write_all(body);
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.get(9..12)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers: std::collections::HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
-    Ok(Resp { status, headers, body })
-}
-
-/// A JSON request; returns (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    let r = request(addr, method, path, &[("Content-Type", "application/json")], body.unwrap_or("").as_bytes())?;
-    Ok((r.status, r.body))
-}
-
-/// Decodes a chunked HTTP/1.1 body.
-pub fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Polls `f` until it returns a value; panics naming `what` after `timeout`.

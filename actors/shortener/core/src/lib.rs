@@ -64,7 +64,8 @@
 
 pub mod abuse;
 pub mod analytics;
-pub mod cache;
+/// The LRU cache, from troupe-common (shared with other systems).
+pub use troupe_common::cache;
 pub mod geo;
 pub mod ids;
 pub mod lab;

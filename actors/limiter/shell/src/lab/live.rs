@@ -7,8 +7,8 @@
 //! also on error.
 
 use anyhow::{Context, bail};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -87,19 +87,11 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no free port on 127.0.0.1")
 }
 
-/// One HTTP/1.1 request on a fresh connection: (status, body).
+/// One JSON request on a fresh connection: (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    let json = [("Content-Type", "application/json")];
+    let r = troupe_common::http::request_within(addr, method, path, &json, body.as_bytes(), Duration::from_secs(5))?;
+    Ok((r.status, r.body))
 }
 
 fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {

@@ -1,4 +1,5 @@
-//! A bounded LRU cache (code -> link on every gateway node), with hit/miss counters and
+//! A bounded LRU cache (the URL shortener keeps code -> link in one on every gateway
+//! node; the feed and video plans reuse it), with hit/miss counters and
 //! invalidation by key.
 //!
 //! Invariants:
