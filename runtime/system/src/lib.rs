@@ -42,6 +42,8 @@
 //! lower-case with dashes, unique in the list; every factory it registers starts with a
 //! prefix no other system uses (the registry refuses a factory registered twice).
 
+#![warn(missing_docs)]
+
 use ratatui::Frame;
 use ratatui::layout::Rect;
 use troupe_runtime::KindRegistry;

@@ -80,6 +80,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 mod json;
+#[cfg(feature = "lab")]
 pub mod lab;
 mod lease;
 mod metrics;
@@ -109,6 +110,7 @@ impl troupe_system::System for RateLimiter {
     fn register(&self, kinds: &mut troupe_runtime::KindRegistry) {
         register(kinds)
     }
+    #[cfg(feature = "lab")]
     fn lab(&self) -> Option<troupe_system::Command> {
         Some(troupe_system::Command::args::<lab::Args>(
             "rate-limiter",

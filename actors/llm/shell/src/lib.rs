@@ -26,6 +26,7 @@ pub mod config;
 pub mod engine_thread;
 pub mod fetch;
 pub mod gateway;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;
 pub mod router;
@@ -49,6 +50,7 @@ impl troupe_system::System for LlmServing {
     fn prepare(&self, cluster: &troupe_runtime::Loaded) -> anyhow::Result<()> {
         pull_models(cluster)
     }
+    #[cfg(feature = "lab")]
     fn lab(&self) -> Option<troupe_system::Command> {
         Some(troupe_system::Command::args::<lab::driver::Args>(
             "llm-serving",

@@ -27,6 +27,7 @@
 pub mod clicklog;
 pub mod gateway;
 pub mod geo;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod limiter;
 pub mod link;
@@ -47,6 +48,7 @@ impl troupe_system::System for UrlShortener {
         kinds.register::<clicklog::ClickLogActor>("shortener.clicklog");
         kinds.register::<gateway::GatewayActor>("shortener.gateway");
     }
+    #[cfg(feature = "lab")]
     fn lab(&self) -> Option<troupe_system::Command> {
         Some(troupe_system::Command::args::<lab::Args>(
             "url-shortener",
