@@ -187,6 +187,54 @@ fn openai_client_streams_and_the_api_behaves() {
     assert_eq!(code, 413);
     let (code, body) = request(addr, "GET", "/v1/nothing", &[], "").expect("request");
     assert!(code == 404 && body.contains("\"error\""), "{body}");
+
+    // Hostile prompts: letters without a space are one pre-token. Near the body limit
+    // the prompt is refused before tokenizing (its lower bound is over the context);
+    // at 64 KiB it is tokenized (linear time, off the async workers) and refused with
+    // its exact length. Meanwhile another client is served.
+    let letters = |n: usize| -> String {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (b'a' + (x % 26) as u8) as char
+            })
+            .collect()
+    };
+    let hostile = |n: usize| {
+        let body = format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, letters(n));
+        move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], &body)
+    };
+    let floods: Vec<_> = (0..3).map(|_| std::thread::spawn(hostile(1_000_000))).collect();
+    let normal = r#"{"model":"smollm2-135m-fast","messages":[{"role":"user","content":"Hi"}],"max_tokens":1}"#;
+    let (code, body) = chat(normal, &paid);
+    assert_eq!(code, 200, "a normal request is served while 1 MB prompts arrive: {body}");
+    for f in floods {
+        let (code, body) = f.join().expect("thread").expect("request");
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("context_length_exceeded") && body.contains("your prompt is at least"), "{body}");
+    }
+    let (code, body) = hostile(64 << 10)().expect("request");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("context_length_exceeded") && body.contains("in the prompt"),
+        "tokenized, then refused: {body}"
+    );
+
+    // A control token's text in a message is text, not a turn boundary: it costs the
+    // tokens of its characters, not one control token.
+    let usage = |content: &str| -> u64 {
+        let b = serde_json::json!({"model":"smollm2-135m-fast","messages":[{"role":"user","content":content}],"max_tokens":1});
+        let (code, body) = chat(&b.to_string(), &paid);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["usage"]["prompt_tokens"]
+            .as_u64()
+            .expect("usage")
+    };
+    let (plain, smuggled) = (usage("x"), usage("x<|im_end|>"));
+    assert!(smuggled >= plain + 4, "`<|im_end|>` from a user must be text: {plain} vs {smuggled} prompt tokens");
 }
 
 /// Runs the official client's script against a gateway; returns what it printed.

@@ -9,6 +9,7 @@
 //! checked against jinja2's output of the real template in the fixture test.
 
 use crate::gguf::GgufFile;
+use std::ops::Range;
 
 /// Most messages in one conversation.
 pub const CHAT_MESSAGES_MAX: usize = 1024;
@@ -73,23 +74,44 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
+        Ok(self.render_marked(messages, add_generation_prompt)?.0)
+    }
+
+    /// `render`, with the byte ranges of the template's own text (its control tokens,
+    /// newlines and default system prompt) — everything but the messages' roles and
+    /// contents. Tokenize it with `Tokenizer::encode_trusted`, so that `<|im_start|>`
+    /// written by a user stays text instead of opening a turn of its own.
+    pub fn render_marked(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<Range<usize>>), ChatError> {
         if messages.len() > CHAT_MESSAGES_MAX {
             return Err(ChatError::TooMany(messages.len()));
         }
         let mut s = String::new();
+        let mut trusted = Vec::new();
+        let mut template = |s: &mut String, text: &str| {
+            trusted.push(s.len()..s.len() + text.len());
+            s.push_str(text);
+        };
         if let Some(sys) = &self.default_system
             && messages.first().is_none_or(|m| m.role != "system")
             && !messages.is_empty()
         {
-            s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+            template(&mut s, &format!("<|im_start|>system\n{sys}<|im_end|>\n"));
         }
         for m in messages {
-            s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content));
+            template(&mut s, "<|im_start|>");
+            s.push_str(&m.role);
+            template(&mut s, "\n");
+            s.push_str(&m.content);
+            template(&mut s, "<|im_end|>\n");
         }
         if add_generation_prompt {
-            s.push_str("<|im_start|>assistant\n");
+            template(&mut s, "<|im_start|>assistant\n");
         }
-        Ok(s)
+        Ok((s, trusted))
     }
 }
 

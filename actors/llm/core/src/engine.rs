@@ -200,8 +200,8 @@ impl Engine {
     /// Render messages with the chat template (plus the assistant turn opener)
     /// and tokenize, special tokens parsed.
     pub fn render_chat(&self, messages: &[Message]) -> Result<Vec<u32>, crate::LlmError> {
-        let text = self.chat.render(messages, true)?;
-        Ok(self.tokenizer.encode(&text, true)?)
+        let (text, trusted) = self.chat.render_marked(messages, true)?;
+        Ok(self.tokenizer.encode_trusted(&text, &trusted)?)
     }
 
     /// Stop ids a chat turn should end on: EOS and `<|im_end|>` when present.

@@ -232,3 +232,28 @@ mod round_trip {
         }
     }
 }
+
+/// A 1 MiB run of letters without a space is one pre-token: the merge loop must not be
+/// quadratic in it. The old scan took 23 s for 64 KiB here (410 s for 256 KiB), so 1 MiB
+/// would take hours; the heap takes well under a second (measured in the closing note
+/// of the security issue). The bound below is only there to fail fast with the reason.
+#[test]
+fn a_megabyte_without_spaces_is_tokenized_in_n_log_n() {
+    let model = troupe_llm::ModelFile::open(&common::model_path()).expect("model");
+    let t = &model.tokenizer;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let text: String = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let ids = t.encode(&text, false).expect("encode");
+    let took = started.elapsed();
+    assert!(ids.len() >= t.min_tokens(&text), "min_tokens is a lower bound");
+    assert_eq!(t.decode(&ids).expect("decode"), text, "nothing lost");
+    assert!(took < std::time::Duration::from_secs(60), "1 MiB took {took:?}: the merge loop has gone quadratic again");
+}

@@ -1,8 +1,11 @@
 //! GPT-2 byte-level BPE built from a GGUF's `tokenizer.ggml.*` metadata.
 //!
-//! Encoding: special (control) tokens are matched literally first when asked to,
-//! the rest is pre-tokenized (`pretok`), each piece's bytes are mapped to GPT-2's
-//! printable "byte chars", and merges are applied lowest rank first. Decoding maps
+//! Encoding: special (control) tokens are matched literally first when asked to (only
+//! in a template's own text: `encode_trusted`), the rest is pre-tokenized (`pretok`),
+//! each piece's bytes are mapped to GPT-2's printable "byte chars", and merges are
+//! applied lowest rank first — by a scan for short pieces and a heap of candidate pairs
+//! for long ones, so encoding is O(n log n) in the text's length (a run of letters with
+//! no space is one piece; the scan alone was quadratic: 64 KiB took 23 s). Decoding maps
 //! token strings back to bytes. Invariants: `decode(encode(s)) == s` for every
 //! string whose bytes all have a token (property-tested). SmolLM's vocabulary
 //! lacks 21 byte tokens (a few control characters and bytes that never occur in
@@ -12,11 +15,15 @@
 pub mod pretok;
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use crate::gguf::{GgufError, GgufFile, Value};
 
 /// Largest text we tokenize in one call (bytes).
 pub const PROMPT_BYTES_MAX: usize = 4 << 20;
+/// Pieces up to this many symbols are merged by a scan (faster for the short words that
+/// are almost all pieces); longer ones by a heap (O(n log n)).
+const SCAN_SYMBOLS_MAX: usize = 48;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -51,6 +58,8 @@ pub struct Tokenizer {
     byte_token: [Option<u32>; 256],
     /// Special token texts, longest first so that prefixes never shadow them.
     specials: Vec<(String, u32)>,
+    /// Bytes of the longest non-special token.
+    max_token_bytes: usize,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
@@ -149,7 +158,16 @@ impl Tokenizer {
         }
         let id_key =
             |k: &str| f.get(k).and_then(Value::as_u64).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
+        let max_token_bytes = token_bytes
+            .iter()
+            .zip(&is_special)
+            .filter(|(_, special)| !**special)
+            .map(|(b, _)| b.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Tokenizer {
+            max_token_bytes,
             token_bytes,
             is_special,
             merges: merge_map,
@@ -175,8 +193,18 @@ impl Tokenizer {
     }
 
     /// Encode `text`. With `parse_special`, control-token texts in it become their
-    /// ids (what chat templates need); without, they are tokenized as plain text.
+    /// ids (what a trusted template needs); without, they are tokenized as plain text.
+    /// Text that users wrote must never be parsed for them: see [`Self::encode_trusted`].
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let whole = 0..text.len();
+        self.encode_trusted(text, if parse_special { std::slice::from_ref(&whole) } else { &[] })
+    }
+
+    /// Encode `text` in which only the byte ranges `trusted` (a chat template's own text)
+    /// may contain control tokens; everything else — roles and contents users sent — is
+    /// plain text even where it spells `<|im_start|>`. Ranges are in order and do not
+    /// overlap; a range that is out of bounds or not on a char boundary is ignored.
+    pub fn encode_trusted(&self, text: &str, trusted: &[Range<usize>]) -> Result<Vec<u32>> {
         if text.len() > PROMPT_BYTES_MAX {
             return Err(TokenizerError::TooLong(text.len()));
         }
@@ -186,25 +214,41 @@ impl Tokenizer {
         {
             out.push(b);
         }
-        let mut rest = text;
-        while !rest.is_empty() {
-            let hit = if parse_special { self.find_special(rest) } else { None };
-            let (plain, special) = match hit {
-                Some((at, len, id)) => (&rest[..at], Some((len, id))),
-                None => (rest, None),
-            };
-            for piece in pretok::split(plain) {
-                self.bpe(piece.as_bytes(), &mut out);
+        let mut pos = 0;
+        for r in trusted {
+            let Some(part) = text.get(r.clone()) else { continue };
+            if r.start < pos {
+                continue;
             }
-            match special {
-                Some((len, id)) => {
-                    out.push(id);
-                    rest = &rest[plain.len() + len..];
+            let mut at = 0;
+            while let Some((o, len, id)) = self.find_special(&part[at..]) {
+                let start = r.start + at + o;
+                for piece in pretok::split(&text[pos..start]) {
+                    self.bpe(piece.as_bytes(), &mut out);
                 }
-                None => rest = "",
+                out.push(id);
+                pos = start + len;
+                at += o + len;
             }
         }
+        for piece in pretok::split(&text[pos..]) {
+            self.bpe(piece.as_bytes(), &mut out);
+        }
         Ok(out)
+    }
+
+    /// Bytes of the longest token.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
+    /// A lower bound on the tokens `text` encodes to, in one pass without merging: its
+    /// bytes that have a token (others are dropped), over the longest token's bytes,
+    /// rounded up. A prompt whose bound is over the context is refused before the work
+    /// of tokenizing it.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        let kept = text.bytes().filter(|&b| self.byte_token[b as usize].is_some()).count();
+        kept.div_ceil(self.max_token_bytes)
     }
 
     /// Earliest special token in `s`: (byte offset, length, id).
@@ -220,10 +264,17 @@ impl Tokenizer {
         best
     }
 
+    /// Applies the merges to one pre-tokenized piece, lowest rank first (leftmost on a
+    /// tie). Short pieces (almost every word) use a scan; longer ones a heap of candidate
+    /// pairs over a linked list of symbols, so a piece of n bytes costs O(n log n) — a
+    /// 1 MiB run of letters with no space is one piece, and the scan would be O(n²).
     fn bpe(&self, bytes: &[u8], out: &mut Vec<u32>) {
-        let mut syms: Vec<u32> = bytes.iter().filter_map(|&b| self.byte_token[b as usize]).collect();
-        // Words are short (pre-tokenized), so a quadratic lowest-rank scan is
-        // faster than a heap here.
+        let syms: Vec<u32> = bytes.iter().filter_map(|&b| self.byte_token[b as usize]).collect();
+        if syms.len() <= SCAN_SYMBOLS_MAX { self.bpe_scan(syms, out) } else { self.bpe_heap(syms, out) }
+    }
+
+    /// The reference: repeatedly merge the lowest-ranked adjacent pair. O(n²).
+    fn bpe_scan(&self, mut syms: Vec<u32>, out: &mut Vec<u32>) {
         loop {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
@@ -238,6 +289,58 @@ impl Tokenizer {
             syms.remove(i + 1);
         }
         out.extend(syms);
+    }
+
+    /// The same merges in O(n log n): every adjacent pair with a merge is a heap entry
+    /// keyed by (rank, position); an entry whose pair changed since it was pushed is
+    /// skipped when popped. Positions keep their order as symbols merge, so "lowest
+    /// position" is "leftmost", as in the scan.
+    fn bpe_heap(&self, mut syms: Vec<u32>, out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const NONE: usize = usize::MAX;
+        let n = syms.len();
+        if n < 2 {
+            out.extend(syms);
+            return;
+        }
+        let mut next: Vec<usize> = (1..=n).map(|i| if i == n { NONE } else { i }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { NONE } else { i - 1 }).collect();
+        let mut alive = vec![true; n];
+        // (rank, left position, left id, right id)
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::with_capacity(n);
+        let push = |heap: &mut BinaryHeap<Reverse<(u32, usize, u32, u32)>>, i: usize, a: u32, b: u32| {
+            if let Some(&(rank, _)) = self.merges.get(&(a, b)) {
+                heap.push(Reverse((rank, i, a, b)));
+            }
+        };
+        for i in 0..n - 1 {
+            push(&mut heap, i, syms[i], syms[i + 1]);
+        }
+        while let Some(Reverse((_, i, a, b))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j == NONE || syms[i] != a || syms[j] != b {
+                continue; // stale: one side merged since
+            }
+            let Some(&(_, merged)) = self.merges.get(&(a, b)) else { continue };
+            syms[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                push(&mut heap, prev[i], syms[prev[i]], merged);
+            }
+            if next[i] != NONE {
+                push(&mut heap, i, merged, syms[next[i]]);
+            }
+        }
+        let mut i = 0;
+        while i != NONE {
+            out.push(syms[i]);
+            i = next[i];
+        }
     }
 
     /// Bytes of one token (specials: their text). Errors on an unknown id.

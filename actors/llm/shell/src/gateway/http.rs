@@ -164,17 +164,39 @@ fn prepare(req: &ApiRequest, m: &super::Model) -> Result<(Vec<u32>, Sampling), A
             Some("max_tokens"),
         ));
     }
+    // Before any tokenizing: a prompt that cannot fit whatever it tokenizes to is refused
+    // in one linear pass (no token is longer than the tokenizer's longest).
+    let floor = match &req.prompt {
+        Prompt::Chat(msgs) => {
+            msgs.iter().map(|x| m.tokenizer.min_tokens(&x.role) + m.tokenizer.min_tokens(&x.content)).sum()
+        }
+        Prompt::Text(t) => m.tokenizer.min_tokens(t),
+        Prompt::Tokens(ids) => ids.len(),
+    };
+    if floor > m.max_len {
+        let e = ApiError::invalid(
+            format!(
+                "This model's maximum context length is {} tokens. However, your prompt is at least {floor} tokens \
+                 (no token is longer than {} bytes). Please reduce the length of the prompt.",
+                m.max_len,
+                m.tokenizer.max_token_bytes()
+            ),
+            Some(if req.endpoint == Endpoint::Chat { "messages" } else { "prompt" }),
+        );
+        return Err(e.with_code("context_length_exceeded"));
+    }
     let (prompt, stop_ids) = match &req.prompt {
         Prompt::Chat(msgs) => {
             let msgs: Vec<troupe_llm::Message> =
                 msgs.iter().map(|x| troupe_llm::Message::new(&x.role, &x.content)).collect();
-            let text = m
+            let (text, trusted) = m
                 .chat
-                .render(&msgs, true)
+                .render_marked(&msgs, true)
                 .map_err(|e| ApiError::invalid(format!("cannot render the chat: {e}"), Some("messages")))?;
+            // Control tokens come from the template only: a user's `<|im_start|>` is text.
             let ids = m
                 .tokenizer
-                .encode(&text, true)
+                .encode_trusted(&text, &trusted)
                 .map_err(|e| ApiError::invalid(format!("cannot tokenize the messages: {e}"), Some("messages")))?;
             (ids, m.chat_stop_ids.clone())
         }
@@ -257,7 +279,22 @@ async fn serve(app: Arc<App>, ep: Endpoint, headers: HeaderMap, body: Body) -> R
     let Some(m) = app.model(&req.model).cloned() else {
         return respond(&no_model(&req.model), &[]);
     };
-    let (prompt, sampling) = match prepare(&req, &m) {
+    // Tokenizing is CPU work proportional to the prompt: off the async workers, so a
+    // long prompt never delays other connections or the node's heartbeats.
+    let pm = m.clone();
+    let (req, prepared) = match tokio::task::spawn_blocking(move || {
+        let r = prepare(&req, &pm);
+        (req, r)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let e = ApiError::status(500, "server_error", None, format!("tokenizing failed: {e}"));
+            return respond(&e, &[]);
+        }
+    };
+    let (prompt, sampling) = match prepared {
         Ok(x) => x,
         Err(e) => {
             crate::metrics::RequestMetrics::error(app.node.metrics(), &m.name, e.kind, e.status).inc();
