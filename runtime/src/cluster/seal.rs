@@ -4,8 +4,10 @@
 //!
 //! Packet: `[version=1][nonce: 12][ciphertext of (sent_ms: u64 LE, payload)][tag: 16]`.
 //! The cluster name is the associated data, so two clusters that share a key still
-//! do not mix. A packet older or newer than `SKEW_MS_MAX` is refused, which bounds
-//! how long a recorded packet can be replayed.
+//! do not mix. A packet older or newer than `SKEW_MS_MAX` is refused, and within that
+//! window each authentic packet is accepted once: its nonce is remembered (at most
+//! `REPLAY_CACHE_MAX` of them, the oldest forgotten first), so a recorded packet cannot
+//! be replayed at all while it is fresh enough to be believed.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;
@@ -17,6 +19,10 @@ const TAG_LEN: usize = 16;
 pub const SKEW_MS_MAX: u64 = 30_000;
 /// Bytes of a cluster key.
 pub const KEY_BYTES: usize = 32;
+/// Nonces of accepted packets remembered to refuse replays (about 40 bytes each; a
+/// 7-node cluster gossips a few hundred packets a second, so this holds far more
+/// than `SKEW_MS_MAX` worth).
+pub const REPLAY_CACHE_MAX: usize = 1 << 18;
 
 /// Why a gossip packet was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +41,10 @@ pub enum SealError {
     /// value is the difference, in milliseconds.
     #[error("packet is {0} ms away from our clock (replayed or clocks too far apart)")]
     Stale(u64),
+    /// An authentic packet this node already accepted: a replay (or a duplicate the
+    /// network made, which SWIM does not need either).
+    #[error("packet was already received (replayed)")]
+    Replayed,
 }
 
 /// Seals and opens gossip packets with the key derived from one cluster's key and
@@ -42,6 +52,34 @@ pub enum SealError {
 pub struct Sealer {
     key: LessSafeKey,
     aad: Vec<u8>,
+    seen: parking_lot::Mutex<Seen>,
+}
+
+/// Nonces of accepted packets with their send stamps, oldest first.
+#[derive(Default)]
+struct Seen {
+    nonces: std::collections::HashSet<[u8; NONCE_LEN]>,
+    order: std::collections::VecDeque<([u8; NONCE_LEN], u64)>,
+}
+
+impl Seen {
+    /// Records `nonce`; false when it was already there.
+    fn first_time(&mut self, nonce: [u8; NONCE_LEN], sent_ms: u64, now_ms: u64) -> bool {
+        // Forget what is too old to be believed anyway, then the oldest past the cap.
+        while let Some(&(n, sent)) = self.order.front() {
+            if sent.saturating_add(SKEW_MS_MAX) < now_ms || self.order.len() >= REPLAY_CACHE_MAX {
+                self.order.pop_front();
+                self.nonces.remove(&n);
+            } else {
+                break;
+            }
+        }
+        if !self.nonces.insert(nonce) {
+            return false;
+        }
+        self.order.push_back((nonce, sent_ms));
+        true
+    }
 }
 
 struct Len32;
@@ -67,7 +105,7 @@ impl Sealer {
             Ok(k) => LessSafeKey::new(k),
             Err(_) => unreachable!("a 32-byte key is valid for ChaCha20-Poly1305"),
         };
-        Self { key, aad: cluster_name.as_bytes().to_vec() }
+        Self { key, aad: cluster_name.as_bytes().to_vec(), seen: parking_lot::Mutex::new(Seen::default()) }
     }
 
     /// Encrypts `payload` into a packet stamped with `now_ms` (ms since the Unix
@@ -111,6 +149,10 @@ impl Sealer {
         if skew > SKEW_MS_MAX {
             return Err(SealError::Stale(skew));
         }
+        // Only authentic packets reach the cache, so forgeries cannot flush it.
+        if !self.seen.lock().first_time(nonce, sent, now_ms) {
+            return Err(SealError::Replayed);
+        }
         Ok(plain[8..].to_vec())
     }
 }
@@ -127,12 +169,8 @@ pub fn load_key(path: &Path, create: bool) -> Result<Vec<u8>, String> {
         }
         let key: [u8; KEY_BYTES] = rand::random();
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(path, format!("{hex}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
+        super::tls::write_secret(path, format!("{hex}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let hex = text.trim();
@@ -157,12 +195,33 @@ mod tests {
         assert_eq!(Sealer::new(&[7; 32], "prod").open(&p, 1_000_000), Err(SealError::Auth));
         // A replay long after: refused.
         assert!(matches!(s.open(&p, 1_000_000 + SKEW_MS_MAX + 1), Err(SealError::Stale(_))));
+        // A replay while fresh: refused too; a new packet with the same payload is not.
+        assert_eq!(s.open(&p, 1_000_600), Err(SealError::Replayed));
+        assert_eq!(s.open(&s.seal(b"hello", 1_000_700), 1_000_700).unwrap(), b"hello");
         // Any flipped bit: refused.
         for i in 0..p.len() {
             let mut q = p.clone();
             q[i] ^= 1;
             assert!(s.open(&q, 1_000_000).is_err(), "bit flip at {i} accepted");
         }
+    }
+
+    #[test]
+    fn the_replay_cache_forgets_only_what_is_stale_or_past_its_cap() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time([1; NONCE_LEN], 1_000, 1_000));
+        assert!(!seen.first_time([1; NONCE_LEN], 1_000, 2_000), "a repeat within the window");
+        // Once the first is older than the skew window it is forgotten (and a replay
+        // of it is refused as stale instead).
+        assert!(seen.first_time([2; NONCE_LEN], 40_000, 40_000));
+        assert!(!seen.nonces.contains(&[1; NONCE_LEN]));
+        for i in 0..REPLAY_CACHE_MAX + 10 {
+            let mut n = [0u8; NONCE_LEN];
+            n[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            n[11] = 9;
+            seen.first_time(n, 40_000, 40_000);
+        }
+        assert!(seen.order.len() <= REPLAY_CACHE_MAX && seen.nonces.len() == seen.order.len());
     }
 
     proptest! {

@@ -86,13 +86,37 @@ impl TlsDir {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|e| file_err(path, e))?;
+    write_secret(path, contents.as_bytes()).map_err(|e| file_err(path, e))
+}
+
+/// Writes a secret (a private key, the cluster key) so that no other user can read it,
+/// not even for a moment: a new file created with mode 0600 beside `path`, synced, then
+/// renamed over it (a crash leaves the old file or the new one, never half of one).
+pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A leftover of a crashed run of this process id: it was never renamed into place.
+    let _ = std::fs::remove_file(&tmp);
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| file_err(path, e))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
     }
-    Ok(())
+    let written = open.open(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Makes the CA if it is missing. Returns true when it was created.
@@ -261,6 +285,36 @@ mod tests {
         assert_eq!(peer_from_cert(&cli.chain[0]), Some(PeerId::Client("cli".into())));
         server_config(&id).unwrap();
         client_config(&cli).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [dir.ca_key(), dir.key("n1"), dir.key("n2")] {
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is readable by others", key.display());
+            }
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_secret_replaces_a_readable_file_with_an_owner_only_one() {
+        let d = std::env::temp_dir().join(format!("troupe-secret-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("cluster.key");
+        std::fs::write(&p, "old").unwrap();
+        write_secret(&p, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // No temporary file is left beside it.
+        let names: Vec<String> =
+            std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["cluster.key"]);
+        // A folder that does not exist is an error, not a panic.
+        assert!(write_secret(&d.join("no/such/dir/k"), b"x").is_err());
         let _ = std::fs::remove_dir_all(d);
     }
 }
