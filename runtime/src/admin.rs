@@ -17,8 +17,9 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = router(node);
+    let (_, served) = crate::http::serve(listener, app, crate::http::HttpLimits::default());
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = served.await {
             tracing::error!(error = %e, "admin server stopped");
         }
     });

@@ -86,8 +86,9 @@ pub async fn serve_routes(node: &Node) -> std::io::Result<Vec<(String, SocketAdd
         let addr = SocketAddr::new(spec.addr.ip(), *port);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         out.push((t.name.clone(), listener.local_addr()?));
+        let (_, served) = crate::http::serve(listener, app, crate::http::HttpLimits::default());
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "gateway stopped");
             }
         });

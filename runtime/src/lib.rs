@@ -21,6 +21,7 @@ pub mod config;
 pub(crate) mod current;
 pub mod gateway;
 pub(crate) mod handle;
+pub mod http;
 pub(crate) mod kinds;
 pub mod metrics;
 pub(crate) mod node;

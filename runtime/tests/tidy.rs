@@ -70,3 +70,39 @@ fn the_cycle_check_can_fail() {
     let c = in_cycles(&g);
     assert_eq!(c, ["a.rs", "b.rs", "c.rs"].into_iter().map(str::to_string).collect::<BTreeSet<_>>());
 }
+
+/// Non-test lines that serve HTTP some other way than `troupe_runtime::http::serve`.
+fn unbounded_listeners(files: &BTreeMap<String, String>) -> Vec<String> {
+    files
+        .iter()
+        .flat_map(|(f, src)| {
+            let code = src.split("#[cfg(test)]").next().unwrap_or_default();
+            code.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim_start().starts_with("//") && l.contains("axum::serve("))
+                .map(move |(i, _)| format!("{f}:{}", i + 1))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn every_http_listener_is_served_with_limits() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = read_tree(&repo.join("runtime/src"));
+    files.extend(read_tree(&repo.join("cli/src")));
+    for e in std::fs::read_dir(repo.join("actors")).expect("actors/") {
+        let shell = e.expect("entry").path().join("shell/src");
+        if shell.is_dir() {
+            files.extend(read_tree(&shell).into_iter().map(|(k, v)| (format!("{}/{k}", shell.display()), v)));
+        }
+    }
+    assert!(files.len() > 50, "the reader found the sources: {}", files.len());
+    assert_eq!(
+        unbounded_listeners(&files),
+        Vec::<String>::new(),
+        "serve HTTP with troupe_runtime::http::serve (header/body timeouts, per-IP caps), not axum::serve"
+    );
+    let broken = tree(&[("x.rs", "async fn f() { axum::serve(l, app).await; }")]);
+    assert_eq!(unbounded_listeners(&broken), ["x.rs:1"], "the check can fail");
+}

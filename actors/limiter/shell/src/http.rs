@@ -193,8 +193,9 @@ impl Behavior for HttpActor {
             .map_err(|e| fail(format!("cannot listen on {ip}:{port} (ports.\"{SYSTEM}\"): {e}")))?;
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let app = router(Limiter::from_state(st), self.params.body_bytes_max);
+        let (_, served) = troupe_runtime::http::serve(listener, app, troupe_runtime::http::HttpLimits::default());
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "rate-limiter HTTP service stopped");
             }
         });

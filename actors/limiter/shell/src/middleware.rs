@@ -11,7 +11,7 @@
 //! );
 //! let app = app.layer(layer);
 //! // Serve with ConnectInfo so `ip` rules see the peer address:
-//! // axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//! // troupe_runtime::http::serve(listener, app, HttpLimits::default()) gives handlers ConnectInfo
 //! # let _ = app; Ok(()) }
 //! ```
 //!

@@ -204,8 +204,9 @@ impl Behavior for GatewayActor {
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let names: Vec<String> = app.models.iter().map(|m| m.name.clone()).collect();
         let svc = http_router(app);
+        let (_, served) = troupe_runtime::http::serve(listener, svc, troupe_runtime::http::HttpLimits::default());
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, svc).await {
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "LLM gateway stopped");
             }
         });

@@ -230,9 +230,10 @@ impl Behavior for GatewayActor {
             metrics: GatewayMetrics::new(&node),
             params: p,
         });
-        let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(shared.clone());
+        let (_, served) = troupe_runtime::http::serve(listener, app, troupe_runtime::http::HttpLimits::default());
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = served.await {
                 tracing::error!(error = %e, "url-shortener HTTP server stopped");
             }
         });
