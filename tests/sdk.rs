@@ -64,6 +64,31 @@ fn sdk_reaches_every_node_and_fails_over() {
 }
 
 #[test]
+fn a_client_certificate_cannot_address_the_replicas() {
+    let c = TestCluster::start(Options { nodes: 1, ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(20));
+    rt().block_on(async {
+        let cfg = ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap();
+        let client = Client::connect(cfg).await.unwrap();
+        let replica = ActorPath::new("troupe", "replica", "n1").unwrap();
+        let refused = |e: &troupe_client::ClientError| {
+            matches!(e.remote(), Some(troupe_runtime::RemoteError::Unauthorized(r)) if r.contains("cluster nodes only"))
+        };
+        // JSON and encoded asks, whatever they carry, are refused with the reason.
+        let json = r#"{"Load":{"path":"/kv/store/a"}}"#;
+        let e = client.ask_json(&replica, json, Duration::from_secs(5), Client::new_trace()).await.unwrap_err();
+        assert!(refused(&e), "{e}");
+        let e = client.ask_raw(&replica, vec![0, 1, 2, 3], Duration::from_secs(5), Client::new_trace()).await.unwrap_err();
+        assert!(refused(&e), "{e}");
+        // The node agent still answers clients (troupe tree, troupe top), and so do
+        // the systems' kinds.
+        assert!(matches!(client.node_request("n1", NodeRequest::Health).await.unwrap(), NodeReply::Health(_)));
+        let kv = ActorPath::new("kv", "store", "ok").unwrap();
+        assert!(client.ask::<KvStore>(&kv, &KvMsg::Get).await.is_ok());
+    });
+}
+
+#[test]
 fn client_from_another_ca_is_refused() {
     let c = TestCluster::start(Options { nodes: 1, ..Options::default() });
     c.wait_converged(&[], Duration::from_secs(20));

@@ -20,8 +20,29 @@ pub(crate) async fn forward(node: Node, env: Envelope, request: WireRequest) {
     node.record_span(trace, "client", &target, start);
 }
 
+/// Refuses a client's request to a kind only cluster nodes may address: a client
+/// certificate must not read or write the replicated state of other entities through
+/// `/troupe/replica/<node>` (its `Load`, `Append`, `Adopt` would bypass every owner).
+fn nodes_only(target: &ActorPath) -> Result<(), RemoteError> {
+    if target.system() == "troupe" && target.kind() == "replica" {
+        return Err(RemoteError::Unauthorized(format!(
+            "{target} accepts requests from cluster nodes only, not from a client certificate"
+        )));
+    }
+    Ok(())
+}
+
 async fn forward_inner(node: &Node, env: Envelope, request: WireRequest) {
     let node = node.clone();
+    if let Err(e) = nodes_only(&env.target) {
+        tracing::warn!(target = %env.target, "client request to a nodes-only kind refused");
+        match request {
+            WireRequest::Tell => {}
+            WireRequest::Ask { sink, corr } => sink.reply(corr, Err(e)),
+            WireRequest::Stream { sink, corr } => sink.stream_end(corr, Err(e)),
+        }
+        return;
+    }
     match request {
         WireRequest::Tell => {
             if let Err(e) = node.tell_raw(&env.target, env.payload, env.trace).await {
@@ -83,7 +104,7 @@ pub(crate) async fn json_request(
         let link = link.clone();
         async move { link.send_frame_wait(corr, Frame::JsonReply { corr, result, last }).await }
     };
-    let codec = match node.json_codec(&target) {
+    let codec = match nodes_only(&target).and_then(|()| node.json_codec(&target)) {
         Ok(c) => c,
         Err(e) => {
             send(Err(e), true).await;
@@ -146,7 +167,10 @@ pub(crate) async fn json_request(
 }
 
 pub(crate) async fn json_tell(node: Node, target: ActorPath, json: String, trace: TraceId) {
-    let payload = match node.json_codec(&target).and_then(|c| c.msg_from_json(&json).map_err(RemoteError::Invalid)) {
+    let payload = match nodes_only(&target)
+        .and_then(|()| node.json_codec(&target))
+        .and_then(|c| c.msg_from_json(&json).map_err(RemoteError::Invalid))
+    {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(%target, error = %e, "client JSON tell refused");
