@@ -264,6 +264,11 @@ fn rule_update_without_restart_reaches_every_node() {
     let errors = r.json()["errors"].to_string();
     assert!(errors.contains("planet") && errors.contains("line 2"), "{errors}");
     assert!(errors.contains("limit") && errors.contains("line 9"), "{errors}");
+    // A leap to TOML's largest integer would leave no newer version for anyone: 400.
+    let leap = v3.replace("version = 3", "version = 9223372036854775807");
+    let r = must(c.port("n2", SYS), "PUT", "/v1/rules", &leap);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("would use up") && r.body.contains("version = 4"), "{}", r.body);
     assert_eq!(
         must(c.port("n1", SYS), "GET", "/v1/rules", "").json()["version"],
         3,

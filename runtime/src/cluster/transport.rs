@@ -370,7 +370,10 @@ impl Transport {
             client_cfg: cc,
             tuning: tuning.clone(),
             peers,
-            corr: AtomicU64::new(1),
+            // Not guessable from outside: an id alone never identified a request (answers
+            // are also checked against the node asked), but there is no reason to make
+            // one predictable.
+            corr: AtomicU64::new(rand::random::<u64>() >> 2),
             pending: Mutex::new(HashMap::new()),
             chaos,
             inbound: OnceLock::new(),
@@ -651,6 +654,16 @@ impl Transport {
         }
     }
 
+    /// Whether `frame` (an answer) comes from the node its request was sent to; an
+    /// answer to no pending request is harmless and passes (a late one, after a timeout).
+    fn answered_by(&self, frame: &Frame, peer: &PeerId) -> bool {
+        let corr = match frame {
+            Frame::Reply { corr, .. } | Frame::StreamItem { corr, .. } | Frame::StreamEnd { corr, .. } => *corr,
+            _ => return true,
+        };
+        answer_accepted(self.pending.lock().get(&corr).map(|(node, _)| node.as_str()), peer)
+    }
+
     /// The stream's handler, made on its first request.
     fn lane<'a>(&self, lane: &'a mut Option<Box<dyn LaneInbound>>) -> Option<&'a mut Box<dyn LaneInbound>> {
         if lane.is_none() {
@@ -670,6 +683,14 @@ impl Transport {
         }
         match frame {
             Frame::Msg(env) => self.on_msg(env, link, lane),
+            // An answer counts only from the node the request went to: another node or a
+            // client cannot complete (or end) someone else's request by its id.
+            Frame::Reply { .. } | Frame::StreamItem { .. } | Frame::StreamEnd { .. }
+                if !self.answered_by(&frame, &link.peer) =>
+            {
+                self.stats.bad_frames.inc();
+                tracing::warn!(peer = %link.peer, "an answer to a request this peer was not sent; ignored");
+            }
             Frame::Reply { corr, result } => {
                 if let Some((_, Pending::Ask(tx))) = self.pending.lock().remove(&corr) {
                     let _ = tx.send(result);
@@ -789,4 +810,26 @@ impl Transport {
 fn peer_of(conn: &quinn::Connection) -> Option<PeerId> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     tls::peer_from_cert(certs.first()?)
+}
+
+/// Whether an answer from `peer` may settle a request sent to `asked` (`None`: no such
+/// request is pending, so the answer settles nothing and is dropped harmlessly).
+fn answer_accepted(asked: Option<&str>, peer: &PeerId) -> bool {
+    match asked {
+        Some(node) => matches!(peer, PeerId::Node(n) if n == node),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_node_asked_settles_a_request() {
+        assert!(answer_accepted(Some("n2"), &PeerId::Node("n2".into())));
+        assert!(!answer_accepted(Some("n2"), &PeerId::Node("n3".into())), "another node");
+        assert!(!answer_accepted(Some("n2"), &PeerId::Client("n2".into())), "a client named like the node");
+        assert!(answer_accepted(None, &PeerId::Client("c".into())), "nothing pending: nothing to settle");
+    }
 }

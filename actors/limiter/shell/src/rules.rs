@@ -55,15 +55,10 @@ impl RulesActor {
             }
         };
         let active = s.active.current().version();
-        if set.version() <= active {
-            return Ok(RulesReply::Rejected {
-                conflict: true,
-                errors: vec![format!(
-                    "version {} is not newer than the active version {active}; set `version = {}` or higher",
-                    set.version(),
-                    active + 1
-                )],
-            });
+        if let Err(why) = troupe_limiter::rules::check_next_version(active, set.version()) {
+            // Not newer: a conflict with whoever wrote the active version (409); a leap
+            // that would exhaust the versions: a bad request (400).
+            return Ok(RulesReply::Rejected { conflict: set.version() <= active, errors: vec![why] });
         }
         let bytes = codec::encode(&set).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         // Durable on rf nodes before anyone is told: an acknowledged set survives a crash.

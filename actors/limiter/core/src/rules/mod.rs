@@ -310,6 +310,30 @@ pub enum RuleUpdateError {
     Conflict { version: u64 },
 }
 
+/// Most a new rule set's version may pass the active one by. Versions only grow, so a
+/// jump to near `u64::MAX` (or `i64::MAX`, TOML's largest integer) would leave no
+/// newer version for any later update: such a jump is refused.
+pub const VERSION_STEP_MAX: u64 = 1_000_000;
+
+/// Whether `offered` may replace `active` through an update: newer, and not by more
+/// than [`VERSION_STEP_MAX`]. The error says what to send instead.
+pub fn check_next_version(active: u64, offered: u64) -> Result<(), String> {
+    if offered <= active {
+        return Err(format!(
+            "version {offered} is not newer than the active version {active}; set `version = {}` or higher",
+            active + 1
+        ));
+    }
+    if offered - active > VERSION_STEP_MAX {
+        return Err(format!(
+            "version {offered} is more than {VERSION_STEP_MAX} past the active version {active}, which would use up \
+             the versions left for later updates; set `version = {}`",
+            active + 1
+        ));
+    }
+    Ok(())
+}
+
 /// The rule set a node is enforcing, replaced atomically by newer versions.
 #[derive(Debug, Clone)]
 pub struct ActiveRules {
@@ -341,5 +365,21 @@ impl ActiveRules {
         let diff = self.current.diff(&next);
         self.current = next;
         Ok(diff)
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn an_update_must_be_newer_but_not_by_a_leap() {
+        assert!(check_next_version(3, 4).is_ok());
+        assert!(check_next_version(3, 3 + VERSION_STEP_MAX).is_ok());
+        let e = check_next_version(3, 3).unwrap_err();
+        assert!(e.contains("not newer") && e.contains("version = 4"), "{e}");
+        let e = check_next_version(3, i64::MAX as u64).unwrap_err();
+        assert!(e.contains("use up the versions") || e.contains("would use up"), "{e}");
+        assert!(e.contains("version = 4"), "{e}");
     }
 }
