@@ -71,6 +71,19 @@ fail_mode = "open"
     )
 }
 
+/// `n` pseudo-random letters without a space: one pre-token, the tokenizer's worst case.
+fn letters(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
 fn options(worker_extra: &str, extra: String) -> Options {
     Options {
         nodes: 3,
@@ -192,17 +205,6 @@ fn openai_client_streams_and_the_api_behaves() {
     // the prompt is refused before tokenizing (its lower bound is over the context);
     // at 64 KiB it is tokenized (linear time, off the async workers) and refused with
     // its exact length. Meanwhile another client is served.
-    let letters = |n: usize| -> String {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (b'a' + (x % 26) as u8) as char
-            })
-            .collect()
-    };
     let hostile = |n: usize| {
         let body = format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, letters(n));
         move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], &body)
@@ -572,4 +574,40 @@ fn disaggregated_pool_ships_kv_from_prefill_to_decode() {
         request(addr, "POST", "/v1/chat/completions", &[("Authorization", &key)], body).expect("request");
     assert_eq!(code, 200);
     assert_eq!(events(&body).last().map(String::as_str), Some("[DONE]"), "{body}");
+}
+
+/// 32 long prompts at once: half near the body limit (refused before tokenizing), half
+/// of 300 KB (under the bound of 4,096 tokens × 81 bytes, so tokenized on the blocking
+/// pool and refused with their exact length). Tokenizing never runs on the async
+/// workers, so no node misses a probe: no suspicion anywhere, and a normal request is
+/// served meanwhile.
+#[test]
+fn thirty_two_long_prompts_at_once_disturb_no_one() {
+    let c = start("", rules(1000));
+    let suspicions =
+        |c: &TestCluster| -> f64 { c.names.iter().map(|n| c.metric(n, "troupe_gossip_suspicions_total")).sum() };
+    let before = suspicions(&c);
+    let addr = c.port("n1", SYS);
+    let floods: Vec<_> = (0..32)
+        .map(|i| {
+            let n = if i % 2 == 0 { 1_000_000 } else { 300_000 };
+            let body =
+                format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, letters(n + i));
+            std::thread::spawn(move || {
+                request(addr, "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], &body)
+            })
+        })
+        .collect();
+    let normal = r#"{"model":"smollm2-135m-fast","messages":[{"role":"user","content":"Hi"}],"max_tokens":1}"#;
+    let (code, body) =
+        request(c.port("n2", SYS), "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], normal)
+            .expect("request");
+    assert_eq!(code, 200, "served while the long prompts arrive: {body}");
+    for f in floods {
+        let (code, body) = f.join().expect("thread").expect("request");
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("context_length_exceeded"), "{body}");
+    }
+    c.wait_converged(&[], Duration::from_secs(5));
+    assert_eq!(suspicions(&c), before, "a node was suspected while prompts were tokenized");
 }
