@@ -24,6 +24,23 @@ fn kill_detect_and_rejoin_with_new_incarnation() {
     assert!(new_epoch > old_epoch, "a restarted node must rejoin as a new incarnation ({old_epoch} → {new_epoch})");
 }
 
+/// In production the CA key stays on the machine that issues certificates: a node needs
+/// only `ca.pem`, its own certificate and key, and the cluster key.
+#[test]
+fn nodes_run_and_replicate_without_the_ca_key() {
+    let mut c = TestCluster::prepare(Options::default());
+    let ca_key = c.dir.join(".troupe/tls/ca.key");
+    assert!(ca_key.is_file(), "certs init made {}", ca_key.display());
+    std::fs::remove_file(&ca_key).unwrap();
+    for n in c.names.clone() {
+        c.spawn(&n);
+    }
+    c.wait_converged(&[], Duration::from_secs(20));
+    wait_for("a replicated write", Duration::from_secs(20), || put(&c, "n1", "no-ca", "v").then_some(()));
+    assert_eq!(get(&c, "n3", "no-ca").as_deref(), Some("v"));
+    assert!(!ca_key.exists(), "nothing recreated the CA key");
+}
+
 fn put(c: &TestCluster, node: &str, key: &str, value: &str) -> bool {
     matches!(
         http(c.port(node, "kv"), "PUT", &format!("/kv/{key}"), Some(&format!("{{\"value\":\"{value}\"}}"))),
