@@ -114,7 +114,20 @@ fn singleton_moves_and_keeps_its_state() {
 fn partition_heals_and_the_cluster_converges() {
     let c = TestCluster::start(Options::default());
     c.wait_converged(&[], Duration::from_secs(20));
-    let cmd = |node: &str, body: &str| http(c.admin(node), "POST", "/v1/chaos", Some(body)).map(|r| r.0);
+    let token = std::fs::read_to_string(c.dir.join(".troupe/admin.token")).expect("certs init made the admin token");
+    let bearer = format!("Bearer {}", token.trim());
+    let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+    let cmd = |node: &str, body: &str| {
+        common::request(c.admin(node), "POST", "/v1/chaos", &headers, body.as_bytes()).map(|r| r.status)
+    };
+    // Without the token, or with another, the admin API refuses and says why.
+    let heal = br#""Heal""#;
+    let json = [("Content-Type", "application/json")];
+    let r = common::request(c.admin("n1"), "POST", "/v1/chaos", &json, heal).unwrap();
+    assert!(r.status == 401 && r.body.contains("admin token is required"), "{} {}", r.status, r.body);
+    let wrong = [("Content-Type", "application/json"), ("Authorization", "Bearer 0000")];
+    let r = common::request(c.admin("n1"), "POST", "/v1/chaos", &wrong, heal).unwrap();
+    assert!(r.status == 401 && r.body.contains("does not match"), "{} {}", r.status, r.body);
     assert_eq!(cmd("n1", r#"{"Partition":{"nodes":["n2","n3"],"for_ms":null}}"#).unwrap(), 200);
     assert_eq!(cmd("n2", r#"{"Partition":{"nodes":["n1"],"for_ms":null}}"#).unwrap(), 200);
     assert_eq!(cmd("n3", r#"{"Partition":{"nodes":["n1"],"for_ms":null}}"#).unwrap(), 200);

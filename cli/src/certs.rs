@@ -6,8 +6,8 @@ use troupe_runtime::cluster::{seal, tls};
 
 #[derive(Subcommand)]
 pub enum CertsCmd {
-    /// Make the CA, a certificate per node, a CLI client certificate and the cluster
-    /// key (whatever is missing).
+    /// Make the CA, a certificate per node, a CLI client certificate, the cluster key
+    /// and the admin token (whatever is missing).
     Init {
         #[arg(long, default_value = "cluster.toml")]
         cluster: PathBuf,
@@ -28,6 +28,10 @@ pub fn ensure(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<Vec<Pat
     if !cluster.key_file.exists() {
         seal::load_key(&cluster.key_file, true).map_err(anyhow::Error::msg)?;
         made.push(cluster.key_file.clone());
+    }
+    let token = troupe_runtime::cluster::admin_token::path(&cluster.key_file);
+    if troupe_runtime::cluster::admin_token::ensure(&token)? {
+        made.push(token);
     }
     Ok(made)
 }

@@ -57,10 +57,18 @@ pub enum ChaosCmd {
     },
 }
 
-/// POSTs a chaos command to a node's admin API.
-fn post(addr: std::net::SocketAddr, cmd: &ChaosCommand) -> anyhow::Result<String> {
+/// The cluster's admin token (`$TROUPE_ADMIN_TOKEN`, else `admin.token` beside the
+/// cluster key), as the header value the admin API wants.
+fn bearer(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<String> {
+    let path = troupe_runtime::cluster::admin_token::path(&cluster.key_file);
+    let t = troupe_runtime::cluster::admin_token::for_client(&path).map_err(anyhow::Error::msg)?;
+    Ok(format!("Bearer {t}"))
+}
+
+/// POSTs a chaos command to a node's admin API with the admin token.
+fn post(addr: std::net::SocketAddr, bearer: &str, cmd: &ChaosCommand) -> anyhow::Result<String> {
     let body = serde_json::to_string(cmd)?;
-    let json = [("Content-Type", "application/json")];
+    let json = [("Content-Type", "application/json"), ("Authorization", bearer)];
     let r =
         troupe_common::http::request_within(addr, "POST", "/v1/chaos", &json, body.as_bytes(), Duration::from_secs(5))
             .with_context(|| format!("admin API at {addr} is unreachable"))?;
@@ -80,11 +88,12 @@ fn apply_pairwise(
     let spec = |n: &str| {
         loaded.cluster.node(n).ok_or_else(|| super::UsageError(format!("no node `{n}` in {}", cluster.display())))
     };
+    let bearer = bearer(&loaded.cluster)?;
     // Both sides apply the rule, so the effect is symmetric.
-    let out = post(spec(node)?.admin, &make(others.to_vec()))?;
+    let out = post(spec(node)?.admin, &bearer, &make(others.to_vec()))?;
     println!("{node}: {out}");
     for o in others {
-        let out = post(spec(o)?.admin, &make(vec![node.to_string()]))?;
+        let out = post(spec(o)?.admin, &bearer, &make(vec![node.to_string()]))?;
         println!("{o}: {out}");
     }
     Ok(())
@@ -126,8 +135,9 @@ pub fn run(cmd: ChaosCmd) -> anyhow::Result<()> {
         }
         ChaosCmd::Heal { cluster } => {
             let loaded = super::load(&cluster)?;
+            let bearer = bearer(&loaded.cluster)?;
             for n in &loaded.cluster.nodes {
-                match post(n.admin, &ChaosCommand::Heal) {
+                match post(n.admin, &bearer, &ChaosCommand::Heal) {
                     Ok(out) => println!("{}: {out}", n.name),
                     Err(e) => println!("{}: {e:#}", n.name),
                 }

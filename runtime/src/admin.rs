@@ -2,11 +2,12 @@
 //! introspection and chaos endpoints for scripts (`curl`), next to the QUIC API the
 //! CLI and TUI use. It reads the same node state as the node agent.
 
+use crate::cluster::admin_token;
 use crate::metrics::render_prometheus;
 use crate::node::Node;
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
 /// has failed), `/metrics`, `/v1/tree`, `/v1/members`, `/v1/metrics`,
 /// `/v1/trace/{id}` and `POST /v1/chaos`.
 pub fn router(node: Node) -> axum::Router {
+    let token = admin_token::Verifier::load(&admin_token::path(&node.loaded().cluster.key_file));
+    let chaos_route = post(move |st: State<Node>, headers: HeaderMap, body| chaos(st, headers, body, token.clone()));
     axum::Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -37,7 +40,7 @@ pub fn router(node: Node) -> axum::Router {
         .route("/v1/members", get(members))
         .route("/v1/metrics", get(metrics_json))
         .route("/v1/trace/{id}", get(trace))
-        .route("/v1/chaos", post(chaos))
+        .route("/v1/chaos", chaos_route)
         .with_state(node)
 }
 
@@ -75,8 +78,15 @@ async fn trace(State(node): State<Node>, Path(id): Path<String>) -> Response {
 
 async fn chaos(
     State(node): State<Node>,
+    headers: HeaderMap,
     body: Result<Json<ChaosCommand>, axum::extract::rejection::JsonRejection>,
+    token: admin_token::Verifier,
 ) -> Response {
+    // State-changing: only with the cluster's admin token, before the command is looked at.
+    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(why) = token.check(auth) {
+        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": why}))).into_response();
+    }
     let Json(cmd) = match body {
         Ok(b) => b,
         Err(e) => return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": e.body_text()}))).into_response(),

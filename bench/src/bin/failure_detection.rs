@@ -102,8 +102,11 @@ fn starvation(local_health_max: u32, secs: u64, how: Starve) -> anyhow::Result<(
                 r#"{{"Delay":{{"nodes":["n1","n2","n3","n4"],"delay_ms":{delay_ms},"for_ms":{}}}}}"#,
                 secs * 1000
             );
-            let (code, text) = troupe_bench::cluster::http(c.admin["n5"], "POST", "/v1/chaos", Some(&body))?;
-            anyhow::ensure!(code == 200, "chaos on n5 failed: {text}");
+            let token = std::fs::read_to_string(c.dir.join(".troupe/admin.token"))?;
+            let bearer = format!("Bearer {}", token.trim());
+            let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+            let r = troupe_common::http::request(c.admin["n5"], "POST", "/v1/chaos", &headers, body.as_bytes())?;
+            anyhow::ensure!(r.status == 200, "chaos on n5 failed: {}", r.body);
             std::thread::sleep(end.saturating_duration_since(Instant::now()));
         }
         Starve::Hogs { hogs } => {

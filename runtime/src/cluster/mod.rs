@@ -13,6 +13,7 @@
 //!   each change before it is broadcast).
 
 pub use troupe_core::chaos;
+pub mod admin_token;
 pub(crate) mod client;
 pub(crate) mod gossip;
 pub(crate) mod inbound;
