@@ -164,4 +164,30 @@ mod tests {
         assert!(err("{nope").contains("not valid JSON"));
         assert!(err("[1]").contains("must be a JSON object"));
     }
+
+    proptest::proptest! {
+        /// Any bytes to `POST /v1/check`: checks or a reason, never a panic.
+        #[test]
+        fn any_body_is_checks_or_a_reason(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Err(why) = parse_checks(&body) {
+                proptest::prop_assert!(!why.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_check_bodies_say_what_is_wrong() {
+        let deep = "[".repeat(50_000);
+        for (body, says) in [
+            (deep.as_str(), "JSON"),
+            (r#"{"rule":"r","key":"k","cost":-1}"#, "cost"),
+            (r#"{"rule":"r","key":"k","cost":1e300}"#, "cost"),
+            (r#"{"rule":"r","key":"k","cost":18446744073709551616}"#, "cost"),
+            (r#"{"checks":"all"}"#, "checks"),
+        ] {
+            let why = parse_checks(body.as_bytes()).expect_err(body);
+            assert!(why.contains(says), "{body}: {why}");
+        }
+        assert!(parse_checks(b"\xff{").is_err(), "invalid UTF-8 is refused");
+    }
 }

@@ -383,3 +383,35 @@ mod version_tests {
         assert!(e.contains("version = 4"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any text as a rules document: a rule set or errors with their lines, never a panic.
+        #[test]
+        fn any_text_is_rules_or_errors(src in "\\PC{0,300}") {
+            if let Err(e) = RuleSet::from_toml_str(&src) {
+                proptest::prop_assert!(!e.0.is_empty());
+            }
+        }
+
+        /// Rule documents with random values in every field.
+        #[test]
+        fn random_rule_values_are_rules_or_errors(
+            dimension in "\\PC{0,8}",
+            limit in proptest::prelude::any::<i64>(),
+            window in proptest::prelude::any::<i64>(),
+            version in proptest::prelude::any::<i64>(),
+        ) {
+            let src = format!(
+                "version = {version}\n[[rule]]\nname = \"r\"\ndimension = {}\nalgorithm = \"gcra\"\nlimit = {limit}\nwindow_ms = {window}\n",
+                toml::Value::String(dimension)
+            );
+            if let Err(e) = RuleSet::from_toml_str(&src) {
+                proptest::prop_assert!(!e.0.is_empty());
+            }
+        }
+    }
+}

@@ -619,4 +619,64 @@ mod tests {
         let e = ApiError::unavailable("down", 0);
         assert_eq!((e.status, e.retry_after), (503, Some(1)));
     }
+
+    /// Hostile bodies: each is refused with a 400 that names what is wrong, never a
+    /// panic or a 500.
+    #[test]
+    fn hostile_bodies_get_a_clear_400() {
+        let deep = "[".repeat(100_000);
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (deep.into_bytes(), "not valid JSON"),
+            (b"\xff\xfe{\"model\":1}".to_vec(), "not valid JSON"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-5}"#.to_vec(), "max_tokens"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":1e400}"#.to_vec(), "JSON"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":18446744073709551616}"#
+                    .to_vec(),
+                "max_tokens",
+            ),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":-1}"#.to_vec(), "temperature"),
+            (br#"{"model":"m","messages":"hi"}"#.to_vec(), "messages"),
+            (br#"{"model":"m","messages":[{"role":"root","content":"x"}]}"#.to_vec(), "role"),
+            (br#"[1,2,3]"#.to_vec(), "JSON object"),
+        ];
+        for (body, says) in cases {
+            let e = parse(Endpoint::Chat, &body, &L).expect_err("refused");
+            assert_eq!(e.status, 400, "{e:?}");
+            assert!(e.message.contains(says) || e.param.as_deref() == Some(says), "{says}: {e:?}");
+        }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Any bytes: a request or a 4xx, never a panic.
+        #[test]
+        fn any_bytes_parse_or_get_a_4xx(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            for ep in [Endpoint::Chat, Endpoint::Completions] {
+                if let Err(e) = parse(ep, &body, &L) {
+                    proptest::prop_assert!((400..500).contains(&e.status) && !e.message.is_empty(), "{:?}", e);
+                }
+            }
+        }
+
+        /// Chat bodies with fields of random JSON values: a request or a 400 naming a reason.
+        #[test]
+        fn random_field_values_parse_or_get_a_400(
+            field in proptest::sample::select(vec!["model", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "n", "user"]),
+            value in proptest::prop_oneof![
+                proptest::prelude::any::<i64>().prop_map(|v| v.to_string()),
+                proptest::prelude::any::<f64>().prop_map(|v| if v.is_finite() { v.to_string() } else { "null".into() }),
+                "\\PC{0,20}".prop_map(|s| serde_json::Value::String(s).to_string()),
+                proptest::strategy::Just("[]".to_string()),
+                proptest::strategy::Just("{}".to_string()),
+                proptest::strategy::Just("true".to_string()),
+            ],
+        ) {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"{field}":{value}}}"#);
+            if let Err(e) = parse(Endpoint::Chat, body.as_bytes(), &L) {
+                proptest::prop_assert!(e.status == 400 && !e.message.is_empty(), "{:?}", e);
+            }
+        }
+    }
 }
