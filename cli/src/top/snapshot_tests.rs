@@ -5,31 +5,12 @@
 use super::app::{App, Key, Panel};
 use super::data::Report;
 use super::{fixture, view};
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use std::time::{Duration, Instant};
 use troupe_runtime::wire::introspect::{Metric, MetricsSnapshot};
+use troupe_system::screen::{assert_has, has, render};
 
 fn screen(app: &mut App, w: u16, h: u16, now: Instant) -> Vec<String> {
-    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
-    t.draw(|f| view::draw(f, app, now)).expect("draw");
-    let buf = t.backend().buffer();
-    let lines: Vec<String> = (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>()).collect();
-    // Shown with --nocapture: the quickest way to look at the layout.
-    println!("{}", lines.join("\n"));
-    lines
-}
-
-fn has(lines: &[String], needle: &str) -> bool {
-    lines.iter().any(|l| l.contains(needle))
-}
-
-#[track_caller]
-fn assert_has(lines: &[String], needles: &[&str]) {
-    let text = lines.join("\n");
-    for n in needles {
-        assert!(text.contains(n), "screen lacks {n:?}:\n{text}");
-    }
+    render(w, h, |f| view::draw(f, app, now))
 }
 
 /// n1 and n3 answer twice a second apart (so there are rates), n2 answered once and

@@ -12,34 +12,17 @@
 
 #[path = "../../tests/support/imports.rs"]
 mod imports;
+#[path = "../../tests/support/lock.rs"]
+mod lock;
 
-use imports::{graph, in_cycles, reach, read_tree};
+use imports::{graph, in_cycles, read_tree};
+use lock::closure;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 const BANNED_CRATES: &[&str] = &["tokio", "quinn", "quinn-proto", "quinn-udp", "redb", "mio", "socket2", "ractor"];
 const BANNED_CALLS: &[&str] =
     &["Instant::now", "SystemTime::now", "rand::random", "rand::rng", "tokio::", "UdpSocket", "TcpStream", "std::fs::"];
-
-/// Every package `root` depends on, transitively, per a Cargo.lock text.
-fn closure(lock: &str, root: &str) -> BTreeSet<String> {
-    let lock: toml::Table = lock.parse().expect("Cargo.lock is TOML");
-    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in lock.get("package").and_then(|p| p.as_array()).into_iter().flatten() {
-        let name = p.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        let ds = p
-            .get("dependencies")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str())
-            // "name" or "name version" or "name version (source)"
-            .map(|d| d.split(' ').next().unwrap_or_default().to_string());
-        deps.entry(name).or_default().extend(ds);
-    }
-    let g: BTreeMap<String, BTreeSet<String>> = deps.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect();
-    reach(&g, root)
-}
 
 fn banned_deps(lock: &str) -> Vec<String> {
     closure(lock, "troupe-core").into_iter().filter(|d| BANNED_CRATES.contains(&d.as_str())).collect()

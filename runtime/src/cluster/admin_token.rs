@@ -22,12 +22,7 @@ pub fn ensure(path: &Path) -> std::io::Result<bool> {
     if path.exists() {
         return Ok(false);
     }
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let bytes: [u8; TOKEN_BYTES] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    super::tls::write_secret(path, format!("{hex}\n").as_bytes())?;
+    super::tls::write_random_hex(path, TOKEN_BYTES)?;
     Ok(true)
 }
 
@@ -43,13 +38,10 @@ pub fn for_client(path: &Path) -> Result<String, String> {
 
 /// Reads a token file.
 pub fn read(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("no admin token at {} ({e}): run `troupe certs init`, or set ${ENV}", path.display()))?;
-    let t = text.trim();
-    if t.len() != TOKEN_BYTES * 2 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{}: an admin token is {} hex characters", path.display(), TOKEN_BYTES * 2));
+    if !path.exists() {
+        return Err(format!("no admin token at {}: run `troupe certs init`, or set ${ENV}", path.display()));
     }
-    Ok(t.to_string())
+    super::tls::read_hex(path, TOKEN_BYTES, "an admin token")
 }
 
 /// What a node checks presented tokens against: the digest of its token, or why it has

@@ -164,19 +164,9 @@ pub fn load_key(path: &Path, create: bool) -> Result<Vec<u8>, String> {
         if !create {
             return Err(format!("cluster key {} is missing (run `troupe certs init`)", path.display()));
         }
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        let key: [u8; KEY_BYTES] = rand::random();
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        super::tls::write_secret(path, format!("{hex}\n").as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        super::tls::write_random_hex(path, KEY_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hex = text.trim();
-    if hex.len() != KEY_BYTES * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{}: a cluster key is {} hex characters", path.display(), KEY_BYTES * 2));
-    }
+    let hex = super::tls::read_hex(path, KEY_BYTES, "a cluster key")?;
     Ok((0..KEY_BYTES).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect())
 }
 

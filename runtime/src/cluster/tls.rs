@@ -89,6 +89,27 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     write_secret(path, contents.as_bytes()).map_err(|e| file_err(path, e))
 }
 
+/// Makes a secret of `bytes` random bytes, written as hex and a newline by
+/// [`write_secret`] (the cluster key, the admin token), creating its folder.
+pub(crate) fn write_random_hex(path: &Path, bytes: usize) -> std::io::Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    let hex: String = (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    write_secret(path, format!("{hex}\n").as_bytes())
+}
+
+/// Reads a secret of `bytes` bytes written as hex; the error names the file and says a
+/// `what` is that many hex characters.
+pub(crate) fn read_hex(path: &Path, bytes: usize, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    if hex.len() != bytes * 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{}: {what} is {} hex characters", path.display(), bytes * 2));
+    }
+    Ok(hex.to_string())
+}
+
 /// Writes a secret (a private key, the cluster key) so that no other user can read it,
 /// not even for a moment: a new file created with mode 0600 beside `path`, synced, then
 /// renamed over it (a crash leaves the old file or the new one, never half of one).

@@ -654,14 +654,25 @@ impl Transport {
         }
     }
 
-    /// Whether `frame` (an answer) comes from the node its request was sent to; an
-    /// answer to no pending request is harmless and passes (a late one, after a timeout).
-    fn answered_by(&self, frame: &Frame, peer: &PeerId) -> bool {
-        let corr = match frame {
-            Frame::Reply { corr, .. } | Frame::StreamItem { corr, .. } | Frame::StreamEnd { corr, .. } => *corr,
-            _ => return true,
-        };
-        answer_accepted(self.pending.lock().get(&corr).map(|(node, _)| node.as_str()), peer)
+    /// The pending request `corr`, looked up once: removed when `take` (a final answer),
+    /// else its stream sender cloned (an item). `Err` when `peer` is not the node it was
+    /// sent to; `Ok(None)` when nothing is pending (a late answer, after a timeout).
+    fn pending_for(&self, corr: u64, peer: &PeerId, take: bool) -> Result<Option<Pending>, ()> {
+        let mut p = self.pending.lock();
+        let Some((node, waiter)) = p.get(&corr) else { return Ok(None) };
+        if !answer_accepted(node, peer) {
+            return Err(());
+        }
+        Ok(match waiter {
+            _ if take => p.remove(&corr).map(|(_, w)| w),
+            Pending::Stream(tx) => Some(Pending::Stream(tx.clone())),
+            Pending::Ask(_) => None,
+        })
+    }
+
+    fn foreign_answer(&self, link: &Link) {
+        self.stats.bad_frames.inc();
+        tracing::warn!(peer = %link.peer, "an answer to a request this peer was not sent; ignored");
     }
 
     /// The stream's handler, made on its first request.
@@ -685,35 +696,30 @@ impl Transport {
             Frame::Msg(env) => self.on_msg(env, link, lane),
             // An answer counts only from the node the request went to: another node or a
             // client cannot complete (or end) someone else's request by its id.
-            Frame::Reply { .. } | Frame::StreamItem { .. } | Frame::StreamEnd { .. }
-                if !self.answered_by(&frame, &link.peer) =>
-            {
-                self.stats.bad_frames.inc();
-                tracing::warn!(peer = %link.peer, "an answer to a request this peer was not sent; ignored");
-            }
-            Frame::Reply { corr, result } => {
-                if let Some((_, Pending::Ask(tx))) = self.pending.lock().remove(&corr) {
+            Frame::Reply { corr, result } => match self.pending_for(corr, &link.peer, true) {
+                Err(()) => self.foreign_answer(link),
+                Ok(Some(Pending::Ask(tx))) => {
                     let _ = tx.send(result);
                 }
-            }
-            Frame::StreamItem { corr, payload } => {
-                let tx = match self.pending.lock().get(&corr) {
-                    Some((_, Pending::Stream(tx))) => Some(tx.clone()),
-                    _ => None,
-                };
-                if let Some(tx) = tx
-                    && tx.send(StreamEvent::Item(payload)).await.is_err()
-                {
-                    self.pending.lock().remove(&corr);
-                    let _ = link.try_send(link.lane_for(corr), Frame::Cancel { corr });
+                Ok(_) => {}
+            },
+            Frame::StreamItem { corr, payload } => match self.pending_for(corr, &link.peer, false) {
+                Err(()) => self.foreign_answer(link),
+                Ok(Some(Pending::Stream(tx))) => {
+                    if tx.send(StreamEvent::Item(payload)).await.is_err() {
+                        self.pending.lock().remove(&corr);
+                        let _ = link.try_send(link.lane_for(corr), Frame::Cancel { corr });
+                    }
                 }
-            }
-            Frame::StreamEnd { corr, result } => {
-                let waiter = self.pending.lock().remove(&corr);
-                if let Some((_, Pending::Stream(tx))) = waiter {
+                Ok(_) => {}
+            },
+            Frame::StreamEnd { corr, result } => match self.pending_for(corr, &link.peer, true) {
+                Err(()) => self.foreign_answer(link),
+                Ok(Some(Pending::Stream(tx))) => {
                     let _ = tx.send(StreamEvent::End(result)).await;
                 }
-            }
+                Ok(_) => {}
+            },
             Frame::Cancel { corr } => {
                 let mut c = link.cancelled.lock();
                 // Bounded: a cancel that raced its own answer is never settled; past the
@@ -812,13 +818,9 @@ fn peer_of(conn: &quinn::Connection) -> Option<PeerId> {
     tls::peer_from_cert(certs.first()?)
 }
 
-/// Whether an answer from `peer` may settle a request sent to `asked` (`None`: no such
-/// request is pending, so the answer settles nothing and is dropped harmlessly).
-fn answer_accepted(asked: Option<&str>, peer: &PeerId) -> bool {
-    match asked {
-        Some(node) => matches!(peer, PeerId::Node(n) if n == node),
-        None => true,
-    }
+/// Whether an answer from `peer` may settle a request sent to node `asked`.
+fn answer_accepted(asked: &str, peer: &PeerId) -> bool {
+    matches!(peer, PeerId::Node(n) if n == asked)
 }
 
 #[cfg(test)]
@@ -827,9 +829,8 @@ mod answer_tests {
 
     #[test]
     fn only_the_node_asked_settles_a_request() {
-        assert!(answer_accepted(Some("n2"), &PeerId::Node("n2".into())));
-        assert!(!answer_accepted(Some("n2"), &PeerId::Node("n3".into())), "another node");
-        assert!(!answer_accepted(Some("n2"), &PeerId::Client("n2".into())), "a client named like the node");
-        assert!(answer_accepted(None, &PeerId::Client("c".into())), "nothing pending: nothing to settle");
+        assert!(answer_accepted("n2", &PeerId::Node("n2".into())));
+        assert!(!answer_accepted("n2", &PeerId::Node("n3".into())), "another node");
+        assert!(!answer_accepted("n2", &PeerId::Client("n2".into())), "a client named like the node");
     }
 }

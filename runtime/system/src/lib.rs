@@ -153,6 +153,42 @@ pub trait PanelView {
     fn draw(&self, f: &mut Frame, area: Rect, node: &str, live: bool);
 }
 
+/// The text of a drawn screen, for tests of panels and of `troupe top`.
+pub mod screen {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    /// Draws with `draw` on a `w`×`h` test terminal and returns its rows as text (also
+    /// printed, so `--nocapture` shows the layout).
+    pub fn render(w: u16, h: u16, draw: impl FnOnce(&mut ratatui::Frame)) -> Vec<String> {
+        let mut t = match Terminal::new(TestBackend::new(w, h)) {
+            Ok(t) => t,
+            Err(e) => match e {},
+        };
+        if let Err(e) = t.draw(draw) {
+            match e {}
+        }
+        let buf = t.backend().buffer();
+        let lines: Vec<String> = (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>()).collect();
+        println!("{}", lines.join("\n"));
+        lines
+    }
+
+    /// Whether some row contains `needle`.
+    pub fn has(lines: &[String], needle: &str) -> bool {
+        lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// Panics, showing the screen, unless every needle is on it.
+    #[track_caller]
+    pub fn assert_has(lines: &[String], needles: &[&str]) {
+        let text = lines.join("\n");
+        for n in needles {
+            assert!(text.contains(n), "the screen lacks {n:?}:\n{text}");
+        }
+    }
+}
+
 /// A mistake in what the user asked for (exit code 2), as opposed to a failure while
 /// doing it (exit code 1).
 #[derive(Debug, thiserror::Error)]

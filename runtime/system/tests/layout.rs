@@ -12,6 +12,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+#[path = "../../tests/support/lock.rs"]
+mod lock;
+
+use lock::closure;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -104,33 +108,6 @@ fn rust_files(dir: &Path, out: &mut BTreeMap<String, String>) {
             out.insert(rel, std::fs::read_to_string(&p).unwrap());
         }
     }
-}
-
-/// Every package `root` depends on, transitively, per a Cargo.lock text.
-fn closure(lock: &str, root: &str) -> BTreeSet<String> {
-    let lock: toml::Table = lock.parse().unwrap();
-    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in lock.get("package").and_then(|p| p.as_array()).into_iter().flatten() {
-        let name = p.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        let ds = p
-            .get("dependencies")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d.as_str())
-            .map(|d| d.split(' ').next().unwrap_or_default().to_string());
-        deps.entry(name).or_default().extend(ds);
-    }
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![root.to_string()];
-    while let Some(n) = todo.pop() {
-        for d in deps.get(&n).into_iter().flatten() {
-            if seen.insert(d.clone()) {
-                todo.push(d.clone());
-            }
-        }
-    }
-    seen
 }
 
 fn forbidden_in_core(lock: &str, core: &str) -> Vec<String> {

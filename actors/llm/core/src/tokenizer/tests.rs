@@ -5,28 +5,7 @@ use proptest::prelude::*;
 /// A tiny byte-level vocab: specials, the 256 byte chars, and merges building
 /// "Ġthe", "he" and "ll".
 pub(crate) fn tiny() -> Tokenizer {
-    let b2c = byte_to_char();
-    let mut toks: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
-    let mut types = vec![3i32, 3, 3];
-    for c in b2c {
-        toks.push(c.to_string());
-        types.push(1);
-    }
-    let merges = ["h e", "Ġ t", "Ġt he", "l l"];
-    for m in merges {
-        toks.push(m.replace(' ', ""));
-        types.push(1);
-    }
-    let mut w = GgufWriter::new();
-    w.kv("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .kv("tokenizer.ggml.pre", Value::String("smollm".into()))
-        .kv("tokenizer.ggml.tokens", Value::Array(toks.into_iter().map(Value::String).collect()))
-        .kv("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()))
-        .kv("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| Value::String(m.to_string())).collect()))
-        .kv("tokenizer.ggml.eos_token_id", Value::U32(2));
-    let buf = w.to_bytes();
-    let f = GgufFile::parse(&buf).expect("tiny gguf");
-    Tokenizer::from_gguf(&f).expect("tiny tokenizer")
+    with_merges(&["h e", "Ġ t", "Ġt he", "l l"])
 }
 
 #[test]
@@ -60,7 +39,8 @@ proptest! {
     }
 }
 
-/// A byte-level vocab with `merges` (each result added as a token), for merge-order tests.
+/// A byte-level vocab: the three specials, the 256 byte chars, and `merges` (each
+/// result added as a token).
 fn with_merges(merges: &[&str]) -> Tokenizer {
     let b2c = byte_to_char();
     let mut toks: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
@@ -81,7 +61,8 @@ fn with_merges(merges: &[&str]) -> Tokenizer {
         .kv("tokenizer.ggml.pre", Value::String("smollm".into()))
         .kv("tokenizer.ggml.tokens", Value::Array(toks.into_iter().map(Value::String).collect()))
         .kv("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()))
-        .kv("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| Value::String(m.to_string())).collect()));
+        .kv("tokenizer.ggml.merges", Value::Array(merges.iter().map(|m| Value::String(m.to_string())).collect()))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(2));
     let buf = w.to_bytes();
     Tokenizer::from_gguf(&GgufFile::parse(&buf).expect("gguf")).expect("tokenizer")
 }

@@ -3,33 +3,14 @@
 //! short, and stale. `troupe top`'s own tests check where a panel goes on the screen.
 
 use super::fixture;
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use troupe_system::Panel;
+use troupe_system::screen::{assert_has, has, render};
 
 /// The panel of node n1 drawn in `w` columns and at most `h` rows (as `troupe top`
 /// gives it: its height, or less on a short screen).
 fn screen(w: u16, h: Option<u16>, live: bool) -> Vec<String> {
     let view = super::LlmPanel.summarize(&fixture::snapshot(1), Some(&fixture::snapshot(0))).expect("n1 serves models");
-    let h = h.unwrap_or(view.height());
-    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
-    t.draw(|f| view.draw(f, f.area(), "n1", live)).expect("draw");
-    let buf = t.backend().buffer();
-    let lines: Vec<String> = (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>()).collect();
-    println!("{}", lines.join("\n"));
-    lines
-}
-
-fn has(lines: &[String], needle: &str) -> bool {
-    lines.iter().any(|l| l.contains(needle))
-}
-
-#[track_caller]
-fn assert_has(lines: &[String], needles: &[&str]) {
-    let text = lines.join("\n");
-    for n in needles {
-        assert!(text.contains(n), "panel lacks {n:?}:\n{text}");
-    }
+    render(w, h.unwrap_or(view.height()), |f| view.draw(f, f.area(), "n1", live))
 }
 
 fn row<'a>(s: &'a [String], start: &str) -> &'a str {
