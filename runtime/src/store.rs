@@ -285,6 +285,39 @@ impl Store {
         Ok(out.into_iter().collect())
     }
 
+    /// Replicated paths (those with terms), in order, after `after` (from the first
+    /// when `None`), at most `limit`; `true` when more follow.
+    pub fn replicated_paths(&self, after: Option<&str>, limit: usize) -> Result<(Vec<String>, bool), StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        let t = r.open_table(TERMS).map_err(|e| rerr(&e))?;
+        let range = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => t.range::<&str>(..),
+        }
+        .map_err(|e| rerr(&e))?;
+        let mut out = Vec::new();
+        for item in range {
+            let (k, _) = item.map_err(|e| rerr(&e))?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(k.value().to_string());
+        }
+        Ok((out, false))
+    }
+
+    /// Whether this store holds nothing at all (a new node, or one whose disk was lost).
+    pub fn is_blank(&self) -> Result<bool, StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        use redb::ReadableTableMetadata;
+        Ok(r.open_table(TERMS).map_err(|e| rerr(&e))?.is_empty().map_err(|e| rerr(&e))?
+            && r.open_table(LOG).map_err(|e| rerr(&e))?.is_empty().map_err(|e| rerr(&e))?
+            && r.open_table(SNAP).map_err(|e| rerr(&e))?.is_empty().map_err(|e| rerr(&e))?
+            && r.open_table(META).map_err(|e| rerr(&e))?.is_empty().map_err(|e| rerr(&e))?)
+    }
+
     /// The metadata value stored under `key`, if any.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());

@@ -11,6 +11,7 @@
 //! - [`directory`]: the owner and the replica set of a path in a view.
 //! - [`replication`]: majority quorums fenced by terms (promises, adoption, appends,
 //!   read barriers, elections).
+//! - [`rebuild`]: a replica that lost its disk relearns before it votes again.
 //! - [`retry`]: the one retry policy of every send.
 //! - [`restart`]: supervision's restart policy (strategies, intensity, backoff).
 //! - [`chaos`]: fault rules (drop, delay, partition) with expiry.
@@ -26,6 +27,7 @@ pub mod downing;
 pub mod health;
 pub mod membership;
 pub mod placement;
+pub mod rebuild;
 pub mod replication;
 pub mod restart;
 pub mod retry;

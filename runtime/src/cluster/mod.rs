@@ -1,7 +1,8 @@
 //! Clustering: SWIM membership (`gossip`), QUIC transport (`transport`), mutual
-//! TLS ([`tls`]), sealed gossip ([`seal`]), replication (`replica`) and fault
-//! injection ([`chaos`]). The node holds a [`Cluster`]; the cluster does not name the
-//! node (arrivals go to the transport's `Inbound` trait; re-homing is the node's).
+//! TLS ([`tls`]), sealed gossip ([`seal`]), replication (`replica`), the rebuild of
+//! a node that lost its disk (`rebuild`) and fault injection ([`chaos`]). The node
+//! holds a [`Cluster`]; the cluster does not name the node (arrivals go to the
+//! transport's `Inbound` trait; re-homing is the node's).
 //!
 //! Invariants:
 //! - Placement reads the membership view; when the view changes, every node stops
@@ -19,6 +20,7 @@ pub(crate) mod gossip;
 pub(crate) mod inbound;
 pub use troupe_core::health;
 mod parking;
+pub(crate) mod rebuild;
 pub(crate) mod replica;
 pub mod seal;
 pub mod tls;
@@ -34,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use transport::Transport;
 use troupe_core::downing::{self, Member, Side, SplitBrain};
+use troupe_core::rebuild::Standing;
 use troupe_wire::introspect::{ChaosCommand, MemberInfo, MemberState, Metric};
 
 /// Stripes of the per-path lock that replication holds across a check and its write.
@@ -56,6 +59,17 @@ pub struct Cluster {
     /// The cluster file's nodes, in its order (the split-brain resolver's roster).
     roster: Vec<String>,
     split_brain: SplitBrain,
+    /// Whether this node votes on replicated paths, or is rebuilding after losing its
+    /// disk (troupe-core's `rebuild`; the driver is `rebuild.rs`).
+    standing: parking_lot::Mutex<Standing>,
+    /// Set once a rebuilding node has every other node's inventory: from then on it
+    /// may relearn paths (every election that could have counted a promise it gave
+    /// before losing its disk has stopped counting).
+    inventoried: std::sync::atomic::AtomicBool,
+    /// Held (shared) by each election while it counts promises; an inventory answer
+    /// takes it exclusively first, so it is given only once every election that began
+    /// before it has stopped counting.
+    pub(crate) counting: tokio::sync::RwLock<()>,
 }
 
 impl Cluster {
@@ -111,6 +125,9 @@ impl Cluster {
             cand_cache: parking_lot::Mutex::new((0, Arc::new(Vec::new()), Side::Serving)),
             roster: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
             split_brain: cfg.split_brain,
+            standing: parking_lot::Mutex::new(Standing::Voter),
+            inventoried: std::sync::atomic::AtomicBool::new(false),
+            counting: tokio::sync::RwLock::new(()),
         });
         Ok(cluster)
     }
@@ -234,7 +251,54 @@ impl Cluster {
                 labels: vec![("state".into(), label.into())],
                 value: count(s),
             })
+            .chain({
+                let s = self.standing.lock();
+                [
+                    Metric {
+                        name: "troupe_replica_rebuilding".into(),
+                        help: "1 while this node rebuilds its replicas after losing its disk.".into(),
+                        kind: "gauge".into(),
+                        labels: vec![],
+                        value: if s.is_rebuilding() { 1.0 } else { 0.0 },
+                    },
+                    Metric {
+                        name: "troupe_replica_relearned_paths".into(),
+                        help: "Replicated paths relearned so far by a rebuilding node.".into(),
+                        kind: "gauge".into(),
+                        labels: vec![],
+                        value: s.learned_count() as f64,
+                    },
+                ]
+            })
             .collect()
+    }
+
+    /// Whether this node's answers about replicated `path` count (false while it
+    /// rebuilds after losing its disk and has not relearned `path`).
+    pub(crate) fn may_vote(&self, path: &str) -> bool {
+        self.standing.lock().may_vote(path)
+    }
+
+    /// Whether this node is rebuilding after losing its disk.
+    pub fn rebuilding(&self) -> bool {
+        self.standing.lock().is_rebuilding()
+    }
+
+    pub(crate) fn set_standing(&self, s: Standing) {
+        *self.standing.lock() = s;
+    }
+
+    /// Whether a rebuilding node has every other node's inventory.
+    pub(crate) fn inventoried(&self) -> bool {
+        self.inventoried.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_inventoried(&self) {
+        self.inventoried.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn learned(&self, path: &str) {
+        self.standing.lock().learned(path);
     }
 
     pub(crate) fn path_lock(&self, path: &str) -> &tokio::sync::Mutex<()> {

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+use troupe_core::rebuild::{Learned, Learning};
 use troupe_core::replication::{
     self, Check, Elected, Election, Entries, Quorum, Recovery, RecoveryRound, Tally, Term, Terms,
 };
@@ -54,6 +55,12 @@ pub(crate) enum ReplicaMsg {
     Append { path: String, term: Term, ops: Vec<WriteOp> },
     /// Do you still back the owner of `term`? (a read barrier)
     Confirm { path: String, term: Term },
+    /// From a node that lost its disk: list the replicated paths you hold that
+    /// `for_node` replicates too, after `after` (one page).
+    Inventory { for_node: String, after: Option<String> },
+    /// From a node that lost its disk and replicates `path`: hand over your copy and
+    /// your terms for it (nothing is promised).
+    Learn { path: String, from: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +74,17 @@ pub(crate) enum ReplicaReply {
     Fenced(Term),
     Refused(String),
     Confirmed,
+    /// One page of an inventory; `next`: ask again after it. `blank`: this node holds
+    /// no replicated state at all.
+    Inventory {
+        paths: Vec<String>,
+        next: Option<String>,
+        blank: bool,
+    },
 }
+
+/// Paths in one page of an inventory (a frame stays far below the frame limit).
+const INVENTORY_PAGE: usize = 1024;
 
 /// How long one replication round trip may take.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(3);
@@ -116,12 +133,27 @@ impl Behavior for ReplicaAgent {
 async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let path = match &msg {
+        ReplicaMsg::Inventory { for_node, after } => {
+            // Every election of this node that began before this request stops
+            // counting promises first (docs/replication.md, "A replica that lost its disk").
+            drop(cluster.counting.write().await);
+            return inventory(node, for_node, after.as_deref());
+        }
         ReplicaMsg::Load { path, .. }
         | ReplicaMsg::Prepare { path, .. }
         | ReplicaMsg::Adopt { path, .. }
         | ReplicaMsg::Append { path, .. }
-        | ReplicaMsg::Confirm { path, .. } => path.clone(),
+        | ReplicaMsg::Confirm { path, .. }
+        | ReplicaMsg::Learn { path, .. } => path.clone(),
     };
+    // A node that lost its disk says nothing that counts about a path until it has
+    // relearned it (docs/replication.md, "A replica that lost its disk").
+    if !matches!(msg, ReplicaMsg::Load { .. }) && !cluster.may_vote(&path) {
+        return ReplicaReply::Refused(format!(
+            "{} is rebuilding after losing its disk and has not relearned {path} yet",
+            node.name()
+        ));
+    }
     let _guard = cluster.path_lock(&path).lock().await;
     let stored = match node.store().load(&path) {
         Ok(r) => r,
@@ -129,6 +161,13 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     };
     let me = node.name();
     let check = match &msg {
+        ReplicaMsg::Inventory { .. } => unreachable!("answered above"),
+        ReplicaMsg::Learn { from, .. } => {
+            return match in_set(node, &path, from) {
+                Ok(()) => ReplicaReply::Loaded(stored),
+                Err(why) => ReplicaReply::Refused(why),
+            };
+        }
         ReplicaMsg::Load { owner, .. } => {
             let view = view_owner(node, &path);
             return match replication::check_owner(me, &path, owner, view.as_deref().map_err(Clone::clone)) {
@@ -163,7 +202,9 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
         Check::Duplicate => return duplicate(&path, &stored, &msg),
     }
     let (ops, answer) = match msg {
-        ReplicaMsg::Load { .. } => unreachable!("answered above"),
+        ReplicaMsg::Load { .. } | ReplicaMsg::Inventory { .. } | ReplicaMsg::Learn { .. } => {
+            unreachable!("answered above")
+        }
         ReplicaMsg::Confirm { .. } => return ReplicaReply::Confirmed,
         ReplicaMsg::Prepare { term, .. } => {
             let terms = Terms { promised: term, accepted: stored.terms.accepted.clone() };
@@ -213,6 +254,39 @@ fn duplicate(path: &str, stored: &Recovered, msg: &ReplicaMsg) -> ReplicaReply {
     ReplicaReply::Written
 }
 
+/// `Ok` when `node` is in `path`'s replica set.
+fn in_set(node: &Node, path: &str, member: &str) -> Result<(), String> {
+    let p = ActorPath::parse(path).map_err(|e| e.to_string())?;
+    let ks = node.kind_spec(p.system(), p.kind()).ok_or_else(|| format!("no kind for {path} here"))?;
+    if node.replica_set(ks, &p).iter().any(|r| r == member) {
+        Ok(())
+    } else {
+        Err(format!("{member} is not a replica of {path}"))
+    }
+}
+
+/// One page of the replicated paths this node holds that `for_node` replicates too.
+fn inventory(node: &Node, for_node: &str, after: Option<&str>) -> ReplicaReply {
+    if node.loaded().cluster.node(for_node).is_none() {
+        return ReplicaReply::Refused(format!("{for_node} is not in the cluster file"));
+    }
+    let mut cursor = after.map(str::to_string);
+    let mut paths = Vec::new();
+    loop {
+        let (page, more) = match node.store().replicated_paths(cursor.as_deref(), INVENTORY_PAGE) {
+            Ok(p) => p,
+            Err(e) => return ReplicaReply::Refused(e.to_string()),
+        };
+        let blank = after.is_none() && page.is_empty();
+        cursor = page.last().cloned().or(cursor);
+        paths.extend(page.into_iter().filter(|p| in_set(node, p, for_node).is_ok()));
+        // Pages of paths the asker does not replicate are skipped here, not sent.
+        if !more || paths.len() >= INVENTORY_PAGE / 2 {
+            return ReplicaReply::Inventory { paths, next: if more { cursor } else { None }, blank };
+        }
+    }
+}
+
 /// The owner of `path` in this node's view, or why there is none.
 fn view_owner(node: &Node, path: &str) -> Result<String, String> {
     let p = ActorPath::parse(path).map_err(|e| e.to_string())?;
@@ -225,9 +299,13 @@ fn agent_path(node: &str) -> Result<ActorPath, StoreError> {
 }
 
 /// Asks `to` (this node itself: served here, without a message).
-async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, RemoteError> {
+pub(crate) async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, RemoteError> {
     if to == node.name() {
-        return Ok(serve(node, msg).await);
+        // Bounded like a remote ask, so an election stops counting promises within
+        // REPLICA_TIMEOUT (a rebuilding node's inventory waits for that).
+        return tokio::time::timeout(REPLICA_TIMEOUT, serve(node, msg))
+            .await
+            .map_err(|_| RemoteError::Invalid(format!("{to}'s own replica did not answer in {REPLICA_TIMEOUT:?}")));
     }
     let path = agent_path(to).map_err(|e| RemoteError::Invalid(e.to_string()))?;
     let what = match &msg {
@@ -236,13 +314,16 @@ async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<ReplicaReply, Rem
         ReplicaMsg::Adopt { path, .. } => ("adopt", path.clone()),
         ReplicaMsg::Append { path, .. } => ("append", path.clone()),
         ReplicaMsg::Confirm { path, .. } => ("confirm", path.clone()),
+        ReplicaMsg::Learn { path, .. } => ("learn", path.clone()),
+        ReplicaMsg::Inventory { for_node, .. } => ("inventory", for_node.clone()),
     };
     let started = Instant::now();
     let r = node.handle::<ReplicaProto>(path).ask_timeout(msg, REPLICA_TIMEOUT).await;
     let took = started.elapsed();
     // A replica round trip is normally a few ms; one that waited or failed is what an
     // operator needs to see to explain a slow owner.
-    if r.is_err() || took >= SLOW_REPLICA_ASK {
+    // (A rebuilding node asks a down node for its inventory until it is back.)
+    if (r.is_err() || took >= SLOW_REPLICA_ASK) && what.0 != "inventory" {
         tracing::warn!(replica = %to, path = %what.1, op = what.0, took_ms = took.as_millis() as u64,
             outcome = ?r.as_ref().map(|_| "answered"), "slow or failed replica ask");
     }
@@ -399,6 +480,18 @@ async fn elect(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> {
         if owner != me {
             return Err(StoreError::Read(format!("{me} does not own {key} in its view ({owner} does)")));
         }
+        // An owner that lost its disk relearns the path before it asks for promises.
+        if let Some(c) = node.cluster().filter(|c| !c.may_vote(&key))
+            && let Err(why) = learn(node, &key).await
+        {
+            // Until every inventory is in, the rebuild re-homes this node's singletons
+            // when it ends; an entity's next request tries again.
+            if !c.inventoried() || Instant::now() >= deadline {
+                return Err(StoreError::Read(format!("cannot recover {key}: {why}")));
+            }
+            tokio::time::sleep(RECOVER_RETRY).await;
+            continue;
+        }
         let local = node.store().load(&key)?.terms.promised;
         let term = Term::after(&seen.clone().max(local), &me, node.epoch());
         let why = match election_round(node, &key, &set, term.clone()).await {
@@ -431,6 +524,12 @@ async fn elect(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> {
 async fn election_round(node: &Node, key: &str, set: &[String], term: Term) -> Result<Recovered, (Term, String)> {
     let me = node.name().to_string();
     let mut election: Election<Recovered> = Election::new(&me, term.clone(), set);
+    // Held while promises are counted: a node that lost its disk gets this node's
+    // inventory only once no election that may have counted its old promise still counts.
+    let counting = match node.cluster() {
+        Some(c) => Some(c.counting.read().await),
+        None => None,
+    };
     let mut out: FuturesUnordered<_> = set
         .iter()
         .map(|r| {
@@ -460,6 +559,7 @@ async fn election_round(node: &Node, key: &str, set: &[String], term: Term) -> R
         }
     };
     drop(out);
+    drop(counting);
     // This node's copy first: it is the source of every copy it sends later.
     let data_for = |r: &str| send.iter().find(|(n, _)| n == r).is_none_or(|(_, d)| *d);
     let ops = |r: &str| data_for(r).then(|| best.as_ops(key));
@@ -483,6 +583,64 @@ async fn election_round(node: &Node, key: &str, set: &[String], term: Term) -> R
         Ok(()) => Ok(best),
         Err(why) => Err((votes.newer().cloned().unwrap_or(term), why)),
     }
+}
+
+/// How long an election on a rebuilding node waits for the inventory to be complete.
+const INVENTORY_WAIT: Duration = Duration::from_secs(2);
+
+/// Relearns `key` on a node that lost its disk: the copies and terms of enough other
+/// members of its replica set (troupe-core's `rebuild::Learning`), the newest kept,
+/// then the path counts as relearned and this node votes on it again.
+pub(crate) async fn learn(node: &Node, key: &str) -> Result<(), String> {
+    let Some(cluster) = node.cluster() else { return Ok(()) };
+    if cluster.may_vote(key) {
+        return Ok(());
+    }
+    // Only once every other node answered the inventory (or the rebuild found a new
+    // cluster and made this node a voter), which normally takes one round trip.
+    let waiting_since = Instant::now();
+    while !cluster.inventoried() {
+        if cluster.may_vote(key) {
+            return Ok(());
+        }
+        if waiting_since.elapsed() >= INVENTORY_WAIT {
+            return Err(format!(
+                "{me} is rebuilding after losing its disk and waits for every other node's inventory first",
+                me = node.name()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = ActorPath::parse(key).map_err(|e| e.to_string())?;
+    let ks = kind_of(node, &p).map_err(|e| e.to_string())?;
+    let me = node.name().to_string();
+    let set = node.replica_set(&ks, &p);
+    let others: Vec<String> = set.iter().filter(|r| **r != me).cloned().collect();
+    let answers = futures::future::join_all(
+        others.iter().map(|r| ask(node, r, ReplicaMsg::Learn { path: key.to_string(), from: me.clone() })),
+    )
+    .await;
+    let mut learning: Learning<Recovered> = Learning::new(set.len());
+    for (r, a) in others.iter().zip(answers) {
+        match a {
+            Ok(ReplicaReply::Loaded(c)) => learning.copy(r, c.terms.clone(), c.data()),
+            Ok(other) => learning.problem(r, format!("{other:?}")),
+            Err(e) => learning.problem(r, e),
+        }
+    }
+    let (copy, terms) = match learning.outcome() {
+        Learned::Hold { copy, terms } => (copy, terms),
+        Learned::Retry(why) => return Err(format!("cannot relearn {key} yet: {why}")),
+    };
+    let _guard = cluster.path_lock(key).lock().await;
+    if cluster.may_vote(key) {
+        return Ok(());
+    }
+    let mut ops = copy.as_ops(key);
+    ops.push(WriteOp::Terms { path: key.to_string(), terms });
+    node.store().write(ops).await.map_err(|e| e.to_string())?;
+    cluster.learned(key);
+    Ok(())
 }
 
 /// A read barrier: `Ok` once a majority of `path`'s replica set still backs `term`,

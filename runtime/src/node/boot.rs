@@ -90,8 +90,11 @@ impl Node {
             if !node.set_cluster(c.clone()) {
                 return Err(NodeError::Cluster("node is already clustered".into()));
             }
+            let standing = crate::cluster::rebuild::standing_at_boot(&node).await?;
+            let rebuilding = standing.is_rebuilding();
+            c.set_standing(standing);
             c.open(cfg, crate::cluster::inbound::NodeInbound::new(&node)).await;
-            Some(c)
+            Some((c, rebuilding))
         } else {
             None
         };
@@ -104,7 +107,10 @@ impl Node {
         while node.0.kind_sups.read().len() < want && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if let Some(c) = cluster {
+        if let Some((c, rebuilding)) = cluster {
+            if rebuilding {
+                tokio::spawn(crate::cluster::rebuild::run(node.clone()));
+            }
             node.watch(&c);
             // Re-home once now, in case membership moved while the tree started.
             node.rehome().await;

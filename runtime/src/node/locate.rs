@@ -157,7 +157,7 @@ impl Node {
     }
 
     /// Stops what this node no longer owns and starts the singletons it now owns.
-    pub(super) async fn rehome(&self) {
+    pub(crate) async fn rehome(&self) {
         let node = self;
         let specs: Vec<KindSpec> = node.loaded().topologies.iter().flat_map(|t| t.kinds.clone()).collect();
         for ks in specs {

@@ -192,6 +192,39 @@ impl TestCluster {
         self.procs.insert(name.to_string(), child);
     }
 
+    /// Node `name`'s state directory (the cluster file's default `data_dir`).
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(".troupe/data").join(name)
+    }
+
+    /// Deletes node `name`'s state, as a replacement machine would come back; the
+    /// node must be stopped.
+    pub fn wipe(&mut self, name: &str) {
+        assert!(!self.procs.contains_key(name), "wipe {name} only while it is stopped");
+        let dir = self.data_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("wiping {}: {e}", dir.display()),
+        }
+    }
+
+    /// Waits until no running node is rebuilding after a lost disk (the
+    /// `troupe_replica_rebuilding` gauge is 0 everywhere).
+    pub fn wait_rebuilt(&self, timeout: Duration) {
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        let last = wait_for_or_last(
+            timeout,
+            || names.iter().map(|n| (n.clone(), self.metric(n, "troupe_replica_rebuilding"))).collect::<Vec<_>>(),
+            |v| v.iter().all(|(_, x)| *x == 0.0),
+        );
+        assert!(
+            last.iter().all(|(_, x)| *x == 0.0),
+            "nodes still rebuilding after {timeout:?}: {last:?}; logs in {}",
+            self.dir.display()
+        );
+    }
+
     /// SIGKILL, as `kill -9`.
     pub fn kill(&mut self, name: &str) {
         if let Some(mut c) = self.procs.remove(name) {
