@@ -1,6 +1,7 @@
 //! Partition safety on real processes (docs/replication.md): the cluster is split with
-//! `troupe chaos partition`, writers on both sides overwrite a few kv keys and read
-//! them back, the partition heals, and then
+//! `troupe chaos partition`, writers on both sides overwrite a few registers — kv keys,
+//! or the targets of URL-shortener links — and read them back, the partition heals,
+//! and then
 //! - the minority side refused (503, with the reason and Retry-After) within the time
 //!   the failure detector takes, and acknowledged nothing after that;
 //! - every key's whole history — every read and write with its invocation and response
@@ -54,25 +55,77 @@ enum Put {
     Unknown,
 }
 
-fn put(addr: SocketAddr, key: &str, value: &str) -> Put {
-    let body = format!("{{\"value\":\"{value}\"}}");
-    match request(addr, "PUT", &format!("/kv/{key}"), &[("Content-Type", "application/json")], body.as_bytes()) {
-        Ok(r) if r.status == 200 => Put::Acked,
-        Ok(r) if r.status == 503 && r.body.contains("minority side of a partition") => {
-            Put::Minority { retry_after: r.header("retry-after").is_some(), body: r.body }
-        }
-        _ => Put::Unknown,
-    }
+/// What the writers overwrite: kv keys, or the targets of shortener links.
+#[derive(Clone, Copy, PartialEq)]
+enum Register {
+    Kv,
+    Link,
 }
 
-/// A read's value (`Some(None)`: absent), or `None` when the read failed.
-fn get(addr: SocketAddr, key: &str) -> Option<Option<String>> {
-    let r = request(addr, "GET", &format!("/kv/{key}"), &[], b"").ok()?;
-    if r.status != 200 {
-        return None;
+/// The shortener's settings for this test (the owner of the links is `ann`).
+const SHORTENER: &str = "[overrides.url-shortener.gateway]\ncreate_per_ip = { limit = 100000, window_ms = 1000 }\ncreate_per_user = { limit = 100000, window_ms = 1000 }\n";
+const OWNER: (&str, &str) = ("X-User-Id", "ann");
+
+impl Register {
+    fn system(self) -> &'static str {
+        match self {
+            Register::Kv => "kv",
+            Register::Link => "url-shortener",
+        }
     }
-    let v = r.json();
-    Some(v["Value"]["value"].as_str().map(str::to_string))
+
+    /// Creates the register if it must exist before it is overwritten.
+    fn create(self, addr: SocketAddr, key: &str) -> bool {
+        match self {
+            Register::Kv => true,
+            Register::Link => {
+                let body = format!("{{\"url\":\"https://example.com/start\",\"alias\":\"{key}\"}}");
+                let hdrs = [("Content-Type", "application/json"), OWNER];
+                request(addr, "POST", "/api/links", &hdrs, body.as_bytes()).is_ok_and(|r| r.status == 201)
+            }
+        }
+    }
+
+    fn put(self, addr: SocketAddr, key: &str, value: &str) -> Put {
+        let r = match self {
+            Register::Kv => {
+                let body = format!("{{\"value\":\"{value}\"}}");
+                request(addr, "PUT", &format!("/kv/{key}"), &[("Content-Type", "application/json")], body.as_bytes())
+            }
+            Register::Link => {
+                let body = format!("{{\"url\":\"https://example.com/{value}\"}}");
+                let hdrs = [("Content-Type", "application/json"), OWNER];
+                request(addr, "PATCH", &format!("/api/links/{key}"), &hdrs, body.as_bytes())
+            }
+        };
+        match r {
+            Ok(r) if r.status == 200 => Put::Acked,
+            Ok(r) if r.status == 503 && r.body.contains("minority side of a partition") => {
+                Put::Minority { retry_after: r.header("retry-after").is_some(), body: r.body }
+            }
+            _ => Put::Unknown,
+        }
+    }
+
+    /// A read's value (`Some(None)`: absent, or the link as created), or `None` when
+    /// the read failed.
+    fn get(self, addr: SocketAddr, key: &str) -> Option<Option<String>> {
+        match self {
+            Register::Kv => {
+                let r = request(addr, "GET", &format!("/kv/{key}"), &[], b"").ok()?;
+                (r.status == 200).then(|| r.json()["Value"]["value"].as_str().map(str::to_string))
+            }
+            Register::Link => {
+                let r = request(addr, "GET", &format!("/api/links/{key}"), &[], b"").ok()?;
+                if r.status != 200 {
+                    return None;
+                }
+                let url = r.json()["url"].as_str()?.to_string();
+                let v = url.strip_prefix("https://example.com/")?;
+                Some((v != "start").then(|| v.to_string()))
+            }
+        }
+    }
 }
 
 fn chaos(c: &TestCluster, args: &[&str]) {
@@ -81,7 +134,9 @@ fn chaos(c: &TestCluster, args: &[&str]) {
 }
 
 /// One writer: PUTs of fresh values and GETs, alternating, through `node`'s gateway.
+#[allow(clippy::too_many_arguments)] // one writer's whole setting, spelled out
 fn writer(
+    reg: Register,
     h: Arc<History>,
     addr: SocketAddr,
     name: String,
@@ -92,17 +147,17 @@ fn writer(
 ) {
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("p{}", i % KEYS);
+        let key = format!("reg{}", i % KEYS);
         if i % 3 == 2 {
             let call = h.now();
-            if let Some(v) = get(addr, &key) {
+            if let Some(v) = reg.get(addr, &key) {
                 h.record(&key, Op { call, ret: Some(h.now()), kind: Kind::Read(v) });
             }
         } else {
             let value = format!("{name}-{i}");
             let call = h.now();
             let was_refusing = refusing.load(Ordering::SeqCst);
-            let outcome = put(addr, &key, &value);
+            let outcome = reg.put(addr, &key, &value);
             let ret = match outcome {
                 Put::Acked => {
                     if minority && was_refusing && partitioned.load(Ordering::SeqCst) {
@@ -124,8 +179,14 @@ fn writer(
     }
 }
 
-fn partition_run(nodes: usize, minority: &[&str]) {
-    let opts = Options { nodes, ..Options::default() };
+fn partition_run(reg: Register, nodes: usize, minority: &[&str]) {
+    let opts = match reg {
+        Register::Kv => Options { nodes, ..Options::default() },
+        Register::Link => {
+            Options { nodes, systems: vec!["kv", "url-shortener"], extra: SHORTENER.into(), ..Options::default() }
+        }
+    };
+    let sys = reg.system();
     // How long the minority may take to refuse: the failure detector declaring the
     // other side down (a probe period, then suspicion), stretched by local health
     // under load, with slack for a loaded CI machine.
@@ -133,6 +194,13 @@ fn partition_run(nodes: usize, minority: &[&str]) {
     let refuse_within = detect * 4 + Duration::from_secs(3);
     let c = TestCluster::start(opts);
     c.wait_converged(&[], Duration::from_secs(30));
+    for key in (0..KEYS).map(|k| format!("reg{k}")).chain(["probe".to_string()]) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !reg.create(c.port(&c.names[0], sys), &key) {
+            assert!(Instant::now() < until, "cannot create {key}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     let majority: Vec<String> = c.names.iter().filter(|n| !minority.contains(&n.as_str())).cloned().collect();
     let h = Arc::new(History {
         start: Instant::now(),
@@ -147,8 +215,8 @@ fn partition_run(nodes: usize, minority: &[&str]) {
         [(minority[0].to_string(), true), (majority[0].clone(), false), (majority[1].clone(), false)]
     {
         let (h, addr, refusing, partitioned, stop) =
-            (h.clone(), c.port(&name, "kv"), refusing.clone(), partitioned.clone(), stop.clone());
-        writers.push(std::thread::spawn(move || writer(h, addr, name, is_minority, refusing, partitioned, stop)));
+            (h.clone(), c.port(&name, sys), refusing.clone(), partitioned.clone(), stop.clone());
+        writers.push(std::thread::spawn(move || writer(reg, h, addr, name, is_minority, refusing, partitioned, stop)));
     }
     std::thread::sleep(Duration::from_secs(1));
 
@@ -160,9 +228,9 @@ fn partition_run(nodes: usize, minority: &[&str]) {
     let split_at = Instant::now();
     partitioned.store(true, Ordering::SeqCst);
     // The minority refuses, saying why, within the detection time.
-    let probe = c.port(minority[0], "kv");
+    let probe = c.port(minority[0], sys);
     let (took, retry_after, body) = loop {
-        if let Put::Minority { retry_after, body } = put(probe, "probe", "x") {
+        if let Put::Minority { retry_after, body } = reg.put(probe, "probe", "x") {
             break (split_at.elapsed(), retry_after, body);
         }
         assert!(
@@ -190,18 +258,18 @@ fn partition_run(nodes: usize, minority: &[&str]) {
 
     // After the heal, every key read through every node, until each read succeeds.
     for k in 0..KEYS {
-        let key = format!("p{k}");
+        let key = format!("reg{k}");
         for n in c.names.clone() {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let call = h.now();
-                if let Some(v) = get(c.port(&n, "kv"), &key) {
+                if let Some(v) = reg.get(c.port(&n, sys), &key) {
                     h.record(&key, Op { call, ret: Some(h.now()), kind: Kind::Read(v) });
                     break;
                 }
                 if Instant::now() >= deadline {
-                    let last =
-                        request(c.port(&n, "kv"), "GET", &format!("/kv/{key}"), &[], b"").map(|r| (r.status, r.body));
+                    let route = if reg == Register::Kv { format!("/kv/{key}") } else { format!("/api/links/{key}") };
+                    let last = request(c.port(&n, sys), "GET", &route, &[], b"").map(|r| (r.status, r.body));
                     let tree = request(c.admin(&n), "GET", "/v1/tree", &[], b"").map(|r| r.body).unwrap_or_default();
                     panic!("{key} cannot be read through {n} after the heal; last answer {last:?}\n{tree}");
                 }
@@ -223,17 +291,24 @@ fn partition_run(nodes: usize, minority: &[&str]) {
             panic!("{key}'s history is not linearizable: {why}");
         }
     }
-    eprintln!("{total} operations on {} keys, all linearizable", ops.len());
+    eprintln!("{sys}: {total} operations on {} registers, all linearizable", ops.len());
 }
 
 #[test]
 fn a_minority_of_three_refuses_and_nothing_acknowledged_is_lost() {
-    partition_run(3, &["n1"]);
+    partition_run(Register::Kv, 3, &["n1"]);
+}
+
+/// The same for the URL shortener's links: edits of a link's target on both sides,
+/// reads through the API (a read barrier at the link's owner).
+#[test]
+fn links_on_a_minority_of_three_refuse_and_no_acknowledged_edit_is_lost() {
+    partition_run(Register::Link, 3, &["n1"]);
 }
 
 #[test]
 fn a_minority_of_five_refuses_and_nothing_acknowledged_is_lost() {
-    partition_run(5, &["n1", "n2"]);
+    partition_run(Register::Kv, 5, &["n1", "n2"]);
 }
 
 // ---- the checker itself must be able to fail ------------------------------------

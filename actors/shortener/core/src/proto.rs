@@ -100,6 +100,9 @@ pub enum LinkMsg {
         by: Requester,
         at_ms: u64,
     },
+    /// The record after a read barrier (a majority still backs this owner), so it
+    /// holds every acknowledged change: the API's read. Redirects use `Get`.
+    Read,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -137,6 +137,21 @@ impl Behavior for LinkActor {
                     reply.send(LinkReply::NotFound).await;
                 }
             },
+            LinkMsg::Read => match ctx.confirm().await {
+                Ok(()) => match &st.record {
+                    Some(rec) => reply.send(LinkReply::Found(rec.clone())).await,
+                    None => reply.send(LinkReply::NotFound).await,
+                },
+                Err(e) => {
+                    tracing::warn!(path = %ctx.path(), error = %e, "link read not confirmed");
+                    // Another owner may hold it: recover (or fail to) before the next request.
+                    match self.init(ctx).await {
+                        Ok(fresh) => *st = fresh,
+                        Err(e) => tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed read failed"),
+                    }
+                    reply.fail(RemoteError::ActorFailed { path: ctx.path().to_string(), reason: e.to_string() });
+                }
+            },
             LinkMsg::Create { link } => {
                 if let Some(rec) = &st.record {
                     reply.send(LinkReply::Taken { deleted: rec.deleted_ms.is_some() }).await;

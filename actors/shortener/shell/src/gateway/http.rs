@@ -348,11 +348,12 @@ fn lower(k: &'static str) -> &'static str {
 }
 
 /// The link's record for the management endpoints: 404 / 410 when it is not live.
+/// The link as of every acknowledged change (a read barrier at its owner).
 async fn live_record(s: &Shared, code: &str) -> Result<LinkRecord, ApiError> {
     if !plausible_code(code) {
         return Err(ApiError::not_found(code));
     }
-    match s.ask_link(code, LinkMsg::Get, "reading the link").await? {
+    match s.ask_link(code, LinkMsg::Read, "reading the link").await? {
         LinkReply::Found(rec) if rec.deleted_ms.is_some() => Err(ApiError::gone(code, "deleted")),
         LinkReply::Found(rec) => Ok(rec),
         _ => Err(ApiError::not_found(code)),
