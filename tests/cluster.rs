@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Options, TestCluster, http, wait_for};
+use common::{Options, TestCluster, http, http_auth, wait_for};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,13 @@ fn nodes_run_and_replicate_without_the_ca_key() {
 
 fn put(c: &TestCluster, node: &str, key: &str, value: &str) -> bool {
     matches!(
-        http(c.port(node, "kv"), "PUT", &format!("/kv/{key}"), Some(&format!("{{\"value\":\"{value}\"}}"))),
+        http_auth(
+            c.port(node, "kv"),
+            "PUT",
+            &format!("/kv/{key}"),
+            &c.service_auth(),
+            Some(&format!("{{\"value\":\"{value}\"}}"))
+        ),
         Ok((200, _))
     )
 }
@@ -107,7 +113,7 @@ fn lost_disks_are_rebuilt_before_they_vote_and_lose_nothing() {
     c.wait_converged(&["n3"], Duration::from_secs(30));
     let refused = wait_for("a write refused while n2 rebuilds and n3 is down", Duration::from_secs(30), || {
         let body = "{\"value\":\"lost\"}";
-        match http(c.port("n1", "kv"), "PUT", &format!("/kv/{}", keys[1]), Some(body)) {
+        match http_auth(c.port("n1", "kv"), "PUT", &format!("/kv/{}", keys[1]), &c.service_auth(), Some(body)) {
             Ok((code, body)) if code != 200 && body.contains("rebuilding after losing its disk") => Some(body),
             _ => None,
         }
@@ -154,7 +160,8 @@ fn entities_rehome_with_their_state() {
 }
 
 fn allocate(c: &TestCluster, node: &str) -> Option<(u64, u64, String)> {
-    let (code, body) = http(c.port(node, "kv"), "POST", "/ranges/ids", Some("{\"size\":100}")).ok()?;
+    let (code, body) =
+        http_auth(c.port(node, "kv"), "POST", "/ranges/ids", &c.service_auth(), Some("{\"size\":100}")).ok()?;
     if code != 200 {
         return None;
     }
@@ -242,6 +249,7 @@ fn chaos_random_kills_lose_no_acknowledged_write() {
         .map(|w| {
             let (kv, up, history, attempts, acks, stop) =
                 (kv.clone(), up.clone(), history.clone(), attempts.clone(), acks.clone(), stop.clone());
+            let auth = c.service_auth();
             std::thread::spawn(move || {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -253,7 +261,8 @@ fn chaos_random_kills_lose_no_acknowledged_write() {
                     attempts.fetch_add(1, Ordering::Relaxed);
                     history.lock().unwrap().entry(key.clone()).or_default().push((value.clone(), false));
                     let body = format!("{{\"value\":\"{value}\"}}");
-                    if matches!(http(kv[node], "PUT", &format!("/kv/{key}"), Some(&body)), Ok((200, _))) {
+                    let put = http_auth(kv[node], "PUT", &format!("/kv/{key}"), &auth, Some(&body));
+                    if matches!(put, Ok((200, _))) {
                         acks.fetch_add(1, Ordering::Relaxed);
                         if let Some(last) = history.lock().unwrap().get_mut(&key).and_then(|h| h.last_mut()) {
                             last.1 = true;

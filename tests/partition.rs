@@ -75,26 +75,29 @@ impl Register {
     }
 
     /// Creates the register if it must exist before it is overwritten.
-    fn create(self, addr: SocketAddr, key: &str) -> bool {
+    fn create(self, addr: SocketAddr, key: &str, auth: &str) -> bool {
         match self {
             Register::Kv => true,
             Register::Link => {
                 let body = format!("{{\"url\":\"https://example.com/start\",\"alias\":\"{key}\"}}");
-                let hdrs = [("Content-Type", "application/json"), OWNER];
+                let hdrs = [("Content-Type", "application/json"), OWNER, ("Authorization", auth)];
                 request(addr, "POST", "/api/links", &hdrs, body.as_bytes()).is_ok_and(|r| r.status == 201)
             }
         }
     }
 
-    fn put(self, addr: SocketAddr, key: &str, value: &str) -> Put {
+    /// `auth`: the cluster's service token, as kv writes and the proxy that vouches for
+    /// the link's owner present it.
+    fn put(self, addr: SocketAddr, key: &str, value: &str, auth: &str) -> Put {
         let r = match self {
             Register::Kv => {
                 let body = format!("{{\"value\":\"{value}\"}}");
-                request(addr, "PUT", &format!("/kv/{key}"), &[("Content-Type", "application/json")], body.as_bytes())
+                let hdrs = [("Content-Type", "application/json"), ("Authorization", auth)];
+                request(addr, "PUT", &format!("/kv/{key}"), &hdrs, body.as_bytes())
             }
             Register::Link => {
                 let body = format!("{{\"url\":\"https://example.com/{value}\"}}");
-                let hdrs = [("Content-Type", "application/json"), OWNER];
+                let hdrs = [("Content-Type", "application/json"), OWNER, ("Authorization", auth)];
                 request(addr, "PATCH", &format!("/api/links/{key}"), &hdrs, body.as_bytes())
             }
         };
@@ -137,6 +140,7 @@ fn chaos(c: &TestCluster, args: &[&str]) {
 #[allow(clippy::too_many_arguments)] // one writer's whole setting, spelled out
 fn writer(
     reg: Register,
+    auth: String,
     h: Arc<History>,
     addr: SocketAddr,
     name: String,
@@ -157,7 +161,7 @@ fn writer(
             let value = format!("{name}-{i}");
             let call = h.now();
             let was_refusing = refusing.load(Ordering::SeqCst);
-            let outcome = reg.put(addr, &key, &value);
+            let outcome = reg.put(addr, &key, &value, &auth);
             let ret = match outcome {
                 Put::Acked => {
                     if minority && was_refusing && partitioned.load(Ordering::SeqCst) {
@@ -196,7 +200,7 @@ fn partition_run(reg: Register, nodes: usize, minority: &[&str]) {
     c.wait_converged(&[], Duration::from_secs(30));
     for key in (0..KEYS).map(|k| format!("reg{k}")).chain(["probe".to_string()]) {
         let until = Instant::now() + Duration::from_secs(30);
-        while !reg.create(c.port(&c.names[0], sys), &key) {
+        while !reg.create(c.port(&c.names[0], sys), &key, &c.service_auth()) {
             assert!(Instant::now() < until, "cannot create {key}");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -216,7 +220,10 @@ fn partition_run(reg: Register, nodes: usize, minority: &[&str]) {
     {
         let (h, addr, refusing, partitioned, stop) =
             (h.clone(), c.port(&name, sys), refusing.clone(), partitioned.clone(), stop.clone());
-        writers.push(std::thread::spawn(move || writer(reg, h, addr, name, is_minority, refusing, partitioned, stop)));
+        let auth = c.service_auth();
+        writers.push(std::thread::spawn(move || {
+            writer(reg, auth, h, addr, name, is_minority, refusing, partitioned, stop)
+        }));
     }
     std::thread::sleep(Duration::from_secs(1));
 
@@ -230,7 +237,7 @@ fn partition_run(reg: Register, nodes: usize, minority: &[&str]) {
     // The minority refuses, saying why, within the detection time.
     let probe = c.port(minority[0], sys);
     let (took, retry_after, body) = loop {
-        if let Put::Minority { retry_after, body } = reg.put(probe, "probe", "x") {
+        if let Put::Minority { retry_after, body } = reg.put(probe, "probe", "x", &c.service_auth()) {
             break (split_at.elapsed(), retry_after, body);
         }
         assert!(

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Options, Resp, TestCluster, request, wait_for};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,8 +95,14 @@ window_ms = 86400000
 shadow = true
 "#;
 
+/// The admin token (which passes for the service token too) of the cluster that
+/// listens on each limiter port, so every call below is a trusted service's;
+/// `tests/security.rs` checks the refusals.
+static AUTH: std::sync::Mutex<BTreeMap<SocketAddr, String>> = std::sync::Mutex::new(BTreeMap::new());
+
 fn call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Result<Resp> {
-    request(addr, method, path, &[("Content-Type", "application/json")], body)
+    let auth = AUTH.lock().expect("the cluster tokens").get(&addr).cloned().unwrap_or_default();
+    request(addr, method, path, &[("Content-Type", "application/json"), ("Authorization", &auth)], body)
 }
 
 fn must(addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
@@ -111,6 +118,7 @@ fn start(overrides: &str) -> TestCluster {
     c.wait_converged(&[], Duration::from_secs(30));
     for n in c.names.clone() {
         let addr = c.port(&n, SYS);
+        AUTH.lock().expect("the cluster tokens").insert(addr, c.admin_auth());
         wait_for(&format!("{n}'s limiter HTTP service"), Duration::from_secs(30), || {
             call(addr, "GET", "/v1/health", b"").ok().filter(|r| r.status == 200)
         });

@@ -44,11 +44,20 @@ fn must(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     call(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
+/// The service token of the cluster behind each gateway port: what the authenticating
+/// proxy in front presents with `X-User-Id` (`tests/security.rs` checks the refusal).
+static PROXY: std::sync::Mutex<BTreeMap<SocketAddr, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn proxy_auth(gw: SocketAddr) -> String {
+    PROXY.lock().expect("the proxy tokens").get(&gw).cloned().unwrap_or_default()
+}
+
 fn start() -> TestCluster {
     let c = TestCluster::start(Options { systems: vec!["kv", SYS], extra: OVERRIDES.into(), ..Options::default() });
     c.wait_converged(&[], Duration::from_secs(30));
     for n in &c.names {
         let gw = c.port(n, SYS);
+        PROXY.lock().expect("the proxy tokens").insert(gw, c.service_auth());
         wait_for(&format!("gateway of {n}"), Duration::from_secs(30), || {
             call(gw, "GET", "/api/links/nope", &[], None).ok().filter(|r| r.status == 404)
         });
@@ -57,9 +66,11 @@ fn start() -> TestCluster {
 }
 
 fn create(gw: SocketAddr, body: &str, user: Option<&str>) -> Resp {
+    let auth = proxy_auth(gw);
     let mut h = vec![("Content-Type", "application/json")];
     if let Some(u) = user {
         h.push(("X-User-Id", u));
+        h.push(("Authorization", &auth));
     }
     must(gw, "POST", "/api/links", &h, Some(body))
 }
@@ -175,8 +186,11 @@ fn http_api_end_to_end_on_three_nodes() {
         assert_eq!(must(gw, "GET", "/summer-sale", &[], None).header("location"), Some("https://example.org/"));
     }
     let patch = r#"{"url": "https://example.org/autumn"}"#;
-    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &[("X-User-Id", "bob")], Some(patch)).status, 403);
-    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &[("X-User-Id", "ann")], Some(patch)).status, 200);
+    let auth = proxy_auth(g1);
+    let (bob, ann) =
+        ([("X-User-Id", "bob"), ("Authorization", &auth)], [("X-User-Id", "ann"), ("Authorization", &auth)]);
+    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &bob, Some(patch)).status, 403);
+    assert_eq!(must(g1, "PATCH", "/api/links/summer-sale", &ann, Some(patch)).status, 200);
     let edited = Instant::now();
     for gw in [g1, g2, g3] {
         wait_for("edit visible", Duration::from_secs(10), || {
@@ -189,7 +203,7 @@ fn http_api_end_to_end_on_three_nodes() {
     let stale_max = Duration::from_millis(CACHE_TTL_MS + LINK_TIMEOUT_MS);
     assert!(edited.elapsed() <= stale_max, "edit took {:?} to reach every gateway", edited.elapsed());
     assert_eq!(must(g2, "DELETE", &format!("/api/links/{code}"), &[], None).status, 403);
-    assert_eq!(must(g2, "DELETE", &format!("/api/links/{code}"), &[("X-User-Id", "ann")], None).status, 204);
+    assert_eq!(must(g2, "DELETE", &format!("/api/links/{code}"), &ann, None).status, 204);
     let deleted = Instant::now();
     for gw in [g1, g2, g3] {
         wait_for("delete visible", Duration::from_secs(10), || {

@@ -40,6 +40,22 @@ pub fn troupe_bin() -> PathBuf {
 }
 
 impl LocalCluster {
+    /// `Bearer <token>` for the cluster's service token (kv writes, limiter checks).
+    pub fn service_auth(&self) -> anyhow::Result<String> {
+        self.bearer("service.token")
+    }
+
+    /// `Bearer <token>` for the cluster's admin token (chaos, rule changes).
+    pub fn admin_auth(&self) -> anyhow::Result<String> {
+        self.bearer("admin.token")
+    }
+
+    fn bearer(&self, file: &str) -> anyhow::Result<String> {
+        let p = self.dir.join(".troupe").join(file);
+        let t = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+        Ok(format!("Bearer {}", t.trim()))
+    }
+
     /// `membership` and `extra` are TOML text appended to the cluster file;
     /// `systems` are copied from the repository's systems/ folder.
     pub fn start(
@@ -201,4 +217,4 @@ fn rand_suffix() -> u128 {
 }
 
 /// A JSON request on a fresh connection: (status, body).
-pub use troupe_common::http::http;
+pub use troupe_common::http::{http, http_auth};

@@ -29,9 +29,12 @@ pub fn ensure(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<Vec<Pat
         seal::load_key(&cluster.key_file, true).map_err(anyhow::Error::msg)?;
         made.push(cluster.key_file.clone());
     }
-    let token = troupe_runtime::cluster::admin_token::path(&cluster.key_file);
-    if troupe_runtime::cluster::admin_token::ensure(&token)? {
-        made.push(token);
+    use troupe_runtime::cluster::tokens::{self, Role};
+    for role in [Role::Admin, Role::Service] {
+        let token = tokens::path(role, &cluster.key_file);
+        if tokens::ensure(&token)? {
+            made.push(token);
+        }
     }
     Ok(made)
 }

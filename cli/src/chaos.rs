@@ -60,8 +60,8 @@ pub enum ChaosCmd {
 /// The cluster's admin token (`$TROUPE_ADMIN_TOKEN`, else `admin.token` beside the
 /// cluster key), as the header value the admin API wants.
 fn bearer(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<String> {
-    let path = troupe_runtime::cluster::admin_token::path(&cluster.key_file);
-    let t = troupe_runtime::cluster::admin_token::for_client(&path).map_err(anyhow::Error::msg)?;
+    use troupe_runtime::cluster::tokens::{Role, for_client};
+    let t = for_client(Role::Admin, &cluster.key_file).map_err(anyhow::Error::msg)?;
     Ok(format!("Bearer {t}"))
 }
 

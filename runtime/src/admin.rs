@@ -2,7 +2,7 @@
 //! introspection and chaos endpoints for scripts (`curl`), next to the QUIC API the
 //! CLI and TUI use. It reads the same node state as the node agent.
 
-use crate::cluster::admin_token;
+use crate::cluster::tokens::{self, Role};
 use crate::metrics::render_prometheus;
 use crate::node::Node;
 use axum::Json;
@@ -31,7 +31,7 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
 /// has failed), `/metrics`, `/v1/tree`, `/v1/members`, `/v1/metrics`,
 /// `/v1/trace/{id}` and `POST /v1/chaos`.
 pub fn router(node: Node) -> axum::Router {
-    let token = admin_token::Verifier::load(&admin_token::path(&node.loaded().cluster.key_file));
+    let token = tokens::Verifier::load(Role::Admin, &tokens::path(Role::Admin, &node.loaded().cluster.key_file));
     let chaos_route = post(move |st: State<Node>, headers: HeaderMap, body| chaos(st, headers, body, token.clone()));
     axum::Router::new()
         .route("/health", get(health))
@@ -80,7 +80,7 @@ async fn chaos(
     State(node): State<Node>,
     headers: HeaderMap,
     body: Result<Json<ChaosCommand>, axum::extract::rejection::JsonRejection>,
-    token: admin_token::Verifier,
+    token: tokens::Verifier,
 ) -> Response {
     // State-changing: only with the cluster's admin token, before the command is looked at.
     let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());

@@ -3,13 +3,18 @@
 //! (path parameters and JSON body fields fill the message variant named by the
 //! route), asks the actor, and answers with the reply as JSON. Systems with their
 //! own protocol (OpenAI API, redirects, WebSocket) run gateway actors instead.
+//!
+//! **Invariant:** a route that changes state asks for a credential (the route's
+//! `auth`; by default the service token for every method but GET) and a request
+//! without it is answered 401 with the reason before its body is read.
 
+use crate::cluster::tokens::Credentials;
 use crate::config::RouteSpec;
 use crate::node::Node;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::on;
 use std::collections::HashMap;
@@ -55,6 +60,7 @@ struct RouteState {
     node: Node,
     system: String,
     route: Arc<RouteSpec>,
+    credentials: Arc<Credentials>,
 }
 
 /// Starts the gateway listeners of this node. Returns (system, bound address).
@@ -68,6 +74,7 @@ pub async fn serve_routes(node: &Node) -> std::io::Result<Vec<(String, SocketAdd
         }
         let Some(port) = spec.ports.get(&t.name) else { continue };
         let mut app = axum::Router::new();
+        let credentials = Arc::new(Credentials::load(&node.loaded().cluster.key_file));
         let mut by_path: HashMap<String, Vec<Arc<RouteSpec>>> = HashMap::new();
         for r in &t.routes {
             by_path.entry(r.path.clone()).or_default().push(Arc::new(r.clone()));
@@ -77,7 +84,12 @@ pub async fn serve_routes(node: &Node) -> std::io::Result<Vec<(String, SocketAdd
             for r in routes {
                 let method = Method::from_bytes(r.method.as_bytes()).unwrap_or(Method::GET);
                 let filter = axum::routing::MethodFilter::try_from(method).unwrap_or(axum::routing::MethodFilter::GET);
-                let st = RouteState { node: node.clone(), system: t.name.clone(), route: r };
+                let st = RouteState {
+                    node: node.clone(),
+                    system: t.name.clone(),
+                    route: r,
+                    credentials: credentials.clone(),
+                };
                 mr = mr.merge(on(filter, handle).with_state(st));
             }
             app = app.route(&path, mr);
@@ -104,8 +116,20 @@ fn fill(template: &str, params: &HashMap<String, String>) -> String {
     out
 }
 
-async fn handle(State(st): State<RouteState>, Path(params): Path<HashMap<String, String>>, body: Bytes) -> Response {
+async fn handle(
+    State(st): State<RouteState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let route = &st.route;
+    // The route's credential first, before the request is looked at.
+    if let Some(need) = route.auth {
+        let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err(why) = st.credentials.check(need, auth) {
+            return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": why }))).into_response();
+        }
+    }
     let key = fill(&route.key, &params);
     let path = match ActorPath::new(&st.system, &route.kind, &key) {
         Ok(p) => p,

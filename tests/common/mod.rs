@@ -8,7 +8,7 @@ use std::path::Path;
 pub mod linearizable;
 
 #[allow(unused_imports)] // each test file uses a part
-pub use troupe_testkit::{Resp, TestCluster, dechunk, http, request, wait_for, wait_for_or_last};
+pub use troupe_testkit::{Resp, TestCluster, dechunk, http, http_auth, request, wait_for, wait_for_or_last};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_troupe");

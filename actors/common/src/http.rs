@@ -82,6 +82,19 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> s
     Ok((r.status, r.body))
 }
 
+/// The same with an `Authorization` header value (e.g. `Bearer <service token>`).
+pub fn http_auth(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let headers = [("Content-Type", "application/json"), ("Authorization", authorization)];
+    let r = request(addr, method, path, &headers, body.unwrap_or("").as_bytes())?;
+    Ok((r.status, r.body))
+}
+
 /// Parses a whole HTTP/1.1 response.
 pub fn parse(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw).to_string();

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use troupe_bench::cluster::{LocalCluster, http};
+use troupe_bench::cluster::{LocalCluster, http, http_auth};
 use troupe_bench::{new_histogram, record, summarize};
 use troupe_client::{ActorPath, Client, ClientConfig};
 use troupe_limiter::Dimension;
@@ -605,8 +605,9 @@ fn main() -> anyhow::Result<()> {
     let names = cluster.names();
     let gw = SocketAddr::from(([127, 0, 0, 1], cluster.ports["n1"][SYS]));
     let end = Instant::now() + Duration::from_secs(30);
+    let admin = cluster.admin_auth()?;
     loop {
-        match http(gw, "PUT", "/v1/rules", Some(RULES)) {
+        match http_auth(gw, "PUT", "/v1/rules", &admin, Some(RULES)) {
             Ok((200, _)) => break,
             Ok((c, b)) if Instant::now() > end => bail!("PUT /v1/rules: {c} {b}"),
             Err(e) if Instant::now() > end => bail!("PUT /v1/rules: {e}"),

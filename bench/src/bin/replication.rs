@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use troupe_bench::cluster::{LocalCluster, http};
+use troupe_bench::cluster::{LocalCluster, http, http_auth};
 use troupe_bench::{machine, new_histogram, record, summarize, write_result};
 
 struct Args {
@@ -73,7 +73,8 @@ impl Conn {
     }
 
     /// Sends a request and reads the answer; reconnects once if the connection broke.
-    fn call(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    /// `auth`: an `Authorization` header value, or empty for none.
+    fn call(&mut self, method: &str, path: &str, auth: &str, body: &str) -> std::io::Result<(u16, String)> {
         for attempt in 0..2 {
             if self.r.is_none() {
                 let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
@@ -81,7 +82,7 @@ impl Conn {
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
                 self.r = Some(BufReader::new(s));
             }
-            match self.once(method, path, body) {
+            match self.once(method, path, auth, body) {
                 Ok(r) => return Ok(r),
                 Err(e) if attempt == 0 => {
                     self.r = None;
@@ -93,11 +94,12 @@ impl Conn {
         unreachable!("two attempts return")
     }
 
-    fn once(&mut self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    fn once(&mut self, method: &str, path: &str, auth: &str, body: &str) -> std::io::Result<(u16, String)> {
         let r = self.r.as_mut().ok_or_else(|| std::io::Error::other("not connected"))?;
+        let auth = if auth.is_empty() { String::new() } else { format!("Authorization: {auth}\r\n") };
         write!(
             r.get_mut(),
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
         )?;
@@ -148,13 +150,17 @@ trait Target: Sync {
     fn get(&self, c: &mut Conn, key: &str) -> bool;
 }
 
-struct Troupe;
+/// troupe's kv routes; writes carry the cluster's service token, as a kv client must.
+struct Troupe {
+    auth: String,
+}
 impl Target for Troupe {
     fn put(&self, c: &mut Conn, key: &str, value: &str) -> bool {
-        matches!(c.call("PUT", &format!("/kv/{key}"), &format!("{{\"value\":\"{value}\"}}")), Ok((200, _)))
+        let body = format!("{{\"value\":\"{value}\"}}");
+        matches!(c.call("PUT", &format!("/kv/{key}"), &self.auth, &body), Ok((200, _)))
     }
     fn get(&self, c: &mut Conn, key: &str) -> bool {
-        matches!(c.call("GET", &format!("/kv/{key}"), ""), Ok((200, _)))
+        matches!(c.call("GET", &format!("/kv/{key}"), "", ""), Ok((200, _)))
     }
 }
 
@@ -162,10 +168,10 @@ struct Etcd;
 impl Target for Etcd {
     fn put(&self, c: &mut Conn, key: &str, value: &str) -> bool {
         let body = format!("{{\"key\":\"{}\",\"value\":\"{}\"}}", b64(key), b64(value));
-        matches!(c.call("POST", "/v3/kv/put", &body), Ok((200, _)))
+        matches!(c.call("POST", "/v3/kv/put", "", &body), Ok((200, _)))
     }
     fn get(&self, c: &mut Conn, key: &str) -> bool {
-        matches!(c.call("POST", "/v3/kv/range", &format!("{{\"key\":\"{}\"}}", b64(key))), Ok((200, _)))
+        matches!(c.call("POST", "/v3/kv/range", "", &format!("{{\"key\":\"{}\"}}", b64(key))), Ok((200, _)))
     }
 }
 
@@ -305,8 +311,9 @@ fn main() -> anyhow::Result<()> {
     let troupe: Vec<SocketAddr> =
         cluster.names().iter().map(|n| SocketAddr::from(([127, 0, 0, 1], cluster.ports[n]["kv"]))).collect();
     let end = Instant::now() + Duration::from_secs(30);
+    let auth = cluster.service_auth()?;
     for gw in &troupe {
-        while !matches!(http(*gw, "PUT", "/kv/warm", Some("{\"value\":\"x\"}")), Ok((200, _))) {
+        while !matches!(http_auth(*gw, "PUT", "/kv/warm", &auth, Some("{\"value\":\"x\"}")), Ok((200, _))) {
             anyhow::ensure!(Instant::now() < end, "kv gateway {gw} not serving; logs in {}", cluster.dir.display());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -315,7 +322,8 @@ fn main() -> anyhow::Result<()> {
     // Every key exists on both before timing (troupe activates an entity per key).
     eprintln!("writing {} keys to each ...", a.keys);
     let warm = Args { secs: 3, ..a };
-    let _ = drive(&Troupe, &troupe, &warm, Op::Put);
+    let kv = Troupe { auth: auth.clone() };
+    let _ = drive(&kv, &troupe, &warm, Op::Put);
     let _ = drive(&Etcd, &etcd.clients, &warm, Op::Put);
     let a = Args { secs: args()?.secs, ..warm };
 
@@ -323,7 +331,7 @@ fn main() -> anyhow::Result<()> {
     for round in 0..a.rounds {
         for (name, op) in [("put", Op::Put), ("get", Op::Get)] {
             eprintln!("round {}/{}: {name} troupe ...", round + 1, a.rounds);
-            runs.push(("troupe", name, drive(&Troupe, &troupe, &a, op)));
+            runs.push(("troupe", name, drive(&kv, &troupe, &a, op)));
             eprintln!("round {}/{}: {name} etcd ...", round + 1, a.rounds);
             runs.push(("etcd", name, drive(&Etcd, &etcd.clients, &a, op)));
         }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::time::Duration;
-use troupe_testkit::{Options, TestCluster, http, wait_for};
+use troupe_testkit::{Options, TestCluster, http, http_auth, wait_for};
 
 fn start() -> TestCluster {
     let c = TestCluster::start(Options {
@@ -19,7 +19,9 @@ fn start() -> TestCluster {
 /// One vote through `node`; `Some(total)` when acknowledged.
 fn vote(c: &TestCluster, node: &str, poll: &str, option: &str) -> Option<u64> {
     let body = serde_json::json!({ "option": option }).to_string();
-    let (code, body) = http(c.port(node, "tally"), "POST", &format!("/polls/{poll}/vote"), Some(&body)).ok()?;
+    // A vote changes state: the route asks for the cluster's service token.
+    let url = c.port(node, "tally");
+    let (code, body) = http_auth(url, "POST", &format!("/polls/{poll}/vote"), &c.service_auth(), Some(&body)).ok()?;
     if code != 200 {
         return None;
     }
@@ -64,10 +66,15 @@ fn votes_through_every_node_add_up_and_survive_a_killed_node() {
 fn a_bad_vote_is_refused_with_its_reason_and_counts_nothing() {
     let c = start();
     let url = c.port("n1", "tally");
-    let (code, body) = http(url, "POST", "/polls/lunch/vote", Some(r#"{"option":""}"#)).expect("request");
+    let auth = c.service_auth();
+    let (code, body) = http(url, "POST", "/polls/lunch/vote", Some(r#"{"option":"pizza"}"#)).expect("request");
+    assert_eq!(code, 401, "a vote without the service token: {body}");
+    assert!(body.contains("a service token is required"), "{body}");
+    let (code, body) = http_auth(url, "POST", "/polls/lunch/vote", &auth, Some(r#"{"option":""}"#)).expect("request");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("option must be 1 to 64 bytes, not 0"), "{body}");
-    let (code, body) = http(url, "POST", "/polls/lunch/vote", Some(r#"{"choice":"pizza"}"#)).expect("request");
+    let (code, body) =
+        http_auth(url, "POST", "/polls/lunch/vote", &auth, Some(r#"{"choice":"pizza"}"#)).expect("request");
     assert_eq!(code, 400, "a body without the message's fields: {body}");
     let r = wait_for("results", Duration::from_secs(20), || results(&c, "n2", "lunch"));
     assert_eq!(r["total"], 0, "{r}");

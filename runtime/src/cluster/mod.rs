@@ -14,10 +14,10 @@
 //!   each change before it is broadcast).
 
 pub use troupe_core::chaos;
-pub mod admin_token;
 pub(crate) mod client;
 pub(crate) mod gossip;
 pub(crate) mod inbound;
+pub mod tokens;
 pub use troupe_core::health;
 mod parking;
 pub(crate) mod rebuild;

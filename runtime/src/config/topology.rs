@@ -130,6 +130,9 @@ pub struct RouteSpec {
     pub message: String,
     /// Whether the JSON body fills the message's fields.
     pub body: bool,
+    /// The credential a caller must present (`auth = "none" | "service" | "admin"`);
+    /// by default none for GET and the service token for every other method.
+    pub auth: Option<crate::cluster::tokens::Role>,
 }
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
@@ -314,8 +317,23 @@ pub fn load_topology(
         }
         let message = r.req_str("message").unwrap_or_default();
         let body = r.bool("body", matches!(method.as_str(), "POST" | "PUT" | "PATCH"));
+        use crate::cluster::tokens::Role;
+        let default_auth = if method == "GET" { "none" } else { "service" };
+        let auth = match r.opt_str("auth").as_deref().unwrap_or(default_auth) {
+            "none" => None,
+            "service" => Some(Role::Service),
+            "admin" => Some(Role::Admin),
+            other => {
+                r.error(
+                    "auth",
+                    format!("unknown credential `{other}`"),
+                    Some(suggest(other, ["none", "service", "admin"], "credentials")),
+                );
+                None
+            }
+        };
         r.finish();
-        routes.push(RouteSpec { method, path, kind, key, message, body });
+        routes.push(RouteSpec { method, path, kind, key, message, body, auth });
     }
     root.finish();
     Some(Topology { file: doc.file.clone(), name, description, requires, supervision: sup, kinds: kind_specs, routes })

@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use troupe_testkit::{Options, TestCluster, http};
+//! use troupe_testkit::{Options, TestCluster, http_auth};
 //!
 //! let c = TestCluster::start(Options {
 //!     bin: env!("CARGO_MANIFEST_DIR").into(), // your binary: env!("CARGO_BIN_EXE_<name>")
@@ -16,7 +16,9 @@
 //!     ..Options::default()
 //! });
 //! c.wait_converged(&[], Duration::from_secs(20));
-//! let (status, body) = http(c.port("n1", "kv"), "PUT", "/kv/a", Some(r#"{"value":"1"}"#)).expect("request");
+//! // Writes need the cluster's service token (reads do not).
+//! let put = http_auth(c.port("n1", "kv"), "PUT", "/kv/a", &c.service_auth(), Some(r#"{"value":"1"}"#));
+//! let (status, body) = put.expect("request");
 //! assert_eq!(status, 200, "{body}");
 //! ```
 //!
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 
 mod ports;
 pub use ports::free_port;
-pub use troupe_common::http::{Resp, dechunk, http, request, request_within};
+pub use troupe_common::http::{Resp, dechunk, http, http_auth, request, request_within};
 
 /// The ports of one node.
 #[derive(Debug, Clone)]
@@ -190,6 +192,24 @@ impl TestCluster {
             .spawn()
             .expect("spawn node");
         self.procs.insert(name.to_string(), child);
+    }
+
+    /// `Bearer <token>` for the cluster's service token (made by `troupe certs init`
+    /// beside the cluster key): what kv writes, limiter checks and an authenticating
+    /// proxy's `X-User-Id` need.
+    pub fn service_auth(&self) -> String {
+        self.bearer("service.token")
+    }
+
+    /// `Bearer <token>` for the cluster's admin token (chaos, rule changes).
+    pub fn admin_auth(&self) -> String {
+        self.bearer("admin.token")
+    }
+
+    fn bearer(&self, file: &str) -> String {
+        let p = self.dir.join(".troupe").join(file);
+        let t = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        format!("Bearer {}", t.trim())
     }
 
     /// Node `name`'s state directory (the cluster file's default `data_dir`).

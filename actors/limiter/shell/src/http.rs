@@ -8,6 +8,9 @@
 //!   cluster-wide (400 with every error, 409 when the version is not newer).
 //! - `GET /v1/health`: node name and rule version (readiness).
 //!
+//! Credentials (runtime `cluster::tokens`): a check spends quota, so it needs the service
+//! token; a rules change needs the admin token; both are 401 with the reason otherwise.
+//!
 //! Invariants: a body is read up to `body_bytes_max` and no further; the listener lives exactly
 //! as long as the actor's state (dropping it aborts the server, so a restart can re-bind).
 
@@ -18,13 +21,14 @@ use super::state::NodeLimiter;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
 use troupe_limiter::proto::{SYSTEM, Verdict};
+use troupe_runtime::cluster::tokens::{Credentials, Role};
 use troupe_runtime::gateway::status_of;
 use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Protocol, Reply, ReplyOf, fail};
 
@@ -84,6 +88,13 @@ impl Drop for HttpState {
 struct App {
     limiter: Limiter,
     body_max: usize,
+    credentials: std::sync::Arc<Credentials>,
+}
+
+/// `Some(401 with the reason)` unless the request carries a token of `need`.
+fn refused(app: &App, headers: &HeaderMap, need: Role) -> Option<Response> {
+    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    app.credentials.check(need, auth).err().map(|why| error(StatusCode::UNAUTHORIZED, why))
 }
 
 /// Adds a verdict's rate-limit headers to a response.
@@ -117,7 +128,11 @@ async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, Response
     })
 }
 
-async fn check(State(app): State<App>, body: Body) -> Response {
+async fn check(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    // Checks spend quota: only trusted services (the service token) may ask.
+    if let Some(r) = refused(&app, &headers, Role::Service) {
+        return r;
+    }
     let bytes = match read_body(body, app.body_max).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -141,7 +156,10 @@ async fn get_rules(State(app): State<App>) -> Response {
     axum::Json(json::rules(&app.limiter.rules())).into_response()
 }
 
-async fn put_rules(State(app): State<App>, body: Body) -> Response {
+async fn put_rules(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(r) = refused(&app, &headers, Role::Admin) {
+        return r;
+    }
     let bytes = match read_body(body, app.body_max).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -167,13 +185,14 @@ async fn health(State(app): State<App>) -> Response {
     axum::Json(json!({ "node": st.node.name(), "rules_version": st.rules().version() })).into_response()
 }
 
-/// The service's routes (also used by tests and the lab, in process).
-pub fn router(limiter: Limiter, body_max: usize) -> Router {
+/// The service's routes (also used by tests and the lab, in process): `POST
+/// /v1/check` needs the service token, `PUT /v1/rules` the admin token.
+pub fn router(limiter: Limiter, body_max: usize, credentials: Credentials) -> Router {
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/rules", get(get_rules).put(put_rules))
         .route("/v1/health", get(health))
-        .with_state(App { limiter, body_max })
+        .with_state(App { limiter, body_max, credentials: std::sync::Arc::new(credentials) })
 }
 
 impl Behavior for HttpActor {
@@ -192,7 +211,8 @@ impl Behavior for HttpActor {
             .await
             .map_err(|e| fail(format!("cannot listen on {ip}:{port} (ports.\"{SYSTEM}\"): {e}")))?;
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-        let app = router(Limiter::from_state(st), self.params.body_bytes_max);
+        let credentials = Credentials::load(&node.loaded().cluster.key_file);
+        let app = router(Limiter::from_state(st), self.params.body_bytes_max, credentials);
         let (_, served) = troupe_runtime::http::serve(listener, app, troupe_runtime::http::HttpLimits::default());
         let server = tokio::spawn(async move {
             if let Err(e) = served.await {

@@ -88,8 +88,10 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// One JSON request on a fresh connection: (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let json = [("Content-Type", "application/json")];
+/// `auth`: an `Authorization` value (the lab's admin token, which passes for the service
+/// token that checks need too).
+fn http(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let json = [("Content-Type", "application/json"), ("Authorization", auth)];
     let r = troupe_common::http::request_within(addr, method, path, &json, body.as_bytes(), Duration::from_secs(5))?;
     Ok((r.status, r.body))
 }
@@ -107,9 +109,9 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> a
     }
 }
 
-fn check(addr: SocketAddr, rule: &str, user: &str) -> Option<(bool, String)> {
+fn check(addr: SocketAddr, auth: &str, rule: &str, user: &str) -> Option<(bool, String)> {
     let body = serde_json::json!({ "rule": rule, "key": user }).to_string();
-    let (code, b) = http(addr, "POST", "/v1/check", &body).ok()?;
+    let (code, b) = http(addr, "POST", "/v1/check", auth, &body).ok()?;
     let v: serde_json::Value = serde_json::from_str(&b).ok()?;
     Some((code == 200, v["results"][0]["mode"].as_str().unwrap_or("?").to_string()))
 }
@@ -142,6 +144,8 @@ pub fn run() -> anyhow::Result<LiveResult> {
     if !out.status.success() {
         bail!("certs init: {}", String::from_utf8_lossy(&out.stderr));
     }
+    let token = std::fs::read_to_string(dir.join(".troupe/admin.token")).context("reading the lab's admin token")?;
+    let auth = format!("Bearer {}", token.trim());
     for n in names {
         let log = std::fs::File::create(dir.join(format!("{n}.log")))?;
         let child = Command::new(&exe)
@@ -156,16 +160,16 @@ pub fn run() -> anyhow::Result<LiveResult> {
     }
     for a in &http_ports {
         wait("the limiter's HTTP services", Duration::from_secs(60), || {
-            http(*a, "GET", "/v1/health", "").ok().filter(|(c, _)| *c == 200)
+            http(*a, "GET", "/v1/health", "", "").ok().filter(|(c, _)| *c == 200)
         })?;
     }
     wait("the rules update", Duration::from_secs(30), || {
-        http(http_ports[0], "PUT", "/v1/rules", RULES).ok().filter(|(c, _)| *c == 200)
+        http(http_ports[0], "PUT", "/v1/rules", &auth, RULES).ok().filter(|(c, _)| *c == 200)
     })?;
     wait("every node to enforce the rules", Duration::from_secs(10), || {
         http_ports
             .iter()
-            .all(|a| http(*a, "GET", "/v1/rules", "").is_ok_and(|(_, b)| b.contains("\"version\":2")))
+            .all(|a| http(*a, "GET", "/v1/rules", "", "").is_ok_and(|(_, b)| b.contains("\"version\":2")))
             .then_some(())
     })?;
     // A user whose shard lives on n2 or n3, so the kill leaves the gateway n1 standing.
@@ -173,11 +177,11 @@ pub fn run() -> anyhow::Result<LiveResult> {
     let (user, owner) = wait("a user whose shard is not on n1", Duration::from_secs(30), || {
         (0..64).find_map(|i| {
             let user = format!("user{i}");
-            check(gw, "live-open", &user)?;
+            check(gw, &auth, "live-open", &user)?;
             let shard = troupe_limiter::proto::shard_of(troupe_limiter::Dimension::User, &user, 16);
             let path = format!("\"/rate-limiter/limiter_shard/s{shard}\"");
-            let owner =
-                (1..3).find(|i| http(admin_ports[*i], "GET", "/v1/tree", "").is_ok_and(|(_, b)| b.contains(&path)))?;
+            let owner = (1..3)
+                .find(|i| http(admin_ports[*i], "GET", "/v1/tree", "", "").is_ok_and(|(_, b)| b.contains(&path)))?;
             Some((user, owner))
         })
     })?;
@@ -190,12 +194,12 @@ pub fn run() -> anyhow::Result<LiveResult> {
         .into_iter()
         .zip(logs.iter().cloned())
         .map(|(rule, log)| {
-            let user = user.clone();
+            let (user, auth) = (user.clone(), auth.clone());
             std::thread::spawn(move || {
                 let period = Duration::from_secs(1) / OFFERED_PER_S as u32;
                 let mut next = start;
                 while start.elapsed() < RUN_FOR {
-                    if let Some((allowed, mode)) = check(gw, rule, &user)
+                    if let Some((allowed, mode)) = check(gw, &auth, rule, &user)
                         && let Ok(mut l) = log.lock()
                     {
                         l.push(Answer { t: start.elapsed().as_secs_f64(), allowed, mode });

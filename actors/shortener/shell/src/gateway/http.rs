@@ -198,9 +198,21 @@ fn body_or_error(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Byte
     })
 }
 
-/// `X-User-Id`: who the request is for (set by the authenticating proxy in front).
-fn user_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// `X-User-Id`: who the request is for, set by the authenticating proxy in front. The
+/// proxy proves it is one with the cluster's service token; a request that names a user
+/// without it is refused (anyone can set a header).
+fn user_of(s: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("x-user-id") else { return Ok(None) };
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Err(why) = s.credentials.check(troupe_runtime::cluster::tokens::Role::Service, auth) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!(
+                "X-User-Id is accepted only from the authenticating proxy, which presents the service token: {why}"
+            ),
+        ));
+    }
     let u = v.to_str().unwrap_or("");
     let ok = (1..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
     if ok {
@@ -215,7 +227,7 @@ fn requester(s: &Shared, headers: &HeaderMap) -> Result<Requester, ApiError> {
         && headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| {
             v.strip_prefix("Bearer ").is_some_and(|t| constant_time_eq(t.as_bytes(), s.params.admin_token.as_bytes()))
         });
-    Ok(Requester { user: user_of(headers)?, admin })
+    Ok(Requester { user: if admin { None } else { user_of(s, headers)? }, admin })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -273,7 +285,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body, s.params.body_bytes_max)?;
-    let user = user_of(&headers)?;
+    let user = user_of(&s, &headers)?;
     if let Err(l) = s.limiter.admit(s.client_ip(peer, &headers), user.as_deref()).await {
         s.metrics.creates_limited.inc();
         let mut e = ApiError::new(

@@ -85,6 +85,9 @@ pub struct Shared {
     pub abuse: Arc<AbusePolicy>,
     pub geo: Option<Arc<GeoDb>>,
     pub metrics: GatewayMetrics,
+    /// The cluster's tokens: `X-User-Id` counts only from a caller with the service
+    /// token (the authenticating proxy in front).
+    pub credentials: troupe_runtime::cluster::tokens::Credentials,
 }
 
 pub struct GatewayActor {
@@ -228,6 +231,7 @@ impl Behavior for GatewayActor {
             abuse: self.abuse.clone(),
             geo: self.geo.clone(),
             metrics: GatewayMetrics::new(&node),
+            credentials: troupe_runtime::cluster::tokens::Credentials::load(&node.loaded().cluster.key_file),
             params: p,
         });
         let app = http::router(shared.clone());
