@@ -152,11 +152,79 @@ impl Recovered {
     }
 }
 
+/// Where a path's copy stands, without its data ([`Store::version`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Version {
+    /// The replica's terms for the path.
+    pub terms: Terms,
+    /// The highest sequence number covered (0 when empty), as [`Recovered::last_seq`].
+    pub last_seq: u64,
+    /// The sequence number of the snapshot (0 without one).
+    pub snapshot_at: u64,
+}
+
+/// A remembered version, with the highest key in the path's log (entries at or below
+/// the snapshot included: they stay on disk until a snapshot covers them, and a later
+/// snapshot below them keeps them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cached {
+    version: Version,
+    log_last: Option<u64>,
+}
+
+impl Cached {
+    /// After `op` (as the store applies it), when `op` is about this path.
+    fn apply(&mut self, op: &WriteOp) {
+        let v = &mut self.version;
+        match op {
+            WriteOp::Append { seq, .. } => self.log_last = Some(self.log_last.map_or(*seq, |l| l.max(*seq))),
+            WriteOp::Snapshot { seq, .. } => {
+                v.snapshot_at = *seq;
+                // The log up to `seq` goes; a key above it (the highest) stays.
+                self.log_last = self.log_last.filter(|l| l > seq);
+            }
+            WriteOp::Remove { .. } => {
+                v.snapshot_at = 0;
+                self.log_last = None;
+            }
+            WriteOp::Terms { terms, .. } => v.terms = terms.clone(),
+            WriteOp::Meta { .. } => {}
+        }
+        v.last_seq = self.log_last.unwrap_or(0).max(v.snapshot_at);
+    }
+}
+
+fn op_path(op: &WriteOp) -> Option<&str> {
+    match op {
+        WriteOp::Append { path, .. }
+        | WriteOp::Snapshot { path, .. }
+        | WriteOp::Remove { path }
+        | WriteOp::Terms { path, .. } => Some(path),
+        WriteOp::Meta { .. } => None,
+    }
+}
+
+/// Paths whose version is remembered at most (past it the cache starts over).
+const VERSION_CACHE_CAP: usize = 100_000;
+
+/// The versions of recently checked paths, kept current by the writer after each
+/// commit (replication checks one on every write; reading it from redb each time
+/// cost more CPU than the rest of the check). **Invariant:** an entry equals what
+/// `version_on_disk` would read: the writer applies every committed operation to it,
+/// and a reader inserts what it read only if no commit landed meanwhile (`commits`).
+/// Applying a batch again to a version that already has it changes nothing.
+#[derive(Default)]
+struct VersionCache {
+    map: std::collections::HashMap<String, Cached>,
+    commits: u64,
+}
+
 /// A node's state file: per actor path a snapshot and a log, written by one writer
 /// thread with group commit. Clones share the same file and writer.
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    versions: Arc<parking_lot::Mutex<VersionCache>>,
     tx: mpsc::Sender<WriteReq>,
     path: PathBuf,
     writer: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -192,12 +260,19 @@ impl Store {
         w.commit().map_err(|e| err(e.to_string()))?;
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAP);
-        let wdb = db.clone();
+        let (wdb, versions) = (db.clone(), Arc::new(parking_lot::Mutex::new(VersionCache::default())));
+        let wversions = versions.clone();
         let writer = std::thread::Builder::new()
             .name("troupe-store".into())
-            .spawn(move || writer_loop(wdb, rx))
+            .spawn(move || writer_loop(wdb, wversions, rx))
             .map_err(|e| err(e.to_string()))?;
-        Ok(Store { db, tx, path: path.to_path_buf(), writer: Arc::new(parking_lot::Mutex::new(Some(writer))) })
+        Ok(Store {
+            db,
+            versions,
+            tx,
+            path: path.to_path_buf(),
+            writer: Arc::new(parking_lot::Mutex::new(Some(writer))),
+        })
     }
 
     /// Closes the file: waits for queued writes, then releases the lock so another
@@ -259,6 +334,49 @@ impl Store {
             None => Terms::default(),
         };
         Ok(Recovered { snapshot, entries, terms })
+    }
+
+    /// Where `path`'s copy stands — its terms, last sequence number and snapshot — read
+    /// without copying its entries (what replication checks on every write).
+    pub fn version(&self, path: &str) -> Result<Version, StoreError> {
+        let seen = {
+            let c = self.versions.lock();
+            if let Some(v) = c.map.get(path) {
+                return Ok(v.version.clone());
+            }
+            c.commits
+        };
+        let cached = self.version_on_disk(path)?;
+        let v = cached.version.clone();
+        let mut c = self.versions.lock();
+        // Only if no commit landed meanwhile: the copy read may predate it.
+        if c.commits == seen {
+            if c.map.len() >= VERSION_CACHE_CAP {
+                c.map.clear();
+            }
+            c.map.insert(path.to_string(), cached);
+        }
+        Ok(v)
+    }
+
+    fn version_on_disk(&self, path: &str) -> Result<Cached, StoreError> {
+        let rerr = |e: &dyn std::fmt::Display| StoreError::Read(e.to_string());
+        let r = self.db.begin_read().map_err(|e| rerr(&e))?;
+        let snap = r.open_table(SNAP).map_err(|e| rerr(&e))?;
+        let snapshot_at = snap.get(path).map_err(|e| rerr(&e))?.map_or(0, |g| g.value().0);
+        let log = r.open_table(LOG).map_err(|e| rerr(&e))?;
+        let last_entry = match log.range((path, 0)..=(path, u64::MAX)).map_err(|e| rerr(&e))?.next_back() {
+            Some(item) => Some(item.map_err(|e| rerr(&e))?.0.value().1),
+            None => None,
+        };
+        let terms = r.open_table(TERMS).map_err(|e| rerr(&e))?;
+        let terms = match terms.get(path).map_err(|e| rerr(&e))? {
+            Some(g) => troupe_wire::codec::decode(g.value()).map_err(|e| rerr(&e))?,
+            None => Terms::default(),
+        };
+        // An entry at or below the snapshot is not part of the copy (`load` skips it).
+        let version = Version { terms, last_seq: last_entry.unwrap_or(0).max(snapshot_at), snapshot_at };
+        Ok(Cached { version, log_last: last_entry })
     }
 
     /// Paths that have durable state and start with `prefix` (e.g. `/kv/store/`).
@@ -327,7 +445,7 @@ impl Store {
     }
 }
 
-fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteReq>) {
+fn writer_loop(db: Arc<Database>, versions: Arc<parking_lot::Mutex<VersionCache>>, mut rx: mpsc::Receiver<WriteReq>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         let mut ops = batch[0].ops.len();
@@ -341,6 +459,20 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteReq>) {
             }
         }
         let result = commit(&db, &batch);
+        if result.is_ok() {
+            let mut c = versions.lock();
+            for op in batch.iter().flat_map(|r| &r.ops) {
+                if let Some(v) = op_path(op).and_then(|p| c.map.get_mut(p)) {
+                    v.apply(op);
+                }
+            }
+            c.commits += 1;
+        } else {
+            // What did land is unknown: read it from disk again.
+            let mut c = versions.lock();
+            c.map.clear();
+            c.commits += 1;
+        }
         for req in batch {
             let _ = req.done.send(result.clone());
         }
@@ -403,6 +535,14 @@ mod tests {
         assert_eq!(r.snapshot, Some((3, b"snap".to_vec())));
         assert_eq!(r.entries, vec![(4, vec![4]), (5, vec![5])]);
         assert_eq!(s.paths_with_prefix("/kv/store/").unwrap(), vec!["/kv/store/a", "/kv/store/b"]);
+        // The version replication checks agrees with the whole copy, without reading it.
+        let v = s.version("/kv/store/a").unwrap();
+        assert_eq!((v.last_seq, v.snapshot_at), (5, 3));
+        assert_eq!(s.version("/kv/store/b").unwrap().last_seq, 1, "a neighbouring path is not counted");
+        assert_eq!(s.version("/kv/store/none").unwrap(), Version::default());
+        s.snapshot("/kv/store/a", 5, b"all".to_vec()).await.unwrap();
+        let v = s.version("/kv/store/a").unwrap();
+        assert_eq!((v.last_seq, v.snapshot_at), (5, 5), "a snapshot that covers the whole log");
         s.write(vec![WriteOp::Remove { path: "/kv/store/a".into() }]).await.unwrap();
         assert_eq!(s.load("/kv/store/a").unwrap(), Recovered::default());
         assert_eq!(s.load("/kv/store/b").unwrap().entries, vec![(1, vec![9])]);
@@ -431,6 +571,42 @@ mod tests {
         s.close();
         let s = Store::open(&dir.join("state.redb")).unwrap();
         assert_eq!(s.load("/kv/store/a").unwrap().terms, terms);
+    }
+
+    /// The remembered versions stay equal to what the disk holds through every kind of
+    /// write, read before, between and after them.
+    #[tokio::test]
+    async fn remembered_versions_follow_every_write() {
+        use troupe_core::replication::Term;
+        let dir = tempdir();
+        let s = Store::open(&dir.join("state.redb")).unwrap();
+        let paths = ["/kv/store/a", "/kv/store/b"];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..2000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let path = paths[(x % 2) as usize].to_string();
+            let seq = (x >> 8) % 20;
+            let op = match (x >> 16) % 5 {
+                0 | 1 => WriteOp::Append { path, seq, bytes: vec![1] },
+                2 => WriteOp::Snapshot { path, seq, bytes: vec![2] },
+                3 => WriteOp::Remove { path },
+                _ => WriteOp::Terms {
+                    path,
+                    terms: Terms { promised: Term { n: step, node: "n1".into(), epoch: 1 }, accepted: Term::default() },
+                },
+            };
+            if step % 3 == 0 {
+                let _ = s.version(paths[0]).unwrap();
+            }
+            s.write(vec![op]).await.unwrap();
+            for p in paths {
+                assert_eq!(s.version(p).unwrap(), s.version_on_disk(p).unwrap().version, "{p} after step {step}");
+                let r = s.load(p).unwrap();
+                assert_eq!(s.version(p).unwrap().last_seq, r.last_seq(), "{p}: the version agrees with the copy");
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf};
 use crate::config::KindSpec;
 use crate::node::Node;
 use crate::reply::Reply;
-use crate::store::{Recovered, StoreError, WriteOp};
+use crate::store::{Recovered, StoreError, Version, WriteOp};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
@@ -155,9 +155,26 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
         ));
     }
     let _guard = cluster.path_lock(&path).lock().await;
-    let stored = match node.store().load(&path) {
-        Ok(r) => r,
-        Err(e) => return ReplicaReply::Refused(e.to_string()),
+    // The whole copy only where it is handed over; writes and read barriers check its
+    // version alone (no entries copied: this runs on every replicated write).
+    let whole = matches!(msg, ReplicaMsg::Learn { .. } | ReplicaMsg::Load { .. } | ReplicaMsg::Prepare { .. });
+    let (stored, v) = if whole {
+        match node.store().load(&path) {
+            Ok(r) => {
+                let v = Version {
+                    terms: r.terms.clone(),
+                    last_seq: r.last_seq(),
+                    snapshot_at: r.snapshot.as_ref().map_or(0, |s| s.0),
+                };
+                (r, v)
+            }
+            Err(e) => return ReplicaReply::Refused(e.to_string()),
+        }
+    } else {
+        match node.store().version(&path) {
+            Ok(v) => (Recovered::default(), v),
+            Err(e) => return ReplicaReply::Refused(e.to_string()),
+        }
     };
     let me = node.name();
     let check = match &msg {
@@ -177,11 +194,11 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
         }
         ReplicaMsg::Prepare { owner, term, .. } => {
             let view = view_owner(node, &path);
-            replication::check_prepare(me, &path, owner, view.as_deref().map_err(Clone::clone), term, &stored.terms)
+            replication::check_prepare(me, &path, owner, view.as_deref().map_err(Clone::clone), term, &v.terms)
         }
         ReplicaMsg::Adopt { term, ops, .. } => {
             let last = ops.as_ref().map(|ops| copy_last_seq(ops));
-            replication::check_adopt(term, &stored.terms, last, stored.last_seq())
+            replication::check_adopt(term, &v.terms, last, v.last_seq)
         }
         ReplicaMsg::Append { term, ops, .. } => {
             let entries = match ops.first() {
@@ -189,17 +206,16 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
                 Some(WriteOp::Snapshot { seq, .. }) => Entries::Snapshot { seq: *seq },
                 other => return ReplicaReply::Refused(format!("an owner's write carries {other:?}")),
             };
-            let snapshot_at = stored.snapshot.as_ref().map_or(0, |s| s.0);
-            replication::check_append(term, &stored.terms, entries, stored.last_seq(), snapshot_at)
+            replication::check_append(term, &v.terms, entries, v.last_seq, v.snapshot_at)
         }
-        ReplicaMsg::Confirm { term, .. } => replication::check_confirm(term, &stored.terms),
+        ReplicaMsg::Confirm { term, .. } => replication::check_confirm(term, &v.terms),
     };
     match check {
         Check::Accept => {}
         Check::NeedCopy(why) => return ReplicaReply::NeedCopy(why),
         Check::Fenced(t) => return ReplicaReply::Fenced(t),
         Check::NotOwner(why) => return ReplicaReply::Refused(why),
-        Check::Duplicate => return duplicate(&path, &stored, &msg),
+        Check::Duplicate => return duplicate(node, &path, &msg),
     }
     let (ops, answer) = match msg {
         ReplicaMsg::Load { .. } | ReplicaMsg::Inventory { .. } | ReplicaMsg::Learn { .. } => {
@@ -238,8 +254,12 @@ fn copy_last_seq(ops: &[WriteOp]) -> u64 {
 /// Entries sent again under the same term, or a late copy or snapshot of it: nothing is
 /// applied, and appended entries must be the ones here (an op with the same term and
 /// sequence number never replaces different content).
-fn duplicate(path: &str, stored: &Recovered, msg: &ReplicaMsg) -> ReplicaReply {
+fn duplicate(node: &Node, path: &str, msg: &ReplicaMsg) -> ReplicaReply {
     let ReplicaMsg::Append { ops, .. } = msg else { return ReplicaReply::Written };
+    let stored = match node.store().load(path) {
+        Ok(r) => r,
+        Err(e) => return ReplicaReply::Refused(e.to_string()),
+    };
     for op in ops {
         if let WriteOp::Append { seq, bytes, .. } = op
             && let Some((_, here)) = stored.entries.iter().find(|(s, _)| s == seq)
@@ -330,8 +350,9 @@ pub(crate) async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<Replic
     r
 }
 
-fn kind_of(node: &Node, path: &ActorPath) -> Result<KindSpec, StoreError> {
-    node.kind_spec(path.system(), path.kind()).cloned().ok_or_else(|| StoreError::Write(format!("no kind for {path}")))
+/// The kind of `path` on this node (borrowed: this runs on every replicated write).
+fn kind_of<'a>(node: &'a Node, path: &ActorPath) -> Result<&'a KindSpec, StoreError> {
+    node.kind_spec(path.system(), path.kind()).ok_or_else(|| StoreError::Write(format!("no kind for {path}")))
 }
 
 /// Counts one answer to a round (a write, an adoption, a read barrier).
@@ -404,7 +425,7 @@ fn written(r: &ReplicaReply) -> bool {
 /// it only after that (the copy is read from the owner's disk).
 pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: WriteOp) -> Result<(), StoreError> {
     let key = path.to_string();
-    let set = node.replica_set(&kind_of(node, path)?, path);
+    let set = node.replica_set(kind_of(node, path)?, path);
     let me = node.name().to_string();
     let (local_done, local_rx) = tokio::sync::watch::channel(None::<bool>);
     let asks = set
@@ -475,8 +496,8 @@ async fn elect(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> {
     let mut seen = Term::default();
     let mut first_round = true;
     loop {
-        let set = node.replica_set(&ks, path);
-        let owner = node.owner_of(&ks, path).map_err(|e| StoreError::Read(e.to_string()))?;
+        let set = node.replica_set(ks, path);
+        let owner = node.owner_of(ks, path).map_err(|e| StoreError::Read(e.to_string()))?;
         if owner != me {
             return Err(StoreError::Read(format!("{me} does not own {key} in its view ({owner} does)")));
         }
@@ -614,7 +635,7 @@ pub(crate) async fn learn(node: &Node, key: &str) -> Result<(), String> {
     let p = ActorPath::parse(key).map_err(|e| e.to_string())?;
     let ks = kind_of(node, &p).map_err(|e| e.to_string())?;
     let me = node.name().to_string();
-    let set = node.replica_set(&ks, &p);
+    let set = node.replica_set(ks, &p);
     let others: Vec<String> = set.iter().filter(|r| **r != me).cloned().collect();
     let answers = futures::future::join_all(
         others.iter().map(|r| ask(node, r, ReplicaMsg::Learn { path: key.to_string(), from: me.clone() })),
@@ -647,7 +668,7 @@ pub(crate) async fn learn(node: &Node, key: &str) -> Result<(), String> {
 /// so a read served after it is linearizable.
 pub(crate) async fn confirm(node: &Node, path: &ActorPath, term: &Term) -> Result<(), StoreError> {
     let key = path.to_string();
-    let set = node.replica_set(&kind_of(node, path)?, path);
+    let set = node.replica_set(kind_of(node, path)?, path);
     let mut votes = Quorum::new(&set);
     let asks = set
         .iter()
@@ -675,7 +696,7 @@ async fn gather(node: &Node, path: &ActorPath) -> Result<Recovered, StoreError> 
     let deadline = Instant::now() + RECOVER_DEADLINE;
     let mut first_round = true;
     loop {
-        if node.owner_of(&ks, path).ok().as_deref() != Some(node.name()) {
+        if node.owner_of(ks, path).ok().as_deref() != Some(node.name()) {
             return Err(StoreError::Read(format!("{} does not own {key} in its view", node.name())));
         }
         let live: Vec<String> = node.candidates().into_iter().map(|c| c.name).collect();
