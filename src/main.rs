@@ -6,6 +6,11 @@
 
 mod systems;
 
+/// mimalloc instead of glibc's malloc: allocation was 13% of a node's CPU under
+/// replicated writes, and the nodes were CPU-bound (docs/replication.md, "Measured").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     troupe_cli::main(systems::SYSTEMS)
 }
