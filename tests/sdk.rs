@@ -88,6 +88,41 @@ fn a_client_certificate_cannot_address_the_replicas() {
     });
 }
 
+/// A kind's topology says which certificate roles may address it: the rate limiter's
+/// rules (`allow = ["admin"]`) refuse a client certificate, with the reason, and answer
+/// one issued with `troupe certs client NAME --admin`.
+#[test]
+fn a_kind_for_admins_refuses_a_client_certificate_and_answers_an_admin_one() {
+    let c = TestCluster::start(Options { nodes: 1, systems: vec!["rate-limiter"], ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(20));
+    let out = std::process::Command::new(common::BIN)
+        .args(["certs", "client", "ops", "--admin", "--cluster"])
+        .arg(c.cluster_file())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules = ActorPath::new("rate-limiter", "rules", troupe_runtime::KindSpec::singleton_key()).unwrap();
+    rt().block_on(async {
+        let cli = Client::connect(ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap()).await.unwrap();
+        let put = r#"{"Put":{"toml":"version = 999"}}"#;
+        let e = cli.ask_json(&rules, put, Duration::from_secs(5), Client::new_trace()).await.unwrap_err();
+        let why = match e.remote() {
+            Some(troupe_runtime::RemoteError::Unauthorized(r)) => r.clone(),
+            _ => panic!("expected Unauthorized, got {e}"),
+        };
+        assert!(why.contains("cluster nodes and admin certificates only") && why.contains("client cli"), "{why}");
+        // Encoded asks and tells are held to the same rule.
+        let e = cli.ask_raw(&rules, vec![0], Duration::from_secs(5), Client::new_trace()).await.unwrap_err();
+        assert!(matches!(e.remote(), Some(troupe_runtime::RemoteError::Unauthorized(_))), "{e}");
+        let ops = Client::connect(ClientConfig::from_cluster_file(&c.cluster_file(), "ops").unwrap()).await.unwrap();
+        let got = ops.ask_json(&rules, r#"{"GetIfNewer":{"have":0}}"#, Duration::from_secs(10), Client::new_trace());
+        let got = got.await.unwrap();
+        assert!(got.contains("Current"), "the admin certificate is answered: {got}");
+        // Other kinds still answer a client certificate.
+        assert!(matches!(cli.node_request("n1", NodeRequest::Health).await.unwrap(), NodeReply::Health(_)));
+    });
+}
+
 #[test]
 fn client_from_another_ca_is_refused() {
     let c = TestCluster::start(Options { nodes: 1, ..Options::default() });

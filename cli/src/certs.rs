@@ -15,6 +15,10 @@ pub enum CertsCmd {
     /// Issue a client certificate for an application using the SDK.
     Client {
         name: String,
+        /// With the admin role: it may also address kinds whose topology says
+        /// `allow = ["admin"]`.
+        #[arg(long)]
+        admin: bool,
         #[arg(long, default_value = "cluster.toml")]
         cluster: PathBuf,
     },
@@ -52,10 +56,11 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CertsCmd::Client { name, cluster } => {
+        CertsCmd::Client { name, admin, cluster } => {
             let loaded = super::load(&cluster)?;
             let dir = tls::TlsDir(loaded.cluster.tls_dir.clone());
-            if tls::ensure_cert(&dir, &tls::PeerId::Client(name.clone()))? {
+            let id = if admin { tls::PeerId::Admin(name.clone()) } else { tls::PeerId::Client(name.clone()) };
+            if tls::ensure_cert(&dir, &id)? {
                 println!("created {}", dir.cert(&format!("client-{name}")).display());
             } else {
                 println!("{} already exists", dir.cert(&format!("client-{name}")).display());

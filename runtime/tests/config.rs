@@ -141,6 +141,18 @@ fn bad_placement_lists_the_valid_ones() {
 }
 
 #[test]
+fn a_kinds_allowed_roles_default_to_every_client_and_unknown_ones_are_refused() {
+    let l = load(CLUSTER, &[("echo", ECHO)]).unwrap();
+    assert_eq!(l.topologies[0].kinds[0].allow, vec!["client".to_string(), "admin".to_string()]);
+    let admins = ECHO.replace("placement = \"sharded\"", "placement = \"sharded\"\nallow = [\"admin\"]");
+    let l = load(CLUSTER, &[("echo", &admins)]).unwrap();
+    assert_eq!(l.topologies[0].kinds[0].allow, vec!["admin".to_string()]);
+    let bad = ECHO.replace("placement = \"sharded\"", "placement = \"sharded\"\nallow = [\"admn\"]");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("unknown role `admn`") && text.contains("did you mean `admin`"), "{text}");
+}
+
+#[test]
 fn missing_dependency_says_what_to_enable() {
     let bad = ECHO.replace("name = \"echo\"", "name = \"echo\"\nrequires = [\"rate-limiter\"]");
     let (d, text) = only_error(load(CLUSTER, &[("echo", &bad)]));

@@ -3,6 +3,7 @@
 //! requests are converted with the target kind's protocol ("JSON for people, bincode
 //! on the wire").
 
+use super::tls::PeerId;
 use super::transport::Link;
 use crate::node::Node;
 use crate::reply::StreamEvent;
@@ -12,30 +13,40 @@ use std::time::Duration;
 use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId};
 
 /// Forwards a client's binary request to wherever its target lives.
-pub(crate) async fn forward(node: Node, env: Envelope, request: WireRequest) {
+pub(crate) async fn forward(node: Node, peer: PeerId, env: Envelope, request: WireRequest) {
     let start = node.clock_us();
     let (trace, target) = (env.trace, env.target.clone());
-    forward_inner(&node, env, request).await;
+    forward_inner(&node, &peer, env, request).await;
     // For asks this spans the whole round trip seen from the client's node.
     node.record_span(trace, "client", &target, start);
 }
 
-/// Refuses a client's request to a kind only cluster nodes may address: a client
-/// certificate must not read or write the replicated state of other entities through
-/// `/troupe/replica/<node>` (its `Load`, `Append`, `Adopt` would bypass every owner).
-fn nodes_only(target: &ActorPath) -> Result<(), RemoteError> {
-    if target.system() == "troupe" && target.kind() == "replica" {
-        return Err(RemoteError::Unauthorized(format!(
-            "{target} accepts requests from cluster nodes only, not from a client certificate"
-        )));
+/// Whether `peer` may tell, ask or stream `target`: cluster nodes always; a client
+/// certificate only a kind whose `allow` names its role (`client`, `admin`). The
+/// replica agent allows nobody else: a client must not read or write the replicated
+/// state of other entities through `/troupe/replica/<node>` (its `Load`, `Append`,
+/// `Adopt` would bypass every owner). An unknown kind passes here and is refused with
+/// its own reason when it is resolved.
+fn authorize(node: &Node, peer: &PeerId, target: &ActorPath) -> Result<(), RemoteError> {
+    let role = peer.role();
+    let Some(ks) = node.kind_spec(target.system(), target.kind()) else { return Ok(()) };
+    if role == "node" || ks.allow.iter().any(|r| r == role) {
+        return Ok(());
     }
-    Ok(())
+    let who = match ks.allow.as_slice() {
+        [] => "cluster nodes only".to_string(),
+        roles => format!("cluster nodes and {} certificates only", roles.join(" or ")),
+    };
+    Err(RemoteError::Unauthorized(format!(
+        "{target} ({}.{}) accepts requests from {who}, not from {peer}'s {role} certificate",
+        ks.system, ks.name
+    )))
 }
 
-async fn forward_inner(node: &Node, env: Envelope, request: WireRequest) {
+async fn forward_inner(node: &Node, peer: &PeerId, env: Envelope, request: WireRequest) {
     let node = node.clone();
-    if let Err(e) = nodes_only(&env.target) {
-        tracing::warn!(target = %env.target, "client request to a nodes-only kind refused");
+    if let Err(e) = authorize(&node, peer, &env.target) {
+        tracing::warn!(target = %env.target, %peer, "client request refused: its role may not address this kind");
         match request {
             WireRequest::Tell => {}
             WireRequest::Ask { sink, corr } => sink.reply(corr, Err(e)),
@@ -104,7 +115,7 @@ pub(crate) async fn json_request(
         let link = link.clone();
         async move { link.send_frame_wait(corr, Frame::JsonReply { corr, result, last }).await }
     };
-    let codec = match nodes_only(&target).and_then(|()| node.json_codec(&target)) {
+    let codec = match authorize(&node, &link.peer, &target).and_then(|()| node.json_codec(&target)) {
         Ok(c) => c,
         Err(e) => {
             send(Err(e), true).await;
@@ -166,8 +177,8 @@ pub(crate) async fn json_request(
     }
 }
 
-pub(crate) async fn json_tell(node: Node, target: ActorPath, json: String, trace: TraceId) {
-    let payload = match nodes_only(&target)
+pub(crate) async fn json_tell(node: Node, peer: PeerId, target: ActorPath, json: String, trace: TraceId) {
+    let payload = match authorize(&node, &peer, &target)
         .and_then(|()| node.json_codec(&target))
         .and_then(|c| c.msg_from_json(&json).map_err(RemoteError::Invalid))
     {

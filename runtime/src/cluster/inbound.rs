@@ -5,6 +5,7 @@
 
 use super::client;
 use super::parking::{Parked, Parking};
+use super::tls::PeerId;
 use super::transport::{Inbound, LaneInbound, Link};
 use crate::node::{Located, Node, NodeInner};
 use crate::slot::WireRequest;
@@ -40,11 +41,11 @@ impl Lane {
 }
 
 impl LaneInbound for Lane {
-    fn request(&mut self, env: Envelope, request: WireRequest, from_client: bool) {
+    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<PeerId>) {
         let Some(node) = self.node() else { return };
-        if from_client {
+        if let Some(peer) = client {
             // Clients do not know placement: this node forwards for them.
-            tokio::spawn(async move { client::forward(node, env, request).await });
+            tokio::spawn(async move { client::forward(node, peer, env, request).await });
             return;
         }
         // Inline (not spawned): frames of one lane are handled in order.
@@ -90,8 +91,8 @@ impl LaneInbound for Lane {
         tokio::spawn(client::json_request(node, link, target, corr, timeout_ms, json, stream, trace));
     }
 
-    fn json_tell(&mut self, target: ActorPath, json: String, trace: TraceId) {
+    fn json_tell(&mut self, peer: PeerId, target: ActorPath, json: String, trace: TraceId) {
         let Some(node) = self.node() else { return };
-        tokio::spawn(client::json_tell(node, target, json, trace));
+        tokio::spawn(client::json_tell(node, peer, target, json, trace));
     }
 }

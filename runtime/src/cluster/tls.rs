@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub const NODE_SUFFIX: &str = ".node.troupe";
 /// DNS-name suffix of client certificates: client `cli` is `cli.client.troupe`.
 pub const CLIENT_SUFFIX: &str = ".client.troupe";
+/// DNS-name suffix of client certificates with the admin role: `ops.admin.troupe`.
+pub const ADMIN_SUFFIX: &str = ".admin.troupe";
 /// ALPN protocol id both ends of a troupe QUIC connection require.
 pub const ALPN: &[u8] = b"troupe/1";
 
@@ -51,6 +53,27 @@ pub enum PeerId {
     Node(String),
     /// A client (CLI, tool), by client name.
     Client(String),
+    /// A client whose certificate carries the admin role (`troupe certs client NAME
+    /// --admin`): what a kind that allows only `admin` asks for.
+    Admin(String),
+}
+
+impl PeerId {
+    /// The role a kind's `allow` list names for this peer (`node`, `client`, `admin`).
+    pub fn role(&self) -> &'static str {
+        match self {
+            PeerId::Node(_) => "node",
+            PeerId::Client(_) => "client",
+            PeerId::Admin(_) => "admin",
+        }
+    }
+
+    /// The name in the certificate.
+    pub fn name(&self) -> &str {
+        match self {
+            PeerId::Node(n) | PeerId::Client(n) | PeerId::Admin(n) => n,
+        }
+    }
 }
 
 impl std::fmt::Display for PeerId {
@@ -58,6 +81,7 @@ impl std::fmt::Display for PeerId {
         match self {
             PeerId::Node(n) => write!(f, "node {n}"),
             PeerId::Client(c) => write!(f, "client {c}"),
+            PeerId::Admin(c) => write!(f, "admin client {c}"),
         }
     }
 }
@@ -164,6 +188,7 @@ pub fn ensure_cert(dir: &TlsDir, id: &PeerId) -> Result<bool, TlsError> {
     let (file, dns) = match id {
         PeerId::Node(n) => (n.clone(), format!("{n}{NODE_SUFFIX}")),
         PeerId::Client(c) => (format!("client-{c}"), format!("{c}{CLIENT_SUFFIX}")),
+        PeerId::Admin(c) => (format!("client-{c}"), format!("{c}{ADMIN_SUFFIX}")),
     };
     if dir.cert(&file).exists() && dir.key(&file).exists() {
         return Ok(false);
@@ -200,7 +225,7 @@ pub struct Identity {
 pub fn load_identity(dir: &TlsDir, id: &PeerId) -> Result<Identity, TlsError> {
     let file = match id {
         PeerId::Node(n) => n.clone(),
-        PeerId::Client(c) => format!("client-{c}"),
+        PeerId::Client(c) | PeerId::Admin(c) => format!("client-{c}"),
     };
     let hint = |p: &Path, e: &dyn std::fmt::Display| {
         file_err(p, format!("{e} (run `troupe certs init --cluster <file>` to make the cluster's certificates)"))
@@ -261,6 +286,9 @@ pub fn peer_from_cert(cert: &CertificateDer<'_>) -> Option<PeerId> {
             if let Some(c) = d.strip_suffix(CLIENT_SUFFIX) {
                 return Some(PeerId::Client(c.to_string()));
             }
+            if let Some(c) = d.strip_suffix(ADMIN_SUFFIX) {
+                return Some(PeerId::Admin(c.to_string()));
+            }
         }
     }
     None
@@ -304,6 +332,9 @@ mod tests {
         assert_eq!(peer_from_cert(&id.chain[0]), Some(PeerId::Node("n2".into())));
         let cli = load_identity(&dir, &PeerId::Client("cli".into())).unwrap();
         assert_eq!(peer_from_cert(&cli.chain[0]), Some(PeerId::Client("cli".into())));
+        assert!(ensure_cert(&dir, &PeerId::Admin("ops".into())).unwrap());
+        let ops = load_identity(&dir, &PeerId::Client("ops".into())).unwrap();
+        assert_eq!(peer_from_cert(&ops.chain[0]), Some(PeerId::Admin("ops".into())), "the role is in the certificate");
         server_config(&id).unwrap();
         client_config(&cli).unwrap();
         #[cfg(unix)]

@@ -159,9 +159,7 @@ impl Link {
     }
 
     fn peer_name(&self) -> String {
-        match &self.peer {
-            PeerId::Node(n) | PeerId::Client(n) => n.clone(),
-        }
+        self.peer.name().to_string()
     }
 }
 
@@ -297,9 +295,10 @@ pub(crate) trait Inbound: Send + Sync + 'static {
 
 /// The handler of one incoming stream.
 pub(crate) trait LaneInbound: Send {
-    /// A request for an actor from a node or a client (`from_client`); `request`
-    /// answers it on its link. Must not wait: the stream's next frames are behind it.
-    fn request(&mut self, env: Envelope, request: WireRequest, from_client: bool);
+    /// A request for an actor from a node, or from a client (`client`: its
+    /// certificate's identity); `request` answers it on its link. Must not wait: the
+    /// stream's next frames are behind it.
+    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<PeerId>);
     /// A JSON ask from a client (CLI, SDK), answered on `link`.
     #[allow(clippy::too_many_arguments)]
     fn json_ask(
@@ -312,8 +311,8 @@ pub(crate) trait LaneInbound: Send {
         stream: bool,
         trace: TraceId,
     );
-    /// A JSON tell from a client.
-    fn json_tell(&mut self, target: ActorPath, json: String, trace: TraceId);
+    /// A JSON tell from `peer`.
+    fn json_tell(&mut self, peer: PeerId, target: ActorPath, json: String, trace: TraceId);
 }
 
 impl Transport {
@@ -686,7 +685,7 @@ impl Transport {
     async fn on_frame(self: &Arc<Self>, frame: Frame, link: &Arc<Link>, lane: &mut Option<Box<dyn LaneInbound>>) {
         let from = match &link.peer {
             PeerId::Node(n) => n.clone(),
-            PeerId::Client(c) => format!("client:{c}"),
+            PeerId::Client(c) | PeerId::Admin(c) => format!("client:{c}"),
         };
         if matches!(link.peer, PeerId::Node(_)) && self.chaos_verdict(&from) == Verdict::Drop {
             self.stats.chaos_dropped.inc();
@@ -736,7 +735,7 @@ impl Transport {
             }
             Frame::JsonTell { target, json, trace } => {
                 if let Some(l) = self.lane(lane) {
-                    l.json_tell(target, json, trace);
+                    l.json_tell(link.peer.clone(), target, json, trace);
                 }
             }
             Frame::JsonReply { .. } => {}
@@ -752,7 +751,11 @@ impl Transport {
         };
         let sink = Arc::new(LinkSink { link: link.clone(), lane: link.lane_for(corr) });
         let request = WireRequest::new(env.request, sink);
-        l.request(env, request, matches!(link.peer, PeerId::Client(_)));
+        let client = match &link.peer {
+            PeerId::Node(_) => None,
+            other => Some(other.clone()),
+        };
+        l.request(env, request, client);
     }
 
     /// Fails every request waiting for an answer from `node`: its link closed or

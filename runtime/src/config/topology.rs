@@ -94,7 +94,14 @@ pub struct KindSpec {
     pub supervision: SupervisionSpec,
     /// Parameters handed to the factory, checked by it at load time.
     pub params: toml::Table,
+    /// Which certificate roles besides cluster nodes may tell, ask or stream this
+    /// kind through a node (`allow = ["client", "admin"]`, the default; `["admin"]`
+    /// for operator-only kinds; `[]` for nodes only). Others get `Unauthorized`.
+    pub allow: Vec<String>,
 }
+
+/// The roles a kind's `allow` may name (nodes are always allowed).
+pub const ROLES: [&str; 2] = ["client", "admin"];
 
 impl KindSpec {
     /// The key of the one actor of a singleton kind (also a route's default key).
@@ -255,6 +262,17 @@ pub fn load_topology(
                     );
                 }
                 let replication_factor = k.u64_in("replication_factor", 1, 1, 7, "copies");
+                let allow =
+                    if k.has("allow") { k.strs("allow") } else { ROLES.iter().map(|r| r.to_string()).collect() };
+                for r in &allow {
+                    if !ROLES.contains(&r.as_str()) {
+                        k.error(
+                            "allow",
+                            format!("unknown role `{r}` (cluster nodes are always allowed)"),
+                            Some(suggest(r, ROLES, "roles")),
+                        );
+                    }
+                }
                 let supervision_spec = supervision(k.table("supervision"));
                 let mut params = match k.raw("params") {
                     None => toml::Table::new(),
@@ -285,6 +303,7 @@ pub fn load_topology(
                     replication_factor,
                     supervision: supervision_spec,
                     params,
+                    allow,
                 });
             }
             ks.finish();

@@ -167,6 +167,9 @@ fn builtin_spec(kind: &str) -> KindSpec {
         replication_factor: 1,
         supervision: Default::default(),
         params: toml::Table::new(),
+        // The replica agent loads and writes any path's replicated state: nodes only.
+        // The node agent answers introspection (troupe tree, top) for every client.
+        allow: if kind == "replica" { Vec::new() } else { vec!["client".into(), "admin".into()] },
     }
 }
 
