@@ -123,6 +123,50 @@ fn a_kind_for_admins_refuses_a_client_certificate_and_answers_an_admin_one() {
     });
 }
 
+/// One client connection cannot keep more than `client_in_flight_max` requests in
+/// flight at a node: past it each request is refused at once with `QueueFull` (it is
+/// not queued or spawned), and the slots come back as answers go out.
+#[test]
+fn a_client_connection_has_a_bounded_number_of_requests_in_flight() {
+    // Appended right after the test cluster file's [transport] keys, so it is one of them.
+    let c = TestCluster::start(Options { nodes: 1, extra: "client_in_flight_max = 4\n".into(), ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(20));
+    rt().block_on(async {
+        let client = Client::connect(ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap()).await.unwrap();
+        let warm = ActorPath::new("kv", "store", "warm").unwrap();
+        assert!(client.ask::<KvStore>(&warm, &KvMsg::Put { value: "x".into() }).await.is_ok());
+        let asks = (0..200).map(|i| {
+            let client = &client;
+            async move {
+                let path = ActorPath::new("kv", "store", &format!("burst-{i}")).unwrap();
+                client.ask::<KvStore>(&path, &KvMsg::Put { value: "v".into() }).await
+            }
+        });
+        let results = futures::future::join_all(asks).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let mut refused = 0;
+        for r in &results {
+            if let Err(e) = r {
+                match e.remote() {
+                    Some(troupe_runtime::RemoteError::QueueFull { node, cap }) if node == "n1" && *cap == 4 => {
+                        refused += 1
+                    }
+                    _ => panic!("a request past the bound must be refused with QueueFull (cap 4): {e}"),
+                }
+            }
+        }
+        assert!(refused > 0 && ok > 0, "200 concurrent asks over one connection: {ok} answered, {refused} refused");
+        // The slots are back: asks one at a time all succeed.
+        for i in 0..10 {
+            let path = ActorPath::new("kv", "store", &format!("after-{i}")).unwrap();
+            assert!(client.ask::<KvStore>(&path, &KvMsg::Get).await.is_ok());
+        }
+        eprintln!(
+            "200 concurrent asks on one connection with client_in_flight_max = 4: {ok} answered, {refused} refused"
+        );
+    });
+}
+
 #[test]
 fn client_from_another_ca_is_refused() {
     let c = TestCluster::start(Options { nodes: 1, ..Options::default() });

@@ -115,6 +115,14 @@ pub(crate) async fn json_request(
         let link = link.clone();
         async move { link.send_frame_wait(corr, Frame::JsonReply { corr, result, last }).await }
     };
+    // One slot on the client's connection while this request is served.
+    let _slot = match link.client_slot(node.name()) {
+        Ok(s) => s,
+        Err(e) => {
+            send(Err(e), true).await;
+            return;
+        }
+    };
     let codec = match authorize(&node, &link.peer, &target).and_then(|()| node.json_codec(&target)) {
         Ok(c) => c,
         Err(e) => {

@@ -5,8 +5,7 @@
 
 use super::client;
 use super::parking::{Parked, Parking};
-use super::tls::PeerId;
-use super::transport::{Inbound, LaneInbound, Link};
+use super::transport::{ClientCall, Inbound, LaneInbound, Link};
 use crate::node::{Located, Node, NodeInner};
 use crate::slot::WireRequest;
 use std::sync::{Arc, Weak};
@@ -41,11 +40,15 @@ impl Lane {
 }
 
 impl LaneInbound for Lane {
-    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<PeerId>) {
+    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<ClientCall>) {
         let Some(node) = self.node() else { return };
-        if let Some(peer) = client {
-            // Clients do not know placement: this node forwards for them.
-            tokio::spawn(async move { client::forward(node, peer, env, request).await });
+        if let Some(call) = client {
+            // Clients do not know placement: this node forwards for them, holding the
+            // request's slot on the client's connection until it is answered.
+            tokio::spawn(async move {
+                client::forward(node, call.peer.clone(), env, request).await;
+                drop(call);
+            });
             return;
         }
         // Inline (not spawned): frames of one lane are handled in order.
@@ -91,8 +94,11 @@ impl LaneInbound for Lane {
         tokio::spawn(client::json_request(node, link, target, corr, timeout_ms, json, stream, trace));
     }
 
-    fn json_tell(&mut self, peer: PeerId, target: ActorPath, json: String, trace: TraceId) {
+    fn json_tell(&mut self, call: ClientCall, target: ActorPath, json: String, trace: TraceId) {
         let Some(node) = self.node() else { return };
-        tokio::spawn(client::json_tell(node, peer, target, json, trace));
+        tokio::spawn(async move {
+            client::json_tell(node, call.peer.clone(), target, json, trace).await;
+            drop(call);
+        });
     }
 }

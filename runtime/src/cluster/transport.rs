@@ -106,6 +106,16 @@ pub(crate) struct Link {
     closed: AtomicBool,
     /// Streams the other side cancelled (by correlation id).
     cancelled: Mutex<HashSet<u64>>,
+    /// Requests of a client peer this node is still working on: one permit each
+    /// (`client_in_flight_max`), so one connection cannot spawn without bound.
+    pub(crate) client_slots: Arc<tokio::sync::Semaphore>,
+    client_slots_max: u64,
+}
+
+/// A client's request, with the slot it holds on its connection until answered.
+pub(crate) struct ClientCall {
+    pub peer: PeerId,
+    pub _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Link {
@@ -120,8 +130,26 @@ impl Link {
                 lanes.push(tx);
                 tokio::spawn(lane_writer(conn.clone(), rx, frame_cap, stats.clone(), weak.clone()));
             }
-            Link { peer, conn, lanes, closed: AtomicBool::new(false), cancelled: Mutex::new(HashSet::new()) }
+            let slots = tuning.client_in_flight_max.max(1);
+            Link {
+                peer,
+                conn,
+                lanes,
+                closed: AtomicBool::new(false),
+                cancelled: Mutex::new(HashSet::new()),
+                client_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+                client_slots_max: slots,
+            }
         })
+    }
+
+    /// A slot for one more request of this client connection, or the refusal to
+    /// answer it with.
+    pub(crate) fn client_slot(&self, me: &str) -> Result<tokio::sync::OwnedSemaphorePermit, RemoteError> {
+        self.client_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RemoteError::QueueFull { node: me.to_string(), cap: self.client_slots_max })
     }
 
     fn lane_for(&self, key: u64) -> usize {
@@ -282,6 +310,8 @@ pub struct Transport {
     inbound: OnceLock<Arc<dyn Inbound>>,
     /// This transport, for tasks it spawns from `&self`.
     me: Weak<Transport>,
+    /// This node's name.
+    name: String,
     stats: Stats,
 }
 
@@ -298,7 +328,7 @@ pub(crate) trait LaneInbound: Send {
     /// A request for an actor from a node, or from a client (`client`: its
     /// certificate's identity); `request` answers it on its link. Must not wait: the
     /// stream's next frames are behind it.
-    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<PeerId>);
+    fn request(&mut self, env: Envelope, request: WireRequest, client: Option<ClientCall>);
     /// A JSON ask from a client (CLI, SDK), answered on `link`.
     #[allow(clippy::too_many_arguments)]
     fn json_ask(
@@ -311,8 +341,8 @@ pub(crate) trait LaneInbound: Send {
         stream: bool,
         trace: TraceId,
     );
-    /// A JSON tell from `peer`.
-    fn json_tell(&mut self, peer: PeerId, target: ActorPath, json: String, trace: TraceId);
+    /// A JSON tell from client `call.peer`, holding its slot until delivered.
+    fn json_tell(&mut self, call: ClientCall, target: ActorPath, json: String, trace: TraceId);
 }
 
 impl Transport {
@@ -364,6 +394,7 @@ impl Transport {
                 )
             })
             .collect();
+        let name = me.to_string();
         Ok(Arc::new_cyclic(|me| Transport {
             endpoint,
             client_cfg: cc,
@@ -377,6 +408,7 @@ impl Transport {
             chaos,
             inbound: OnceLock::new(),
             me: me.clone(),
+            name,
             stats: Stats::new(metrics),
         }))
     }
@@ -735,7 +767,13 @@ impl Transport {
             }
             Frame::JsonTell { target, json, trace } => {
                 if let Some(l) = self.lane(lane) {
-                    l.json_tell(link.peer.clone(), target, json, trace);
+                    // At most once: a tell past the connection's in-flight bound is dropped.
+                    match link.client_slot(&self.name) {
+                        Ok(slot) => {
+                            l.json_tell(ClientCall { peer: link.peer.clone(), _slot: slot }, target, json, trace)
+                        }
+                        Err(e) => tracing::debug!(peer = %link.peer, error = %e, "client JSON tell dropped"),
+                    }
                 }
             }
             Frame::JsonReply { .. } => {}
@@ -753,7 +791,14 @@ impl Transport {
         let request = WireRequest::new(env.request, sink);
         let client = match &link.peer {
             PeerId::Node(_) => None,
-            other => Some(other.clone()),
+            other => match link.client_slot(&self.name) {
+                Ok(slot) => Some(ClientCall { peer: other.clone(), _slot: slot }),
+                Err(e) => {
+                    tracing::debug!(peer = %other, error = %e, "client request refused: too many in flight");
+                    request.fail(e);
+                    return;
+                }
+            },
         };
         l.request(env, request, client);
     }

@@ -106,6 +106,10 @@ pub struct TransportTuning {
     pub ask_timeout_ms: u64,
     /// Undelivered items one reply stream buffers (default 64).
     pub stream_buffer: u64,
+    /// Requests (asks, streams, tells being forwarded) one client connection may have
+    /// in flight at a node; past it a request is refused with `QueueFull` at once
+    /// (default 1024).
+    pub client_in_flight_max: u64,
 }
 
 impl Default for TransportTuning {
@@ -121,6 +125,7 @@ impl Default for TransportTuning {
             reconnect_backoff_max_ms: 2000,
             ask_timeout_ms: 5000,
             stream_buffer: 64,
+            client_in_flight_max: 1024,
         }
     }
 }
@@ -306,6 +311,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                 ),
                 ask_timeout_ms: t.u64_in("ask_timeout_ms", d.ask_timeout_ms, 1, 3_600_000, "milliseconds"),
                 stream_buffer: t.u64_in("stream_buffer", d.stream_buffer, 1, 65_536, "items"),
+                client_in_flight_max: t.u64_in("client_in_flight_max", d.client_in_flight_max, 1, 1 << 20, "requests"),
             };
             if out.keep_alive_ms >= out.idle_timeout_ms {
                 t.error(
