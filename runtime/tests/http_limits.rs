@@ -1,7 +1,8 @@
 //! The node's HTTP listeners under slow and greedy clients (runtime/src/http.rs): a
 //! slowloris from one address fills only its own connection slots and is cut off at
 //! the header timeout, a normal client from elsewhere is served meanwhile, and a body
-//! that trickles in is answered 400 with the reason.
+//! that trickles in is answered 400 with the reason; 1,000 slow connections from many
+//! addresses do not stop a normal client.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -102,4 +103,42 @@ async fn a_body_that_trickles_in_is_refused_with_the_reason() {
         .unwrap();
     let r = read_all(&mut s, Duration::from_secs(10)).await.expect("an answer");
     assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("10 bytes"), "{r}");
+}
+
+/// 1,000 slowloris connections spread over 250 addresses (4 each, under the per-IP
+/// cap, as a botnet would), with the listeners' default limits: a normal client is
+/// still served, and every request of it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slowloris_connections_do_not_stop_a_normal_client() {
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = HttpLimits::default();
+    let header_timeout = limits.header_timeout;
+    let (refusals, served) = serve(listener, app, limits);
+    tokio::spawn(served);
+    let mut slow = Vec::new();
+    let opened = std::time::Instant::now();
+    for i in 0..1000u32 {
+        let from = [127, 0, 1 + (i / 4 / 250) as u8, 1 + ((i / 4) % 250) as u8];
+        let hint = |e: std::io::Error| {
+            format!("connection {i} of 1,000 failed ({e}): raise the open-file limit (ulimit -n 4096)")
+        };
+        let s = TcpSocket::new_v4().map_err(hint).unwrap();
+        s.bind(SocketAddr::from((from, 0))).map_err(hint).unwrap();
+        let mut s = s.connect(addr).await.map_err(hint).unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        slow.push(s);
+    }
+    assert_eq!(refusals.per_ip.load(Ordering::Relaxed), 0, "4 per address is under the per-IP cap");
+    // The normal client is served, request after request, while all 1,000 hang.
+    for _ in 0..20 {
+        let r = get(addr, [127, 0, 0, 1], "/").await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("ok"), "{r}");
+    }
+    // Still inside the first slow connection's header timeout: none of them had been
+    // cut off yet, so the client was served beside all 1,000, not after them.
+    assert!(opened.elapsed() < header_timeout, "took {:?}", opened.elapsed());
+    assert_eq!(refusals.total.load(Ordering::Relaxed), 0, "no connection was refused for the total cap");
+    drop(slow);
 }
