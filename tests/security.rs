@@ -134,3 +134,30 @@ fn only_the_authenticating_proxy_may_name_a_user() {
     let r = call(gw, "POST", "/api/links", None, &[], r#"{"url":"https://example.com/anon"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
 }
+
+/// Rule changes are the operator's, and even the operator cannot drop by accident a rule
+/// that a running system names (`ip_rule = "shortener-create-ip"` in the URL shortener's
+/// gateway): the update is refused with the dependents, unless it says `?force=true`.
+#[test]
+fn a_rule_a_system_uses_is_not_dropped_by_accident() {
+    let c = start();
+    let lim = c.port("n1", LIMITER);
+    let admin = c.admin_auth();
+    let before = call(lim, "GET", "/v1/rules", None, &[], "").json()["version"].clone();
+    let only_x = "version = 1000\n[[rule]]\nname = \"x\"\ndimension = \"user\"\nalgorithm = \"token_bucket\"\nlimit = 1\nwindow_ms = 1000\n";
+    let r = wait_for("the rules singleton's answer", Duration::from_secs(20), || {
+        Some(call(lim, "PUT", "/v1/rules", Some(&admin), &[], only_x)).filter(|r| r.status != 503)
+    });
+    assert_eq!(r.status, 400, "{}", r.body);
+    for why in [
+        "rule `shortener-create-ip` is used by url-shortener.gateway (ip_rule)",
+        "rule `shortener-create-user` is used by url-shortener.gateway (user_rule)",
+        "force=true",
+    ] {
+        assert!(r.body.contains(why), "the refusal should say `{why}`: {}", r.body);
+    }
+    assert_eq!(call(lim, "GET", "/v1/rules", None, &[], "").json()["version"], before, "nothing changed");
+    let r = call(lim, "PUT", "/v1/rules?force=true", Some(&admin), &[], only_x);
+    assert_eq!(r.status, 200, "forced: {}", r.body);
+    assert_eq!(r.json()["version"], 1000);
+}

@@ -116,10 +116,9 @@ pub enum ServiceMsg {
     Adjust { receipt: Receipt, actual: u64 },
     /// The rule set this node enforces. Answer: [`ServiceReply::Rules`].
     GetRules,
-    /// Replace the rule set with this TOML document (its `version` must be newer). Answer:
-    /// [`ServiceReply::RulesUpdated`], or a failed ask listing every error.
-    PutRules { toml: String },
-    /// From the rules singleton: a newer rule set to apply (push). Answer: `Done`.
+    /// From the rules singleton: a newer rule set exists (push). The agent pulls it from
+    /// the singleton rather than applying what it was sent: agents answer every client
+    /// certificate, and only the singleton (admin-only) is trusted. Answer: `Done`.
     ApplyRules { rules: RuleSet },
     /// Several independent requests at once (a high-throughput caller that coalesces its
     /// traffic): each is checked all-or-nothing on its own. Answer:
@@ -369,8 +368,13 @@ impl Protocol for LimiterRules {
 pub enum RulesMsg {
     /// The current set if its version is above `have`.
     GetIfNewer { have: u64 },
-    /// Replace the set with this TOML document.
-    Put { toml: String },
+    /// Replace the set with this TOML document. Removing a rule that a kind of a
+    /// loaded topology names (a parameter ending in `_rule`) is refused unless `force`.
+    Put {
+        toml: String,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// Replies of [`LimiterRules`].

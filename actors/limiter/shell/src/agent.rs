@@ -104,15 +104,6 @@ impl Behavior for AgentActor {
                 });
             }
             ServiceMsg::GetRules => reply.send(ServiceReply::Rules((*s.st.rules()).clone())).await,
-            ServiceMsg::PutRules { toml } => {
-                let limiter = s.limiter.clone();
-                tokio::spawn(async move {
-                    match limiter.put_rules(&toml).await {
-                        Ok(diff) => reply.send(ServiceReply::RulesUpdated(diff)).await,
-                        Err(e) => reply.fail(remote_error(e)),
-                    }
-                });
-            }
             ServiceMsg::CheckBatch { requests } => {
                 if requests.len() > BATCH_MAX {
                     reply.fail(RemoteError::Invalid(format!(
@@ -162,8 +153,9 @@ impl Behavior for AgentActor {
                 });
             }
             ServiceMsg::ApplyRules { rules } => {
-                if let Err(e) = s.st.apply(rules) {
-                    tracing::debug!(error = %e, "pushed rules not applied");
+                // A nudge, not a set to trust: pull it from the rules singleton.
+                if rules.version() > s.st.rules().version() {
+                    s.st.pull_soon();
                 }
                 reply.send(ServiceReply::Done).await;
             }

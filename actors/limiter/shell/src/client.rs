@@ -314,8 +314,9 @@ impl Limiter {
     }
 
     /// Replaces the cluster's rule set with a TOML document (its version must be newer); the
-    /// rules singleton makes it durable and pushes it to every node.
-    pub async fn put_rules(&self, toml: &str) -> Result<RuleDiff, LimiterError> {
+    /// rules singleton makes it durable and pushes it to every node. Dropping a rule a
+    /// loaded system names is refused unless `force`.
+    pub async fn put_rules(&self, toml: &str, force: bool) -> Result<RuleDiff, LimiterError> {
         use troupe_limiter::proto::{LimiterRules, RulesMsg, RulesReply};
         let path = troupe_runtime::ActorPath::new(proto::SYSTEM, proto::KIND_RULES, KindSpec::singleton_key())
             .map_err(|e| LimiterError::Invalid(e.to_string()))?;
@@ -323,7 +324,7 @@ impl Limiter {
             .st
             .node
             .handle::<LimiterRules>(path)
-            .ask_timeout(RulesMsg::Put { toml: toml.to_string() }, std::time::Duration::from_secs(10))
+            .ask_timeout(RulesMsg::Put { toml: toml.to_string(), force }, std::time::Duration::from_secs(10))
             .await?;
         match reply {
             RulesReply::Updated(diff) => {

@@ -156,7 +156,12 @@ async fn get_rules(State(app): State<App>) -> Response {
     axum::Json(json::rules(&app.limiter.rules())).into_response()
 }
 
-async fn put_rules(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+async fn put_rules(
+    State(app): State<App>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    body: Body,
+) -> Response {
     if let Some(r) = refused(&app, &headers, Role::Admin) {
         return r;
     }
@@ -167,7 +172,9 @@ async fn put_rules(State(app): State<App>, headers: HeaderMap, body: Body) -> Re
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return error(StatusCode::BAD_REQUEST, "the rules document must be UTF-8 TOML");
     };
-    match app.limiter.put_rules(text).await {
+    // `?force=true`: drop rules that a running system names anyway.
+    let force = query.as_deref().is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force"));
+    match app.limiter.put_rules(text, force).await {
         Ok(d) => axum::Json(json!({
             "version": d.to_version,
             "previous_version": d.from_version,

@@ -44,7 +44,13 @@ pub struct RulesState {
 }
 
 impl RulesActor {
-    async fn put(&self, ctx: &Ctx<LimiterRules>, s: &mut RulesState, toml: &str) -> Result<RulesReply, RemoteError> {
+    async fn put(
+        &self,
+        ctx: &Ctx<LimiterRules>,
+        s: &mut RulesState,
+        toml: &str,
+        force: bool,
+    ) -> Result<RulesReply, RemoteError> {
         let set = match RuleSet::from_toml_str(toml) {
             Ok(set) => set,
             Err(e) => {
@@ -59,6 +65,26 @@ impl RulesActor {
             // Not newer: a conflict with whoever wrote the active version (409); a leap
             // that would exhaust the versions: a bad request (400).
             return Ok(RulesReply::Rejected { conflict: set.version() <= active, errors: vec![why] });
+        }
+        // A rule a running system names must not vanish by accident.
+        let used = rules_in_use(ctx.node());
+        let dropped: Vec<String> = s
+            .active
+            .current()
+            .rules()
+            .filter(|r| set.get(r.name()).is_none())
+            .filter_map(|r| {
+                used.get(r.name()).map(|by| {
+                    format!(
+                        "rule `{}` is used by {}; keep it in the new set, or send the update with force (PUT /v1/rules?force=true) to remove it anyway",
+                        r.name(),
+                        by.join(", ")
+                    )
+                })
+            })
+            .collect();
+        if !dropped.is_empty() && !force {
+            return Ok(RulesReply::Rejected { conflict: false, errors: dropped });
         }
         let bytes = codec::encode(&set).map_err(|e| RemoteError::Invalid(e.to_string()))?;
         // Durable on rf nodes before anyone is told: an acknowledged set survives a crash.
@@ -80,6 +106,23 @@ impl RulesActor {
         push(ctx.node(), set);
         Ok(RulesReply::Updated(diff))
     }
+}
+
+/// The rules the kinds of this node's topologies name, by rule: each parameter whose key
+/// ends in `_rule` and whose value is a string names one (`requests_rule =
+/// "llm-requests"` → `llm-serving.gateway (requests_rule)`).
+fn rules_in_use(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut used: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in &node.loaded().topologies {
+        for k in &t.kinds {
+            for (key, v) in &k.params {
+                if let (true, Some(rule)) = (key.ends_with("_rule"), v.as_str()) {
+                    used.entry(rule.to_string()).or_default().push(format!("{}.{} ({key})", k.system, k.name));
+                }
+            }
+        }
+    }
+    used
 }
 
 /// Tells every live node's agent about `set` (best effort; the pull is the safety net).
@@ -139,7 +182,7 @@ impl Behavior for RulesActor {
                 };
                 reply.send(r).await;
             }
-            RulesMsg::Put { toml } => match self.put(ctx, s, &toml).await {
+            RulesMsg::Put { toml, force } => match self.put(ctx, s, &toml, force).await {
                 Ok(r) => reply.send(r).await,
                 Err(e) => reply.fail(e),
             },

@@ -42,27 +42,33 @@ pub const RULE_PER_USER: &str = "shortener-create-user";
 /// The cluster-wide limits of system 10.
 pub struct ClusterCreateLimiter {
     limiter: troupe_limiter_shell::Limiter,
+    ip_rule: String,
+    user_rule: String,
 }
 
 impl ClusterCreateLimiter {
     /// `None` when the cluster does not run the rate limiter.
-    pub fn new(node: &troupe_runtime::Node) -> Option<Self> {
-        troupe_limiter_shell::Limiter::new(node).ok().map(|limiter| Self { limiter })
+    pub fn new(node: &troupe_runtime::Node, ip_rule: &str, user_rule: &str) -> Option<Self> {
+        troupe_limiter_shell::Limiter::new(node).ok().map(|limiter| Self {
+            limiter,
+            ip_rule: ip_rule.to_string(),
+            user_rule: user_rule.to_string(),
+        })
     }
 }
 
 impl CreateLimiter for ClusterCreateLimiter {
     fn admit<'a>(&'a self, ip: IpAddr, user: Option<&'a str>) -> BoxFuture<'a, Result<(), Limited>> {
         Box::pin(async move {
-            let mut checks = vec![troupe_limiter_shell::Check::new(RULE_PER_IP, ip.to_string())];
+            let mut checks = vec![troupe_limiter_shell::Check::new(&self.ip_rule, ip.to_string())];
             if let Some(u) = user {
-                checks.push(troupe_limiter_shell::Check::new(RULE_PER_USER, u));
+                checks.push(troupe_limiter_shell::Check::new(&self.user_rule, u));
             }
             match self.limiter.check(&checks).await {
                 Ok(v) if v.allowed => Ok(()),
                 Ok(v) => {
                     let (scope, decision) = match v.binding() {
-                        Some(r) => (if r.rule == RULE_PER_USER { "user" } else { "ip" }, r.decision),
+                        Some(r) => (if r.rule == self.user_rule { "user" } else { "ip" }, r.decision),
                         None => ("ip", Decision::fail_closed(0, 1_000_000_000)),
                     };
                     Err(Limited { scope, decision })

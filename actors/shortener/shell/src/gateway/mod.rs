@@ -198,7 +198,7 @@ impl Behavior for GatewayActor {
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let p = self.params.clone();
         // Cluster-wide limits when system 10 runs; per-node buckets otherwise.
-        let limiter: Arc<dyn CreateLimiter> = match ClusterCreateLimiter::new(&node) {
+        let limiter: Arc<dyn CreateLimiter> = match ClusterCreateLimiter::new(&node, &p.ip_rule, &p.user_rule) {
             Some(c) => Arc::new(c),
             None => {
                 tracing::warn!("rate-limiter system not enabled: link creation is limited per gateway node");

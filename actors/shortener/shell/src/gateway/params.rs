@@ -60,6 +60,13 @@ pub struct GatewayParams {
     /// Keys held by the in-process creation limiter.
     #[serde(default = "default_limiter_keys_max")]
     pub limiter_keys_max: usize,
+    /// The rate limiter's rule for creations per IP when system 10 runs (a parameter
+    /// ending in `_rule`: the rate limiter refuses to drop a rule one names).
+    #[serde(default = "default_ip_rule")]
+    pub ip_rule: String,
+    /// The rate limiter's rule for creations per user.
+    #[serde(default = "default_user_rule")]
+    pub user_rule: String,
     /// Take the client IP from the first `X-Forwarded-For` entry (only behind a proxy
     /// that sets it; otherwise clients could pick their own rate-limit key and country).
     #[serde(default)]
@@ -123,6 +130,12 @@ fn default_ship_every_ms() -> u64 {
 }
 fn default_click_shards() -> u32 {
     16
+}
+fn default_ip_rule() -> String {
+    crate::limiter::RULE_PER_IP.into()
+}
+fn default_user_rule() -> String {
+    crate::limiter::RULE_PER_USER.into()
 }
 fn default_create_per_ip() -> RateSpec {
     RateSpec { limit: 60, window_ms: 60_000, burst: Some(20) }
