@@ -14,6 +14,10 @@
 //!   never forgets a promise).
 //! - The writer's queue is bounded (`WRITE_QUEUE_CAP`): a burst waits, memory does not
 //!   grow.
+//! - [`Store::version`] answers from memory what the disk holds for a path (terms, last
+//!   sequence number, snapshot): the writer applies every committed operation to the
+//!   remembered versions, and a reader remembers what it read only if no commit landed
+//!   while it read (`VersionCache`).
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 use std::path::{Path, PathBuf};
