@@ -31,7 +31,7 @@ pub async fn serve(node: Node, addr: SocketAddr) -> std::io::Result<SocketAddr> 
 /// has failed), `/metrics`, `/v1/tree`, `/v1/members`, `/v1/metrics`,
 /// `/v1/trace/{id}` and `POST /v1/chaos`.
 pub fn router(node: Node) -> axum::Router {
-    let token = tokens::Verifier::load(Role::Admin, &tokens::path(Role::Admin, &node.loaded().cluster.key_file));
+    let token = node.credentials();
     let chaos_route = post(move |st: State<Node>, headers: HeaderMap, body| chaos(st, headers, body, token.clone()));
     axum::Router::new()
         .route("/health", get(health))
@@ -80,11 +80,11 @@ async fn chaos(
     State(node): State<Node>,
     headers: HeaderMap,
     body: Result<Json<ChaosCommand>, axum::extract::rejection::JsonRejection>,
-    token: tokens::Verifier,
+    token: std::sync::Arc<tokens::Credentials>,
 ) -> Response {
     // State-changing: only with the cluster's admin token, before the command is looked at.
     let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Err(why) = token.check(auth) {
+    if let Err(why) = token.check(Role::Admin, auth) {
         return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": why}))).into_response();
     }
     let Json(cmd) = match body {

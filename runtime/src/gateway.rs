@@ -74,7 +74,7 @@ pub async fn serve_routes(node: &Node) -> std::io::Result<Vec<(String, SocketAdd
         }
         let Some(port) = spec.ports.get(&t.name) else { continue };
         let mut app = axum::Router::new();
-        let credentials = Arc::new(Credentials::load(&node.loaded().cluster.key_file));
+        let credentials = node.credentials();
         let mut by_path: HashMap<String, Vec<Arc<RouteSpec>>> = HashMap::new();
         for r in &t.routes {
             by_path.entry(r.path.clone()).or_default().push(Arc::new(r.clone()));

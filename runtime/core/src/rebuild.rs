@@ -190,14 +190,7 @@ impl<C: Versioned + Clone + Default> Learning<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, Clone, PartialEq, Default)]
-    struct Log(u64);
-    impl Versioned for Log {
-        fn last_seq(&self) -> u64 {
-            self.0
-        }
-    }
+    use crate::replication::tests::Log;
 
     fn t(n: u64, node: &str) -> Term {
         Term { n, node: node.into(), epoch: 1 }

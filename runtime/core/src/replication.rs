@@ -392,11 +392,12 @@ impl<C: Versioned + Clone + PartialEq + Default> RecoveryRound<C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A copy that is only its length (the rebuild's tests use it too).
     #[derive(Debug, Clone, PartialEq, Default)]
-    struct Log(u64);
+    pub(crate) struct Log(pub(crate) u64);
     impl Versioned for Log {
         fn last_seq(&self) -> u64 {
             self.0

@@ -24,7 +24,7 @@ use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf};
 use crate::config::KindSpec;
 use crate::node::Node;
 use crate::reply::Reply;
-use crate::store::{Recovered, StoreError, Version, WriteOp};
+use crate::store::{Recovered, StoreError, WriteOp};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
@@ -161,11 +161,7 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     let (stored, v) = if whole {
         match node.store().load(&path) {
             Ok(r) => {
-                let v = Version {
-                    terms: r.terms.clone(),
-                    last_seq: r.last_seq(),
-                    snapshot_at: r.snapshot.as_ref().map_or(0, |s| s.0),
-                };
+                let v = r.version();
                 (r, v)
             }
             Err(e) => return ReplicaReply::Refused(e.to_string()),

@@ -251,6 +251,17 @@ impl Node {
         self.0.registry.remove_if(path, slot);
     }
 
+    /// The cluster's HTTP credentials (admin and service tokens beside the cluster key),
+    /// read once per node and shared by every listener that checks them.
+    pub fn credentials(&self) -> Arc<crate::cluster::tokens::Credentials> {
+        let key_file = self.0.loaded.cluster.key_file.clone();
+        match self.extension(|| Ok::<_, std::convert::Infallible>(crate::cluster::tokens::Credentials::load(&key_file)))
+        {
+            Ok(c) => c,
+            Err(never) => match never {},
+        }
+    }
+
     /// This node's one instance of `T`, made by `init` on its first use: a system's
     /// per-node state (its caches, leases, metrics), shared by every actor and service
     /// of the system on this node. Several nodes in one process each have their own.

@@ -194,12 +194,12 @@ async fn health(State(app): State<App>) -> Response {
 
 /// The service's routes (also used by tests and the lab, in process): `POST
 /// /v1/check` needs the service token, `PUT /v1/rules` the admin token.
-pub fn router(limiter: Limiter, body_max: usize, credentials: Credentials) -> Router {
+pub fn router(limiter: Limiter, body_max: usize, credentials: std::sync::Arc<Credentials>) -> Router {
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/rules", get(get_rules).put(put_rules))
         .route("/v1/health", get(health))
-        .with_state(App { limiter, body_max, credentials: std::sync::Arc::new(credentials) })
+        .with_state(App { limiter, body_max, credentials })
 }
 
 impl Behavior for HttpActor {
@@ -218,8 +218,7 @@ impl Behavior for HttpActor {
             .await
             .map_err(|e| fail(format!("cannot listen on {ip}:{port} (ports.\"{SYSTEM}\"): {e}")))?;
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
-        let credentials = Credentials::load(&node.loaded().cluster.key_file);
-        let app = router(Limiter::from_state(st), self.params.body_bytes_max, credentials);
+        let app = router(Limiter::from_state(st), self.params.body_bytes_max, node.credentials());
         let (_, served) = troupe_runtime::http::serve(listener, app, troupe_runtime::http::HttpLimits::default());
         let server = tokio::spawn(async move {
             if let Err(e) = served.await {

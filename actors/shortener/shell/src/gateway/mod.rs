@@ -87,7 +87,7 @@ pub struct Shared {
     pub metrics: GatewayMetrics,
     /// The cluster's tokens: `X-User-Id` counts only from a caller with the service
     /// token (the authenticating proxy in front).
-    pub credentials: troupe_runtime::cluster::tokens::Credentials,
+    pub credentials: Arc<troupe_runtime::cluster::tokens::Credentials>,
 }
 
 pub struct GatewayActor {
@@ -231,7 +231,7 @@ impl Behavior for GatewayActor {
             abuse: self.abuse.clone(),
             geo: self.geo.clone(),
             metrics: GatewayMetrics::new(&node),
-            credentials: troupe_runtime::cluster::tokens::Credentials::load(&node.loaded().cluster.key_file),
+            credentials: node.credentials(),
             params: p,
         });
         let app = http::router(shared.clone());
