@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
-use troupe_wire::codec::{decode_frame, encode_frame};
+use troupe_wire::codec::{FrameReader, encode_frame};
 use troupe_wire::{Frame, RemoteError};
 
 /// Lanes (unidirectional streams) a client writes on.
@@ -123,19 +123,15 @@ impl Conn {
 }
 
 async fn read_stream(mut recv: quinn::RecvStream, pending: Arc<Mutex<HashMap<u64, Waiter>>>, cap: usize) {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut reader = FrameReader::new(cap);
     loop {
         match recv.read_chunk(256 << 10, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            Ok(Some(c)) => reader.push(&c.bytes),
             _ => return,
         }
-        let mut used_total = 0;
         loop {
-            match decode_frame(&buf[used_total..], cap) {
-                Ok(Some((frame, used))) => {
-                    used_total += used;
-                    dispatch(frame, &pending).await;
-                }
+            match reader.next_frame() {
+                Ok(Some(frame)) => dispatch(frame, &pending).await,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed frame from node; dropping the stream");
@@ -143,7 +139,6 @@ async fn read_stream(mut recv: quinn::RecvStream, pending: Arc<Mutex<HashMap<u64
                 }
             }
         }
-        buf.drain(..used_total);
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use troupe_wire::codec::{decode_frame, encode_frame};
+use troupe_wire::codec::{FrameReader, encode_frame};
 use troupe_wire::introspect::MemberState;
 use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId};
 
@@ -651,9 +651,7 @@ impl Transport {
     }
 
     async fn read_stream(self: Arc<Self>, mut recv: quinn::RecvStream, link: Arc<Link>) {
-        let cap = self.tuning.frame_bytes_max as usize;
-        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-        let mut start = 0usize;
+        let mut reader = FrameReader::new(self.tuning.frame_bytes_max as usize);
         let mut lane: Option<Box<dyn LaneInbound>> = None;
         loop {
             let chunk = match recv.read_chunk(256 << 10, true).await {
@@ -661,11 +659,10 @@ impl Transport {
                 _ => return,
             };
             self.stats.bytes_in.add(chunk.bytes.len() as u64);
-            buf.extend_from_slice(&chunk.bytes);
+            reader.push(&chunk.bytes);
             loop {
-                match decode_frame(&buf[start..], cap) {
-                    Ok(Some((frame, used))) => {
-                        start += used;
+                match reader.next_frame() {
+                    Ok(Some(frame)) => {
                         self.stats.frames_in.inc();
                         self.on_frame(frame, &link, &mut lane).await;
                     }
@@ -677,10 +674,6 @@ impl Transport {
                         return;
                     }
                 }
-            }
-            if start > 0 && start >= buf.len() / 2 {
-                buf.drain(..start);
-                start = 0;
             }
         }
     }

@@ -13,7 +13,7 @@ pub mod introspect;
 pub mod path;
 pub mod protocol;
 
-pub use codec::{CodecError, FRAME_BYTES_MAX_DEFAULT, decode, decode_frame, encode, encode_frame};
+pub use codec::{CodecError, FRAME_BYTES_MAX_DEFAULT, FrameReader, decode, decode_frame, encode, encode_frame};
 pub use envelope::{Envelope, Frame, RemoteError, RequestKind, TraceId};
 pub use path::{ActorPath, PathError};
 pub use protocol::{JsonCodec, JsonOf, Protocol};
