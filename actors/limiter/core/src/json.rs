@@ -4,9 +4,9 @@
 //! Invariant: parsing never panics and never trusts a field's type; every refusal names the
 //! field (and the check's index in a batch).
 
+use crate::proto::{CheckItem, Mode, Verdict};
+use crate::{RETRY_NEVER, RuleSet};
 use serde_json::{Map, Value, json};
-use troupe_limiter::proto::{CheckItem, Mode, Verdict};
-use troupe_limiter::{RETRY_NEVER, RuleSet};
 
 const ITEM_FIELDS: &str = "rule, key, cost";
 

@@ -102,6 +102,7 @@
 pub mod algorithm;
 pub mod decision;
 pub mod headers;
+pub mod json;
 pub mod key;
 pub mod lab;
 pub mod lease;

@@ -16,7 +16,6 @@
 
 use super::client::{Limiter, LimiterError};
 use super::config::HttpParams;
-use super::json;
 use super::state::NodeLimiter;
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +26,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::SocketAddr;
+use troupe_limiter::json;
 use troupe_limiter::proto::{SYSTEM, Verdict};
 use troupe_runtime::cluster::tokens::{Credentials, Role};
 use troupe_runtime::gateway::status_of;

@@ -79,7 +79,6 @@ mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
-mod json;
 #[cfg(feature = "lab")]
 pub mod lab;
 mod lease;

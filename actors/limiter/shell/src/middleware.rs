@@ -31,7 +31,6 @@
 
 use super::client::{Limiter, LimiterError};
 use super::http::set_headers;
-use super::json;
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +39,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use troupe_limiter::Dimension;
+use troupe_limiter::json;
 use troupe_limiter::proto::CheckItem;
 
 /// Which rules the middleware checks and where it finds their values.

@@ -1,0 +1,4 @@
+//! libFuzzer driver for [`troupe_fuzz::targets::limiter_rules`] (built and run by `fuzz/run`).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| troupe_fuzz::targets::limiter_rules::run(data));
