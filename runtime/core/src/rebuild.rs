@@ -27,6 +27,13 @@
 //! A brand-new cluster is told apart by its answers: when every node that answers
 //! holds no replicated state at all, and they are a majority of the cluster file, no
 //! acknowledged write exists that this node could have held, and it votes at once.
+//! The node that decides so remembers whom it saw empty (by their store's identity);
+//! one of them that asks later, when the decider already holds state, is told so and
+//! follows ([`Inventory::vouched`]): it has not voted since it was seen empty, so it
+//! holds nothing the decision did not already account for. Without that, nodes of a
+//! new cluster that asked a moment after the first one decided would each wait for
+//! the other's copy, for ever (found by the suite: a fresh 3-node cluster with two
+//! nodes stuck rebuilding).
 
 use crate::directory::majority;
 use crate::replication::{Term, Terms, Versioned};
@@ -90,6 +97,8 @@ pub struct Inventory {
     answered: BTreeMap<String, bool>,
     /// Every path any of them listed.
     paths: BTreeSet<String>,
+    /// A node that formed a new cluster after seeing this node's current store empty.
+    vouched_by: Option<String>,
 }
 
 /// What a rebuilding node does next with the inventory it has.
@@ -111,8 +120,26 @@ impl Inventory {
         self.paths.extend(paths);
     }
 
+    /// Node `from` formed a new cluster after it saw this node's current store empty.
+    pub fn vouched(&mut self, from: &str) {
+        self.vouched_by = Some(from.to_string());
+    }
+
+    /// Who vouched for this node, if anyone did.
+    pub fn vouched_by(&self) -> Option<&str> {
+        self.vouched_by.as_deref()
+    }
+
+    /// The nodes that answered that they hold no replicated state at all.
+    pub fn blank(&self) -> impl Iterator<Item = &str> {
+        self.answered.iter().filter(|(_, b)| **b).map(|(n, _)| n.as_str())
+    }
+
     /// The next step for node `me` of a cluster file listing `roster`.
     pub fn next(&self, me: &str, roster: &[String]) -> NextStep {
+        if self.vouched_by.is_some() {
+            return NextStep::NewCluster;
+        }
         let others: Vec<&String> = roster.iter().filter(|n| *n != me).collect();
         let blank = self.answered.values().filter(|b| **b).count();
         if blank == self.answered.len() && self.paths.is_empty() && 1 + blank >= majority(roster.len()) {
@@ -275,5 +302,20 @@ mod tests {
         assert!(matches!(inv.next("n1", &r5), NextStep::Waiting(_)));
         inv.answered("n3", vec![], true);
         assert_eq!(inv.next("n1", &r5), NextStep::NewCluster);
+        assert_eq!(inv.blank().collect::<Vec<_>>(), vec!["n2", "n3"]);
+    }
+
+    /// n2 formed the cluster after seeing n1 and n3 empty; n1 asks a moment later, when
+    /// n2 already holds state and n3 is still rebuilding: without n2's word, n1 would
+    /// wait for n3's copy and n3 for n1's, for ever.
+    #[test]
+    fn a_node_seen_empty_by_the_one_that_formed_the_cluster_follows_it() {
+        let r = roster(3);
+        let mut inv = Inventory::default();
+        inv.answered("n2", vec!["/rate-limiter/rules/main".into()], false);
+        inv.answered("n3", vec![], true);
+        assert_eq!(inv.next("n1", &r), NextStep::Learn(vec!["/rate-limiter/rules/main".into()]));
+        inv.vouched("n2");
+        assert_eq!(inv.next("n1", &r), NextStep::NewCluster);
     }
 }

@@ -11,7 +11,7 @@
 //!   not relearned (`replica::serve`), and an entity this node owns relearns its path
 //!   before its election (`replica::elect`).
 
-use super::replica::{self, ReplicaMsg, ReplicaReply};
+use super::replica::{self, ReplicaMsg, ReplicaReply, SEEN_BLANK_KEY, STORE_ID_KEY, store_id};
 use crate::node::Node;
 use crate::store::{StoreError, WriteOp};
 use futures::StreamExt;
@@ -23,6 +23,7 @@ use troupe_core::rebuild::{Inventory, NextStep, Standing};
 const STANDING_KEY: &str = "replica.standing";
 const VOTER: &[u8] = b"voter";
 const REBUILDING: &[u8] = b"rebuilding";
+
 /// Paths relearned at once.
 const LEARN_CONCURRENCY: usize = 16;
 /// Pause before asking again a node that did not answer, or relearning a path again.
@@ -44,8 +45,15 @@ pub(crate) async fn standing_at_boot(node: &Node) -> Result<Standing, StoreError
         None => store.is_blank()?,
     };
     let want = if rebuilding { REBUILDING } else { VOTER };
+    let mut ops = Vec::new();
     if marker.as_deref() != Some(want) {
-        store.write(vec![WriteOp::Meta { key: STANDING_KEY.into(), bytes: want.to_vec() }]).await?;
+        ops.push(WriteOp::Meta { key: STANDING_KEY.into(), bytes: want.to_vec() });
+    }
+    if store.meta(STORE_ID_KEY)?.is_none() {
+        ops.push(WriteOp::Meta { key: STORE_ID_KEY.into(), bytes: rand::random::<u64>().to_le_bytes().to_vec() });
+    }
+    if !ops.is_empty() {
+        store.write(ops).await?;
     }
     Ok(if rebuilding { Standing::rebuilding() } else { Standing::Voter })
 }
@@ -64,17 +72,32 @@ pub(crate) async fn run(node: Node) {
     let mut listing: BTreeMap<String, (Option<String>, Vec<String>, bool)> =
         roster.iter().filter(|n| **n != me).map(|n| (n.clone(), (None, Vec::new(), true))).collect();
     let mut last_missing = Vec::new();
+    let mine = loop {
+        match store_id(&node) {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding: cannot read this store's identity; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    // The store identity each peer reported, for the record of a new cluster.
+    let mut stores: BTreeMap<String, u64> = BTreeMap::new();
     let paths = loop {
         let mut paging = false;
         let asks = listing.iter().map(|(peer, (cursor, _, _))| {
-            let msg = ReplicaMsg::Inventory { for_node: me.clone(), after: cursor.clone() };
+            let msg = ReplicaMsg::Inventory { for_node: me.clone(), after: cursor.clone(), store: mine };
             let node = node.clone();
             async move { (peer.clone(), replica::ask(&node, peer, msg).await) }
         });
         for (peer, answer) in futures::future::join_all(asks).await {
             let Some((cursor, paths, blank)) = listing.get_mut(&peer) else { continue };
             match answer {
-                Ok(ReplicaReply::Inventory { paths: page, next, blank: b }) => {
+                Ok(ReplicaReply::Inventory { paths: page, next, blank: b, vouch, store }) => {
+                    if vouch {
+                        inventory.vouched(&peer);
+                    }
+                    stores.insert(peer.clone(), store);
                     *blank &= b;
                     paths.extend(page);
                     match next {
@@ -92,7 +115,14 @@ pub(crate) async fn run(node: Node) {
         }
         match inventory.next(&me, &roster) {
             NextStep::NewCluster => {
-                finish(&node, &cluster, 0, started, "the other nodes hold no replicated state: a new cluster").await;
+                // Remember whom this decision saw empty: they may follow it.
+                let seen: Vec<(String, u64)> =
+                    inventory.blank().map(|n| (n.to_string(), stores.get(n).copied().unwrap_or(0))).collect();
+                let why = match inventory.vouched_by() {
+                    Some(by) => format!("{by} formed a new cluster after it saw this node's store empty"),
+                    None => "the other nodes hold no replicated state: a new cluster".to_string(),
+                };
+                finish(&node, &cluster, 0, started, &why, seen).await;
                 return;
             }
             NextStep::Learn(paths) => {
@@ -148,13 +178,27 @@ pub(crate) async fn run(node: Node) {
             tokio::time::sleep(RETRY).await;
         }
     }
-    finish(&node, &cluster, total, started, "every path the other nodes listed is relearned").await;
+    finish(&node, &cluster, total, started, "every path the other nodes listed is relearned", Vec::new()).await;
 }
 
 /// Marks this node a voter, on disk first.
-async fn finish(node: &Node, cluster: &super::Cluster, paths: usize, started: Instant, why: &str) {
+async fn finish(
+    node: &Node,
+    cluster: &super::Cluster,
+    paths: usize,
+    started: Instant,
+    why: &str,
+    seen_blank: Vec<(String, u64)>,
+) {
+    let mut ops = vec![WriteOp::Meta { key: STANDING_KEY.into(), bytes: VOTER.to_vec() }];
+    if !seen_blank.is_empty() {
+        match troupe_wire::codec::encode(&seen_blank) {
+            Ok(bytes) => ops.push(WriteOp::Meta { key: SEEN_BLANK_KEY.into(), bytes }),
+            Err(e) => tracing::error!(error = %e, "cannot record whom this node saw empty"),
+        }
+    }
     loop {
-        match node.store().write(vec![WriteOp::Meta { key: STANDING_KEY.into(), bytes: VOTER.to_vec() }]).await {
+        match node.store().write(ops.clone()).await {
             Ok(()) => break,
             Err(StoreError::Closed) => return,
             Err(e) => {

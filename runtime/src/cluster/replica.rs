@@ -57,7 +57,8 @@ pub(crate) enum ReplicaMsg {
     Confirm { path: String, term: Term },
     /// From a node that lost its disk: list the replicated paths you hold that
     /// `for_node` replicates too, after `after` (one page).
-    Inventory { for_node: String, after: Option<String> },
+    /// `store`: the identity of the asker's current store (a wiped disk gets a new one).
+    Inventory { for_node: String, after: Option<String>, store: u64 },
     /// From a node that lost its disk and replicates `path`: hand over your copy and
     /// your terms for it (nothing is promised).
     Learn { path: String, from: String },
@@ -75,11 +76,15 @@ pub(crate) enum ReplicaReply {
     Refused(String),
     Confirmed,
     /// One page of an inventory; `next`: ask again after it. `blank`: this node holds
-    /// no replicated state at all.
+    /// no replicated state at all. `vouch`: this node formed a new cluster after it saw
+    /// the asker's current store empty (the asker may vote at once). `store`: this
+    /// node's store identity.
     Inventory {
         paths: Vec<String>,
         next: Option<String>,
         blank: bool,
+        vouch: bool,
+        store: u64,
     },
 }
 
@@ -133,11 +138,11 @@ impl Behavior for ReplicaAgent {
 async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let path = match &msg {
-        ReplicaMsg::Inventory { for_node, after } => {
+        ReplicaMsg::Inventory { for_node, after, store } => {
             // Every election of this node that began before this request stops
             // counting promises first (docs/replication.md, "A replica that lost its disk").
             drop(cluster.counting.write().await);
-            return inventory(node, for_node, after.as_deref());
+            return inventory(node, for_node, after.as_deref(), *store);
         }
         ReplicaMsg::Load { path, .. }
         | ReplicaMsg::Prepare { path, .. }
@@ -281,11 +286,36 @@ fn in_set(node: &Node, path: &str, member: &str) -> Result<(), String> {
     }
 }
 
+/// A random identity of this store, made with it (a wiped disk gets a new one).
+pub(crate) const STORE_ID_KEY: &str = "replica.store_id";
+/// The nodes (and their store identities) this node saw empty when it formed a new
+/// cluster: each may follow its decision (`troupe_core::rebuild::Inventory::vouched`).
+pub(crate) const SEEN_BLANK_KEY: &str = "replica.new_cluster_saw";
+
+/// This node's store identity (made at boot by `rebuild::standing_at_boot`).
+pub(crate) fn store_id(node: &Node) -> Result<u64, StoreError> {
+    let bytes = node.store().meta(STORE_ID_KEY)?.unwrap_or_default();
+    Ok(bytes.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
+}
+
+/// The nodes, with their store identities, this node saw empty when it formed a new
+/// cluster (none if it never did).
+pub(crate) fn seen_blank(node: &Node) -> Result<Vec<(String, u64)>, StoreError> {
+    match node.store().meta(SEEN_BLANK_KEY)? {
+        None => Ok(Vec::new()),
+        Some(b) => troupe_wire::codec::decode(&b).map_err(|e| StoreError::Read(e.to_string())),
+    }
+}
+
 /// One page of the replicated paths this node holds that `for_node` replicates too.
-fn inventory(node: &Node, for_node: &str, after: Option<&str>) -> ReplicaReply {
+fn inventory(node: &Node, for_node: &str, after: Option<&str>, store: u64) -> ReplicaReply {
     if node.loaded().cluster.node(for_node).is_none() {
         return ReplicaReply::Refused(format!("{for_node} is not in the cluster file"));
     }
+    let (vouch, mine) = match (seen_blank(node), store_id(node)) {
+        (Ok(seen), Ok(mine)) => (seen.iter().any(|(n, s)| n == for_node && *s == store), mine),
+        (Err(e), _) | (_, Err(e)) => return ReplicaReply::Refused(e.to_string()),
+    };
     let mut cursor = after.map(str::to_string);
     let mut paths = Vec::new();
     loop {
@@ -298,7 +328,13 @@ fn inventory(node: &Node, for_node: &str, after: Option<&str>) -> ReplicaReply {
         paths.extend(page.into_iter().filter(|p| in_set(node, p, for_node).is_ok()));
         // Pages of paths the asker does not replicate are skipped here, not sent.
         if !more || paths.len() >= INVENTORY_PAGE / 2 {
-            return ReplicaReply::Inventory { paths, next: if more { cursor } else { None }, blank };
+            return ReplicaReply::Inventory {
+                paths,
+                next: if more { cursor } else { None },
+                blank,
+                vouch,
+                store: mine,
+            };
         }
     }
 }
