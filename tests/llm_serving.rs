@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SYS: &str = "llm-serving";
-const PAID: &str = "sk-troupe-dev-paid";
-const FREE_OTHER: &str = "sk-troupe-dev-other";
+/// Development users of the cluster's api-keys.toml (made by `troupe certs init`).
+const PAID: &str = "alice";
+const FREE_OTHER: &str = "carol";
 
 /// Light engines for a 2-core machine running three nodes; `worker_extra` adds lines to
 /// the main pool's table (a TOML table can be defined once).
@@ -136,8 +137,9 @@ fn json_request(
     common::request(addr, method, path, &h, body.as_bytes())
 }
 
-fn auth(key: &str) -> String {
-    format!("Bearer {key}")
+/// `Bearer <key>` for one of the cluster's users.
+fn auth(c: &TestCluster, user: &str) -> String {
+    format!("Bearer {}", c.api_key(user))
 }
 
 /// The `data:` payloads of an SSE body.
@@ -155,7 +157,7 @@ fn openai_client_streams_and_the_api_behaves() {
     // A generous owner timeout: the count below is exact only if no check fails open
     // while its shard activates (the default, 50 ms, is for serving, not a loaded CI).
     let c = start("", format!("{}\n[overrides.rate-limiter.agent]\nowner_timeout_ms = 2000\n", rules(12)));
-    let seen = openai_script(&format!("http://{}/v1", c.port("n2", SYS)), &c.dir);
+    let seen = openai_script(&format!("http://{}/v1", c.port("n2", SYS)), &c.dir, &c.api_key(PAID));
     assert!(seen["stream"]["chunks"].as_u64().unwrap_or(0) >= 3, "{seen}");
     assert!(c.metric("n2", "troupe_llm_time_to_first_token_seconds_count") >= 3.0);
     assert!(c.metric("n2", "troupe_llm_e2e_request_latency_seconds_count") >= 3.0);
@@ -163,7 +165,7 @@ fn openai_client_streams_and_the_api_behaves() {
     // Per-user requests/min through the rate limiter: 12 per window, then 429.
     let addr = c.port("n1", SYS);
     let body = r#"{"model":"smollm2-135m-fast","prompt":"Hi","max_tokens":1}"#;
-    let key = auth(FREE_OTHER);
+    let key = auth(&c, FREE_OTHER);
     let mut codes = Vec::new();
     let mut last = None;
     for _ in 0..13 {
@@ -184,7 +186,7 @@ fn openai_client_streams_and_the_api_behaves() {
     // Bad input: clear 400s / 401 / 404 / 413 in OpenAI's error format.
     let chat =
         |b: &str, k: &str| request(addr, "POST", "/v1/chat/completions", &[("Authorization", k)], b).expect("request");
-    let paid = auth(PAID);
+    let paid = auth(&c, PAID);
     let (code, body) =
         chat(r#"{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"top_p":1.5}"#, &paid);
     assert!(code == 400 && body.contains("\"param\":\"top_p\""), "{code} {body}");
@@ -207,7 +209,8 @@ fn openai_client_streams_and_the_api_behaves() {
     // its exact length. Meanwhile another client is served.
     let hostile = |n: usize| {
         let body = format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, letters(n));
-        move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], &body)
+        let key = paid.clone();
+        move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", &key)], &body)
     };
     let floods: Vec<_> = (0..3).map(|_| std::thread::spawn(hostile(1_000_000))).collect();
     let normal = r#"{"model":"smollm2-135m-fast","messages":[{"role":"user","content":"Hi"}],"max_tokens":1}"#;
@@ -240,10 +243,10 @@ fn openai_client_streams_and_the_api_behaves() {
 }
 
 /// Runs the official client's script against a gateway; returns what it printed.
-fn openai_script(base: &str, dir: &std::path::Path) -> serde_json::Value {
+fn openai_script(base: &str, dir: &std::path::Path, api_key: &str) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm/openai_client.py");
     let out = Command::new("python3")
-        .args([script, "--base-url", base, "--api-key", PAID])
+        .args([script, "--base-url", base, "--api-key", api_key])
         .output()
         .expect("python3 must be installed (CI installs the openai package: pip install openai)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -287,7 +290,7 @@ fn openai_client_streams_from_troupe_up() {
     }
     let up = Stop(up);
     wait_ready(&c);
-    let seen = openai_script(&format!("http://{}/v1", c.port("n1", SYS)), &c.dir);
+    let seen = openai_script(&format!("http://{}/v1", c.port("n1", SYS)), &c.dir, &c.api_key(PAID));
     assert!(seen["stream"]["chunks"].as_u64().unwrap_or(0) >= 3, "{seen}");
     assert!(seen["stream"]["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "{seen}");
     // SIGTERM: `troupe up` stops every node it started, then exits.
@@ -303,7 +306,7 @@ fn openai_client_streams_from_troupe_up() {
 fn client_disconnect_cancels_generation_everywhere() {
     let c = start("", rules(100_000));
     let addr = c.port("n1", SYS);
-    let key = auth(PAID);
+    let key = auth(&c, PAID);
     // Several long generations, spread over the three workers (different prompts, least
     // loaded), so some streams are remote; read a few tokens of each, then hang up.
     let mut conns = Vec::new();
@@ -362,11 +365,11 @@ enum Outcome {
     Refused(u16, String),
 }
 
-fn one_streamed(addr: SocketAddr, i: usize) -> Outcome {
+fn one_streamed(addr: SocketAddr, i: usize, auth: &str) -> Outcome {
     let body = format!(
         r#"{{"model":"smollm2-135m","prompt":"Request {i}: the weather today is","max_tokens":24,"ignore_eos":true,"stream":true}}"#
     );
-    match request(addr, "POST", "/v1/completions", &[("Authorization", &auth(PAID))], &body) {
+    match request(addr, "POST", "/v1/completions", &[("Authorization", auth)], &body) {
         Ok((200, body)) => {
             let ev = events(&body);
             // An error event has an `error` member; a token may well be the word "error".
@@ -422,7 +425,7 @@ retries_max = 2
             write!(
                 s,
                 "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                auth(PAID),
+                auth(&c, PAID),
                 body.len()
             )
             .ok()?;
@@ -452,12 +455,12 @@ retries_max = 2
     let log: Arc<Mutex<Vec<(Instant, Instant, Outcome)>>> = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..8)
         .map(|t| {
-            let (stop, log) = (stop.clone(), log.clone());
+            let (stop, log, key) = (stop.clone(), log.clone(), auth(&c, PAID));
             std::thread::spawn(move || {
                 let mut i = t * 100_000;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    let o = one_streamed(addr, i);
+                    let o = one_streamed(addr, i, &key);
                     i += 1;
                     let refused = matches!(o, Outcome::Refused(..));
                     log.lock().unwrap_or_else(|e| e.into_inner()).push((t0, Instant::now(), o));
@@ -543,7 +546,7 @@ retries_max = 2
 fn disaggregated_pool_ships_kv_from_prefill_to_decode() {
     let c = start("mode = \"disaggregated\"\nprefill_nodes = [\"n1\"]", rules(100_000));
     let addr = c.port("n3", SYS);
-    let key = auth(PAID);
+    let key = auth(&c, PAID);
     // A prompt of several KV blocks; greedy, so the unified pool (same weights) must
     // produce the same text.
     let prompt = "The history of the bicycle begins in the early nineteenth century, when inventors in Europe \
@@ -588,19 +591,19 @@ fn thirty_two_long_prompts_at_once_disturb_no_one() {
         |c: &TestCluster| -> f64 { c.names.iter().map(|n| c.metric(n, "troupe_gossip_suspicions_total")).sum() };
     let before = suspicions(&c);
     let addr = c.port("n1", SYS);
+    let paid = auth(&c, PAID);
     let floods: Vec<_> = (0..32)
         .map(|i| {
             let n = if i % 2 == 0 { 1_000_000 } else { 300_000 };
             let body =
                 format!(r#"{{"model":"smollm2-135m","messages":[{{"role":"user","content":"{}"}}]}}"#, letters(n + i));
-            std::thread::spawn(move || {
-                request(addr, "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], &body)
-            })
+            let key = paid.clone();
+            std::thread::spawn(move || request(addr, "POST", "/v1/chat/completions", &[("Authorization", &key)], &body))
         })
         .collect();
     let normal = r#"{"model":"smollm2-135m-fast","messages":[{"role":"user","content":"Hi"}],"max_tokens":1}"#;
     let (code, body) =
-        request(c.port("n2", SYS), "POST", "/v1/chat/completions", &[("Authorization", &auth(PAID))], normal)
+        request(c.port("n2", SYS), "POST", "/v1/chat/completions", &[("Authorization", &auth(&c, PAID))], normal)
             .expect("request");
     assert_eq!(code, 200, "served while the long prompts arrive: {body}");
     for f in floods {

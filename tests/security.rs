@@ -135,6 +135,49 @@ fn only_the_authenticating_proxy_may_name_a_user() {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
+/// End users prove who they are with their own API key (the cluster's api-keys.toml):
+/// the key names the owner of the links it creates; another user's key cannot change
+/// them, a made-up key is refused with the reason, and the operator's admin token can
+/// take any link down.
+#[test]
+fn a_users_api_key_names_the_owner_of_their_links() {
+    let c = start();
+    let gw = c.port("n2", SHORTENER);
+    let alice = format!("Bearer {}", c.api_key("alice"));
+    let bob = format!("Bearer {}", c.api_key("bob"));
+    let r = wait_for("a create with alice's key", Duration::from_secs(20), || {
+        Some(call(gw, "POST", "/api/links", Some(&alice), &[], r#"{"url":"https://example.com/a","alias":"alices"}"#))
+            .filter(|r| r.status == 201)
+    });
+    assert!(r.body.contains("\"owned\":true"), "{}", r.body);
+    let patch = r#"{"url":"https://example.com/edited"}"#;
+    // Bob's valid key is not alice's: 403 with the reason, and nothing changes.
+    let r = call(gw, "PATCH", "/api/links/alices", Some(&bob), &[], patch);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("belongs to another user"), "{}", r.body);
+    // A made-up key: 401, and the reason says the key is not valid.
+    let fake = "Bearer sk-troupe-000000000000000000000000000000000000000000000000";
+    refused(
+        &call(gw, "PATCH", "/api/links/alices", Some(fake), &[], patch),
+        "the API key is not valid for this cluster",
+    );
+    refused(&call(gw, "POST", "/api/links", Some(fake), &[], r#"{"url":"https://example.com/f"}"#), "not valid");
+    // Without a credential the link cannot be managed either.
+    let r = call(gw, "DELETE", "/api/links/alices", None, &[], "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("send the API key of the user who created this link"), "{}", r.body);
+    let r = call(gw, "GET", "/api/links/alices", None, &[], "");
+    assert!(r.body.contains("https://example.com/a\""), "unchanged: {}", r.body);
+    // Alice manages her link.
+    assert_eq!(call(gw, "PATCH", "/api/links/alices", Some(&alice), &[], patch).status, 200);
+    assert_eq!(call(gw, "DELETE", "/api/links/alices", Some(&alice), &[], "").status, 204);
+    // The operator takes an anonymous link down with the admin token.
+    let r = call(gw, "POST", "/api/links", None, &[], r#"{"url":"https://example.com/spam","alias":"spam-link"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(call(gw, "DELETE", "/api/links/spam-link", Some(&alice), &[], "").status, 403);
+    assert_eq!(call(gw, "DELETE", "/api/links/spam-link", Some(&c.admin_auth()), &[], "").status, 204);
+}
+
 /// Rule changes are the operator's, and even the operator cannot drop by accident a rule
 /// that a running system names (`ip_rule = "shortener-create-ip"` in the URL shortener's
 /// gateway): the update is refused with the dependents, unless it says `?force=true`.

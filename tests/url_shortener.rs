@@ -27,7 +27,6 @@ ship_every_ms = 20
 create_per_ip = { limit = 100000, window_ms = 1000 }
 create_per_user = { limit = 3, window_ms = 600000 }
 blocked_domains = [".evil.example"]
-admin_token = "test-admin-token"
 "#;
 
 fn call(
@@ -213,7 +212,8 @@ fn http_api_end_to_end_on_three_nodes() {
     assert!(deleted.elapsed() <= stale_max, "delete took {:?} to reach every gateway", deleted.elapsed());
     // Anonymous links are immutable, except for the admin token (abuse takedowns).
     assert_eq!(must(g1, "DELETE", &format!("/api/links/{perm}"), &[], None).status, 403);
-    let admin = [("Authorization", "Bearer test-admin-token")];
+    let admin_auth = c.admin_auth();
+    let admin = [("Authorization", admin_auth.as_str())];
     assert_eq!(must(g1, "DELETE", &format!("/api/links/{perm}"), &admin, None).status, 204);
     // A deleted alias is never reused.
     assert_eq!(must(g1, "DELETE", "/api/links/summer-sale", &admin, None).status, 204);

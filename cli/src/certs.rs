@@ -1,4 +1,5 @@
-//! `troupe certs`: the cluster CA, node and client certificates, and the gossip key.
+//! `troupe certs`: the cluster CA, node and client certificates, the gossip key, the
+//! admin and service tokens, and the users' API keys.
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -6,9 +7,16 @@ use troupe_runtime::cluster::{seal, tls};
 
 #[derive(Subcommand)]
 pub enum CertsCmd {
-    /// Make the CA, a certificate per node, a CLI client certificate, the cluster key
-    /// and the admin token (whatever is missing).
+    /// Make the CA, a certificate per node, a CLI client certificate, the cluster key,
+    /// the admin and service tokens and the development API keys (whatever is missing).
     Init {
+        #[arg(long, default_value = "cluster.toml")]
+        cluster: PathBuf,
+    },
+    /// Print a user's API key from api-keys.toml beside the cluster key, e.g.
+    /// `curl -H "Authorization: Bearer $(troupe certs api-key alice)"`.
+    ApiKey {
+        user: String,
         #[arg(long, default_value = "cluster.toml")]
         cluster: PathBuf,
     },
@@ -40,6 +48,10 @@ pub fn ensure(cluster: &troupe_runtime::ClusterConfig) -> anyhow::Result<Vec<Pat
             made.push(token);
         }
     }
+    let keys = troupe_runtime::cluster::api_keys::path(&cluster.key_file);
+    if troupe_runtime::cluster::api_keys::ensure(&keys)? {
+        made.push(keys);
+    }
     Ok(made)
 }
 
@@ -54,6 +66,13 @@ pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {
             for f in made {
                 println!("created {}", f.display());
             }
+            Ok(())
+        }
+        CertsCmd::ApiKey { user, cluster } => {
+            let loaded = super::load(&cluster)?;
+            let key = troupe_runtime::cluster::api_keys::from_file(&user, &loaded.cluster.key_file)
+                .map_err(anyhow::Error::msg)?;
+            println!("{key}");
             Ok(())
         }
         CertsCmd::Client { name, admin, cluster } => {

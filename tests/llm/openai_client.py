@@ -5,7 +5,7 @@ Streams a chat completion (with usage), makes a non-streamed one and a legacy co
 lists the models, and checks that errors come back as the client's typed exceptions.
 Prints one JSON line with what it saw; exits non-zero on any mismatch.
 
-    python3 tests/llm/openai_client.py --base-url http://127.0.0.1:8000/v1 --api-key sk-troupe-dev-paid
+    python3 tests/llm/openai_client.py --base-url http://127.0.0.1:8000/v1 --api-key "$(troupe certs api-key alice)"
 """
 
 import argparse

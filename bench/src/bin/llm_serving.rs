@@ -16,7 +16,7 @@
 //! --target troupe,http://127.0.0.1:8080,ignore_eos --target llama.cpp,http://127.0.0.1:8081,min_tokens
 //! [--rates 0.5,1,2,4] [--duration-s 40] [--grace-s 30] [--max-requests 120] [--seed 1]
 //! [--prompt 32,128,512] [--output 16,64,256] [--sigma 0.8] [--ttft-slo-ms 200]
-//! [--tpot-slo-ms 50] [--relaxed-slo-ms 1000,100] [--api-key sk-troupe-dev-paid] [--model smollm2-135m]
+//! [--tpot-slo-ms 50] [--relaxed-slo-ms 1000,100] [--api-key KEY (default: $TROUPE_API_KEY, else alice's in .troupe/api-keys.toml)] [--model smollm2-135m]
 //! [--out llm-serving] [--note key=value]...`
 //!
 //! `--prompt`/`--output` are min,median,max tokens of a lognormal clamped to [min, max].
@@ -101,7 +101,7 @@ fn args() -> anyhow::Result<Args> {
         seed: 1,
         model_file: PathBuf::new(),
         model: "smollm2-135m".into(),
-        api_key: "sk-troupe-dev-paid".into(),
+        api_key: String::new(),
         prompt: (32, 128.0, 512),
         output: (16, 64.0, 256),
         sigma: 0.8,
@@ -140,6 +140,14 @@ fn args() -> anyhow::Result<Args> {
             }
             other => bail!("unknown flag {other}; see the module docs"),
         }
+    }
+    if a.api_key.is_empty() {
+        // The cluster's development user, found the documented way (docs/operations.md).
+        let key_file = std::path::Path::new(".troupe/cluster.key");
+        a.api_key = troupe_runtime::cluster::api_keys::for_client("alice", key_file).unwrap_or_else(|e| {
+            eprintln!("warning: no API key for troupe targets: {e}");
+            String::new()
+        });
     }
     anyhow::ensure!(!a.targets.is_empty(), "give at least one --target");
     anyhow::ensure!(a.model_file.exists(), "--model-file {} not found", a.model_file.display());

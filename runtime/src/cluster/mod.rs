@@ -14,6 +14,7 @@
 //!   each change before it is broadcast).
 
 pub use troupe_core::chaos;
+pub mod api_keys;
 pub(crate) mod client;
 pub(crate) mod gossip;
 pub(crate) mod inbound;

@@ -13,6 +13,7 @@
 //! by a node and never committed; the environment variable overrides the file for
 //! clients. A node compares SHA-256 digests in constant time.
 
+use super::api_keys::digest;
 use std::path::{Path, PathBuf};
 
 /// Bytes of a token (hex: twice as many characters).
@@ -105,13 +106,6 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-fn digest(s: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 /// The token of a `Bearer` header value, if it is one.
 fn bearer(authorization: Option<&str>) -> Option<&str> {
     let v = authorization?.trim();
@@ -159,25 +153,51 @@ impl Verifier {
     }
 }
 
-/// A cluster's tokens, as a node checks requests.
+/// A cluster's tokens and its users' API keys, as a node checks requests.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     admin: Verifier,
     service: Verifier,
+    api_keys: super::api_keys::ApiKeys,
 }
 
 impl Credentials {
-    /// The tokens beside `key_file` (read once).
+    /// The tokens and API keys beside `key_file` (read once).
     pub fn load(key_file: &Path) -> Credentials {
         Credentials {
             admin: Verifier::load(Role::Admin, &path(Role::Admin, key_file)),
             service: Verifier::load(Role::Service, &path(Role::Service, key_file)),
+            api_keys: super::api_keys::ApiKeys::load(&super::api_keys::path(key_file)),
         }
     }
 
-    /// From the tokens themselves (in-process tests and labs).
+    /// From the tokens themselves (in-process tests and labs); no API keys.
     pub fn of(admin: &str, service: &str) -> Credentials {
-        Credentials { admin: Verifier::of(Role::Admin, admin), service: Verifier::of(Role::Service, service) }
+        Credentials {
+            admin: Verifier::of(Role::Admin, admin),
+            service: Verifier::of(Role::Service, service),
+            api_keys: super::api_keys::ApiKeys::default(),
+        }
+    }
+
+    /// The same, with these API keys.
+    pub fn with_api_keys(mut self, keys: super::api_keys::ApiKeys) -> Credentials {
+        self.api_keys = keys;
+        self
+    }
+
+    /// The users' API keys.
+    pub fn api_keys(&self) -> &super::api_keys::ApiKeys {
+        &self.api_keys
+    }
+
+    /// The account whose API key `authorization` carries as a bearer token, `Ok(None)`
+    /// when it carries no bearer token, or the reason the key is refused.
+    pub fn account(&self, authorization: Option<&str>) -> Result<Option<&super::api_keys::Account>, String> {
+        match bearer(authorization) {
+            None => Ok(None),
+            Some(key) => self.api_keys.account_of(key).map(Some),
+        }
     }
 
     /// Whether `authorization` carries a token of `need` (the admin token also passes

@@ -206,6 +206,27 @@ impl TestCluster {
         self.bearer("admin.token")
     }
 
+    /// The API key of one of the cluster's users (`alice`, `bob`, `carol` in the
+    /// development `api-keys.toml` the cluster starts with).
+    pub fn api_key(&self, user: &str) -> String {
+        let p = self.dir.join(".troupe").join("api-keys.toml");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        // The file `troupe certs init` writes: `key = "…"` then `user = "…"` per [[key]].
+        let value = |line: &str, name: &str| {
+            let rest = line.trim().strip_prefix(name)?.trim_start().strip_prefix('=')?.trim();
+            Some(rest.trim_matches('"').to_string())
+        };
+        let mut key = None;
+        for line in text.lines() {
+            if let Some(k) = value(line, "key") {
+                key = Some(k);
+            } else if value(line, "user").as_deref() == Some(user) {
+                return key.unwrap_or_else(|| panic!("{}: user {user} has no key line", p.display()));
+            }
+        }
+        panic!("{} has no key for user {user}", p.display())
+    }
+
     fn bearer(&self, file: &str) -> String {
         let p = self.dir.join(".troupe").join(file);
         let t = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));

@@ -161,9 +161,9 @@ pub fn may_manage(rec: &LinkRecord, by: &Requester) -> Result<(), String> {
     match (&rec.owner, &by.user) {
         (Some(owner), Some(user)) if owner == user => Ok(()),
         (Some(_), Some(_)) => Err("this link belongs to another user".into()),
-        (Some(_), None) => Err("send the X-User-Id of the user who created this link".into()),
+        (Some(_), None) => Err("send the API key of the user who created this link".into()),
         (None, _) => {
-            Err("anonymous links cannot be changed or deleted; create links with an X-User-Id to manage them".into())
+            Err("anonymous links cannot be changed or deleted; create links with your API key to manage them".into())
         }
     }
 }

@@ -77,12 +77,26 @@ fn auth(app: &App, headers: &HeaderMap) -> Result<Account, ApiError> {
         ));
     };
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or("").trim();
-    match app.keys.get(key) {
-        Some(a) => Ok(a.clone()),
-        None => {
-            let shown: String =
-                if key.len() > 8 { format!("{}...{}", &key[..3], &key[key.len() - 4..]) } else { "***".into() };
-            Err(unauthorized(format!("Incorrect API key provided: {shown}."), Some("invalid_api_key")))
+    match app.keys.account_of(key) {
+        Ok(a) => match a.tier.as_str() {
+            "paid" => Ok(Account { user: a.user.clone(), org: a.org.clone(), tier: Tier::Paid }),
+            "free" => Ok(Account { user: a.user.clone(), org: a.org.clone(), tier: Tier::Free }),
+            other => Err(ApiError::status(
+                403,
+                "permission_error",
+                Some("unknown_tier"),
+                format!(
+                    "this API key's tier `{other}` is not one this server serves (free, paid); ask the operator to fix api-keys.toml"
+                ),
+            )),
+        },
+        Err(why) => {
+            let shown: String = if key.len() > 8 && key.is_char_boundary(3) && key.is_char_boundary(key.len() - 4) {
+                format!("{}...{}", &key[..3], &key[key.len() - 4..])
+            } else {
+                "***".into()
+            };
+            Err(unauthorized(format!("Incorrect API key provided: {shown} ({why})."), Some("invalid_api_key")))
         }
     }
 }

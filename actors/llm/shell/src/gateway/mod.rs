@@ -32,6 +32,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use troupe_limiter_shell::{Limiter, LimiterError};
 use troupe_llm::{ChatTemplate, Tokenizer};
+use troupe_runtime::cluster::api_keys::{Account as ApiAccount, ApiKeys};
 use troupe_runtime::{
     ActorError, ActorHandle, ActorPath, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Reply, ReplyOf, fail,
 };
@@ -68,7 +69,9 @@ pub struct App {
     pub node: Node,
     pub params: GatewayParams,
     pub models: Vec<Arc<Model>>,
-    pub keys: HashMap<String, Account>,
+    /// Who may call, by API key; no keys at all (an api-keys.toml without any) =
+    /// anyone, as `anonymous` on the free tier.
+    pub keys: ApiKeys,
     pub limiter: Option<Limiter>,
     pub breakers: Mutex<HashMap<String, Breaker>>,
     pub router: ActorHandle<RouterProto>,
@@ -134,11 +137,13 @@ impl App {
         } else {
             None
         };
-        let keys = params
-            .api_keys
-            .iter()
-            .map(|k| (k.key.clone(), Account { user: k.user.clone(), org: k.org.clone(), tier: k.tier }))
-            .collect();
+        // The cluster's API keys (`api-keys.toml` beside the cluster key), plus any a
+        // deployment lists in this topology's parameters.
+        let mut keys = node.credentials().api_keys().clone();
+        keys.extend(params.api_keys.iter().map(|k| {
+            let tier = if k.tier == Tier::Paid { "paid" } else { "free" };
+            (k.key.clone(), ApiAccount { user: k.user.clone(), org: k.org.clone(), tier: tier.into() })
+        }));
         let rp: Option<RouterParams> = kind_params(node.loaded(), super::config::ROUTER_KIND);
         let router = ActorPath::new(SYSTEM, super::config::ROUTER_KIND, node.name()).map_err(|e| e.to_string())?;
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
+use troupe_runtime::cluster::tokens::Role;
 use troupe_runtime::{ActorHandle, ActorPath, RemoteError};
 use troupe_shortener::abuse::AbusePolicy;
 use troupe_shortener::validate::{ExpiryError, check_expiry, parse_expiry, validate_alias, validate_url};
@@ -198,13 +199,29 @@ fn body_or_error(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Byte
     })
 }
 
-/// `X-User-Id`: who the request is for, set by the authenticating proxy in front. The
-/// proxy proves it is one with the cluster's service token; a request that names a user
-/// without it is refused (anyone can set a header).
+/// Who the request is for:
+/// - a user's API key (`Authorization: Bearer sk-…`, from the cluster's api-keys.toml)
+///   names that user;
+/// - `X-User-Id`, set by an authenticating proxy in front, counts only when the proxy
+///   proves it is one with the cluster's service token (anyone can set a header);
+/// - neither: anonymous.
 fn user_of(s: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("x-user-id") else { return Ok(None) };
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if let Err(why) = s.credentials.check(troupe_runtime::cluster::tokens::Role::Service, auth) {
+    let Some(v) = headers.get("x-user-id") else {
+        return match s.credentials.account(auth) {
+            Ok(account) => Ok(account.map(|a| a.user.clone())),
+            // The proxy's own token without a user: an anonymous request through it.
+            Err(_) if s.credentials.check(Role::Service, auth).is_ok() => Ok(None),
+            Err(why) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!(
+                    "{why}: send your API key as `Authorization: Bearer <key>` (`troupe certs api-key USER`), or no Authorization header for an anonymous link"
+                ),
+            )),
+        };
+    };
+    if let Err(why) = s.credentials.check(Role::Service, auth) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -212,6 +229,11 @@ fn user_of(s: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError> 
                 "X-User-Id is accepted only from the authenticating proxy, which presents the service token: {why}"
             ),
         ));
+    }
+    // A proxy that appends its header instead of replacing the client's would let the
+    // client's own come first: name one user or none.
+    if headers.get_all("x-user-id").iter().count() > 1 {
+        return Err(ApiError::bad_request("invalid_user", "send one X-User-Id header, not several"));
     }
     let u = v.to_str().unwrap_or("");
     let ok = (1..=64).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
@@ -223,15 +245,10 @@ fn user_of(s: &Shared, headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 }
 
 fn requester(s: &Shared, headers: &HeaderMap) -> Result<Requester, ApiError> {
-    let admin = !s.params.admin_token.is_empty()
-        && headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            v.strip_prefix("Bearer ").is_some_and(|t| constant_time_eq(t.as_bytes(), s.params.admin_token.as_bytes()))
-        });
+    // The cluster's admin token may edit or delete any link (abuse takedowns).
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let admin = auth.is_some() && s.credentials.check(Role::Admin, auth).is_ok();
     Ok(Requester { user: if admin { None } else { user_of(s, headers)? }, admin })
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A validated, screened target URL.
@@ -472,12 +489,5 @@ mod tests {
         assert!(parse_expires(&j("\"soon\""), now, 1_000).is_err());
         assert!(parse_expires(&j("true"), now, 1_000).is_err());
         assert!(parse_expires(&j(&(now - 1).to_string()), now, 1_000).is_err());
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -83,9 +83,6 @@ pub struct GatewayParams {
     /// The geo range file; default `$TROUPE_GEO_DB` or actors/shortener/data/geo-country.bin.
     #[serde(default)]
     pub geo_db: Option<String>,
-    /// Bearer token that may delete or edit any link (abuse takedowns); empty = none.
-    #[serde(default)]
-    pub admin_token: String,
     /// Base of the `short_url` in answers, e.g. `https://sho.rt`; default from `Host`.
     #[serde(default)]
     pub public_base_url: Option<String>,
