@@ -47,6 +47,8 @@ pub struct MembershipTuning {
     pub suspect_to_down_ms: u64,
     pub remove_down_after_ms: u64,
     pub indirect_probes: u64,
+    /// Largest gossip datagram, bytes. The shell gives foca what is left after the
+    /// seal, the node's certificate and its signature (about 490 bytes).
     pub packet_bytes_max: u64,
     pub gossip_period_ms: u64,
     pub join_retry_ms: u64,
@@ -144,6 +146,47 @@ impl foca::Codec<NodeId> for BinCodec {
 /// The sender named in a gossip payload's header (for chaos rules in the shell).
 pub fn packet_sender(payload: &[u8]) -> Option<String> {
     troupe_wire::codec::decode_prefix::<Header<NodeId>>(payload).ok().map(|(h, _)| h.src.name)
+}
+
+/// Every member identity a gossip payload names, as foca will read them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacketIds {
+    /// Who the header says sent it.
+    pub src: NodeId,
+    /// Whom the header says it is for.
+    pub dst: NodeId,
+    /// The probe's target or origin (indirect probes) and every piggybacked member
+    /// update.
+    pub others: Vec<NodeId>,
+}
+
+/// The identities in a gossip payload (foca's layout: the header, then a big-endian
+/// `u16` count of member updates and the updates); `None` when it does not decode,
+/// which foca would refuse too.
+pub fn packet_identities(payload: &[u8]) -> Option<PacketIds> {
+    use troupe_wire::codec::decode_prefix;
+    let (header, used) = decode_prefix::<Header<NodeId>>(payload).ok()?;
+    let mut others = Vec::new();
+    match &header.message {
+        foca::Message::PingReq { target, .. } | foca::Message::IndirectAck { target, .. } => {
+            others.push(target.clone())
+        }
+        foca::Message::IndirectPing { origin, .. } | foca::Message::ForwardedAck { origin, .. } => {
+            others.push(origin.clone())
+        }
+        _ => {}
+    }
+    let mut rest = &payload[used..];
+    if rest.len() >= 2 && header.message != foca::Message::Broadcast {
+        let n = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        for _ in 0..n {
+            let (m, used) = decode_prefix::<foca::Member<NodeId>>(rest).ok()?;
+            others.push(m.id().clone());
+            rest = &rest[used..];
+        }
+    }
+    Some(PacketIds { src: header.src, dst: header.dst, others })
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -101,11 +101,11 @@ impl Cluster {
             .collect();
         let gcfg = GossipConfig {
             me: my_id,
-            members: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            members: cfg.nodes.iter().map(|n| (n.name.clone(), n.gossip)).collect(),
             seeds,
             tuning: cfg.membership.clone(),
             cluster_size: cfg.nodes.len(),
-            sealer: seal::Sealer::new(&key, &cfg.name),
+            sealer: seal::Sealer::new(&key, &cfg.name, seal::GossipIdentity::new(&id).map_err(err)?),
             listener: Some({
                 let t = transport.clone();
                 Arc::new(move |e: &gossip::MemberEvent| t.note_member(&e.name, e.epoch, e.state))

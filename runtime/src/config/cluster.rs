@@ -264,7 +264,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                     "milliseconds",
                 ),
                 indirect_probes: m.u64_in("indirect_probes", d.indirect_probes, 1, 16, "members"),
-                packet_bytes_max: m.u64_in("packet_bytes_max", d.packet_bytes_max, 512, 65_000, "bytes"),
+                packet_bytes_max: m.u64_in("packet_bytes_max", d.packet_bytes_max, 1024, 65_000, "bytes"),
                 gossip_period_ms: m.u64_in("gossip_period_ms", d.gossip_period_ms, 10, 60_000, "milliseconds"),
                 join_retry_ms: m.u64_in("join_retry_ms", d.join_retry_ms, 10, 60_000, "milliseconds"),
                 local_health_max: m.u64_in("local_health_max", d.local_health_max, 0, 64, "probe periods"),
