@@ -76,6 +76,13 @@ pub fn run(a: UpArgs) -> anyhow::Result<()> {
             "dev mode: created the cluster's CA, node certificates and key in {}",
             loaded.cluster.tls_dir.display()
         );
+        let keys = troupe_runtime::cluster::api_keys::path(&loaded.cluster.key_file);
+        if made.contains(&keys) {
+            println!(
+                "dev mode: created API keys for alice, bob and carol in {} (0600); `troupe certs api-key alice` prints hers",
+                keys.display()
+            );
+        }
     }
     // What the systems need before any node starts (models, data files), once, here.
     for s in crate::systems() {
