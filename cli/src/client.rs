@@ -42,7 +42,7 @@ pub fn into_anyhow(e: ClientError) -> anyhow::Error {
 
 #[derive(Args)]
 pub struct RequestArgs {
-    /// Actor path: /<system>/<kind>/<key> (`troupe tree` lists them).
+    /// Actor path: `/<system>/<kind>/<key>` (`troupe tree` lists them).
     pub path: String,
     /// The message as JSON, e.g. '{"Put":{"value":"world"}}' or '"Get"'.
     pub json: String,

@@ -4,7 +4,7 @@
 //! TTFT, TPOT, ITL and end-to-end latency (p50/p99), output tokens/s, requests/s and
 //! goodput (requests/s meeting TTFT ≤ `--ttft-slo-ms` AND TPOT ≤ `--tpot-slo-ms`).
 //! Rates run against every target in turn (the order alternates per rate), with the same
-//! prompts and the same arrival times for each. Writes bench/results/<out>.json, .md and
+//! prompts and the same arrival times for each. Writes `bench/results/<out>.json`, `.md` and
 //! two plots (goodput and TTFT p99 against the rate).
 //!
 //! Lengths are controlled: prompts are random words cut to an exact token count with the

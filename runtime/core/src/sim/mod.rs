@@ -10,7 +10,7 @@
 //!   alive in its current incarnation, and every stopped node down or gone;
 //! - a node never holds itself down, and no event names a member outside the cluster.
 //!
-//! - no acknowledged write is lost: clients write to and read replicated logs ([`kv`])
+//! - no acknowledged write is lost: clients write to and read replicated logs (`kv.rs`)
 //!   through the real directory and replication decisions; after the faults end,
 //!   every node restarts, and every key read through its owner must hold every write
 //!   that was ever acknowledged;

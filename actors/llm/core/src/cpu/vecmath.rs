@@ -129,7 +129,7 @@ fn has_avx512() -> bool {
     false
 }
 
-/// xs[i] = exp(xs[i]).
+/// `xs[i] = exp(xs[i])`.
 pub fn exp_inplace(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
@@ -139,7 +139,7 @@ pub fn exp_inplace(xs: &mut [f32]) {
     base::exp(xs)
 }
 
-/// out[i] = silu(g[i]) * u[i].
+/// `out[i] = silu(g[i]) * u[i]`.
 pub fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {

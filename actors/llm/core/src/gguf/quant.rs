@@ -1,8 +1,8 @@
 //! ggml tensor types we read, their block layouts, and reference dequantization.
 //!
 //! Layouts (ggml `block_*`, little-endian, packed):
-//! - Q4_0: f16 d, 16 bytes of nibbles; x[j] = (lo(q[j]) - 8) d, x[j+16] = (hi(q[j]) - 8) d
-//! - Q4_1: f16 d, f16 m, 16 bytes; x[j] = lo(q[j]) d + m, x[j+16] = hi(q[j]) d + m
+//! - Q4_0: f16 d, 16 bytes of nibbles; `x[j] = (lo(q[j]) - 8) d`, `x[j+16] = (hi(q[j]) - 8) d`
+//! - Q4_1: f16 d, f16 m, 16 bytes; `x[j] = lo(q[j]) d + m`, `x[j+16] = hi(q[j]) d + m`
 //! - Q8_0: f16 d, 32 i8; x = q d
 //! - Q8_1: f16 d, f16 s (= d Σq, unused here), 32 i8; x = q d
 //!
