@@ -120,7 +120,7 @@ async fn handle(
     State(st): State<RouteState>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let route = &st.route;
     // The route's credential first, before the request is looked at.
@@ -130,6 +130,17 @@ async fn handle(
             return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": why }))).into_response();
         }
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let why = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the request body is over {BODY_BYTES_MAX} bytes")
+            } else {
+                format!("the request body could not be read: {}", e.body_text())
+            };
+            return (e.status(), Json(serde_json::json!({ "error": why }))).into_response();
+        }
+    };
     let key = fill(&route.key, &params);
     let path = match ActorPath::new(&st.system, &route.kind, &key) {
         Ok(p) => p,

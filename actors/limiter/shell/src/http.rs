@@ -124,7 +124,7 @@ fn limiter_error(e: LimiterError) -> Response {
 
 async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, Response> {
     axum::body::to_bytes(body, max).await.map_err(|_| {
-        error(StatusCode::BAD_REQUEST, format!("the request body is larger than {max} bytes (body_bytes_max)"))
+        error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {max} bytes (body_bytes_max)"))
     })
 }
 

@@ -274,7 +274,9 @@ pub fn parse_expires(v: &serde_json::Value, now: u64, min_ahead_ms: u64) -> Resu
             None => {
                 return Err(ApiError::bad_request(
                     "invalid_expiry",
-                    "expires in Unix milliseconds must be a whole number",
+                    format!(
+                        "expires in Unix milliseconds must be a whole number from now to ten years ahead, got {n}; or send a duration such as \"30d\""
+                    ),
                 ));
             }
         },
