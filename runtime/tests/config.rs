@@ -234,6 +234,21 @@ fn role_that_no_node_has_is_a_placement_error() {
 }
 
 #[test]
+fn a_kind_placed_by_label_needs_a_node_with_it_and_roles_cannot_look_like_labels() {
+    let by_label = ECHO.replace("placement = \"sharded\"", "placement = \"sharded\"\nrole = \"zone=b\"");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &by_label)]));
+    assert!(text.contains("runs on nodes with label `zone=b`, and no node has it"), "{text}");
+    assert!(text.contains("add `zone = \"b\"` to the [nodes.labels]"), "{text}");
+    let labelled = format!("{CLUSTER}labels = {{ zone = \"b\", rack = \"r7\" }}\n");
+    let l = load(&labelled, &[("echo", &by_label)]).unwrap();
+    let n1 = l.cluster.node("n1").unwrap();
+    assert_eq!(n1.placement_roles, vec!["gateway".to_string(), "rack=r7".into(), "zone=b".into()]);
+    let (_, text) =
+        only_error(load(&CLUSTER.replace("roles = [\"gateway\"]", "roles = [\"zone=b\"]"), &[("echo", ECHO)]));
+    assert!(text.contains("role `zone=b` has a `=`") && text.contains("[nodes.labels]"), "{text}");
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let bad = ECHO.replace("test.echo", "nope").replace("mailbox_cap = 16", "mailbox_cap = -1\ncolour = \"blue\"");
     let c = CLUSTER.replace("name = \"t\"", "name = \"t\"\nsytems_dir = \"x\"");

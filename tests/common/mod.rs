@@ -48,6 +48,7 @@ impl From<Options> for troupe_testkit::Options {
             probe_rtt_ms: o.probe_rtt_ms,
             suspect_to_down_ms: o.suspect_to_down_ms,
             extra: o.extra,
+            labels: Vec::new(),
         }
     }
 }

@@ -114,8 +114,11 @@ impl Cluster {
         let gossip = Gossip::start(gcfg, metrics, chaos.clone())
             .await
             .map_err(|e| err(format!("cannot bind gossip socket {}: {e}", me.gossip)))?;
-        let roles =
-            cfg.nodes.iter().map(|n| (n.name.clone(), (n.roles.clone(), n.weight, n.addr.to_string()))).collect();
+        let roles = cfg
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), (n.placement_roles.clone(), n.weight, n.addr.to_string())))
+            .collect();
         let cluster = Arc::new(Cluster {
             me: me.name.clone(),
             gossip,

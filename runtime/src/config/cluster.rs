@@ -57,8 +57,12 @@ pub struct NodeSpec {
     pub admin: SocketAddr,
     /// Roles this node plays; kinds placed by role run only on nodes that have it.
     pub roles: Vec<String>,
-    /// Free-form `[nodes.labels]` key/value strings.
+    /// Free-form `[nodes.labels]` key/value strings (region, rack, host...). A kind
+    /// whose `role` is `"key=value"` runs only on nodes with that label.
     pub labels: BTreeMap<String, String>,
+    /// What placement matches a kind's `role` against: the roles, then each label as
+    /// `key=value`.
+    pub placement_roles: Vec<String>,
     /// GPUs declared in `[[nodes.gpus]]`.
     pub gpus: Vec<GpuSpec>,
     /// Relative capacity for weighted placement.
@@ -134,10 +138,10 @@ impl Default for TransportTuning {
 /// from them.
 impl troupe_core::directory::Roster for ClusterConfig {
     fn roles(&self, node: &str) -> Option<&[String]> {
-        self.node(node).map(|n| n.roles.as_slice())
+        self.node(node).map(|n| n.placement_roles.as_slice())
     }
     fn members(&self) -> Vec<(&str, &[String], f64)> {
-        self.nodes.iter().map(|n| (n.name.as_str(), n.roles.as_slice(), n.weight)).collect()
+        self.nodes.iter().map(|n| (n.name.as_str(), n.placement_roles.as_slice(), n.weight)).collect()
     }
 }
 
@@ -178,6 +182,7 @@ impl ClusterConfig {
                 gossip: any,
                 admin: any,
                 roles: Vec::new(),
+                placement_roles: Vec::new(),
                 labels: BTreeMap::new(),
                 gpus: Vec::new(),
                 weight: 1.0,
@@ -346,6 +351,13 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         }
         let (a, g, ad) = (addr(&n, "addr"), addr(&n, "gossip"), addr(&n, "admin"));
         let roles = n.strs("roles");
+        if let Some(r) = roles.iter().find(|r| r.contains('=')) {
+            n.error(
+                "roles",
+                format!("role `{r}` has a `=`, which marks a label in a kind's `role`"),
+                Some("put key/value facts about a node in [nodes.labels]".into()),
+            );
+        }
         let labels = match n.table("labels") {
             None => BTreeMap::new(),
             Some(l) => {
@@ -358,6 +370,8 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                 out
             }
         };
+        let placement_roles: Vec<String> =
+            roles.iter().cloned().chain(labels.iter().map(|(k, v)| format!("{k}={v}"))).collect();
         let gpus = n
             .tables("gpus")
             .into_iter()
@@ -385,7 +399,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         };
         n.finish();
         if let (Some(name), Some(addr), Some(gossip), Some(admin)) = (name, a, g, ad) {
-            nodes.push(NodeSpec { name, addr, gossip, admin, roles, labels, gpus, weight, ports });
+            nodes.push(NodeSpec { name, addr, gossip, admin, roles, labels, placement_roles, gpus, weight, ports });
         }
     }
 

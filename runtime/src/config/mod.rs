@@ -100,14 +100,27 @@ pub fn load_topologies(
             }
             for (j, k) in t.kinds.iter().enumerate() {
                 if let Some(role) = &k.role
-                    && !cluster.nodes.iter().any(|n| n.roles.contains(role))
+                    && !cluster.nodes.iter().any(|n| n.placement_roles.contains(role))
                 {
                     let _ = j;
+                    let (what, fix) = match role.split_once('=') {
+                        Some((key, value)) => (
+                            format!("label `{role}`"),
+                            format!(
+                                "add `{key} = \"{value}\"` to the [nodes.labels] of a node in {}",
+                                cluster.file.display()
+                            ),
+                        ),
+                        None => (
+                            format!("role `{role}`"),
+                            format!("add \"{role}\" to the `roles` of a node in {}", cluster.file.display()),
+                        ),
+                    };
                     doc.error(
                         diags,
                         &format!("kinds.{}.role", k.name),
-                        format!("kind `{}` runs on nodes with role `{role}`, and no node has it", k.name),
-                        Some(format!("add \"{role}\" to the `roles` of a node in {}", cluster.file.display())),
+                        format!("kind `{}` runs on nodes with {what}, and no node has it", k.name),
+                        Some(fix),
                     );
                 }
             }

@@ -236,7 +236,9 @@ impl Node {
     pub(super) fn has_role(&self, role: Option<&str>) -> bool {
         match role {
             None => true,
-            Some(r) => self.0.loaded.cluster.node(&self.0.name).is_some_and(|n| n.roles.iter().any(|x| x == r)),
+            Some(r) => {
+                self.0.loaded.cluster.node(&self.0.name).is_some_and(|n| n.placement_roles.iter().any(|x| x == r))
+            }
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Options {
     pub suspect_to_down_ms: u64,
     /// More cluster-file text, placed after the generated sections (e.g. `[overrides...]`).
     pub extra: String,
+    /// `[nodes.labels]` per node: (node, key, value).
+    pub labels: Vec<(String, String, String)>,
 }
 
 impl Default for Options {
@@ -100,6 +102,7 @@ impl Default for Options {
             probe_rtt_ms: 150,
             suspect_to_down_ms: 900,
             extra: String::new(),
+            labels: Vec::new(),
         }
     }
 }
@@ -128,14 +131,21 @@ impl TestCluster {
             let systems: BTreeMap<String, u16> = opts.systems.iter().map(|s| (s.to_string(), free_port())).collect();
             let p = NodePorts { quic: free_port(), gossip: free_port(), admin: free_port(), systems };
             let listeners: Vec<String> = p.systems.iter().map(|(s, port)| format!("\"{s}\" = {port}")).collect();
+            let labels: Vec<String> = opts
+                .labels
+                .iter()
+                .filter(|(node, _, _)| node == n)
+                .map(|(_, k, v)| format!("\"{k}\" = \"{v}\""))
+                .collect();
             // Every node is a gateway and may host GPU workers (a system with GPU
             // work falls back to its CPU path where there is no GPU).
             nodes_toml.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ {} }}\n\n",
+                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ {} }}\nlabels = {{ {} }}\n\n",
                 p.quic,
                 p.gossip,
                 p.admin,
-                listeners.join(", ")
+                listeners.join(", "),
+                labels.join(", ")
             ));
             ports.insert(n.clone(), p);
         }

@@ -1,0 +1,68 @@
+//! Node labels in placement: a kind whose `role` is `"key=value"` runs only on nodes
+//! whose `[nodes.labels]` carry that label (docs/writing-a-system.md,
+//! placements), on real processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use troupe_client::{Client, ClientConfig};
+use troupe_diag::{Counter, CounterMsg, CounterReply};
+use troupe_runtime::ActorPath;
+use troupe_testkit::TestCluster;
+
+/// The diag system with both kinds kept to nodes labelled `zone = "b"`.
+const TOPOLOGY: &str = r#"
+[system]
+name = "diag"
+description = "diag, placed by label"
+
+[kinds.counter]
+factory = "diag.counter"
+placement = "per_node"
+role = "zone=b"
+
+[kinds.shard]
+factory = "diag.counter"
+placement = "sharded"
+role = "zone=b"
+"#;
+
+#[test]
+fn a_kind_placed_by_label_runs_only_on_labelled_nodes() {
+    let dir = std::env::temp_dir().join(format!("troupe-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("diag.toml"), TOPOLOGY).unwrap();
+    let label = |n: &str, zone: &str| (n.to_string(), "zone".to_string(), zone.to_string());
+    let c = TestCluster::start(troupe_testkit::Options {
+        bin: common::BIN.into(),
+        topologies: dir.clone(),
+        systems: vec!["diag".into()],
+        labels: vec![label("n1", "a"), label("n2", "b"), label("n3", "b")],
+        ..troupe_testkit::Options::default()
+    });
+    c.wait_converged(&[], Duration::from_secs(30));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg = ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap().prefer("n1");
+        let client = Client::connect(cfg).await.unwrap();
+        // Sharded entities land on n2 and n3 only, wherever the request enters.
+        let mut hosts = BTreeSet::new();
+        for i in 0..24 {
+            let path = ActorPath::new("diag", "shard", &format!("k{i}")).unwrap();
+            match client.ask::<Counter>(&path, &CounterMsg::Get).await.unwrap() {
+                CounterReply::Count { node, .. } => hosts.insert(node),
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        assert_eq!(hosts, BTreeSet::from(["n2".to_string(), "n3".to_string()]), "shards landed on {hosts:?}");
+        // The per-node kind exists on the labelled nodes; n1's is refused with why.
+        let on = |n: &str| ActorPath::new("diag", "counter", n).unwrap();
+        assert!(client.ask::<Counter>(&on("n2"), &CounterMsg::Get).await.is_ok());
+        let err = client.ask::<Counter>(&on("n1"), &CounterMsg::Get).await.expect_err("n1 has no zone=b");
+        assert!(err.to_string().contains("does not have role `zone=b`"), "{err}");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
