@@ -38,9 +38,10 @@ pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_t
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};
 pub use handle::ActorHandle;
 pub use node::KindRegistry;
-pub use node::{Node, NodeError};
+pub use node::{MemberChange, MemberEvents, Node, NodeError};
 pub use reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 pub use store::{Recovered, Store, StoreError, WriteOp};
+pub use troupe_core::membership::MemberEvent;
 pub use troupe_core::replication::{Term, Terms};
 pub use troupe_wire as wire;
 pub use troupe_wire::{ActorPath, Protocol, RemoteError};

@@ -249,6 +249,37 @@ async fn start_cluster(test: &str) -> (PathBuf, Children, Node) {
     (dir, children, n1)
 }
 
+/// The public membership subscription: a subscriber on n1 sees n3 go down after its
+/// process is killed, with n3's boot epoch, and only after n1's view shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_a_killed_member_go_down() {
+    let (dir, mut children, n1) = start_cluster("member-events").await;
+    let mut events = n1.member_events().expect("a clustered node has member events");
+    let epoch = n1.members().iter().find(|m| m.name == "n3").map(|m| m.epoch).expect("n3 is a member");
+    children.kill("n3");
+    let limit = Duration::from_millis(10 * (PROBE_PERIOD_MS + PROBE_RTT_MS + SUSPECT_TO_DOWN_MS));
+    let down = tokio::time::timeout(limit, async {
+        while let Some(change) = events.next().await {
+            if let troupe_runtime::MemberChange::Changed(e) = change
+                && e.name == "n3"
+                && e.state == MemberState::Down
+            {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no down event for n3 within {limit:?}"))
+    .expect("the node is running");
+    assert_eq!(down.epoch, epoch, "the event names the incarnation that died");
+    let seen = n1.members().iter().find(|m| m.name == "n3").map(|m| m.state);
+    assert_eq!(seen, Some(MemberState::Down), "the view shows the change before it is announced");
+    drop(children);
+    n1.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asks_never_wait_on_a_replica_held_down() {
     let (dir, mut children, n1) = start_cluster("replica-down").await;

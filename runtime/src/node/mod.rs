@@ -220,6 +220,15 @@ impl Node {
         self.0.cluster.get()
     }
 
+    /// Membership changes as this node sees them, from now on: a member joins (or
+    /// rejoins with a new boot epoch), becomes suspect, goes down or leaves. `None` on a
+    /// node running alone. Events come in the order this node saw them, each after the
+    /// view already shows it (so [`Node::members`] and placement agree with it); a
+    /// subscriber that falls 1,024 events behind is told how many it missed.
+    pub fn member_events(&self) -> Option<MemberEvents> {
+        self.cluster().map(|c| MemberEvents(c.gossip.events.subscribe()))
+    }
+
     pub(crate) fn set_cluster(&self, c: Arc<Cluster>) -> bool {
         self.0.cluster.set(c).is_ok()
     }
@@ -359,5 +368,30 @@ impl KindCatalog for KindRegistry {
 
     fn names(&self) -> Vec<&str> {
         KindRegistry::names(self)
+    }
+}
+
+/// A subscription to membership changes ([`Node::member_events`]).
+#[derive(Debug)]
+pub struct MemberEvents(tokio::sync::broadcast::Receiver<troupe_core::membership::MemberEvent>);
+
+/// What a [`MemberEvents`] subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberChange {
+    /// A member changed state (`event.state`: alive, suspect, down, left).
+    Changed(troupe_core::membership::MemberEvent),
+    /// This many events were missed (the subscriber fell behind): re-read
+    /// [`Node::members`] to catch up.
+    Missed(u64),
+}
+
+impl MemberEvents {
+    /// The next change; `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<MemberChange> {
+        match self.0.recv().await {
+            Ok(e) => Some(MemberChange::Changed(e)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some(MemberChange::Missed(n)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
     }
 }

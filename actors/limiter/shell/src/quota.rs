@@ -21,7 +21,9 @@ use troupe_limiter::proto::{LimiterQuota, QuotaMsg, QuotaReply};
 use troupe_limiter::{Dimension, LeaseError, LeaseGrant, LeaseRequest, NodeId, QuotaConfig, QuotaOwner, Rule};
 use troupe_runtime::wire::codec;
 use troupe_runtime::wire::introspect::MemberState;
-use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail};
+use troupe_runtime::{
+    ActorError, Behavior, Ctx, FromParams, KindSpec, MemberChange, MsgOf, Node, RemoteError, Reply, ReplyOf, fail,
+};
 
 /// The `limiter.quota` kind.
 pub struct QuotaActor {
@@ -188,17 +190,14 @@ impl Behavior for QuotaActor {
             let lost = Self::node_down(&mut s, &n, e);
             tracing::info!(node = %n, epoch = e, lost, "quota of a node found down at takeover written off");
         }
-        if let Some(c) = ctx.node().cluster() {
-            let mut events = c.gossip.events.subscribe();
+        if let Some(mut events) = ctx.node().member_events() {
             let me = ctx.myself();
             s._watch = Some(AbortOnDrop(tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(ev) if ev.state == MemberState::Down => {
-                            let _ = me.tell(QuotaMsg::NodeDown { node: ev.name, epoch: ev.epoch }).await;
-                        }
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => return,
+                while let Some(change) = events.next().await {
+                    if let MemberChange::Changed(ev) = change
+                        && ev.state == MemberState::Down
+                    {
+                        let _ = me.tell(QuotaMsg::NodeDown { node: ev.name, epoch: ev.epoch }).await;
                     }
                 }
             })));
