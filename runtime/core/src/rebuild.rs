@@ -27,10 +27,14 @@
 //! A brand-new cluster is told apart by its answers: when every node that answers
 //! holds no replicated state at all, and they are a majority of the cluster file, no
 //! acknowledged write exists that this node could have held, and it votes at once.
-//! The node that decides so remembers whom it saw empty (by their store's identity);
-//! one of them that asks later, when the decider already holds state, is told so and
-//! follows ([`Inventory::vouched`]): it has not voted since it was seen empty, so it
-//! holds nothing the decision did not already account for. Without that, nodes of a
+//! Only a node that has not voted since its store was made counts as empty (a voter
+//! that holds no path, as with a kind placed on other nodes, may still be owed
+//! writes), and only answers of the round that decides count (empty answers are asked
+//! again each round). The node that decides so remembers whom it saw empty (by their
+//! store's identity); one of them that asks later, when the decider already holds
+//! state, is told so and follows ([`Inventory::vouched`]): it has not voted since it
+//! was seen empty, so it holds nothing the decision did not already account for. A
+//! node that followed vouches for nobody. Without that, nodes of a
 //! new cluster that asked a moment after the first one decided would each wait for
 //! the other's copy, for ever (found by the suite: a fresh 3-node cluster with two
 //! nodes stuck rebuilding).
@@ -123,6 +127,12 @@ impl Inventory {
     /// Node `from` formed a new cluster after it saw this node's current store empty.
     pub fn vouched(&mut self, from: &str) {
         self.vouched_by = Some(from.to_string());
+    }
+
+    /// Drops `from`'s answer, to ask it again (an empty answer counts only in the round
+    /// that decides).
+    pub fn forget(&mut self, from: &str) {
+        self.answered.remove(from);
     }
 
     /// Who vouched for this node, if anyone did.
@@ -317,5 +327,19 @@ mod tests {
         assert_eq!(inv.next("n1", &r), NextStep::Learn(vec!["/rate-limiter/rules/main".into()]));
         inv.vouched("n2");
         assert_eq!(inv.next("n1", &r), NextStep::NewCluster);
+        assert_eq!(inv.vouched_by(), Some("n2"));
+    }
+
+    /// An empty answer from an earlier round is forgotten before the next: the peer
+    /// may have started voting since.
+    #[test]
+    fn a_forgotten_empty_answer_no_longer_counts() {
+        let r = roster(5);
+        let mut inv = Inventory::default();
+        inv.answered("n2", vec![], true);
+        inv.answered("n3", vec![], true);
+        inv.forget("n2");
+        assert!(matches!(inv.next("n1", &r), NextStep::Waiting(_)), "n1 and n3 alone are no majority of 5");
+        assert_eq!(inv.blank().collect::<Vec<_>>(), vec!["n3"]);
     }
 }

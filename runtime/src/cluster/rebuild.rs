@@ -93,12 +93,13 @@ pub(crate) async fn run(node: Node) {
         for (peer, answer) in futures::future::join_all(asks).await {
             let Some((cursor, paths, blank)) = listing.get_mut(&peer) else { continue };
             match answer {
-                Ok(ReplicaReply::Inventory { paths: page, next, blank: b, vouch, store }) => {
+                Ok(ReplicaReply::Inventory { paths: page, next, blank: b, vouch, store, rebuilding }) => {
                     if vouch {
                         inventory.vouched(&peer);
                     }
                     stores.insert(peer.clone(), store);
-                    *blank &= b;
+                    // Empty, and has not voted since its store was made.
+                    *blank &= b && rebuilding && store != 0;
                     paths.extend(page);
                     match next {
                         // More pages: asked for in the next round, at once.
@@ -115,12 +116,15 @@ pub(crate) async fn run(node: Node) {
         }
         match inventory.next(&me, &roster) {
             NextStep::NewCluster => {
-                // Remember whom this decision saw empty: they may follow it.
-                let seen: Vec<(String, u64)> =
-                    inventory.blank().map(|n| (n.to_string(), stores.get(n).copied().unwrap_or(0))).collect();
-                let why = match inventory.vouched_by() {
-                    Some(by) => format!("{by} formed a new cluster after it saw this node's store empty"),
-                    None => "the other nodes hold no replicated state: a new cluster".to_string(),
+                // A decision by the majority rule, on this round's answers, records whom
+                // it saw empty: they may follow it. One that followed another's word
+                // vouches for nobody.
+                let (why, seen) = match inventory.vouched_by() {
+                    Some(by) => (format!("{by} formed a new cluster after it saw this node's store empty"), Vec::new()),
+                    None => (
+                        "the other nodes hold no replicated state: a new cluster".to_string(),
+                        inventory.blank().map(|n| (n.to_string(), stores.get(n).copied().unwrap_or(0))).collect(),
+                    ),
                 };
                 finish(&node, &cluster, 0, started, &why, seen).await;
                 return;
@@ -131,6 +135,14 @@ pub(crate) async fn run(node: Node) {
             }
             NextStep::Waiting(missing) => {
                 listing.retain(|n, _| missing.contains(n));
+                // An empty answer is asked again every round: the new-cluster rule counts
+                // only answers of the round that decides (an empty peer may have started
+                // voting since), and a node that formed the cluster since may vouch.
+                let empty: Vec<String> = inventory.blank().map(str::to_string).collect();
+                for p in empty {
+                    inventory.forget(&p);
+                    listing.insert(p, (None, Vec::new(), true));
+                }
                 if paging {
                     continue;
                 }

@@ -78,13 +78,16 @@ pub(crate) enum ReplicaReply {
     /// One page of an inventory; `next`: ask again after it. `blank`: this node holds
     /// no replicated state at all. `vouch`: this node formed a new cluster after it saw
     /// the asker's current store empty (the asker may vote at once). `store`: this
-    /// node's store identity.
+    /// node's store identity; `rebuilding`: this node has not voted since its store was
+    /// made (only such a node counts as empty towards a new cluster: a voter that holds
+    /// no path, as with a kind placed on other nodes, may still be owed writes).
     Inventory {
         paths: Vec<String>,
         next: Option<String>,
         blank: bool,
         vouch: bool,
         store: u64,
+        rebuilding: bool,
     },
 }
 
@@ -312,10 +315,21 @@ fn inventory(node: &Node, for_node: &str, after: Option<&str>, store: u64) -> Re
     if node.loaded().cluster.node(for_node).is_none() {
         return ReplicaReply::Refused(format!("{for_node} is not in the cluster file"));
     }
-    let (vouch, mine) = match (seen_blank(node), store_id(node)) {
-        (Ok(seen), Ok(mine)) => (seen.iter().any(|(n, s)| n == for_node && *s == store), mine),
-        (Err(e), _) | (_, Err(e)) => return ReplicaReply::Refused(e.to_string()),
+    let mine = match store_id(node) {
+        Ok(id) => id,
+        Err(e) => return ReplicaReply::Refused(e.to_string()),
     };
+    // A record that cannot be read vouches for nobody (the asker then relearns or
+    // waits, as without it); it must not stop the inventory itself.
+    let vouch = store != 0
+        && match seen_blank(node) {
+            Ok(seen) => seen.iter().any(|(n, s)| n == for_node && *s == store),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read whom this node saw empty; vouching for nobody");
+                false
+            }
+        };
+    let rebuilding = node.cluster().is_some_and(|c| c.rebuilding());
     let mut cursor = after.map(str::to_string);
     let mut paths = Vec::new();
     loop {
@@ -334,6 +348,7 @@ fn inventory(node: &Node, for_node: &str, after: Option<&str>, store: u64) -> Re
                 blank,
                 vouch,
                 store: mine,
+                rebuilding,
             };
         }
     }

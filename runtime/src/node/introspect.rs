@@ -78,7 +78,7 @@ impl Node {
                     epoch: self.0.epoch,
                     state: MemberState::Alive,
                     incarnation: 0,
-                    roles: spec.map(|s| s.roles.clone()).unwrap_or_default(),
+                    roles: spec.map(|s| s.placement_roles.clone()).unwrap_or_default(),
                 }]
             }
         }

@@ -45,7 +45,7 @@ impl Node {
                 let spec = self.0.loaded.cluster.node(&self.0.name);
                 vec![Candidate {
                     name: self.0.name.clone(),
-                    roles: spec.map(|s| s.roles.clone()).unwrap_or_default(),
+                    roles: spec.map(|s| s.placement_roles.clone()).unwrap_or_default(),
                     weight: spec.map(|s| s.weight).unwrap_or(1.0),
                 }]
             }

@@ -221,10 +221,11 @@ impl Node {
     }
 
     /// Membership changes as this node sees them, from now on: a member joins (or
-    /// rejoins with a new boot epoch), becomes suspect, goes down or leaves. `None` on a
-    /// node running alone. Events come in the order this node saw them, each after the
-    /// view already shows it (so [`Node::members`] and placement agree with it); a
-    /// subscriber that falls 1,024 events behind is told how many it missed.
+    /// rejoins with a new boot epoch), becomes suspect, or goes down (a member that
+    /// leaves goes down at once). `None` on a node running alone. Events come in the
+    /// order this node saw them, each after the view already shows it (so
+    /// [`Node::members`] and placement agree with it); a subscriber that falls 1,024
+    /// events behind is told how many it missed, and should re-read [`Node::members`].
     pub fn member_events(&self) -> Option<MemberEvents> {
         self.cluster().map(|c| MemberEvents(c.gossip.events.subscribe()))
     }
@@ -378,7 +379,7 @@ pub struct MemberEvents(tokio::sync::broadcast::Receiver<troupe_core::membership
 /// What a [`MemberEvents`] subscription yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MemberChange {
-    /// A member changed state (`event.state`: alive, suspect, down, left).
+    /// A member changed state (`event.state`: alive, suspect or down).
     Changed(troupe_core::membership::MemberEvent),
     /// This many events were missed (the subscriber fell behind): re-read
     /// [`Node::members`] to catch up.
@@ -386,7 +387,9 @@ pub enum MemberChange {
 }
 
 impl MemberEvents {
-    /// The next change; `None` once the node has shut down.
+    /// The next change; `None` once the membership is gone (the node and every handle
+    /// to it dropped). A subscriber that must stop with the node stops on its own
+    /// signal, as actors do when they stop.
     pub async fn next(&mut self) -> Option<MemberChange> {
         match self.0.recv().await {
             Ok(e) => Some(MemberChange::Changed(e)),

@@ -177,6 +177,8 @@ impl Behavior for QuotaActor {
         }
         let mut s =
             QuotaState { d, clock: OwnerClock::new(), st, since_snapshot: r.entries.len() as u64, _watch: None };
+        // Subscribe before reading the members, so a node that dies in between is seen.
+        let events = ctx.node().member_events();
         // Nodes that died while no owner was listening (e.g. the node this singleton ran on).
         let members = ctx.node().members();
         let dead: Vec<(String, u64)> = s
@@ -190,14 +192,24 @@ impl Behavior for QuotaActor {
             let lost = Self::node_down(&mut s, &n, e);
             tracing::info!(node = %n, epoch = e, lost, "quota of a node found down at takeover written off");
         }
-        if let Some(mut events) = ctx.node().member_events() {
+        if let Some(mut events) = events {
             let me = ctx.myself();
+            let node = ctx.node().clone();
             s._watch = Some(AbortOnDrop(tokio::spawn(async move {
                 while let Some(change) = events.next().await {
-                    if let MemberChange::Changed(ev) = change
-                        && ev.state == MemberState::Down
-                    {
-                        let _ = me.tell(QuotaMsg::NodeDown { node: ev.name, epoch: ev.epoch }).await;
+                    let down: Vec<(String, u64)> = match change {
+                        MemberChange::Changed(ev) if ev.state == MemberState::Down => vec![(ev.name, ev.epoch)],
+                        MemberChange::Changed(_) => Vec::new(),
+                        // Fell behind: whoever is down now may be one of the missed.
+                        MemberChange::Missed(_) => node
+                            .members()
+                            .into_iter()
+                            .filter(|m| m.state == MemberState::Down)
+                            .map(|m| (m.name, m.epoch))
+                            .collect(),
+                    };
+                    for (n, epoch) in down {
+                        let _ = me.tell(QuotaMsg::NodeDown { node: n, epoch }).await;
                     }
                 }
             })));

@@ -532,7 +532,7 @@ impl PoolSpec {
             .cluster
             .nodes
             .iter()
-            .filter(|n| self.role.as_ref().is_none_or(|r| n.roles.contains(r)))
+            .filter(|n| self.role.as_ref().is_none_or(|r| n.placement_roles.contains(r)))
             .map(|n| (WorkerKey { kind: self.kind.clone(), node: n.name.clone() }, self.params.stage_on(&n.name)))
             .collect()
     }

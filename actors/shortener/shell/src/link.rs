@@ -91,7 +91,7 @@ impl LinkActor {
         let system = ctx.path().system();
         let role = node.kind_spec(system, KIND_GATEWAY).and_then(|k| k.role.clone());
         for n in &node.loaded().cluster.nodes {
-            if role.as_ref().is_some_and(|r| !n.roles.contains(r)) {
+            if role.as_ref().is_some_and(|r| !n.placement_roles.contains(r)) {
                 continue;
             }
             let Ok(path) = ActorPath::new(system, KIND_GATEWAY, &n.name) else { continue };
