@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::{Options, Resp, TestCluster, request, wait_for};
+use common::{Resp, TestCluster, request};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 const LIMITER: &str = "rate-limiter";
 const SHORTENER: &str = "url-shortener";
@@ -22,15 +21,7 @@ struct Apis {
 
 impl Apis {
     fn start() -> Apis {
-        let c = TestCluster::start(Options { systems: vec!["kv", LIMITER, SHORTENER], ..Options::default() });
-        c.wait_converged(&[], Duration::from_secs(30));
-        for n in &c.names {
-            let (lim, gw) = (c.port(n, LIMITER), c.port(n, SHORTENER));
-            wait_for(&format!("{n}'s services"), Duration::from_secs(30), || {
-                let up = |a, p| request(a, "GET", p, &[], b"").is_ok_and(|r| r.status == 200 || r.status == 404);
-                (up(lim, "/v1/health") && up(gw, "/api/links/nope")).then_some(())
-            });
-        }
+        let c = common::start_http_services();
         let service = c.service_auth();
         Apis { c, service }
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Options, Resp, TestCluster, request, wait_for};
+use common::{Resp, request, wait_for};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -29,22 +29,9 @@ fn refused(r: &Resp, why: &str) {
     assert!(r.body.contains(why), "the 401 should say `{why}`: {}", r.body);
 }
 
-fn start() -> TestCluster {
-    let c = TestCluster::start(Options { systems: vec!["kv", LIMITER, SHORTENER], ..Options::default() });
-    c.wait_converged(&[], Duration::from_secs(30));
-    for n in &c.names {
-        let (lim, gw) = (c.port(n, LIMITER), c.port(n, SHORTENER));
-        wait_for(&format!("{n}'s services"), Duration::from_secs(30), || {
-            let up = |a, p| request(a, "GET", p, &[], b"").is_ok_and(|r| r.status == 200 || r.status == 404);
-            (up(lim, "/v1/health") && up(gw, "/api/links/nope")).then_some(())
-        });
-    }
-    c
-}
-
 #[test]
 fn state_changing_routes_need_the_cluster_tokens() {
-    let c = start();
+    let c = common::start_http_services();
     let (service, admin) = (c.service_auth(), c.admin_auth());
     let kv = c.port("n1", "kv");
 
@@ -84,7 +71,7 @@ fn state_changing_routes_need_the_cluster_tokens() {
 
 #[test]
 fn a_users_quota_cannot_be_spent_without_the_service_token() {
-    let c = start();
+    let c = common::start_http_services();
     let lim = c.port("n1", LIMITER);
     let service = c.service_auth();
     // The attack: drain alice's LLM quota (60 requests a minute) in one check.
@@ -103,7 +90,7 @@ fn a_users_quota_cannot_be_spent_without_the_service_token() {
 
 #[test]
 fn only_the_authenticating_proxy_may_name_a_user() {
-    let c = start();
+    let c = common::start_http_services();
     let gw = c.port("n3", SHORTENER);
     let service = c.service_auth();
     let ann = [("X-User-Id", "ann")];
@@ -141,7 +128,7 @@ fn only_the_authenticating_proxy_may_name_a_user() {
 /// take any link down.
 #[test]
 fn a_users_api_key_names_the_owner_of_their_links() {
-    let c = start();
+    let c = common::start_http_services();
     let gw = c.port("n2", SHORTENER);
     let alice = format!("Bearer {}", c.api_key("alice"));
     let bob = format!("Bearer {}", c.api_key("bob"));
@@ -183,7 +170,7 @@ fn a_users_api_key_names_the_owner_of_their_links() {
 /// gateway): the update is refused with the dependents, unless it says `?force=true`.
 #[test]
 fn a_rule_a_system_uses_is_not_dropped_by_accident() {
-    let c = start();
+    let c = common::start_http_services();
     let lim = c.port("n1", LIMITER);
     let admin = c.admin_auth();
     let before = call(lim, "GET", "/v1/rules", None, &[], "").json()["version"].clone();

@@ -52,3 +52,19 @@ impl From<Options> for troupe_testkit::Options {
         }
     }
 }
+
+/// A cluster of kv, the rate limiter and the URL shortener, converged, with every node's
+/// limiter and shortener answering HTTP (the security and hostile-input tests' cluster).
+pub fn start_http_services() -> TestCluster {
+    use std::time::Duration;
+    let c = TestCluster::start(Options { systems: vec!["kv", "rate-limiter", "url-shortener"], ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(30));
+    for n in &c.names {
+        let (lim, gw) = (c.port(n, "rate-limiter"), c.port(n, "url-shortener"));
+        wait_for(&format!("{n}'s services"), Duration::from_secs(30), || {
+            let up = |a, p| request(a, "GET", p, &[], b"").is_ok_and(|r| r.status == 200 || r.status == 404);
+            (up(lim, "/v1/health") && up(gw, "/api/links/nope")).then_some(())
+        });
+    }
+    c
+}
