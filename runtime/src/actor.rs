@@ -146,6 +146,28 @@ impl<P: Protocol> Ctx<P> {
         });
     }
 
+    /// Runs a program ([`crate::process`]: process group, limits, timeout, optional
+    /// sandbox) without blocking this actor: the job runs in the background and
+    /// `done(outcome)` arrives in this actor's mailbox as a message when it ends.
+    /// The returned canceller kills the job (its message then says
+    /// [`crate::process::Exit::Cancelled`]); a job the actor does not cancel runs to
+    /// its own timeout even if the actor stops first.
+    pub fn run_process(
+        &self,
+        job: crate::process::Job,
+        done: impl FnOnce(Result<crate::process::Outcome, crate::process::RunError>) -> P::Msg + Send + 'static,
+    ) -> Result<crate::process::Canceller, crate::process::RunError> {
+        let running = crate::process::spawn(job)?;
+        let canceller = running.canceller();
+        let slot = self.slot.clone();
+        let trace = current_trace();
+        tokio::spawn(async move {
+            let msg = done(running.wait().await);
+            let _ = slot.enqueue(Delivery::Msg { msg, reply: Reply::None, trace });
+        });
+        Ok(canceller)
+    }
+
     /// Calls [`Behavior::tick`] every `period` until the actor stops.
     pub fn tick_every(&self, period: Duration) {
         self.me.send_interval(period, || Delivery::Tick);

@@ -43,5 +43,8 @@ pub use reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 pub use store::{Recovered, Store, StoreError, WriteOp};
 pub use troupe_core::membership::MemberEvent;
 pub use troupe_core::replication::{Term, Terms};
+/// The process runner (process groups, limits, timeouts, the bubblewrap sandbox);
+/// [`Ctx::run_process`] runs a job from an actor.
+pub use troupe_process as process;
 pub use troupe_wire as wire;
 pub use troupe_wire::{ActorPath, Protocol, RemoteError};
