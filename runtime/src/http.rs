@@ -71,6 +71,12 @@ struct Slot {
     ip: IpAddr,
 }
 
+/// A connection's place in the listener's limits, in every request's extensions: an
+/// upgraded connection (a WebSocket, `crate::ws`) keeps it for the session's life,
+/// since hyper's connection task ends at the upgrade.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[allow(dead_code)] Arc<Slot>);
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.slots.lock();
@@ -125,15 +131,18 @@ pub fn serve(
                 drop(stream);
                 continue;
             };
+            let slot = ConnSlot(Arc::new(slot));
             let _ = stream.set_nodelay(true);
             let app = app.clone();
             let body_timeout = limits.body_timeout;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             tokio::spawn(async move {
+                let conn_slot = slot.clone();
                 let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                     let mut req = req.map(|b| Body::new(Deadline::new(b, body_timeout)));
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(conn_slot.clone());
                     let mut app = app.clone();
                     async move { tower::Service::call(&mut app, req).await }
                 });

@@ -33,6 +33,7 @@ pub(crate) mod slot;
 pub(crate) mod stats;
 pub mod store;
 pub(crate) mod supervision;
+pub mod ws;
 
 pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_trace, fail, store_failed};
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};

@@ -24,6 +24,7 @@
 
 mod config;
 mod conn;
+pub mod ws;
 
 pub use config::{ClientConfig, ConfigError};
 pub use troupe_wire as wire;
