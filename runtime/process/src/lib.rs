@@ -5,21 +5,27 @@
 //! cancellation kills the whole group, grandchildren included; it runs under resource
 //! limits ([`Limits`]: CPU seconds, address space, open files, processes, file size),
 //! with its standard output and error capped ([`Job::output_cap`]) and an environment
-//! it was given, not the node's. It dies with the node (`PR_SET_PDEATHSIG`).
+//! it was given, not the node's; no descriptor the node holds reaches it. Its first
+//! process dies with the node (`PR_SET_PDEATHSIG`; a sandboxed job's whole PID
+//! namespace does).
 //!
 //! A [`Sandbox`] adds bubblewrap: new user, mount, PID, IPC, UTS and network
-//! namespaces (no network unless granted), the system directories bound read-only, a
-//! tmpfs (or one bound host directory) as the only writable work directory, and a
-//! seccomp filter ([`seccomp`](crate) module: mounts, namespaces, ptrace, BPF, keyrings,
-//! io_uring and, without the network grant, every socket but `AF_UNIX` refused).
+//! namespaces (no network unless granted), the system directories bound read-only,
+//! sized tmpfs mounts for `/tmp` and `/dev/shm`, a tmpfs (or one bound host directory)
+//! as the work directory, and a seccomp filter (mounts, namespaces, ptrace, BPF,
+//! keyrings, io_uring and, without the network grant, every socket but `AF_UNIX`
+//! refused).
 //!
 //! **Who the job runs as.** A node often runs as root, and neither the process limit
 //! (`RLIMIT_NPROC`) nor file permissions bind root. So when the node is root, every
-//! job runs under a uid of its own, leased from [`UID_BASE`]… for its lifetime: it
-//! cannot read root's files (`/etc/shadow`), cannot signal other jobs, and its process
-//! limit counts only its own processes. A node that is not root cannot change uid: its
-//! jobs run as the node's user, and the process limit then counts every process and
-//! thread of that user (set it above what the node itself runs).
+//! job runs under a uid of its own, leased from [`UID_BASE`]… for its lifetime (a lock
+//! file per uid under `/run/troupe/job-uids`, so node processes on one host never
+//! share one): it cannot read root's files (`/etc/shadow`), cannot signal other jobs,
+//! and its process limit counts only its own processes; when it ends, every process of
+//! its uid is killed, including one that left its process group. A node that is not
+//! root cannot change uid: its jobs run as the node's user, the process limit then
+//! counts every process and thread of that user (set it above what the node itself
+//! runs), and only the job's process group is killed at its end.
 //!
 //! Spawn from a tokio runtime's worker thread (an actor's handler is one), not from
 //! `spawn_blocking`: the job is killed when the thread that spawned it exits.
@@ -27,9 +33,9 @@
 mod seccomp;
 mod sys;
 
-use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -115,6 +121,9 @@ pub struct Sandbox {
     /// Extra host paths bound read-only: (host path, path inside).
     pub ro_binds: Vec<(PathBuf, PathBuf)>,
     pub workdir: Workdir,
+    /// Size of each of the sandbox's other writable tmpfs mounts, `/tmp` and
+    /// `/dev/shm`.
+    pub scratch_bytes: u64,
     /// The bubblewrap binary (looked up on `PATH` when bare).
     pub bwrap: PathBuf,
 }
@@ -125,10 +134,15 @@ impl Default for Sandbox {
             network: false,
             ro_binds: Vec::new(),
             workdir: Workdir::Tmpfs(64 << 20),
+            scratch_bytes: 16 << 20,
             bwrap: PathBuf::from("bwrap"),
         }
     }
 }
+
+/// The shell that runs the sandbox's start shim (Debian's bash is essential; dash
+/// cannot name a descriptor above 9).
+const SHIM_SHELL: &str = "/bin/bash";
 
 /// Read-only system directories every sandbox sees (those that exist).
 const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc"];
@@ -303,50 +317,99 @@ impl Canceller {
     }
 }
 
-/// Uids leased to running jobs on a root node.
-static UIDS: uid_pool::Pool = uid_pool::Pool::new();
+/// Where a root node's job uids are leased: one lock file per uid, `flock`ed for
+/// the job's life, so node processes on one host never hand out the same uid.
+const UID_LOCKS: &str = "/run/troupe/job-uids";
 
-mod uid_pool {
-    //! The lease pool of job uids.
-    use super::{BTreeSet, UID_BASE, UID_COUNT};
-    use std::sync::Mutex;
+/// A uid held for one job (its lock file locked). On drop every process left under
+/// the uid is killed, then the lock is released.
+#[derive(Debug)]
+struct UidLease {
+    uid: u32,
+    _lock: std::fs::File,
+}
 
-    pub(crate) struct Pool {
-        state: Mutex<(u32, BTreeSet<u32>)>,
-    }
-
-    impl Pool {
-        pub(crate) const fn new() -> Pool {
-            Pool { state: Mutex::new((0, BTreeSet::new())) }
-        }
-        /// The next free uid after the last one leased (round robin, so a uid is not
-        /// reused right after its job ended).
-        pub(crate) fn lease(&self) -> Option<u32> {
-            let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let (next, used) = &mut *guard;
-            for _ in 0..UID_COUNT {
-                let uid = UID_BASE + *next;
-                *next = (*next + 1) % UID_COUNT;
-                if used.insert(uid) {
-                    return Some(uid);
-                }
+impl UidLease {
+    /// The next uid no node process on this host holds, round robin from a place that
+    /// differs per process. Whatever still runs under it (left by a node that
+    /// crashed) is killed first.
+    fn take() -> Result<UidLease, RunError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::sync::atomic::AtomicU32;
+        static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+        let dir = Path::new(UID_LOCKS);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| RunError::Workdir { path: dir.to_path_buf(), source })?;
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            std::process::id().wrapping_mul(7919) % UID_COUNT,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for _ in 0..UID_COUNT {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % UID_COUNT;
+            let uid = UID_BASE + n;
+            let path = dir.join(uid.to_string());
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)
+                .map_err(|source| RunError::Workdir { path: path.clone(), source })?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                sys::kill_uid(uid);
+                return Ok(UidLease { uid, _lock: lock });
             }
-            None
         }
-        pub(crate) fn release(&self, uid: u32) {
-            let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            guard.1.remove(&uid);
-        }
+        Err(RunError::NoUid)
     }
 }
 
-/// A uid held for one job; back in the pool on drop.
-#[derive(Debug)]
-struct UidLease(u32);
-
 impl Drop for UidLease {
     fn drop(&mut self) {
-        UIDS.release(self.0);
+        sys::kill_uid(self.uid);
+    }
+}
+
+/// A host directory lent to a job: handed to the job's uid (on a root node) for its
+/// life and handed back to its owner after. Held open, so the path cannot be swapped
+/// for a link meanwhile.
+#[derive(Debug)]
+struct LentDir {
+    fd: std::os::fd::OwnedFd,
+    owner: Option<(u32, u32)>,
+    path: PathBuf,
+}
+
+impl LentDir {
+    fn lend(path: &Path, ids: Option<(u32, u32)>) -> Result<LentDir, RunError> {
+        let wrap = |source| RunError::Workdir { path: path.to_path_buf(), source };
+        let fd = sys::open_dir(path).map_err(wrap)?;
+        let owner = match ids {
+            Some((uid, gid)) => {
+                let before = sys::owner(&fd).map_err(wrap)?;
+                sys::chown_fd(&fd, uid, gid).map_err(wrap)?;
+                Some(before)
+            }
+            None => None,
+        };
+        Ok(LentDir { fd, owner, path: path.to_path_buf() })
+    }
+}
+
+impl Drop for LentDir {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.owner
+            && let Err(e) = sys::chown_fd(&self.fd, uid, gid)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not hand a job's directory back");
+        }
     }
 }
 
@@ -362,9 +425,16 @@ pub struct Running {
     stderr: tokio::task::JoinHandle<(Vec<u8>, bool)>,
     /// Run under bubblewrap (whose own failures are errors, not outcomes).
     sandboxed: bool,
+    /// The read end of the start marker: the sandbox's shim writes one byte to it
+    /// right before it executes the job, so a sandbox that failed to start is told
+    /// apart from a job that failed.
+    marker: Option<std::fs::File>,
     uid: u32,
     done: bool,
+    // Dropped in this order: every process of the uid killed, then the directory
+    // handed back.
     _lease: Option<UidLease>,
+    _lent: Option<LentDir>,
 }
 
 /// Runs `job` to the end.
@@ -374,11 +444,13 @@ pub async fn run(job: Job) -> Result<Outcome, RunError> {
 
 /// Starts `job`. Call from a tokio runtime.
 pub fn spawn(job: Job) -> Result<Running, RunError> {
-    let lease = if sys::is_root() { Some(UidLease(UIDS.lease().ok_or(RunError::NoUid)?)) } else { None };
-    let ids = lease.as_ref().map(|l| (l.0, l.0));
+    let lease = if sys::is_root() { Some(UidLease::take()?) } else { None };
+    let ids = lease.as_ref().map(|l| (l.uid, l.uid));
     // SAFETY: getuid(2) cannot fail and touches no memory.
     let uid = ids.map_or_else(|| unsafe { libc::getuid() }, |(u, _)| u);
-    let mut setup = sys::ChildSetup { rlimits: job.limits.setup(), ids, keep_fds: Vec::new() };
+    let mut setup = sys::ChildSetup { rlimits: job.limits.setup(), ids, keep_fds: Vec::new(), chdir_fd: None };
+    let mut lent: Option<LentDir> = None;
+    let mut marker = None;
     // Kept alive until the child has been spawned (it holds its own copies).
     let mut child_fds: Vec<std::fs::File> = Vec::new();
     let (mut command, shown) = match &job.sandbox {
@@ -386,8 +458,9 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
             let mut command = tokio::process::Command::new(&job.program);
             command.args(&job.args);
             if let Some(dir) = &job.cwd {
-                hand_over(dir, ids)?;
-                command.current_dir(dir);
+                let dir = LentDir::lend(dir, ids)?;
+                setup.chdir_fd = Some(dir.fd.as_raw_fd());
+                lent = Some(dir);
             }
             let home = job.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
             base_env(&mut command, home.as_os_str(), &job.env);
@@ -400,18 +473,33 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
             let mut add = |args: &[&OsStr]| {
                 command.args(args);
             };
-            add(&["--die-with-parent".as_ref(), "--new-session".as_ref(), "--unshare-all".as_ref()]);
+            add(&[
+                "--die-with-parent".as_ref(),
+                "--new-session".as_ref(),
+                "--unshare-all".as_ref(),
+                // No nested user namespace (the kernel enforces it, beside seccomp).
+                "--unshare-user".as_ref(),
+                "--disable-userns".as_ref(),
+            ]);
             if sandbox.network {
                 add(&["--share-net".as_ref()]);
             }
             for dir in SYSTEM_DIRS {
                 add(&["--ro-bind-try".as_ref(), dir.as_ref(), dir.as_ref()]);
             }
+            // Every writable place is a sized tmpfs (or the bound work directory).
+            let scratch = sandbox.scratch_bytes.to_string();
             add(&[
                 "--proc".as_ref(),
                 "/proc".as_ref(),
                 "--dev".as_ref(),
                 "/dev".as_ref(),
+                "--size".as_ref(),
+                scratch.as_ref(),
+                "--tmpfs".as_ref(),
+                "/dev/shm".as_ref(),
+                "--size".as_ref(),
+                scratch.as_ref(),
                 "--tmpfs".as_ref(),
                 "/tmp".as_ref(),
             ]);
@@ -424,8 +512,13 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
                     add(&["--size".as_ref(), size.as_ref(), "--tmpfs".as_ref(), SANDBOX_WORKDIR.as_ref()]);
                 }
                 Workdir::Bind(path) => {
-                    hand_over(path, ids)?;
-                    add(&["--bind".as_ref(), path.as_os_str(), SANDBOX_WORKDIR.as_ref()]);
+                    // Bound by descriptor: the path cannot be swapped for a link
+                    // between the hand-over and the mount.
+                    let dir = LentDir::lend(path, ids)?;
+                    let fd = dir.fd.as_raw_fd().to_string();
+                    add(&["--bind-fd".as_ref(), fd.as_ref(), SANDBOX_WORKDIR.as_ref()]);
+                    setup.keep_fds.push(dir.fd.as_raw_fd());
+                    lent = Some(dir);
                 }
             }
             add(&["--chdir".as_ref(), SANDBOX_WORKDIR.as_ref(), "--clearenv".as_ref()]);
@@ -441,7 +534,14 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
                 setup.keep_fds.push(file.as_raw_fd());
                 child_fds.push(file);
             }
-            add(&["--".as_ref(), job.program.as_os_str()]);
+            let (read, write) = sys::pipe().map_err(|e| RunError::Sandbox(format!("start marker: {e}")))?;
+            let fd = write.as_raw_fd();
+            setup.keep_fds.push(fd);
+            child_fds.push(write);
+            marker = Some(read);
+            // The shim: mark the start, close the marker, become the job.
+            let shim = format!("printf . >&{fd} && exec {fd}>&- && exec \"$0\" \"$@\"");
+            add(&["--".as_ref(), SHIM_SHELL.as_ref(), "-c".as_ref(), shim.as_ref(), job.program.as_os_str()]);
             command.args(&job.args);
             // bubblewrap itself runs with no environment of the node's.
             command.env_clear();
@@ -480,9 +580,11 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
         stdout: tokio::spawn(read_capped(stdout, cap)),
         stderr: tokio::spawn(read_capped(stderr, cap)),
         sandboxed: job.sandbox.is_some(),
+        marker,
         uid,
         done: false,
         _lease: lease,
+        _lent: lent,
     })
 }
 
@@ -512,23 +614,39 @@ impl Running {
             () = deadline => Exit::TimedOut,
             () = self.cancel.notified() => Exit::Cancelled,
         };
-        // Stragglers (a background process the job left) die with the group.
-        sys::kill_group(self.pgid);
         if matches!(exit, Exit::TimedOut | Exit::Cancelled) {
+            // Not reaped yet, so the group id cannot have been reused.
+            sys::kill_group(self.pgid);
             let _ = self.child.wait().await;
         }
+        // Stragglers the job left (a background process, one that called setsid):
+        // on a root node every process of the job's own uid; otherwise its group.
+        match &self._lease {
+            Some(lease) => sys::kill_uid(lease.uid),
+            None => sys::kill_group(self.pgid),
+        }
         self.done = true;
+        // bubblewrap passes a job killed by a signal on as exit code 128 + signal.
+        let exit = match exit {
+            Exit::Code(code) if self.sandboxed && (129..=192).contains(&code) => Exit::Signal(code - 128),
+            other => other,
+        };
         let elapsed = self.started.elapsed();
         // Output pipes close when the last process holding them is gone; a process
         // that left the group (its own setsid, unsandboxed) may still hold one.
         let grace = Duration::from_secs(2);
         let (stdout, stdout_truncated) = collect(&mut self.stdout, grace).await;
         let (stderr, stderr_truncated) = collect(&mut self.stderr, grace).await;
-        // bubblewrap reports a sandbox it could not set up (a bind source missing,
-        // namespaces refused) on standard error, prefixed `bwrap: `, and exits 1.
-        if self.sandboxed && exit == Exit::Code(1) && stderr.starts_with(b"bwrap: ") {
-            let why = String::from_utf8_lossy(&stderr).trim().to_string();
-            return Err(RunError::Sandbox(why));
+        // A sandbox that never reached the job (a bind source missing, namespaces
+        // refused): bubblewrap says why on standard error.
+        if let Some(marker) = self.marker.as_mut()
+            && !matches!(exit, Exit::TimedOut | Exit::Cancelled)
+        {
+            let mut byte = [0u8; 1];
+            if !matches!(marker.read(&mut byte), Ok(1)) {
+                let why = String::from_utf8_lossy(&stderr).trim().to_string();
+                return Err(RunError::Sandbox(if why.is_empty() { format!("bubblewrap {exit}") } else { why }));
+            }
         }
         Ok(Outcome { exit, stdout, stderr, stdout_truncated, stderr_truncated, elapsed, uid: self.uid })
     }
@@ -591,16 +709,6 @@ fn sandbox_env(env: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
     ];
     out.extend(env.iter().cloned());
     out
-}
-
-/// Gives a job's work directory to the job's own uid, when it has one.
-fn hand_over(dir: &Path, ids: Option<(u32, u32)>) -> Result<(), RunError> {
-    match ids {
-        Some((uid, gid)) => {
-            sys::chown(dir, uid, gid).map_err(|source| RunError::Workdir { path: dir.to_path_buf(), source })
-        }
-        None => Ok(()),
-    }
 }
 
 /// `program` itself when it names a path, else its first match on `PATH`.

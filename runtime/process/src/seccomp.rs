@@ -100,6 +100,16 @@ pub(crate) fn programs(network: bool) -> Result<Vec<Vec<u8>>, String> {
     if !network {
         rules.insert(libc::SYS_socket, vec![rule(vec![condition(0, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?])?]);
     }
+    // The x32 ABI (x86_64 numbers with bit 30 set) passes the architecture check:
+    // refuse the same calls, and every x32 socket, outright. (Most kernels are built
+    // without x32; this holds where one is not.)
+    if std::env::consts::ARCH == "x86_64" {
+        const X32: i64 = 0x4000_0000;
+        let x32: Vec<i64> = rules.keys().copied().chain([libc::SYS_socket, libc::SYS_clone3]).collect();
+        for nr in x32 {
+            rules.insert(nr | X32, Vec::new());
+        }
+    }
     let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch()?)
         .map_err(|e| e.to_string())?;
     let deny: BpfProgram = deny.try_into().map_err(|e: seccompiler::BackendError| e.to_string())?;

@@ -48,6 +48,11 @@ async fn assert_all_gone(marker: &str) {
     }
 }
 
+fn root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 fn sh(script: &str) -> Job {
     Job::new("/bin/sh").arg("-c").arg(script)
 }
@@ -189,8 +194,7 @@ async fn sandbox_runs_a_job() {
     let text = out.stdout_text();
     assert!(text.starts_with("hi from /work\n"), "{text}");
     // A root node runs each job under a uid of its own, never root.
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if root() {
         assert_ne!(out.uid, 0);
         assert_eq!(text.lines().nth(1), Some(out.uid.to_string().as_str()));
     }
@@ -231,6 +235,10 @@ async fn sandbox_refuses_to_open_a_socket() {
 
 #[tokio::test]
 async fn sandbox_contains_a_fork_bomb() {
+    // The process limit binds the job's own uid, which only a root node gives it; as
+    // any other user it would count that user's every thread (and root is what CI
+    // and the nodes run as).
+    assert!(root(), "the process-limit guarantees need a root node: run the tests as root, as CI does");
     let m = marker();
     let started = Instant::now();
     // Each round forks two more sleepers that fork again: unbounded without a limit.
@@ -267,6 +275,101 @@ async fn sandbox_refuses_writes_outside_its_workdir() {
     .unwrap();
     assert_eq!(out.exit, Exit::Code(0), "{}", out.stderr_text());
     assert_eq!(std::fs::read_to_string(dir.join("out.txt")).unwrap(), "result\n");
+    // The directory was lent to the job's uid and is handed back after.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&dir).unwrap();
+    // SAFETY: getuid cannot fail.
+    assert_eq!(meta.uid(), unsafe { libc::getuid() });
+    if root() {
+        assert_eq!(std::fs::metadata(dir.join("out.txt")).unwrap().uid(), out.uid);
+    }
+}
+
+#[tokio::test]
+async fn a_symlinked_work_directory_is_refused() {
+    let dir = tempdir();
+    let link = std::path::PathBuf::from(format!("{}-link", dir.display()));
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    for job in [
+        sh("true").sandbox(Sandbox { workdir: Workdir::Bind(link.clone()), ..Sandbox::default() }),
+        sh("true").cwd(&link),
+    ] {
+        let err = run(job).await.unwrap_err();
+        assert!(matches!(err, RunError::Workdir { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link is refused"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_straggler_that_left_the_group_is_killed() {
+    assert!(root(), "killing by uid needs a root node: run the tests as root, as CI does");
+    let m = marker();
+    // setsid: the straggler leaves the job's process group and session.
+    let out = run(sh(&format!("setsid sleep {m} & echo started"))).await.unwrap();
+    assert_eq!(out.stdout_text(), "started\n");
+    assert_all_gone(&m).await;
+}
+
+#[tokio::test]
+async fn the_nodes_open_files_do_not_reach_the_job() {
+    let dir = tempdir();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "node-secret").unwrap();
+    let c = std::ffi::CString::new(secret.to_str().unwrap()).unwrap();
+    // Opened without O_CLOEXEC, as a careless library or a parent process would.
+    // SAFETY: open(2) with a valid C string; closed below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd > 2);
+    let script = format!("cat <&{fd}");
+    for job in
+        [Job::new("bash").args(["-c", &script]), Job::new("bash").args(["-c", &script]).sandbox(Sandbox::default())]
+    {
+        let out = run(job).await.unwrap();
+        assert!(!out.stdout_text().contains("node-secret"), "the job read the node's descriptor");
+        assert!(out.stderr_text().contains("Bad file descriptor"), "{}", out.stderr_text());
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+}
+
+#[tokio::test]
+async fn sandbox_scratch_space_is_bounded() {
+    for place in ["/tmp", "/dev/shm"] {
+        let out = run(sh(&format!("head -c 64000000 /dev/zero > {place}/big"))
+            .sandbox(Sandbox { scratch_bytes: 16 << 20, ..Sandbox::default() }))
+        .await
+        .unwrap();
+        assert_ne!(out.exit, Exit::Code(0));
+        assert!(out.stderr_text().contains("No space left on device"), "{place}: {}", out.stderr_text());
+    }
+}
+
+#[tokio::test]
+async fn a_job_cannot_pass_itself_off_as_a_sandbox_failure() {
+    let out = run(sh("echo 'bwrap: Can not mount tmpfs' >&2; exit 1").sandbox(Sandbox::default())).await.unwrap();
+    assert_eq!(out.exit, Exit::Code(1));
+    assert!(out.stderr_text().starts_with("bwrap: "));
+}
+
+#[tokio::test]
+async fn a_sandboxed_job_killed_by_a_signal_is_reported_so() {
+    let out = run(sh("kill -XCPU $$").sandbox(Sandbox::default())).await.unwrap();
+    assert_eq!(out.exit, Exit::Signal(libc::SIGXCPU), "{}", out.exit);
+}
+
+/// clone(CLONE_NEWUSER | SIGCHLD) through the raw system call: EPERM (1) from the
+/// filter; with the filter gone, bubblewrap's --disable-userns would answer ENOSPC.
+const CLONE_NEWUSER: &str = "import ctypes, os\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+nr = {'x86_64': 56, 'aarch64': 220}[os.uname().machine]\n\
+r = libc.syscall(nr, 0x10000000 | 17, 0, 0, 0, 0)\n\
+if r == 0: os._exit(0)\n\
+print(r, ctypes.get_errno())";
+
+#[tokio::test]
+async fn sandbox_refuses_clone_into_a_new_user_namespace() {
+    let out = run(Job::new("python3").args(["-c", CLONE_NEWUSER]).sandbox(Sandbox::default())).await.unwrap();
+    assert_eq!(out.stdout_text(), format!("-1 {}\n", libc::EPERM), "{}", out.stderr_text());
 }
 
 #[tokio::test]
