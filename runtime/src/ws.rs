@@ -46,6 +46,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The peer stopped answering pings.
     pub const HEARTBEAT: u16 = 1011;
+    /// The server could not do what a message asked (the same code as [`HEARTBEAT`];
+    /// the reason says which).
+    pub const SERVER_ERROR: u16 = 1011;
     /// The peer read too slowly: its outbound queue was full.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Counted (never sent) when the peer closed without a status code.

@@ -34,6 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod ports;
+pub mod ws;
 pub use ports::free_port;
 pub use troupe_common::http::{Resp, dechunk, http, http_auth, request, request_within};
 

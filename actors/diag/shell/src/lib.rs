@@ -1,6 +1,9 @@
 //! The `diag` system: a counter and an echo on every node, for smoke tests and
 //! benchmarks of the runtime itself (remote tell throughput, ask latency) without
-//! the cost of any real system's work.
+//! the cost of any real system's work, and a gateway with a WebSocket echo
+//! ([`gateway`]) that exercises the runtime's WebSocket service.
+
+pub mod gateway;
 
 pub use troupe_diag::{Counter, CounterMsg, CounterReply};
 use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Reply, ReplyOf};
@@ -65,5 +68,6 @@ impl troupe_system::System for Diag {
     }
     fn register(&self, kinds: &mut troupe_runtime::KindRegistry) {
         kinds.register::<CounterActor>("diag.counter");
+        kinds.register::<gateway::GatewayActor>("diag.gateway");
     }
 }
