@@ -168,6 +168,35 @@ impl<P: Protocol> Ctx<P> {
         Ok(canceller)
     }
 
+    /// Subscribes this actor to `topic` ([`crate::pubsub`]): each message published
+    /// on it arrives in the mailbox as `map(published)`, until the actor stops. A
+    /// message that finds the mailbox full is missed (pub/sub is at most once).
+    pub fn subscribe(&self, topic: &str, map: impl Fn(crate::pubsub::Published) -> P::Msg + Send + 'static) {
+        let mut sub = crate::pubsub::PubSub::of(&self.node).subscribe(topic);
+        let slot = Arc::downgrade(&self.slot);
+        tokio::spawn(async move {
+            while let Some(published) = sub.recv().await {
+                let mut delivery = Delivery::Msg { msg: map(published), reply: Reply::None, trace: 0 };
+                // While the actor restarts its slot refuses; once it has stopped for
+                // good the slot is gone, and so is the subscription.
+                loop {
+                    let Some(slot) = slot.upgrade() else { return };
+                    match slot.enqueue(delivery) {
+                        Ok(()) => break,
+                        Err((RemoteError::MailboxFull { .. }, _)) => break,
+                        // The message went down with the mailbox.
+                        Err((_, Delivery::Tick)) => break,
+                        Err((_, d)) => {
+                            delivery = d;
+                            drop(slot);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Calls [`Behavior::tick`] every `period` until the actor stops.
     pub fn tick_every(&self, period: Duration) {
         self.me.send_interval(period, || Delivery::Tick);

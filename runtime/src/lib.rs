@@ -16,6 +16,7 @@
 pub(crate) mod actor;
 pub mod admin;
 pub(crate) mod agent;
+pub(crate) mod broker;
 pub mod cluster;
 pub mod config;
 pub(crate) mod current;
@@ -29,6 +30,7 @@ pub use troupe_core::placement;
 pub(crate) mod registry;
 pub(crate) mod reply;
 use troupe_core::retry;
+pub mod pubsub;
 pub(crate) mod slot;
 pub(crate) mod stats;
 pub mod store;

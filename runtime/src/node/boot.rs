@@ -40,6 +40,7 @@ impl Node {
         let mut kinds = kinds;
         kinds.register::<NodeAgentBehavior>("troupe.node");
         kinds.register::<ReplicaAgent>("troupe.replica");
+        kinds.register::<crate::broker::BrokerBehavior>("troupe.pubsub");
         let root_entry =
             ActorEntry::new("/", "node", Strategy::OneForOne.to_string(), Arc::new(ActorStats::new(u64::MAX)));
         let inner = NodeInner {

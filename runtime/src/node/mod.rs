@@ -150,9 +150,9 @@ fn unix_ms() -> u64 {
 }
 
 /// The built-in kinds of the `troupe` system (not from a topology file): the node
-/// agent and the replica agent, one of each per node.
+/// agent, the replica agent and the pub/sub broker, one of each per node.
 fn builtin_specs() -> Vec<KindSpec> {
-    vec![builtin_spec("node"), builtin_spec("replica")]
+    vec![builtin_spec("node"), builtin_spec("replica"), builtin_spec("pubsub")]
 }
 
 fn builtin_spec(kind: &str) -> KindSpec {
@@ -167,9 +167,10 @@ fn builtin_spec(kind: &str) -> KindSpec {
         replication_factor: 1,
         supervision: Default::default(),
         params: toml::Table::new(),
-        // The replica agent loads and writes any path's replicated state: nodes only.
+        // The replica agent loads and writes any path's replicated state, and the
+        // pub/sub broker takes other nodes' announcements and deliveries: nodes only.
         // The node agent answers introspection (troupe tree, top) for every client.
-        allow: if kind == "replica" { Vec::new() } else { vec!["client".into(), "admin".into()] },
+        allow: if kind == "node" { vec!["client".into(), "admin".into()] } else { Vec::new() },
     }
 }
 

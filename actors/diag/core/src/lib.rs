@@ -51,3 +51,47 @@ pub enum GatewayMsg {
 pub enum GatewayReply {
     Status { addr: Option<String>, sessions: u64 },
 }
+
+/// The diag topic actor (one per node): subscribes to topics and publishes numbered
+/// messages, to exercise the runtime's pub/sub across nodes in tests.
+pub struct Topic;
+
+impl Protocol for Topic {
+    type Msg = TopicMsg;
+    type Reply = TopicReply;
+    const NAME: &'static str = "diag.topic";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TopicMsg {
+    /// Subscribe this actor to `topic`.
+    Subscribe { topic: String },
+    /// Publish the numbers 1..=count on `topic` from a publisher named `publisher`
+    /// (acknowledged: wait until every subscriber has each).
+    Publish { topic: String, publisher: String, count: u64, acked: bool },
+    /// What this actor received on `topic`: (publisher, seq, payload) in arrival order.
+    Received { topic: String },
+    /// The nodes with subscribers to `topic`, as this node knows them.
+    Nodes { topic: String },
+    /// Join this actor to the process group `group`.
+    Join { group: String },
+    /// The members of `group` across the cluster, as this node knows them.
+    Members { group: String },
+    /// A message arrived (from the subscription, not from clients).
+    Got { topic: String, publisher: String, seq: u64, value: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TopicReply {
+    Done,
+    /// The last publish went to `nodes`; `subscribers` got each message (acknowledged
+    /// publishes); `failed` nodes did not answer.
+    Published {
+        nodes: Vec<String>,
+        subscribers: u64,
+        failed: Vec<String>,
+    },
+    Received(Vec<(String, u64, u64)>),
+    Nodes(Vec<String>),
+    Members(Vec<String>),
+}

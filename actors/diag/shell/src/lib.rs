@@ -4,6 +4,7 @@
 //! ([`gateway`]) that exercises the runtime's WebSocket service.
 
 pub mod gateway;
+pub mod topic;
 
 pub use troupe_diag::{Counter, CounterMsg, CounterReply};
 use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Reply, ReplyOf};
@@ -69,5 +70,6 @@ impl troupe_system::System for Diag {
     fn register(&self, kinds: &mut troupe_runtime::KindRegistry) {
         kinds.register::<CounterActor>("diag.counter");
         kinds.register::<gateway::GatewayActor>("diag.gateway");
+        kinds.register::<topic::TopicActor>("diag.topic");
     }
 }

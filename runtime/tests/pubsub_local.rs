@@ -1,0 +1,130 @@
+//! Pub/sub on one node: subscriptions end when dropped, a full subscriber misses
+//! messages (counted) without slowing the publisher, an acknowledged publish waits for
+//! room instead, numbering is per publisher, groups follow their members' guards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::sync::Arc;
+use std::time::Duration;
+use troupe_runtime::pubsub::PubSub;
+use troupe_runtime::{
+    ActorError, ActorPath, Behavior, Ctx, FromParams, KindRegistry, KindSpec, MsgOf, Node, Protocol, Reply, ReplyOf,
+    config,
+};
+
+struct Nop;
+impl Protocol for Nop {
+    type Msg = ();
+    type Reply = ();
+    const NAME: &'static str = "test.nop";
+}
+struct NopActor;
+impl FromParams for NopActor {
+    type Params = toml::Table;
+    fn from_params(_: toml::Table, _: &KindSpec, _: &Node) -> Result<Self, String> {
+        Ok(NopActor)
+    }
+}
+impl Behavior for NopActor {
+    type Proto = Nop;
+    type State = ();
+    async fn init(&self, _: &Ctx<Nop>) -> Result<(), ActorError> {
+        Ok(())
+    }
+    async fn handle(
+        &self,
+        _: &Ctx<Nop>,
+        _: &mut (),
+        _: MsgOf<Self>,
+        _: Reply<ReplyOf<Self>>,
+    ) -> Result<(), ActorError> {
+        Ok(())
+    }
+}
+
+async fn node() -> Node {
+    let d = std::env::temp_dir().join(format!("troupe-pubsub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("systems")).unwrap();
+    std::fs::write(
+        d.join("cluster.toml"),
+        "[cluster]\nname = \"t\"\nsystems = [\"nop\"]\nseeds = [\"n1\"]\n[[nodes]]\nname = \"n1\"\naddr = \"127.0.0.1:1\"\ngossip = \"127.0.0.1:2\"\nadmin = \"127.0.0.1:3\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("systems/nop.toml"),
+        "[system]\nname = \"nop\"\n[kinds.nop]\nfactory = \"test.nop\"\nplacement = \"sharded\"\n",
+    )
+    .unwrap();
+    let mut kinds = KindRegistry::new();
+    kinds.register::<NopActor>("test.nop");
+    let loaded = config::load(&d.join("cluster.toml"), &kinds).unwrap_or_else(|e| panic!("{e}"));
+    Node::start(Arc::new(loaded), kinds, "n1").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_publish_and_unsubscribe_on_drop() {
+    let n = node().await;
+    let ps = PubSub::of(&n);
+    let mut a = ps.subscribe("t");
+    let mut b = ps.subscribe("t");
+    assert_eq!(ps.nodes_for("t"), vec!["n1".to_string()]);
+    let p = ps.publisher("p");
+    let d = p.publish("t", &"hello".to_string()).await.unwrap();
+    assert_eq!((d.seq, d.nodes.clone()), (1, vec!["n1".to_string()]));
+    for s in [&mut a, &mut b] {
+        let got = s.recv().await.unwrap();
+        assert_eq!((got.publisher.as_str(), got.seq), ("n1/p", 1));
+        assert_eq!(got.decode::<String>().unwrap(), "hello");
+    }
+    drop(a);
+    assert_eq!(ps.nodes_for("t"), vec!["n1".to_string()], "b still subscribes");
+    drop(b);
+    assert!(ps.nodes_for("t").is_empty(), "the last subscription's drop unsubscribes");
+    let d = p.publish("t", &1u64).await.unwrap();
+    assert_eq!((d.seq, d.nodes.len()), (2, 0), "numbered on, sent nowhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscriber_misses_messages_and_an_acked_publish_waits() {
+    let n = node().await;
+    let ps = PubSub::of(&n);
+    let mut slow = ps.subscribe_with("t", 2);
+    let p = ps.publisher("p");
+    for i in 0..10u64 {
+        p.publish("t", &i).await.unwrap();
+    }
+    // The queue held two; the publisher did not wait for the rest.
+    assert_eq!(slow.recv().await.unwrap().seq, 1);
+    assert_eq!(slow.recv().await.unwrap().seq, 2);
+    assert!(tokio::time::timeout(Duration::from_millis(100), slow.recv()).await.is_err());
+    let dropped = n.metrics_snapshot().into_iter().find(|m| m.name == "troupe_pubsub_dropped_total").unwrap();
+    assert_eq!(dropped.value, 8.0);
+    // Acknowledged: waits for room, so nothing is missed.
+    let reader = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while seqs.len() < 10 {
+            seqs.push(slow.recv().await.unwrap().seq);
+        }
+        seqs
+    });
+    for i in 0..10u64 {
+        assert_eq!(p.publish_acked("t", &i).await.unwrap().subscribers, 1);
+    }
+    assert_eq!(reader.await.unwrap(), (11..=20).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_follow_their_members() {
+    let n = node().await;
+    let ps = PubSub::of(&n);
+    let a = ActorPath::new("nop", "nop", "a").unwrap();
+    let b = ActorPath::new("nop", "nop", "b").unwrap();
+    let ga = ps.join("g", &a);
+    let gb = ps.join("g", &b);
+    assert_eq!(ps.members("g"), vec![a.clone(), b.clone()]);
+    drop(ga);
+    assert_eq!(ps.members("g"), vec![b]);
+    drop(gb);
+    assert!(ps.members("g").is_empty());
+}
