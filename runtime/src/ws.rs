@@ -7,15 +7,25 @@
 //! [`WsSender`] and a [`WsReceiver`]. The runtime owns the socket:
 //! - **Heartbeat:** a ping every `ping_every`; a peer that sends nothing (no pong, no
 //!   data) for `ping_every + pong_timeout` is closed with 1011 and the reason.
-//! - **Backpressure:** outbound messages wait in a queue of `outbound_queue`.
+//! - **Backpressure, in bytes:** outbound messages wait in a queue of at most
+//!   `outbound_bytes_max` (each message costs its length plus 64).
 //!   [`WsSender::send`] waits for room (the producer slows down);
 //!   [`WsSender::try_send`] never waits, and a full queue closes the session with
 //!   1013 (a consumer too slow to keep up is dropped, not buffered without end). A
 //!   write that takes longer than `write_timeout` ends the session. Inbound messages
-//!   wait for the session function in a queue of `inbound_queue`; while it is full the
-//!   socket is not read, so TCP slows the peer down (and its silence meanwhile is not
-//!   held against it).
-//! - **Size:** a message over `message_bytes_max` closes the session with 1009.
+//!   wait for the session function in a queue of at most `inbound_bytes_max`; while
+//!   it is full the socket is not read, so TCP slows the peer down, and a session
+//!   function that takes nothing for `ping_every + pong_timeout` gets its session
+//!   closed with 1011. A session function that drops its receiver (a push-only feed)
+//!   has the peer's messages discarded.
+//! - **Size:** a message over `message_bytes_max` closes the session with 1009; a
+//!   larger one is refused to the sender ([`WsSendError::TooBig`]).
+//! - **Memory:** a session queues at most `outbound_bytes_max + inbound_bytes_max`
+//!   plus tungstenite's buffers (about three messages of `message_bytes_max`); with
+//!   `sessions_max` that bounds a gateway's WebSocket memory.
+//! - **The session function** runs beside the driver: if it panics, the session is
+//!   closed with 1011; once the session has ended it has [`SESSION_GRACE`] to finish
+//!   before it is aborted.
 //! - **Connection limits:** an upgraded connection keeps its slot of the listener's
 //!   per-IP and total caps ([`crate::http::HttpLimits`]) for the session's life, and
 //!   at most `sessions_max` sessions are open per `WsSessions` (503 past it).
@@ -29,11 +39,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::SinkExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 /// Close codes the runtime sends (RFC 6455, section 7.4.1).
@@ -64,10 +75,11 @@ pub struct WsLimits {
     pub ping_every: Duration,
     /// How long after a due ping the peer may stay silent before it is closed.
     pub pong_timeout: Duration,
-    /// Messages waiting to be written to the peer.
-    pub outbound_queue: usize,
-    /// Messages received and not yet taken by the session function.
-    pub inbound_queue: usize,
+    /// Bytes waiting to be written to the peer (each message costs its length + 64);
+    /// raised to one largest message if set below it.
+    pub outbound_bytes_max: usize,
+    /// Bytes received and not yet taken by the session function; raised likewise.
+    pub inbound_bytes_max: usize,
     /// Largest message, either way, in bytes.
     pub message_bytes_max: usize,
     /// Longest one write to the peer may take.
@@ -77,15 +89,15 @@ pub struct WsLimits {
 }
 
 impl Default for WsLimits {
-    /// Pings every 15 s, 15 s to answer, 256 messages queued out and 64 in, 1 MiB
+    /// Pings every 15 s, 15 s to answer, 1 MiB queued out and 256 KiB in, 256 KiB
     /// messages, 10 s per write, 10,000 sessions.
     fn default() -> Self {
         WsLimits {
             ping_every: Duration::from_secs(15),
             pong_timeout: Duration::from_secs(15),
-            outbound_queue: 256,
-            inbound_queue: 64,
-            message_bytes_max: 1 << 20,
+            outbound_bytes_max: 1 << 20,
+            inbound_bytes_max: 256 << 10,
+            message_bytes_max: 256 << 10,
             write_timeout: Duration::from_secs(10),
             sessions_max: 10_000,
         }
@@ -127,18 +139,35 @@ pub enum WsSendError {
     /// closed with 1013.
     #[error("the peer reads too slowly: its queue is full, and the session is closing")]
     Full,
+    /// The message is larger than `message_bytes_max`; nothing was sent.
+    #[error("the message is larger than the session's limit")]
+    TooBig,
+}
+
+/// How long a session function may run on after its session ended.
+pub const SESSION_GRACE: Duration = Duration::from_secs(5);
+
+/// What a queued message costs of a byte budget.
+fn cost(msg: &WsMessage) -> usize {
+    msg.as_bytes().len() + 64
+}
+
+fn permits(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 enum Out {
-    Msg(WsMessage),
+    Msg(WsMessage, OwnedSemaphorePermit),
     Close(u16, String),
 }
 
 /// Queues messages to one peer; clone it to send from several tasks or actors.
 #[derive(Clone)]
 pub struct WsSender {
-    tx: mpsc::Sender<Out>,
+    tx: mpsc::UnboundedSender<Out>,
+    budget: Arc<Semaphore>,
     overflow: Arc<Notify>,
+    message_max: usize,
 }
 
 impl std::fmt::Debug for WsSender {
@@ -150,14 +179,22 @@ impl std::fmt::Debug for WsSender {
 impl WsSender {
     /// Queues `msg`, waiting while the queue is full.
     pub async fn send(&self, msg: WsMessage) -> Result<(), WsSendError> {
-        self.tx.send(Out::Msg(msg)).await.map_err(|_| WsSendError::Closed)
+        if msg.as_bytes().len() > self.message_max {
+            return Err(WsSendError::TooBig);
+        }
+        let permit =
+            self.budget.clone().acquire_many_owned(permits(cost(&msg))).await.map_err(|_| WsSendError::Closed)?;
+        self.tx.send(Out::Msg(msg, permit)).map_err(|_| WsSendError::Closed)
     }
     /// Queues `msg` without waiting; a full queue closes the session with 1013.
     pub fn try_send(&self, msg: WsMessage) -> Result<(), WsSendError> {
-        match self.tx.try_send(Out::Msg(msg)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(WsSendError::Closed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        if msg.as_bytes().len() > self.message_max {
+            return Err(WsSendError::TooBig);
+        }
+        match self.budget.clone().try_acquire_many_owned(permits(cost(&msg))) {
+            Ok(permit) => self.tx.send(Out::Msg(msg, permit)).map_err(|_| WsSendError::Closed),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(WsSendError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
                 self.overflow.notify_one();
                 Err(WsSendError::Full)
             }
@@ -165,24 +202,28 @@ impl WsSender {
     }
     /// Closes the session with `code` and `reason` after what is already queued.
     pub async fn close(&self, code: u16, reason: impl Into<String>) {
-        let _ = self.tx.send(Out::Close(code, reason.into())).await;
+        let _ = self.tx.send(Out::Close(code, reason.into()));
     }
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+    /// Waits until the session has ended (for a push-only session function).
+    pub async fn closed(&self) {
+        self.tx.closed().await
     }
 }
 
 /// Messages from the peer, in order; `None` once the session has ended.
 #[derive(Debug)]
 pub struct WsReceiver {
-    rx: mpsc::Receiver<WsMessage>,
+    rx: mpsc::UnboundedReceiver<(WsMessage, OwnedSemaphorePermit)>,
 }
 
 impl WsReceiver {
-    /// The next message from the peer.
+    /// The next message from the peer (its bytes leave the inbound budget).
     pub async fn recv(&mut self) -> Option<WsMessage> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|(msg, _permit)| msg)
     }
 }
 
@@ -270,10 +311,16 @@ impl WsSessions {
         F: FnOnce(WsSender, WsReceiver) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let limits = self.limits.clone();
-        // Claim a session place before upgrading; give it back if over the cap.
-        if self.open.fetch_add(1, Ordering::AcqRel) >= limits.sessions_max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        let mut limits = self.limits.clone();
+        // A budget holds at least one largest message.
+        limits.outbound_bytes_max = limits.outbound_bytes_max.max(limits.message_bytes_max + 64);
+        limits.inbound_bytes_max = limits.inbound_bytes_max.max(limits.message_bytes_max + 64);
+        // Claim a session place before upgrading.
+        let claimed = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limits.sessions_max).then_some(n + 1))
+            .is_ok();
+        if !claimed {
             return (
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(serde_json::json!({
@@ -294,16 +341,31 @@ impl WsSessions {
             .on_upgrade(move |socket| async move {
                 let _open = open;
                 let _slot = slot;
-                let (out_tx, out_rx) = mpsc::channel(limits.outbound_queue.max(1));
-                let (in_tx, in_rx) = mpsc::channel(limits.inbound_queue.max(1));
+                let (out_tx, out_rx) = mpsc::unbounded_channel();
+                let (in_tx, in_rx) = mpsc::unbounded_channel();
                 let overflow = Arc::new(Notify::new());
-                let sender = WsSender { tx: out_tx, overflow: overflow.clone() };
+                let out_budget = Arc::new(Semaphore::new(limits.outbound_bytes_max));
+                let sender = WsSender {
+                    tx: out_tx,
+                    budget: out_budget.clone(),
+                    overflow: overflow.clone(),
+                    message_max: limits.message_bytes_max,
+                };
                 let app = tokio::spawn(session(sender, WsReceiver { rx: in_rx }));
-                let code = drive(socket, &limits, out_rx, in_tx, overflow, shutdown).await;
+                // `None` once the driver has seen the task end.
+                let mut app = Some(app);
+                let queues = Queues { out_rx, in_tx, in_budget: Arc::new(Semaphore::new(limits.inbound_bytes_max)) };
+                let code = drive(socket, &limits, queues, overflow, shutdown, &mut app).await;
+                // Senders waiting for room learn the session is over.
+                out_budget.close();
                 closes.count(code);
-                // The session function sees its receiver end; it is not aborted, so
-                // it may finish what it does with what it received.
-                drop(app);
+                // The session function sees its receiver end and gets a grace period
+                // to finish what it does with what it received.
+                if let Some(mut app) = app
+                    && tokio::time::timeout(SESSION_GRACE, &mut app).await.is_err()
+                {
+                    app.abort();
+                }
             })
     }
 }
@@ -331,16 +393,27 @@ enum End {
     Close(u16, String),
 }
 
+/// The session's two queues, as the driver holds them.
+struct Queues {
+    out_rx: mpsc::UnboundedReceiver<Out>,
+    in_tx: mpsc::UnboundedSender<(WsMessage, OwnedSemaphorePermit)>,
+    in_budget: Arc<Semaphore>,
+}
+
 /// Owns the socket for one session until it ends; returns the close code to count.
 async fn drive(
     mut socket: WebSocket,
     limits: &WsLimits,
-    mut out_rx: mpsc::Receiver<Out>,
-    in_tx: mpsc::Sender<WsMessage>,
+    queues: Queues,
     overflow: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
+    app: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> u16 {
-    let mut pending: Option<WsMessage> = None;
+    let Queues { mut out_rx, in_tx, in_budget } = queues;
+    // A message read and waiting for room in the inbound budget, and since when.
+    let mut pending: Option<(WsMessage, Instant)> = None;
+    // The session function dropped its receiver: the peer's messages are discarded.
+    let mut discard = false;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + limits.ping_every, limits.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -350,28 +423,46 @@ async fn drive(
             break End::Close(close_code::GOING_AWAY, "the gateway is stopping".into());
         }
         tokio::select! {
+            biased;
             _ = shutdown.changed() => {
                 break End::Close(close_code::GOING_AWAY, "the gateway is stopping".into());
             }
             () = overflow.notified() => {
                 break End::Close(
                     close_code::TRY_AGAIN_LATER,
-                    format!("reading too slowly: {} messages were waiting", limits.outbound_queue),
+                    format!("reading too slowly: {} bytes were waiting", limits.outbound_bytes_max),
                 );
+            }
+            done = async {
+                match app.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            }, if app.is_some() => {
+                *app = None;
+                if done.is_err_and(|e| e.is_panic()) {
+                    break End::Close(close_code::SERVER_ERROR, "the session failed".into());
+                }
+                // Returned: the session goes on while any of its senders lives.
             }
             frame = socket.recv(), if pending.is_none() => match frame {
                 None => break End::Gone(close_code::ABNORMAL),
                 Some(Ok(Message::Text(t))) => {
                     last_heard = Instant::now();
-                    pending = Some(WsMessage::Text(t.as_str().to_owned()));
+                    if !discard {
+                        pending = Some((WsMessage::Text(t.as_str().to_owned()), Instant::now()));
+                    }
                 }
                 Some(Ok(Message::Binary(b))) => {
                     last_heard = Instant::now();
-                    pending = Some(WsMessage::Binary(b));
+                    if !discard {
+                        pending = Some((WsMessage::Binary(b), Instant::now()));
+                    }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => last_heard = Instant::now(),
-                // tungstenite answers the close itself.
                 Some(Ok(Message::Close(frame))) => {
+                    // tungstenite has queued the answer to the close: write it.
+                    let _ = tokio::time::timeout(limits.write_timeout, socket.flush()).await;
                     break End::Gone(frame.map_or(close_code::NO_STATUS, |f| f.code));
                 }
                 Some(Err(e)) => break match too_long(e) {
@@ -382,27 +473,51 @@ async fn drive(
                     None => End::Gone(close_code::ABNORMAL),
                 },
             },
-            permit = in_tx.reserve(), if pending.is_some() => match permit {
-                Ok(permit) => {
-                    if let Some(msg) = pending.take() {
-                        permit.send(msg);
-                    }
-                    // The peer was waiting on us, not silent.
-                    last_heard = Instant::now();
+            permit = in_budget.clone().acquire_many_owned(
+                permits(pending.as_ref().map_or(0, |(m, _)| cost(m)))
+            ), if pending.is_some() => {
+                if let (Ok(permit), Some((msg, _))) = (permit, pending.take())
+                    && in_tx.send((msg, permit)).is_err()
+                {
+                    // The session function dropped its receiver (a push-only feed).
+                    discard = true;
                 }
-                // The session function stopped reading: it has finished with the peer.
-                Err(_) => break End::Close(close_code::NORMAL, String::new()),
+                // The peer was waiting on us, not silent.
+                last_heard = Instant::now();
             },
             out = out_rx.recv() => match out {
-                Some(Out::Msg(msg)) => {
-                    if !write(&mut socket, msg.into_axum(), limits.write_timeout).await {
+                Some(Out::Msg(msg, permit)) => {
+                    let written = write(&mut socket, msg.into_axum(), limits.write_timeout).await;
+                    drop(permit);
+                    if !written {
                         break End::Gone(close_code::ABNORMAL);
                     }
                 }
                 Some(Out::Close(code, reason)) => break End::Close(code, reason),
-                None => break End::Close(close_code::NORMAL, String::new()),
+                // Every sender is gone: the session function ended, or panicked (its
+                // sender dropped while unwinding, before its task reports it).
+                None => {
+                    let mut panicked = false;
+                    if let Some(task) = app.as_mut()
+                        && let Ok(done) = tokio::time::timeout(limits.write_timeout, task).await
+                    {
+                        panicked = done.is_err_and(|e| e.is_panic());
+                        *app = None;
+                    }
+                    break if panicked {
+                        End::Close(close_code::SERVER_ERROR, "the session failed".into())
+                    } else {
+                        End::Close(close_code::NORMAL, String::new())
+                    };
+                }
             },
             _ = ping.tick() => {
+                if let Some((_, since)) = &pending && since.elapsed() >= silence_max {
+                    break End::Close(
+                        close_code::SERVER_ERROR,
+                        format!("the session took none of its messages for {} ms", silence_max.as_millis()),
+                    );
+                }
                 if pending.is_none() && last_heard.elapsed() >= silence_max {
                     break End::Close(
                         close_code::HEARTBEAT,

@@ -62,7 +62,7 @@ pub struct WsClient {
     inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
-/// Largest message the client accepts (the gateways' default limit).
+/// Largest message the client accepts.
 pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 
 /// Connects to `url` (`ws://127.0.0.1:8080/ws/echo`), sending `authorization` as the
@@ -119,15 +119,23 @@ impl WsClient {
             Ok(Some(r)) => r.map(Some),
         }
     }
-    /// Closes the session normally (1000).
-    pub async fn close(mut self) -> Result<(), WsError> {
+    /// Closes the session normally (1000) and waits (at most 5 s) for the server's
+    /// answer, which it returns: its close code and reason, or `None` if the
+    /// connection ended without one.
+    pub async fn close(mut self) -> Result<Option<(u16, String)>, WsError> {
         let normal = tungstenite::protocol::CloseFrame {
             code: tungstenite::protocol::frame::coding::CloseCode::Normal,
             reason: "".into(),
         };
         self.inner.close(Some(normal)).await?;
-        // Read until the server's close answer, so the close handshake completes.
-        while let Some(Ok(_)) = self.inner.next().await {}
-        Ok(())
+        let answer = async {
+            while let Some(Ok(msg)) = self.inner.next().await {
+                if let Message::Close(frame) = msg {
+                    return frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+                }
+            }
+            None
+        };
+        Ok(tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap_or(None))
     }
 }

@@ -25,7 +25,8 @@ const SYSTEM: &str = "diag";
 pub struct GatewayParams {
     pub ping_every_ms: u64,
     pub pong_timeout_ms: u64,
-    pub outbound_queue: usize,
+    pub outbound_bytes_max: usize,
+    pub inbound_bytes_max: usize,
     pub message_bytes_max: usize,
     pub sessions_max: usize,
 }
@@ -36,7 +37,8 @@ impl Default for GatewayParams {
         GatewayParams {
             ping_every_ms: d.ping_every.as_millis() as u64,
             pong_timeout_ms: d.pong_timeout.as_millis() as u64,
-            outbound_queue: d.outbound_queue,
+            outbound_bytes_max: d.outbound_bytes_max,
+            inbound_bytes_max: d.inbound_bytes_max,
             message_bytes_max: d.message_bytes_max,
             sessions_max: d.sessions_max,
         }
@@ -50,14 +52,15 @@ pub struct GatewayActor {
 impl FromParams for GatewayActor {
     type Params = GatewayParams;
     fn from_params(p: GatewayParams, _: &KindSpec, _: &Node) -> Result<Self, String> {
-        if p.ping_every_ms == 0 || p.pong_timeout_ms == 0 || p.outbound_queue == 0 || p.message_bytes_max == 0 {
-            return Err("ping_every_ms, pong_timeout_ms, outbound_queue and message_bytes_max must be above 0".into());
+        if p.ping_every_ms == 0 || p.pong_timeout_ms == 0 || p.message_bytes_max == 0 {
+            return Err("ping_every_ms, pong_timeout_ms and message_bytes_max must be above 0".into());
         }
         Ok(GatewayActor {
             limits: WsLimits {
                 ping_every: Duration::from_millis(p.ping_every_ms),
                 pong_timeout: Duration::from_millis(p.pong_timeout_ms),
-                outbound_queue: p.outbound_queue,
+                outbound_bytes_max: p.outbound_bytes_max,
+                inbound_bytes_max: p.inbound_bytes_max,
                 message_bytes_max: p.message_bytes_max,
                 sessions_max: p.sessions_max,
                 ..WsLimits::default()
