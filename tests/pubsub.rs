@@ -108,6 +108,14 @@ fn a_topic_on_three_nodes_in_publisher_order_and_a_dead_nodes_subscribers_droppe
             ask(&client, "n1", acked.clone()).await,
             TopicReply::Published { nodes: all.clone(), subscribers: 3, failed: vec![] }
         );
+        // ... and each subscriber has the acknowledged messages, in order.
+        for n in ["n1", "n2", "n3"] {
+            let TopicReply::Received(got) = ask(&client, n, TopicMsg::Received { topic: "news".into() }).await else {
+                panic!("not a Received reply")
+            };
+            let c: Vec<u64> = got.iter().filter(|(p, _, _)| p == "n1/c").map(|(_, seq, _)| *seq).collect();
+            assert_eq!(c, vec![1, 2, 3], "{n}");
+        }
 
         // kill -9 n3: its subscribers and group members go with its member-down event.
         c.kill("n3");

@@ -106,6 +106,21 @@ pub struct Ctx<P: Protocol> {
     /// ends after the current message and its supervisor restarts it (a new
     /// recovery), as Akka stops a persistent actor whose write failed.
     must_recover: AtomicBool,
+    /// Tasks that live as long as this incarnation (its subscriptions).
+    linked: LinkedTasks,
+}
+
+/// Tasks aborted when the incarnation that started them ends (stop or restart), so a
+/// restarted actor that subscribes again does not get every message twice.
+#[derive(Default)]
+struct LinkedTasks(parking_lot::Mutex<Vec<tokio::task::AbortHandle>>);
+
+impl Drop for LinkedTasks {
+    fn drop(&mut self) {
+        for task in self.0.get_mut().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl<P: Protocol> Ctx<P> {
@@ -169,12 +184,13 @@ impl<P: Protocol> Ctx<P> {
     }
 
     /// Subscribes this actor to `topic` ([`crate::pubsub`]): each message published
-    /// on it arrives in the mailbox as `map(published)`, until the actor stops. A
-    /// message that finds the mailbox full is missed (pub/sub is at most once).
+    /// on it arrives in the mailbox as `map(published)`, until this incarnation ends
+    /// (a restarted actor subscribes again in its `init`). A message that finds the
+    /// mailbox full is missed (pub/sub is at most once).
     pub fn subscribe(&self, topic: &str, map: impl Fn(crate::pubsub::Published) -> P::Msg + Send + 'static) {
         let mut sub = crate::pubsub::PubSub::of(&self.node).subscribe(topic);
         let slot = Arc::downgrade(&self.slot);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(published) = sub.recv().await {
                 let mut delivery = Delivery::Msg { msg: map(published), reply: Reply::None, trace: 0 };
                 // While the actor restarts its slot refuses; once it has stopped for
@@ -195,6 +211,7 @@ impl<P: Protocol> Ctx<P> {
                 }
             }
         });
+        self.linked.0.lock().push(task.abort_handle());
     }
 
     /// Calls [`Behavior::tick`] every `period` until the actor stops.
@@ -331,6 +348,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
             next_seq: AtomicU64::new(1),
             term: parking_lot::Mutex::new(Term::default()),
             must_recover: AtomicBool::new(false),
+            linked: LinkedTasks::default(),
         };
         let stats = ctx.slot.entry_stats();
         stats.set_state(ActorState::Starting);

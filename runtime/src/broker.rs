@@ -21,18 +21,23 @@ impl FromParams for BrokerBehavior {
     }
 }
 
-/// The broker's state: the task that follows membership, stopped with it.
+/// The broker's state: this node's pub/sub and the tasks that follow membership and
+/// announce changes, stopped with it.
 pub(crate) struct BrokerState {
-    follow: Option<tokio::task::JoinHandle<()>>,
+    pubsub: std::sync::Arc<PubSub>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for BrokerState {
     fn drop(&mut self) {
-        if let Some(t) = self.follow.take() {
+        for t in &self.tasks {
             t.abort();
         }
     }
 }
+
+/// Changes closer together than this go out as one announcement.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Behavior for BrokerBehavior {
     type Proto = Broker;
@@ -41,51 +46,64 @@ impl Behavior for BrokerBehavior {
     async fn init(&self, ctx: &Ctx<Broker>) -> Result<BrokerState, ActorError> {
         let pubsub = PubSub::of(ctx.node());
         ctx.tick_every(RESYNC);
+        let mut tasks = Vec::new();
+        // Announce local changes, several close together as one.
+        let announcer = pubsub.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                announcer.next_change().await;
+                tokio::time::sleep(DEBOUNCE).await;
+                announcer.announce(None);
+            }
+        }));
         // Forget a member's subscribers on its member-down event; greet a member that
         // joins (or comes back) with this node's announcement.
-        let follow = ctx.node().member_events().map(|mut events| {
+        if let Some(mut events) = ctx.node().member_events() {
             let pubsub = pubsub.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 while let Some(change) = events.next().await {
                     match change {
                         MemberChange::Changed(e) if e.state == MemberState::Down => pubsub.forget(&e.name, e.epoch),
                         MemberChange::Changed(e) if e.state == MemberState::Alive => {
-                            // A new incarnation: the old one's announcement is void.
-                            pubsub.forget(&e.name, e.epoch.saturating_sub(1));
+                            pubsub.revive(&e.name, e.epoch);
                             pubsub.announce(Some(e.name));
                         }
                         MemberChange::Changed(_) => {}
-                        MemberChange::Missed(_) => pubsub.announce(None),
+                        MemberChange::Missed(_) => {
+                            pubsub.reconcile();
+                            pubsub.announce(None);
+                        }
                     }
                 }
-            })
-        });
+            }));
+        }
+        pubsub.reconcile();
         pubsub.announce(None);
-        Ok(BrokerState { follow })
+        Ok(BrokerState { pubsub, tasks })
     }
 
     async fn handle(
         &self,
-        ctx: &Ctx<Broker>,
-        _: &mut BrokerState,
+        _: &Ctx<Broker>,
+        st: &mut BrokerState,
         msg: MsgOf<Self>,
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
-        let pubsub = PubSub::of(ctx.node());
         match msg {
             BrokerMsg::Deliver { msg, acked } => {
-                let subscribers = pubsub.deliver_local(&msg, acked).await;
+                let subscribers = st.pubsub.deliver(&msg, acked).await;
                 reply.send(BrokerReply::Delivered { subscribers }).await;
             }
             BrokerMsg::Interest { node, epoch, version, topics, groups } => {
-                pubsub.heard(node, epoch, version, topics, groups);
+                st.pubsub.heard(node, epoch, version, topics, groups);
             }
         }
         Ok(())
     }
 
-    async fn tick(&self, ctx: &Ctx<Broker>, _: &mut BrokerState) -> Result<(), ActorError> {
-        PubSub::of(ctx.node()).announce(None);
+    async fn tick(&self, _: &Ctx<Broker>, st: &mut BrokerState) -> Result<(), ActorError> {
+        st.pubsub.reconcile();
+        st.pubsub.announce(None);
         Ok(())
     }
 }

@@ -42,6 +42,10 @@ pub const RESYNC: Duration = Duration::from_secs(2);
 /// Messages a subscriber may have waiting before it misses published ones.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
+/// Publisher instances whose last number a node keeps (to drop duplicates and
+/// overtaken messages); the oldest first seen is forgotten past this.
+pub const PUBLISHERS_KEPT: usize = 65_536;
+
 /// How long an acknowledged publish waits for one node's broker.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +59,8 @@ pub struct Published {
     /// Its number from that publisher, from 1 up; a subscriber sees a publisher's
     /// numbers in order (a gap: messages it missed).
     pub seq: u64,
+    /// Which [`Publisher`] object of that name (a new one numbers from 1 again).
+    pub instance: u64,
     /// What was published (bytes; [`Published::decode`] for a typed payload).
     pub payload: Vec<u8>,
 }
@@ -147,6 +153,10 @@ struct State {
     /// The last boot epoch of each member seen going down: an announcement of that
     /// incarnation arriving late is ignored.
     down: BTreeMap<String, u64>,
+    /// The last number handed out from each publisher instance, and the order they
+    /// were first seen in (the oldest are forgotten past [`PUBLISHERS_KEPT`]).
+    last_seq: HashMap<(String, u64), u64>,
+    seen: std::collections::VecDeque<(String, u64)>,
     next_id: u64,
 }
 
@@ -155,7 +165,8 @@ pub struct PubSub {
     node: Node,
     state: Mutex<State>,
     version: AtomicU64,
-    dropped: Counter,
+    dirty: tokio::sync::Notify,
+    pub(crate) dropped: Counter,
     delivered: Counter,
 }
 
@@ -174,6 +185,7 @@ impl PubSub {
                 node: node.clone(),
                 state: Mutex::new(State::default()),
                 version: AtomicU64::new(0),
+                dirty: tokio::sync::Notify::new(),
                 dropped: m.counter(
                     "troupe_pubsub_dropped_total",
                     "Published messages a local subscriber missed: its queue was full",
@@ -285,23 +297,48 @@ impl PubSub {
     /// A publisher named `name` (unique on this node for its numbering to mean
     /// anything); its messages are numbered from 1.
     pub fn publisher(self: &Arc<Self>, name: &str) -> Publisher {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let instance = self.node.epoch().wrapping_mul(1_000_003) ^ INSTANCES.fetch_add(1, Ordering::Relaxed);
         Publisher {
             pubsub: self.clone(),
+            instance,
             id: format!("{}/{name}", self.node.name()),
             seq: Arc::new(tokio::sync::Mutex::new(0)),
+            queues: Arc::default(),
         }
     }
 
     /// Hands `msg` to this node's subscribers of its topic: without waiting (a full
-    /// queue misses it) or, `wait`ing, for room in each. Returns how many got it.
-    pub(crate) async fn deliver_local(&self, msg: &Published, wait: bool) -> u64 {
+    /// queue misses it) or, `wait`ing, for room in each (at most [`ACK_TIMEOUT`] per
+    /// subscriber). Returns how many got it. A message numbered at or below the last
+    /// one handed out from its publisher (a retry's duplicate, or one overtaken) is
+    /// dropped: subscribers may see a gap, never a duplicate or a reordering.
+    pub(crate) async fn deliver(&self, msg: &Published, wait: bool) -> u64 {
         let targets: Vec<mpsc::Sender<Published>> = {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
+            let key = (msg.publisher.clone(), msg.instance);
+            match st.last_seq.get_mut(&key) {
+                Some(last) if msg.seq <= *last => return 0,
+                Some(last) => *last = msg.seq,
+                None => {
+                    st.last_seq.insert(key.clone(), msg.seq);
+                    st.seen.push_back(key);
+                    if st.seen.len() > PUBLISHERS_KEPT
+                        && let Some(old) = st.seen.pop_front()
+                    {
+                        st.last_seq.remove(&old);
+                    }
+                }
+            }
             st.subs.get(&msg.topic).map(|l| l.iter().map(|s| s.tx.clone()).collect()).unwrap_or_default()
         };
         let mut got = 0;
         for tx in targets {
-            let ok = if wait { tx.send(msg.clone()).await.is_ok() } else { tx.try_send(msg.clone()).is_ok() };
+            let ok = if wait {
+                tx.send_timeout(msg.clone(), ACK_TIMEOUT).await.is_ok()
+            } else {
+                tx.try_send(msg.clone()).is_ok()
+            };
             if ok {
                 got += 1;
             } else if !tx.is_closed() {
@@ -324,10 +361,16 @@ impl PubSub {
         }
     }
 
-    /// Local topics or groups changed: a new version, announced to every member.
+    /// Local topics or groups changed: a new version, announced to every member by
+    /// the broker's announcer (changes close together go out as one announcement).
     fn changed(&self) {
         self.version.fetch_add(1, Ordering::SeqCst);
-        self.announce(None);
+        self.dirty.notify_one();
+    }
+
+    /// Waits for a change to announce (the broker's announcer task).
+    pub(crate) async fn next_change(&self) {
+        self.dirty.notified().await
     }
 
     /// Tells `to` (or every other live member) this node's topics and groups.
@@ -378,6 +421,35 @@ impl PubSub {
             return;
         }
         *r = Remote { epoch, version, topics: topics.into_iter().collect(), groups: groups.into_iter().collect() };
+    }
+
+    /// A member is alive in `epoch`: announcements of older incarnations are void,
+    /// and a member that came back in the same incarnation (declared down, then
+    /// refuted) is heard again.
+    pub(crate) fn revive(&self, node: &str, epoch: u64) {
+        let mut st = self.state.lock();
+        if st.remote.get(node).is_some_and(|r| r.epoch < epoch) {
+            st.remote.remove(node);
+        }
+        if let Some(gone) = st.down.get_mut(node)
+            && *gone >= epoch
+        {
+            *gone = epoch.saturating_sub(1);
+        }
+    }
+
+    /// Forgets every member the view no longer holds alive or suspect (events can
+    /// be missed: a lagging subscriber, a broker restart).
+    pub(crate) fn reconcile(&self) {
+        let live: BTreeMap<String, u64> = self
+            .node
+            .members()
+            .into_iter()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| (m.name, m.epoch))
+            .collect();
+        let mut st = self.state.lock();
+        st.remote.retain(|n, r| live.get(n).is_some_and(|&e| e == r.epoch));
     }
 
     /// A member went down: what its incarnation `epoch` (and any older one)
@@ -442,13 +514,29 @@ impl Drop for GroupMember {
     }
 }
 
-/// Publishes numbered messages; cheap to clone (clones share the numbering).
+/// Publishes numbered messages; cheap to clone (clones share the numbering and the
+/// queues).
+///
+/// Each destination node has a queue of its own (at most [`PUBLISH_QUEUE`]
+/// messages) drained in order by one task, so a slow or unreachable node delays
+/// nobody else and the publisher never waits on the network for a plain publish.
 #[derive(Clone)]
 pub struct Publisher {
     pubsub: Arc<PubSub>,
     id: String,
-    /// The last number used; held across a publish so messages leave in order.
+    instance: u64,
+    /// The last number used; held across a publish so messages are queued in order.
     seq: Arc<tokio::sync::Mutex<u64>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Outgoing>>>>,
+}
+
+/// Messages one publisher may have waiting for one node before it misses more.
+pub const PUBLISH_QUEUE: usize = 4096;
+
+/// One message on its way to one node; `ack` for an acknowledged publish.
+struct Outgoing {
+    msg: Published,
+    ack: Option<tokio::sync::oneshot::Sender<Result<u64, RemoteError>>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -476,38 +564,91 @@ impl Publisher {
         self.publish_bytes(topic, payload, true).await
     }
 
+    /// The queue to `node`, with its drain task started on first use.
+    fn queue(&self, node: &str) -> Result<mpsc::Sender<Outgoing>, RemoteError> {
+        let mut queues = self.queues.lock();
+        if let Some(q) = queues.get(node)
+            && !q.is_closed()
+        {
+            return Ok(q.clone());
+        }
+        let path = ActorPath::new("troupe", "pubsub", node).map_err(|e| RemoteError::Invalid(e.to_string()))?;
+        let handle = self.pubsub.node.handle::<Broker>(path);
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(PUBLISH_QUEUE);
+        // One task per destination: deliveries to one node leave in order, from one
+        // task (so on one lane).
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                match out.ack {
+                    None => {
+                        let _ = handle.tell(BrokerMsg::Deliver { msg: out.msg, acked: false }).await;
+                    }
+                    Some(answer) => {
+                        let r = handle.ask_timeout(BrokerMsg::Deliver { msg: out.msg, acked: true }, ACK_TIMEOUT).await;
+                        let _ = answer.send(r.map(|BrokerReply::Delivered { subscribers }| subscribers));
+                    }
+                }
+            }
+        });
+        queues.insert(node.to_string(), tx.clone());
+        Ok(tx)
+    }
+
     /// Publishes raw bytes.
     pub async fn publish_bytes(&self, topic: &str, payload: Vec<u8>, acked: bool) -> Result<Delivery, RemoteError> {
         let mut seq = self.seq.lock().await;
         *seq += 1;
-        let msg = Published { topic: topic.to_string(), publisher: self.id.clone(), seq: *seq, payload };
+        let msg = Published {
+            topic: topic.to_string(),
+            publisher: self.id.clone(),
+            seq: *seq,
+            instance: self.instance,
+            payload,
+        };
         let me = self.pubsub.node.name().to_string();
         let nodes = self.pubsub.nodes_for(topic);
         let mut report = Delivery { seq: *seq, nodes: nodes.clone(), subscribers: 0, failed: Vec::new() };
         let mut waits = Vec::new();
         for n in &nodes {
             if *n == me {
-                report.subscribers += self.pubsub.deliver_local(&msg, acked).await;
+                // Local subscribers: by the same rule as a broker's.
+                let got = self.pubsub.deliver(&msg, acked).await;
+                if acked {
+                    report.subscribers += got;
+                }
                 continue;
             }
-            let path = ActorPath::new("troupe", "pubsub", n).map_err(|e| RemoteError::Invalid(e.to_string()))?;
-            let handle = self.pubsub.node.handle::<Broker>(path);
-            let deliver = BrokerMsg::Deliver { msg: msg.clone(), acked };
-            if acked {
-                // Sent in order now; answers awaited together below.
-                waits.push((n.clone(), tokio::spawn(async move { handle.ask_timeout(deliver, ACK_TIMEOUT).await })));
-            } else if let Err(e) = handle.tell(deliver).await {
-                report.failed.push((n.clone(), e));
+            let queue = self.queue(n)?;
+            let (ack, answer) = if acked {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            match queue.try_send(Outgoing { msg: msg.clone(), ack }) {
+                Ok(()) => {
+                    if let Some(answer) = answer {
+                        waits.push((n.clone(), answer));
+                    }
+                }
+                Err(_) => {
+                    self.pubsub.dropped.inc();
+                    report
+                        .failed
+                        .push((n.clone(), RemoteError::QueueFull { node: n.clone(), cap: PUBLISH_QUEUE as u64 }));
+                }
+            }
+        }
+        // An acknowledged publish holds the numbering until every node answered, so
+        // the next message cannot overtake it anywhere.
+        for (n, answer) in waits {
+            match answer.await {
+                Ok(Ok(subscribers)) => report.subscribers += subscribers,
+                Ok(Err(e)) => report.failed.push((n, e)),
+                Err(_) => report.failed.push((n.clone(), RemoteError::NodeDown { node: n })),
             }
         }
         drop(seq);
-        for (n, wait) in waits {
-            match wait.await {
-                Ok(Ok(BrokerReply::Delivered { subscribers })) => report.subscribers += subscribers,
-                Ok(Err(e)) => report.failed.push((n, e)),
-                Err(e) => report.failed.push((n, RemoteError::Invalid(e.to_string()))),
-            }
-        }
         Ok(report)
     }
 }

@@ -43,7 +43,10 @@ impl Behavior for NopActor {
 }
 
 async fn node() -> Node {
-    let d = std::env::temp_dir().join(format!("troupe-pubsub-{}", std::process::id()));
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d =
+        std::env::temp_dir().join(format!("troupe-pubsub-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("systems")).unwrap();
     std::fs::write(
@@ -83,6 +86,13 @@ async fn subscribe_publish_and_unsubscribe_on_drop() {
     assert!(ps.nodes_for("t").is_empty(), "the last subscription's drop unsubscribes");
     let d = p.publish("t", &1u64).await.unwrap();
     assert_eq!((d.seq, d.nodes.len()), (2, 0), "numbered on, sent nowhere");
+    // A new publisher of the same name numbers from 1 again, and is still delivered
+    // (duplicates are told apart by publisher instance, not by name).
+    let mut c = ps.subscribe("t");
+    let again = ps.publisher("p");
+    assert_eq!(again.publish("t", &7u64).await.unwrap().subscribers, 0, "plain: not counted");
+    let got = c.recv().await.unwrap();
+    assert_eq!((got.publisher.as_str(), got.seq, got.decode::<u64>().unwrap()), ("n1/p", 1, 7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

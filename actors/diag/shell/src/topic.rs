@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use troupe_diag::{Topic, TopicMsg, TopicReply};
-use troupe_runtime::pubsub::{GroupMember, PubSub};
+use troupe_runtime::pubsub::{GroupMember, PubSub, Publisher};
 use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, Reply, ReplyOf, fail};
 
 pub struct TopicActor;
@@ -21,6 +21,8 @@ pub struct TopicState {
     received: BTreeMap<String, Vec<(String, u64, u64)>>,
     /// Group memberships, left when the actor stops.
     groups: Vec<GroupMember>,
+    /// Publishers by name, kept so their numbering goes on across messages.
+    publishers: BTreeMap<String, Publisher>,
 }
 
 impl Behavior for TopicActor {
@@ -39,6 +41,10 @@ impl Behavior for TopicActor {
         reply: Reply<ReplyOf<Self>>,
     ) -> Result<(), ActorError> {
         match msg {
+            TopicMsg::Subscribe { topic } if st.received.contains_key(&topic) => {
+                // Subscribed already: a second subscription would deliver twice.
+                reply.send(TopicReply::Done).await;
+            }
             TopicMsg::Subscribe { topic } => {
                 let t = topic.clone();
                 ctx.subscribe(&topic, move |p| TopicMsg::Got {
@@ -51,7 +57,11 @@ impl Behavior for TopicActor {
                 reply.send(TopicReply::Done).await;
             }
             TopicMsg::Publish { topic, publisher, count, acked } => {
-                let p = PubSub::of(ctx.node()).publisher(&publisher);
+                let p = st
+                    .publishers
+                    .entry(publisher.clone())
+                    .or_insert_with(|| PubSub::of(ctx.node()).publisher(&publisher))
+                    .clone();
                 let mut last = None;
                 for value in 1..=count {
                     let r = if acked { p.publish_acked(&topic, &value).await } else { p.publish(&topic, &value).await };
