@@ -392,3 +392,37 @@ fn creation_limits_hold_cluster_wide_with_the_rate_limiter() {
     }
     assert_eq!(created, 20, "the per-IP creation limit must hold across the three gateways ({limited} refused)");
 }
+
+/// An edit reaches every gateway's cache through the invalidation topic (the runtime's
+/// pub/sub), long before the cache TTL would: here the TTL is 10 minutes, so a gateway
+/// that missed the invalidation would serve the old target for the whole test.
+#[test]
+fn an_edit_invalidates_every_gateways_cache_through_pubsub() {
+    let extra = OVERRIDES.replace("cache_ttl_ms = 1000", "cache_ttl_ms = 600000");
+    let c = TestCluster::start(Options { systems: vec!["kv", SYS], extra, ..Options::default() });
+    c.wait_converged(&[], Duration::from_secs(30));
+    let gws: Vec<SocketAddr> = c.names.iter().map(|n| c.port(n, SYS)).collect();
+    for (n, gw) in c.names.iter().zip(&gws) {
+        PROXY.lock().expect("the proxy tokens").insert(*gw, c.service_auth());
+        wait_for(&format!("gateway of {n}"), Duration::from_secs(30), || {
+            call(*gw, "GET", "/api/links/nope", &[], None).ok().filter(|r| r.status == 404)
+        });
+    }
+    let r = create(gws[0], r#"{"url": "https://example.org/before", "alias": "cached"}"#, Some("ann"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Every gateway caches the first target.
+    for gw in &gws {
+        assert_eq!(must(*gw, "GET", "/cached", &[], None).header("location"), Some("https://example.org/before"));
+    }
+    let auth = proxy_auth(gws[1]);
+    let ann = [("X-User-Id", "ann"), ("Authorization", auth.as_str())];
+    let patch = r#"{"url": "https://example.org/after"}"#;
+    assert_eq!(must(gws[1], "PATCH", "/api/links/cached", &ann, Some(patch)).status, 200);
+    // Far below the TTL: only the invalidation can make this true.
+    for gw in &gws {
+        wait_for("the edit at every gateway", Duration::from_secs(20), || {
+            (must(*gw, "GET", "/cached", &[], None).header("location") == Some("https://example.org/after"))
+                .then_some(())
+        });
+    }
+}

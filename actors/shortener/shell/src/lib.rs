@@ -36,6 +36,12 @@ pub mod link;
 pub use troupe_shortener as core;
 pub use troupe_shortener::proto::{KIND_CLICKLOG, KIND_GATEWAY, KIND_LINK, shard_of, stable_hash};
 
+/// The pub/sub topic on which link entities tell every gateway to drop a code from its
+/// cache (the payload: the code).
+pub fn invalidation_topic(system: &str) -> String {
+    format!("{system}/invalidate")
+}
+
 /// The URL shortener as the `troupe` binary sees it (`src/systems.rs`).
 pub struct UrlShortener;
 

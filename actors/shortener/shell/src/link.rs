@@ -12,13 +12,10 @@
 //! - after an edit or delete is durable, every gateway is told to drop its cached copy
 //!   (at-most-once; the gateways' cache TTL bounds staleness when a tell is lost).
 
-use super::KIND_GATEWAY;
-use super::gateway::GatewayMsg;
 use serde::Deserialize;
+use troupe_runtime::pubsub::{PubSub, Publisher};
 use troupe_runtime::wire::codec;
-use troupe_runtime::{
-    ActorError, ActorPath, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail,
-};
+use troupe_runtime::{ActorError, Behavior, Ctx, FromParams, KindSpec, MsgOf, Node, RemoteError, Reply, ReplyOf, fail};
 pub use troupe_shortener::proto::{
     Link, LinkChange, LinkMsg, LinkOp, LinkRecord, LinkReply, Requester, apply, may_manage,
 };
@@ -85,24 +82,27 @@ impl LinkActor {
         Ok(())
     }
 
-    /// Tells every gateway to drop its cached copy of this code.
+    /// Tells every gateway to drop its cached copy of this code: one message per
+    /// node with a gateway, on the system's invalidation topic (the runtime's pub/sub).
     async fn broadcast_invalidate(ctx: &Ctx<Link>) {
         let node = ctx.node();
         let system = ctx.path().system();
-        let role = node.kind_spec(system, KIND_GATEWAY).and_then(|k| k.role.clone());
-        for n in &node.loaded().cluster.nodes {
-            if role.as_ref().is_some_and(|r| !n.placement_roles.contains(r)) {
-                continue;
+        let Ok(publisher) = node.extension(|| {
+            Ok::<_, std::convert::Infallible>(InvalidationPublisher(PubSub::of(node).publisher("links")))
+        });
+        // At most once; a dead node has no cache to clean, and the TTL covers a loss.
+        match publisher.0.publish(&super::invalidation_topic(system), &ctx.key().to_string()).await {
+            Ok(d) if !d.failed.is_empty() => {
+                tracing::debug!(failed = ?d.failed, "invalidation not delivered everywhere")
             }
-            let Ok(path) = ActorPath::new(system, KIND_GATEWAY, &n.name) else { continue };
-            let msg = GatewayMsg::Invalidate { code: ctx.key().to_string() };
-            // At-most-once; a dead node has no cache to clean, and the TTL covers a lost tell.
-            if let Err(e) = ctx.handle::<super::gateway::Gateway>(path).tell(msg).await {
-                tracing::debug!(node = %n.name, error = %e, "invalidation not delivered");
-            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "invalidation not published"),
         }
     }
 }
+
+/// This node's publisher of link invalidations (one, so its numbering means something).
+struct InvalidationPublisher(Publisher);
 
 impl Behavior for LinkActor {
     type Proto = Link;

@@ -3,8 +3,9 @@
 //! cache of resolved links, the counter blocks codes are minted from, the creation rate
 //! limiter, the abuse policy, the geo table and the click buffer.
 //!
-//! The actor itself only receives control messages (`Invalidate` from link entities,
-//! `Status`); requests run as tasks of the HTTP server it started, which share its state.
+//! The actor itself only receives control messages (`Invalidate`, published by link
+//! entities on the system's invalidation topic, `crate::invalidation_topic`; `Status`);
+//! requests run as tasks of the HTTP server it started, which share its state.
 //!
 //! Invariants:
 //! - the HTTP server and the click shipper live exactly as long as the incarnation that
@@ -195,6 +196,10 @@ impl Behavior for GatewayActor {
             ))
         })?;
         let listener = bind(SocketAddr::new(spec.addr.ip(), port)).await?;
+        // Link entities publish invalidations; one message reaches each gateway node.
+        ctx.subscribe(&crate::invalidation_topic(&system), |p| GatewayMsg::Invalidate {
+            code: p.decode::<String>().unwrap_or_default(),
+        });
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let p = self.params.clone();
         // Cluster-wide limits when system 10 runs; per-node buckets otherwise.
