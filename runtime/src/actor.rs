@@ -256,6 +256,24 @@ impl<P: Protocol> Ctx<P> {
         Ok(seq)
     }
 
+    /// Appends several entries to this actor's log in one atomic, replicated step
+    /// (one store transaction on each replica): after a crash they are all there or
+    /// none is. Returns their sequence numbers, consecutive. Fan-out systems write a
+    /// batch of events this way.
+    pub async fn persist_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<u64>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_seq.fetch_add(entries.len() as u64, Ordering::SeqCst);
+        let path = self.path.to_string();
+        let seqs: Vec<u64> = (first..first + entries.len() as u64).collect();
+        let ops =
+            seqs.iter().zip(entries).map(|(&seq, bytes)| WriteOp::Append { path: path.clone(), seq, bytes }).collect();
+        let r = self.node.persist_all(&self.path, self.spec.replication_factor, &self.term(), ops).await;
+        self.note(&r, true)?;
+        Ok(seqs)
+    }
+
     /// Marks the incarnation for recovery after a failed write (`any_failure`) or a
     /// deposition.
     fn note<T>(&self, r: &Result<T, StoreError>, any_failure: bool) -> Result<(), StoreError> {

@@ -470,7 +470,7 @@ fn written(r: &ReplicaReply) -> bool {
 /// fsync and a round trip, not two fsyncs in a row), but the write is acknowledged only
 /// once the owner's own disk holds it too, and a replica that needs the whole copy gets
 /// it only after that (the copy is read from the owner's disk).
-pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: WriteOp) -> Result<(), StoreError> {
+pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, ops: Vec<WriteOp>) -> Result<(), StoreError> {
     let key = path.to_string();
     let set = node.replica_set(kind_of(node, path)?, path);
     let me = node.name().to_string();
@@ -479,12 +479,14 @@ pub(crate) async fn replicate(node: &Node, path: &ActorPath, term: &Term, op: Wr
         .iter()
         .filter(|r| **r != me)
         .map(|r| {
-            let f = append_to(node.clone(), r.clone(), key.clone(), term.clone(), op.clone(), local_rx.clone());
+            let f = append_to(node.clone(), r.clone(), key.clone(), term.clone(), ops.clone(), local_rx.clone());
             (r.clone(), f)
         })
         .collect();
     let out = launch(asks);
-    let local = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op] };
+    // Several ops (a batched persist) travel and are applied as one: each replica
+    // writes all of them in one transaction or none.
+    let local = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops };
     let local = serve(node, local).await;
     let _ = local_done.send(Some(matches!(local, ReplicaReply::Written)));
     match local {
@@ -510,10 +512,10 @@ async fn append_to(
     to: String,
     key: String,
     term: Term,
-    op: WriteOp,
+    ops: Vec<WriteOp>,
     mut local: tokio::sync::watch::Receiver<Option<bool>>,
 ) -> Result<ReplicaReply, RemoteError> {
-    let msg = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops: vec![op] };
+    let msg = ReplicaMsg::Append { path: key.clone(), term: term.clone(), ops };
     match ask(&node, &to, msg).await? {
         ReplicaReply::NeedCopy(why) => {
             let written = local.wait_for(Option::is_some).await.map(|v| *v == Some(true)).unwrap_or(false);

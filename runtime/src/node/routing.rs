@@ -204,9 +204,22 @@ impl Node {
     /// Makes `op` durable: replicated (`rf` > 1, clustered), on a majority of the
     /// path's replica set under its owner's `term`; else on this node's disk.
     pub async fn persist(&self, path: &ActorPath, rf: u64, term: &Term, op: WriteOp) -> Result<(), StoreError> {
+        self.persist_all(path, rf, term, vec![op]).await
+    }
+
+    /// Writes `ops` of `path` as one atomic step: one store transaction here and, when
+    /// replicated, one append at each replica (a majority has all of them, or the
+    /// write fails; no replica ever holds some of them).
+    pub async fn persist_all(
+        &self,
+        path: &ActorPath,
+        rf: u64,
+        term: &Term,
+        ops: Vec<WriteOp>,
+    ) -> Result<(), StoreError> {
         match self.cluster() {
-            Some(_) if rf > 1 => crate::cluster::replica::replicate(self, path, term, op).await,
-            _ => self.0.store.write(vec![op]).await,
+            Some(_) if rf > 1 => crate::cluster::replica::replicate(self, path, term, ops).await,
+            _ => self.0.store.write(ops).await,
         }
     }
 

@@ -95,3 +95,33 @@ pub enum TopicReply {
     Nodes(Vec<String>),
     Members(Vec<String>),
 }
+
+/// The diag ledger (sharded, replicated): appends batches of entries with one batched
+/// persist each, to check in tests that a batch survives a crash whole or not at all.
+pub struct Ledger;
+
+impl Protocol for Ledger {
+    type Msg = LedgerMsg;
+    type Reply = LedgerReply;
+    const NAME: &'static str = "diag.ledger";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LedgerMsg {
+    /// Appends entries (batch, 0..entries) in one batched persist.
+    Append { batch: u64, entries: u32 },
+    /// Every entry in the log, in order.
+    Entries,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LedgerReply {
+    /// Durable on a majority; `node` owns the ledger.
+    Appended {
+        node: String,
+    },
+    Entries {
+        node: String,
+        entries: Vec<(u64, u32)>,
+    },
+}

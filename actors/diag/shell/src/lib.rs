@@ -4,6 +4,7 @@
 //! ([`gateway`]) that exercises the runtime's WebSocket service.
 
 pub mod gateway;
+pub mod ledger;
 pub mod topic;
 
 pub use troupe_diag::{Counter, CounterMsg, CounterReply};
@@ -71,5 +72,6 @@ impl troupe_system::System for Diag {
         kinds.register::<CounterActor>("diag.counter");
         kinds.register::<gateway::GatewayActor>("diag.gateway");
         kinds.register::<topic::TopicActor>("diag.topic");
+        kinds.register::<ledger::LedgerActor>("diag.ledger");
     }
 }
