@@ -1,6 +1,7 @@
-//! Node labels in placement: a kind whose `role` is `"key=value"` runs only on nodes
-//! whose `[nodes.labels]` carry that label (docs/writing-a-system.md,
-//! placements), on real processes.
+//! Node labels and GPUs in placement: a kind whose `role` is `"key=value"` runs only on
+//! nodes whose `[nodes.labels]` carry that label, and one whose `role` is
+//! `"gpu=<model>"` only on nodes with such a GPU in `[[nodes.gpus]]`
+//! (docs/writing-a-system.md, placements), on real processes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -63,6 +64,53 @@ fn a_kind_placed_by_label_runs_only_on_labelled_nodes() {
         assert!(client.ask::<Counter>(&on("n2"), &CounterMsg::Get).await.is_ok());
         let err = client.ask::<Counter>(&on("n1"), &CounterMsg::Get).await.expect_err("n1 has no zone=b");
         assert!(err.to_string().contains("does not have role `zone=b`"), "{err}");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// diag's shards kept to nodes with an H100.
+const GPU_TOPOLOGY: &str = r#"
+[system]
+name = "diag"
+description = "diag, placed by GPU model"
+
+[kinds.counter]
+factory = "diag.counter"
+placement = "per_node"
+
+[kinds.shard]
+factory = "diag.counter"
+placement = "sharded"
+role = "gpu=H100"
+"#;
+
+#[test]
+fn a_kind_placed_by_gpu_model_runs_only_where_that_gpu_is() {
+    let dir = std::env::temp_dir().join(format!("troupe-gpus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("diag.toml"), GPU_TOPOLOGY).unwrap();
+    let gpu = |n: &str, model: &str| (n.to_string(), model.to_string(), 80, 1);
+    let c = TestCluster::start(troupe_testkit::Options {
+        bin: common::BIN.into(),
+        topologies: dir.clone(),
+        systems: vec!["diag".into()],
+        gpus: vec![gpu("n1", "A100"), gpu("n3", "H100")],
+        ..troupe_testkit::Options::default()
+    });
+    c.wait_converged(&[], Duration::from_secs(30));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg = ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap().prefer("n1");
+        let client = Client::connect(cfg).await.unwrap();
+        let mut hosts = BTreeSet::new();
+        for i in 0..16 {
+            let path = ActorPath::new("diag", "shard", &format!("g{i}")).unwrap();
+            match client.ask::<Counter>(&path, &CounterMsg::Get).await.unwrap() {
+                CounterReply::Count { node, .. } => hosts.insert(node),
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        assert_eq!(hosts, BTreeSet::from(["n3".to_string()]), "shards landed on {hosts:?}");
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

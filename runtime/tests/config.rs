@@ -249,6 +249,22 @@ fn a_kind_placed_by_label_needs_a_node_with_it_and_roles_cannot_look_like_labels
 }
 
 #[test]
+fn a_kind_placed_by_gpu_model_needs_a_node_with_that_gpu() {
+    let by_gpu = ECHO.replace("placement = \"sharded\"", "placement = \"sharded\"\nrole = \"gpu=H100\"");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &by_gpu)]));
+    assert!(text.contains("runs on nodes with a `H100` GPU (`gpu=H100`), and no node has it"), "{text}");
+    assert!(text.contains("add a [[nodes.gpus]] entry with model = \"H100\""), "{text}");
+    let with_gpu = format!("{CLUSTER}[[nodes.gpus]]\nmodel = \"H100\"\nmemory_gib = 80\ncount = 2\n");
+    let l = load(&with_gpu, &[("echo", &by_gpu)]).unwrap();
+    let n1 = l.cluster.node("n1").unwrap();
+    assert_eq!(n1.placement_roles, vec!["gateway".to_string(), "gpu=H100".into()]);
+    assert_eq!((n1.gpus[0].memory_gib, n1.gpus[0].count), (80, 2));
+    // `gpu` is not a free-form label: the GPUs say it.
+    let (_, text) = only_error(load(&format!("{CLUSTER}labels = {{ gpu = \"H100\" }}\n"), &[("echo", ECHO)]));
+    assert!(text.contains("the label `gpu` is reserved"), "{text}");
+}
+
+#[test]
 fn every_error_is_reported_at_once() {
     let bad = ECHO.replace("test.echo", "nope").replace("mailbox_cap = 16", "mailbox_cap = -1\ncolour = \"blue\"");
     let c = CLUSTER.replace("name = \"t\"", "name = \"t\"\nsytems_dir = \"x\"");

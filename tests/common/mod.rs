@@ -49,6 +49,7 @@ impl From<Options> for troupe_testkit::Options {
             suspect_to_down_ms: o.suspect_to_down_ms,
             extra: o.extra,
             labels: Vec::new(),
+            gpus: Vec::new(),
         }
     }
 }

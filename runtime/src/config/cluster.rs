@@ -61,7 +61,7 @@ pub struct NodeSpec {
     /// whose `role` is `"key=value"` runs only on nodes with that label.
     pub labels: BTreeMap<String, String>,
     /// What placement matches a kind's `role` against: the roles, then each label as
-    /// `key=value`.
+    /// `key=value`, then each GPU model as `gpu=<model>`.
     pub placement_roles: Vec<String>,
     /// GPUs declared in `[[nodes.gpus]]`.
     pub gpus: Vec<GpuSpec>,
@@ -363,6 +363,15 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
             Some(l) => {
                 let mut out = BTreeMap::new();
                 for k in l.table.keys() {
+                    if k == "gpu" {
+                        l.error(
+                            k,
+                            "the label `gpu` is reserved: a node's GPUs give it `gpu=<model>` for placement"
+                                .to_string(),
+                            Some("declare GPUs in [[nodes.gpus]] (model, memory_gib, count)".into()),
+                        );
+                        continue;
+                    }
                     if let Some(v) = l.req_str(k) {
                         out.insert(k.clone(), v);
                     }
@@ -370,9 +379,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                 out
             }
         };
-        let placement_roles: Vec<String> =
-            roles.iter().cloned().chain(labels.iter().map(|(k, v)| format!("{k}={v}"))).collect();
-        let gpus = n
+        let gpus: Vec<GpuSpec> = n
             .tables("gpus")
             .into_iter()
             .filter_map(|g| {
@@ -383,6 +390,16 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
                 Some(GpuSpec { model: model?, memory_gib, count })
             })
             .collect();
+        // Placement matches a kind's `role` against the roles, each label as
+        // `key=value`, and each GPU model as `gpu=<model>`.
+        let mut placement_roles: Vec<String> =
+            roles.iter().cloned().chain(labels.iter().map(|(k, v)| format!("{k}={v}"))).collect();
+        for g in &gpus {
+            let role = format!("gpu={}", g.model);
+            if !placement_roles.contains(&role) {
+                placement_roles.push(role);
+            }
+        }
         let weight = n.f64_in("weight", 1.0, 0.01, 1000.0, "relative capacity");
         let ports = match n.table("ports") {
             None => BTreeMap::new(),

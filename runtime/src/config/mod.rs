@@ -104,6 +104,13 @@ pub fn load_topologies(
                 {
                     let _ = j;
                     let (what, fix) = match role.split_once('=') {
+                        Some(("gpu", model)) => (
+                            format!("a `{model}` GPU (`{role}`)"),
+                            format!(
+                                "add a [[nodes.gpus]] entry with model = \"{model}\" to a node in {}",
+                                cluster.file.display()
+                            ),
+                        ),
                         Some((key, value)) => (
                             format!("label `{role}`"),
                             format!(

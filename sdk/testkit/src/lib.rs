@@ -88,6 +88,8 @@ pub struct Options {
     pub extra: String,
     /// `[nodes.labels]` per node: (node, key, value).
     pub labels: Vec<(String, String, String)>,
+    /// `[[nodes.gpus]]` per node: (node, model, memory in GiB, count).
+    pub gpus: Vec<(String, String, u64, u64)>,
 }
 
 impl Default for Options {
@@ -104,6 +106,7 @@ impl Default for Options {
             suspect_to_down_ms: 900,
             extra: String::new(),
             labels: Vec::new(),
+            gpus: Vec::new(),
         }
     }
 }
@@ -138,15 +141,22 @@ impl TestCluster {
                 .filter(|(node, _, _)| node == n)
                 .map(|(_, k, v)| format!("\"{k}\" = \"{v}\""))
                 .collect();
+            let gpus: Vec<String> = opts
+                .gpus
+                .iter()
+                .filter(|(node, ..)| node == n)
+                .map(|(_, model, gib, count)| format!("{{ model = \"{model}\", memory_gib = {gib}, count = {count} }}"))
+                .collect();
             // Every node is a gateway and may host GPU workers (a system with GPU
             // work falls back to its CPU path where there is no GPU).
             nodes_toml.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ {} }}\nlabels = {{ {} }}\n\n",
+                "[[nodes]]\nname = \"{n}\"\naddr = \"127.0.0.1:{}\"\ngossip = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\nroles = [\"gateway\", \"gpu\"]\nports = {{ {} }}\nlabels = {{ {} }}\ngpus = [{}]\n\n",
                 p.quic,
                 p.gossip,
                 p.admin,
                 listeners.join(", "),
-                labels.join(", ")
+                labels.join(", "),
+                gpus.join(", ")
             ));
             ports.insert(n.clone(), p);
         }
