@@ -252,6 +252,35 @@ async fn start_cluster(test: &str) -> (PathBuf, Children, Node) {
 /// The public membership subscription: a subscriber on n1 sees n3 go down after its
 /// process is killed, with n3's boot epoch, and only after n1's view shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_placement_change_when_a_member_dies() {
+    let (dir, mut children, n1) = start_cluster("placement-events").await;
+    let mut events = n1.placement_events();
+    let before = n1.placement_version();
+    children.kill("n3");
+    let limit = Duration::from_millis(10 * (PROBE_PERIOD_MS + PROBE_RTT_MS + SUSPECT_TO_DOWN_MS));
+    // The first change whose nodes no longer include n3.
+    let change = tokio::time::timeout(limit, async {
+        while let Some(update) = events.next().await {
+            if let troupe_runtime::PlacementUpdate::Changed(c) = update
+                && !c.nodes.iter().any(|n| n == "n3")
+            {
+                return Some(c);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no placement change without n3 within {limit:?}"))
+    .expect("the node is running");
+    assert_eq!(change.nodes, vec!["n1".to_string(), "n2".to_string()], "{change:?}");
+    assert!(change.version > before, "{change:?}");
+    assert!(change.handed_off.is_empty(), "n1 loses nothing when n3 dies: {change:?}");
+    drop(children);
+    n1.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_sees_a_killed_member_go_down() {
     let (dir, mut children, n1) = start_cluster("member-events").await;
     let mut events = n1.member_events().expect("a clustered node has member events");

@@ -61,6 +61,7 @@ impl Node {
             cluster: OnceLock::new(),
             alone: OnceLock::new(),
             extensions: Mutex::new(HashMap::new()),
+            placement_tx: tokio::sync::broadcast::channel(256).0,
         };
         let node = Node(Arc::new(inner));
 

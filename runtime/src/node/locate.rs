@@ -159,6 +159,8 @@ impl Node {
     /// Stops what this node no longer owns and starts the singletons it now owns.
     pub(crate) async fn rehome(&self) {
         let node = self;
+        let mut started = Vec::new();
+        let mut handed_off = Vec::new();
         let specs: Vec<KindSpec> = node.loaded().topologies.iter().flat_map(|t| t.kinds.clone()).collect();
         for ks in specs {
             match ks.placement {
@@ -172,12 +174,14 @@ impl Node {
                     let running = node.local_slot(&path).is_some();
                     if mine && !running {
                         tracing::info!(%path, "taking over singleton");
-                        if let Err(e) = node.activate_local(&path).await {
-                            tracing::warn!(%path, error = %e, "singleton did not start");
+                        match node.activate_local(&path).await {
+                            Ok(_) => started.push(path),
+                            Err(e) => tracing::warn!(%path, error = %e, "singleton did not start"),
                         }
                     } else if !mine && running {
                         tracing::info!(%path, "handing off singleton");
                         node.stop_local(&path);
+                        handed_off.push(path);
                     }
                 }
                 Placement::Sharded => {
@@ -188,10 +192,16 @@ impl Node {
                         {
                             tracing::debug!(%path, "handing off entity");
                             node.stop_local(&path);
+                            handed_off.push(path);
                         }
                     }
                 }
             }
         }
+        let nodes = match node.side() {
+            Side::Minority(_) => Vec::new(),
+            _ => node.candidates_shared().iter().map(|c| c.name.clone()).collect(),
+        };
+        node.announce_placement(PlacementChange { version: node.placement_version(), nodes, started, handed_off });
     }
 }

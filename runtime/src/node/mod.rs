@@ -140,6 +140,8 @@ pub(crate) struct NodeInner {
     alone: OnceLock<Arc<Vec<Candidate>>>,
     /// Systems' per-node state by type ([`Node::extension`]); cleared at shutdown.
     extensions: Mutex<HashMap<TypeId, Arc<ExtensionSlot>>>,
+    /// Placement changes as this node applies them ([`Node::placement_events`]).
+    placement_tx: tokio::sync::broadcast::Sender<PlacementChange>,
 }
 
 /// One extension: empty until its first user made it.
@@ -229,6 +231,18 @@ impl Node {
     /// events behind is told how many it missed, and should re-read [`Node::members`].
     pub fn member_events(&self) -> Option<MemberEvents> {
         self.cluster().map(|c| MemberEvents(c.gossip.events.subscribe()))
+    }
+
+    /// Placement changes as this node applies them, from now on: after each
+    /// membership change settles, the view version, the nodes placement draws from,
+    /// and the singletons this node took over and the actors it handed off.
+    pub fn placement_events(&self) -> PlacementEvents {
+        PlacementEvents(self.0.placement_tx.subscribe())
+    }
+
+    pub(crate) fn announce_placement(&self, change: PlacementChange) {
+        // No subscriber is not an error.
+        let _ = self.0.placement_tx.send(change);
     }
 
     pub(crate) fn set_cluster(&self, c: Arc<Cluster>) -> bool {
@@ -370,6 +384,46 @@ impl KindCatalog for KindRegistry {
 
     fn names(&self) -> Vec<&str> {
         KindRegistry::names(self)
+    }
+}
+
+/// A change of placement, as this node applied it after a membership change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacementChange {
+    /// The view version placement now reads ([`Node::placement_version`]).
+    pub version: u64,
+    /// The nodes placement draws from now, on this node's side (empty while this node
+    /// stands down on a minority side).
+    pub nodes: Vec<String>,
+    /// Singletons this node took over.
+    pub started: Vec<ActorPath>,
+    /// Actors this node stopped because another node owns them now (or because it
+    /// stands down on a minority side).
+    pub handed_off: Vec<ActorPath>,
+}
+
+/// A subscription to placement changes ([`Node::placement_events`]).
+#[derive(Debug)]
+pub struct PlacementEvents(tokio::sync::broadcast::Receiver<PlacementChange>);
+
+/// What a [`PlacementEvents`] subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlacementUpdate {
+    /// Placement changed.
+    Changed(PlacementChange),
+    /// This many changes were missed (the subscriber fell behind): the next one, or
+    /// [`Node::placement_version`], is current.
+    Missed(u64),
+}
+
+impl PlacementEvents {
+    /// The next change; `None` once the node is gone.
+    pub async fn next(&mut self) -> Option<PlacementUpdate> {
+        match self.0.recv().await {
+            Ok(c) => Some(PlacementUpdate::Changed(c)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some(PlacementUpdate::Missed(n)),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
     }
 }
 
