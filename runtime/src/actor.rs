@@ -186,9 +186,11 @@ impl<P: Protocol> Ctx<P> {
     /// Subscribes this actor to `topic` ([`crate::pubsub`]): each message published
     /// on it arrives in the mailbox as `map(published)`, until this incarnation ends
     /// (a restarted actor subscribes again in its `init`). A message that finds the
-    /// mailbox full is missed (pub/sub is at most once).
+    /// mailbox full is missed (pub/sub is at most once) and counted in
+    /// `troupe_pubsub_dropped_total`.
     pub fn subscribe(&self, topic: &str, map: impl Fn(crate::pubsub::Published) -> P::Msg + Send + 'static) {
-        let mut sub = crate::pubsub::PubSub::of(&self.node).subscribe(topic);
+        let pubsub = crate::pubsub::PubSub::of(&self.node);
+        let mut sub = pubsub.subscribe(topic);
         let slot = Arc::downgrade(&self.slot);
         let task = tokio::spawn(async move {
             while let Some(published) = sub.recv().await {
@@ -199,9 +201,11 @@ impl<P: Protocol> Ctx<P> {
                     let Some(slot) = slot.upgrade() else { return };
                     match slot.enqueue(delivery) {
                         Ok(()) => break,
-                        Err((RemoteError::MailboxFull { .. }, _)) => break,
-                        // The message went down with the mailbox.
-                        Err((_, Delivery::Tick)) => break,
+                        // Missed, as a full subscriber misses one, and counted so.
+                        Err((RemoteError::MailboxFull { .. }, _)) | Err((_, Delivery::Tick)) => {
+                            pubsub.dropped.inc();
+                            break;
+                        }
                         Err((_, d)) => {
                             delivery = d;
                             drop(slot);

@@ -42,6 +42,56 @@ impl Behavior for NopActor {
     }
 }
 
+/// Set once a `Hold` has begun.
+static HOLDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Subscribes to "flood" in init; `Hold` blocks it; `Count` answers what it got.
+struct Sub;
+impl Protocol for Sub {
+    type Msg = SubMsg;
+    type Reply = u64;
+    const NAME: &'static str = "test.sub";
+}
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SubMsg {
+    Hold(u64),
+    Got,
+    Count,
+}
+struct SubActor;
+impl FromParams for SubActor {
+    type Params = toml::Table;
+    fn from_params(_: toml::Table, _: &KindSpec, _: &Node) -> Result<Self, String> {
+        Ok(SubActor)
+    }
+}
+impl Behavior for SubActor {
+    type Proto = Sub;
+    type State = u64;
+    async fn init(&self, ctx: &Ctx<Sub>) -> Result<u64, ActorError> {
+        ctx.subscribe("flood", |_| SubMsg::Got);
+        Ok(0)
+    }
+    async fn handle(
+        &self,
+        _: &Ctx<Sub>,
+        got: &mut u64,
+        msg: MsgOf<Self>,
+        reply: Reply<ReplyOf<Self>>,
+    ) -> Result<(), ActorError> {
+        match msg {
+            SubMsg::Hold(ms) => {
+                HOLDING.store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reply.send(0).await;
+            }
+            SubMsg::Got => *got += 1,
+            SubMsg::Count => reply.send(*got).await,
+        }
+        Ok(())
+    }
+}
+
 async fn node() -> Node {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -56,11 +106,12 @@ async fn node() -> Node {
     .unwrap();
     std::fs::write(
         d.join("systems/nop.toml"),
-        "[system]\nname = \"nop\"\n[kinds.nop]\nfactory = \"test.nop\"\nplacement = \"sharded\"\n",
+        "[system]\nname = \"nop\"\n[kinds.nop]\nfactory = \"test.nop\"\nplacement = \"sharded\"\n[kinds.sub]\nfactory = \"test.sub\"\nplacement = \"sharded\"\nmailbox_cap = 4\n",
     )
     .unwrap();
     let mut kinds = KindRegistry::new();
     kinds.register::<NopActor>("test.nop");
+    kinds.register::<SubActor>("test.sub");
     let loaded = config::load(&d.join("cluster.toml"), &kinds).unwrap_or_else(|e| panic!("{e}"));
     Node::start(Arc::new(loaded), kinds, "n1").await.unwrap()
 }
@@ -137,4 +188,39 @@ async fn groups_follow_their_members() {
     assert_eq!(ps.members("g"), vec![b]);
     drop(gb);
     assert!(ps.members("g").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_actor_with_a_full_mailbox_misses_messages_and_they_are_counted() {
+    let n = node().await;
+    let ps = PubSub::of(&n);
+    let path = ActorPath::new("nop", "sub", "s").unwrap();
+    let h = n.handle::<Sub>(path.clone());
+    assert_eq!(h.ask(SubMsg::Count).await.unwrap(), 0, "started and subscribed");
+    // Busy for a while, with a mailbox of 4: most of 50 messages find it full.
+    let busy = n.handle::<Sub>(path);
+    let hold = tokio::spawn(async move { busy.ask_timeout(SubMsg::Hold(2000), Duration::from_secs(30)).await });
+    while !HOLDING.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let p = ps.publisher("p");
+    for i in 0..50u64 {
+        p.publish("flood", &i).await.unwrap();
+    }
+    hold.await.unwrap().unwrap();
+    let dropped = || {
+        n.metrics_snapshot().into_iter().find(|m| m.name == "troupe_pubsub_dropped_total").map_or(0.0, |m| m.value)
+            as u64
+    };
+    // Every message is either handled or counted as missed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = h.ask(SubMsg::Count).await.unwrap();
+        if got + dropped() == 50 {
+            assert!(dropped() > 0, "nothing was missed: the mailbox never filled");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "got {got}, dropped {}", dropped());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
