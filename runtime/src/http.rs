@@ -156,6 +156,48 @@ pub fn serve(
     (refusals, fut)
 }
 
+/// Binds `addr`, retrying for up to 2 s: a previous incarnation's socket may still be
+/// closing after a restart.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for _ in 0..40 {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no attempt to bind")))
+}
+
+/// A listener served in the background by [`spawn`]; dropping it stops the server (a
+/// gateway actor keeps it in its state, so a restarted incarnation binds afresh).
+#[derive(Debug)]
+pub struct Served(tokio::task::JoinHandle<()>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`serve`] on a task of its own, logging why it stopped if it does; `what` names the
+/// service in that log line.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    what: &'static str,
+) -> (Arc<Refusals>, Served) {
+    let (refusals, served) = serve(listener, app, limits);
+    let task = tokio::spawn(async move {
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    (refusals, Served(task))
+}
+
 fn is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)

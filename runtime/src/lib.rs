@@ -41,7 +41,9 @@ pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_t
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};
 pub use handle::ActorHandle;
 pub use node::KindRegistry;
-pub use node::{MemberChange, MemberEvents, Node, NodeError, PlacementChange, PlacementEvents, PlacementUpdate};
+pub use node::{
+    Change, Events, MemberChange, MemberEvents, Node, NodeError, PlacementChange, PlacementEvents, PlacementUpdate,
+};
 pub use reply::{Reply, ReplyStream, ReplyTo, StreamTo};
 pub use store::{Recovered, Store, StoreError, WriteOp};
 pub use troupe_core::membership::MemberEvent;

@@ -250,7 +250,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 }
 
 /// One gateway's WebSocket sessions. Dropping it (the gateway stopping) closes every
-/// session with 1001.
+/// session with 1001: the sessions' shutdown signal goes with it.
 #[derive(Debug)]
 pub struct WsSessions {
     limits: WsLimits,
@@ -367,12 +367,6 @@ impl WsSessions {
                     app.abort();
                 }
             })
-    }
-}
-
-impl Drop for WsSessions {
-    fn drop(&mut self) {
-        self.shutdown.send_replace(true);
     }
 }
 

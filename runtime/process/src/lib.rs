@@ -423,11 +423,9 @@ pub struct Running {
     cancel: Arc<Notify>,
     stdout: tokio::task::JoinHandle<(Vec<u8>, bool)>,
     stderr: tokio::task::JoinHandle<(Vec<u8>, bool)>,
-    /// Run under bubblewrap (whose own failures are errors, not outcomes).
-    sandboxed: bool,
-    /// The read end of the start marker: the sandbox's shim writes one byte to it
-    /// right before it executes the job, so a sandbox that failed to start is told
-    /// apart from a job that failed.
+    /// The read end of the start marker (a sandboxed job only): the sandbox's shim
+    /// writes one byte to it right before it executes the job, so a sandbox that
+    /// failed to start is told apart from a job that failed.
     marker: Option<std::fs::File>,
     uid: u32,
     done: bool,
@@ -579,7 +577,6 @@ pub fn spawn(job: Job) -> Result<Running, RunError> {
         cancel: Arc::new(Notify::new()),
         stdout: tokio::spawn(read_capped(stdout, cap)),
         stderr: tokio::spawn(read_capped(stderr, cap)),
-        sandboxed: job.sandbox.is_some(),
         marker,
         uid,
         done: false,
@@ -628,7 +625,7 @@ impl Running {
         self.done = true;
         // bubblewrap passes a job killed by a signal on as exit code 128 + signal.
         let exit = match exit {
-            Exit::Code(code) if self.sandboxed && (129..=192).contains(&code) => Exit::Signal(code - 128),
+            Exit::Code(code) if self.marker.is_some() && (129..=192).contains(&code) => Exit::Signal(code - 128),
             other => other,
         };
         let elapsed = self.started.elapsed();

@@ -230,14 +230,14 @@ impl Node {
     /// [`Node::members`] and placement agree with it); a subscriber that falls 1,024
     /// events behind is told how many it missed, and should re-read [`Node::members`].
     pub fn member_events(&self) -> Option<MemberEvents> {
-        self.cluster().map(|c| MemberEvents(c.gossip.events.subscribe()))
+        self.cluster().map(|c| Events(c.gossip.events.subscribe()))
     }
 
     /// Placement changes as this node applies them, from now on: after each
     /// membership change settles, the view version, the nodes placement draws from,
     /// and the singletons this node took over and the actors it handed off.
     pub fn placement_events(&self) -> PlacementEvents {
-        PlacementEvents(self.0.placement_tx.subscribe())
+        Events(self.0.placement_tx.subscribe())
     }
 
     pub(crate) fn announce_placement(&self, change: PlacementChange) {
@@ -402,53 +402,38 @@ pub struct PlacementChange {
     pub handed_off: Vec<ActorPath>,
 }
 
-/// A subscription to placement changes ([`Node::placement_events`]).
+/// A subscription to a node's changes of one kind: [`MemberEvents`] from
+/// [`Node::member_events`], [`PlacementEvents`] from [`Node::placement_events`].
 #[derive(Debug)]
-pub struct PlacementEvents(tokio::sync::broadcast::Receiver<PlacementChange>);
+pub struct Events<T>(tokio::sync::broadcast::Receiver<T>);
 
-/// What a [`PlacementEvents`] subscription yields.
+/// What an [`Events`] subscription yields.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PlacementUpdate {
-    /// Placement changed.
-    Changed(PlacementChange),
-    /// This many changes were missed (the subscriber fell behind): the next one, or
-    /// [`Node::placement_version`], is current.
+pub enum Change<T> {
+    /// A change.
+    Changed(T),
+    /// This many changes were missed (the subscriber fell behind): re-read the
+    /// current state ([`Node::members`], [`Node::placement_version`]) to catch up.
     Missed(u64),
 }
 
-impl PlacementEvents {
-    /// The next change; `None` once the node is gone.
-    pub async fn next(&mut self) -> Option<PlacementUpdate> {
-        match self.0.recv().await {
-            Ok(c) => Some(PlacementUpdate::Changed(c)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some(PlacementUpdate::Missed(n)),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
-    }
-}
-
-/// A subscription to membership changes ([`Node::member_events`]).
-#[derive(Debug)]
-pub struct MemberEvents(tokio::sync::broadcast::Receiver<troupe_core::membership::MemberEvent>);
-
+/// Membership changes: a member alive, suspect or down (`event.state`).
+pub type MemberEvents = Events<troupe_core::membership::MemberEvent>;
 /// What a [`MemberEvents`] subscription yields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MemberChange {
-    /// A member changed state (`event.state`: alive, suspect or down).
-    Changed(troupe_core::membership::MemberEvent),
-    /// This many events were missed (the subscriber fell behind): re-read
-    /// [`Node::members`] to catch up.
-    Missed(u64),
-}
+pub type MemberChange = Change<troupe_core::membership::MemberEvent>;
+/// Placement changes ([`PlacementChange`]).
+pub type PlacementEvents = Events<PlacementChange>;
+/// What a [`PlacementEvents`] subscription yields.
+pub type PlacementUpdate = Change<PlacementChange>;
 
-impl MemberEvents {
-    /// The next change; `None` once the membership is gone (the node and every handle
-    /// to it dropped). A subscriber that must stop with the node stops on its own
-    /// signal, as actors do when they stop.
-    pub async fn next(&mut self) -> Option<MemberChange> {
+impl<T: Clone> Events<T> {
+    /// The next change; `None` once the source is gone (the node and every handle to
+    /// it dropped). A subscriber that must stop with the node stops on its own signal,
+    /// as actors do when they stop.
+    pub async fn next(&mut self) -> Option<Change<T>> {
         match self.0.recv().await {
-            Ok(e) => Some(MemberChange::Changed(e)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some(MemberChange::Missed(n)),
+            Ok(c) => Some(Change::Changed(c)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Some(Change::Missed(n)),
             Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     }

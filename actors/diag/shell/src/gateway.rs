@@ -69,18 +69,10 @@ impl FromParams for GatewayActor {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub struct GatewayState {
     addr: Option<SocketAddr>,
     sessions: Arc<WsSessions>,
-    _server: Option<AbortOnDrop>,
+    _server: Option<troupe_runtime::http::Served>,
 }
 
 impl Drop for GatewayState {
@@ -133,22 +125,6 @@ async fn echo(State(app): State<App>, headers: HeaderMap, upgrade: WsUpgrade) ->
     })
 }
 
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ActorError> {
-    let mut last = None;
-    // A previous incarnation's socket may still be closing after a restart.
-    for _ in 0..40 {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(fail(format!(
-        "cannot listen on {addr} (ports.\"{SYSTEM}\"): {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
-}
-
 impl Behavior for GatewayActor {
     type Proto = Gateway;
     type State = GatewayState;
@@ -161,18 +137,16 @@ impl Behavior for GatewayActor {
             tracing::warn!(node = %node.name(), "no ports.\"{SYSTEM}\" for this node: the diag gateway is off");
             return Ok(GatewayState { addr: None, sessions, _server: None });
         };
-        let listener = bind(addr).await?;
+        let listener = troupe_runtime::http::bind(addr)
+            .await
+            .map_err(|e| fail(format!("cannot listen on {addr} (ports.\"{SYSTEM}\"): {e}")))?;
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let app = App { node: node.clone(), sessions: sessions.clone(), credentials: node.credentials() };
         let router = axum::Router::new().route("/ws/echo", get(echo)).with_state(app);
-        let (_, served) = troupe_runtime::http::serve(listener, router, troupe_runtime::http::HttpLimits::default());
-        let server = tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "diag gateway stopped");
-            }
-        });
+        let (_, server) =
+            troupe_runtime::http::spawn(listener, router, troupe_runtime::http::HttpLimits::default(), "diag gateway");
         tracing::info!(%addr, "diag gateway listening (WebSocket echo at /ws/echo)");
-        Ok(GatewayState { addr: Some(addr), sessions, _server: Some(AbortOnDrop(server)) })
+        Ok(GatewayState { addr: Some(addr), sessions, _server: Some(server) })
     }
 
     async fn handle(

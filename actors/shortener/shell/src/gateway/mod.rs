@@ -145,35 +145,10 @@ impl FromParams for GatewayActor {
     }
 }
 
-/// Aborts a task when dropped (the actor's state is dropped on stop and on failure).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub struct GatewayState {
     shared: Arc<Shared>,
-    _server: AbortOnDrop,
-}
-
-/// Binds the listener, retrying briefly: a previous incarnation's socket may still be
-/// closing after a restart.
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ActorError> {
-    let mut last = None;
-    for _ in 0..40 {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(fail(format!(
-        "cannot bind the url-shortener HTTP port {addr}: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    /// The HTTP server, stopped when the state is dropped (on stop and on failure).
+    _server: troupe_runtime::http::Served,
 }
 
 impl Behavior for GatewayActor {
@@ -195,7 +170,10 @@ impl Behavior for GatewayActor {
                 node.name()
             ))
         })?;
-        let listener = bind(SocketAddr::new(spec.addr.ip(), port)).await?;
+        let at = SocketAddr::new(spec.addr.ip(), port);
+        let listener = troupe_runtime::http::bind(at)
+            .await
+            .map_err(|e| fail(format!("cannot bind the url-shortener HTTP port {at}: {e}")))?;
         // Link entities publish invalidations; one message reaches each gateway node.
         ctx.subscribe(&crate::invalidation_topic(&system), |p| GatewayMsg::Invalidate {
             code: p.decode::<String>().unwrap_or_default(),
@@ -240,14 +218,14 @@ impl Behavior for GatewayActor {
             params: p,
         });
         let app = http::router(shared.clone());
-        let (_, served) = troupe_runtime::http::serve(listener, app, troupe_runtime::http::HttpLimits::default());
-        let server = tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::error!(error = %e, "url-shortener HTTP server stopped");
-            }
-        });
+        let (_, server) = troupe_runtime::http::spawn(
+            listener,
+            app,
+            troupe_runtime::http::HttpLimits::default(),
+            "url-shortener HTTP server",
+        );
         tracing::info!(%addr, "url-shortener gateway listening");
-        Ok(GatewayState { shared, _server: AbortOnDrop(server) })
+        Ok(GatewayState { shared, _server: server })
     }
 
     async fn handle(
