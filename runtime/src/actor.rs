@@ -13,6 +13,7 @@
 use crate::config::KindSpec;
 use crate::handle::ActorHandle;
 use crate::node::Node;
+use crate::remember::Remembering;
 use crate::reply::Reply;
 use crate::slot::LocalSlot;
 use crate::store::{Recovered, StoreError, WriteOp};
@@ -218,6 +219,24 @@ impl<P: Protocol> Ctx<P> {
         self.linked.0.lock().push(task.abort_handle());
     }
 
+    /// Ties `task` to this incarnation: it is aborted when the actor stops or restarts.
+    pub(crate) fn link(&self, task: tokio::task::JoinHandle<()>) {
+        self.linked.0.lock().push(task.abort_handle());
+    }
+
+    /// Sets durable reminder `id` of this actor ([`crate::reminders`]): `msg` comes
+    /// back to it on `schedule`, at least once, even if nodes crash meanwhile (unlike
+    /// [`Ctx::send_after`], a timer in memory). Setting an id again replaces the
+    /// reminder. Returns once it is durable.
+    pub async fn remind(&self, id: &str, schedule: crate::reminders::Schedule, msg: P::Msg) -> Result<(), RemoteError> {
+        crate::reminders::set::<P>(&self.node, &self.path, id, schedule, &msg).await
+    }
+
+    /// Removes this actor's reminder `id`; `Ok(false)` when there was none.
+    pub async fn cancel_reminder(&self, id: &str) -> Result<bool, RemoteError> {
+        crate::reminders::cancel(&self.node, &self.path, id).await
+    }
+
     /// Calls [`Behavior::tick`] every `period` until the actor stops.
     pub fn tick_every(&self, period: Duration) {
         self.me.send_interval(period, || Delivery::Tick);
@@ -348,6 +367,8 @@ pub(crate) struct ShellState<B: Behavior> {
     ctx: Ctx<B::Proto>,
     state: B::State,
     last_active: Instant,
+    /// The registration of a remembered entity ([`crate::remember`]).
+    remembering: Option<Remembering>,
 }
 
 impl<B: Behavior> ractor::Actor for Shell<B> {
@@ -386,7 +407,8 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
         }
         ctx.slot.attach(myself);
         stats.set_state(ActorState::Running);
-        Ok(ShellState { ctx, state, last_active: Instant::now() })
+        let remembering = ctx.spec.remember.then(|| Remembering::start(&ctx.node, &ctx.path));
+        Ok(ShellState { ctx, state, last_active: Instant::now(), remembering })
     }
 
     async fn handle(
@@ -442,6 +464,9 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
         }
         if st.ctx.passivate.load(Ordering::Relaxed) {
             if st.ctx.slot.try_close() {
+                if let Some(r) = st.remembering.as_mut() {
+                    r.passivated();
+                }
                 myself.stop(Some(PASSIVATED.into()));
             } else {
                 st.ctx.passivate.store(false, Ordering::Relaxed);

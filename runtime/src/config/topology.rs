@@ -88,6 +88,11 @@ pub struct KindSpec {
     pub mailbox_cap: u64,
     /// Sharded entities idle this long are stopped (their state is durable).
     pub passivate_after_ms: Option<u64>,
+    /// Remembered entities (`remember = true`, sharded kinds only): an entity that
+    /// started and did not passivate is started again on its new owner when its node
+    /// dies, and on its owner when the whole cluster restarts, without waiting for a
+    /// message ([`crate::remember`]).
+    pub remember: bool,
     /// Copies of each durable write, this node included, before it is acknowledged.
     pub replication_factor: u64,
     /// How the kind's supervisor restarts its actors (`[kinds.<name>.supervision]`).
@@ -261,6 +266,14 @@ pub fn load_topology(
                         Some("remove passivate_after_ms or use placement = \"sharded\"".into()),
                     );
                 }
+                let remember = k.bool("remember", false);
+                if remember && placement != Placement::Sharded {
+                    k.error(
+                        "remember",
+                        "only sharded entities are remembered (singletons and per-node actors always run)",
+                        Some("remove remember or use placement = \"sharded\"".into()),
+                    );
+                }
                 let replication_factor = k.u64_in("replication_factor", 1, 1, 7, "copies");
                 let allow =
                     if k.has("allow") { k.strs("allow") } else { ROLES.iter().map(|r| r.to_string()).collect() };
@@ -300,6 +313,7 @@ pub fn load_topology(
                     role,
                     mailbox_cap,
                     passivate_after_ms,
+                    remember,
                     replication_factor,
                     supervision: supervision_spec,
                     params,

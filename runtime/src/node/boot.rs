@@ -41,6 +41,9 @@ impl Node {
         kinds.register::<NodeAgentBehavior>("troupe.node");
         kinds.register::<ReplicaAgent>("troupe.replica");
         kinds.register::<crate::broker::BrokerBehavior>("troupe.pubsub");
+        kinds.register::<crate::keepers::WakeBehavior>("troupe.wake");
+        kinds.register::<crate::keepers::RegistryBehavior>("troupe.remembered");
+        kinds.register::<crate::keepers::ReminderBucket>("troupe.reminders");
         let root_entry =
             ActorEntry::new("/", "node", Strategy::OneForOne.to_string(), Arc::new(ActorStats::new(u64::MAX)));
         let inner = NodeInner {
@@ -68,7 +71,7 @@ impl Node {
         // Build each kind once for this node (checks resources such as model files).
         let mut instances = KindMap::default();
         let mut all_specs: Vec<KindSpec> = loaded.topologies.iter().flat_map(|t| t.kinds.clone()).collect();
-        all_specs.extend(builtin_specs());
+        all_specs.extend(builtin_specs(loaded.cluster.nodes.len()));
         for ks in all_specs {
             let factory = node.0.kinds.get(&ks.factory).ok_or_else(|| NodeError::Kind {
                 system: ks.system.clone(),
@@ -161,7 +164,7 @@ impl Node {
         cfg.entry = entry;
         // Kinds in declaration (= start) order.
         let specs: Vec<KindSpec> = if system == "troupe" {
-            builtin_specs()
+            builtin_specs(self.0.loaded.cluster.nodes.len())
         } else {
             self.0.loaded.topology(system).map(|t| t.kinds.clone()).unwrap_or_default()
         };

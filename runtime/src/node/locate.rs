@@ -161,7 +161,8 @@ impl Node {
         let node = self;
         let mut started = Vec::new();
         let mut handed_off = Vec::new();
-        let specs: Vec<KindSpec> = node.loaded().topologies.iter().flat_map(|t| t.kinds.clone()).collect();
+        let mut specs: Vec<KindSpec> = node.loaded().topologies.iter().flat_map(|t| t.kinds.clone()).collect();
+        specs.extend(super::builtin_specs(node.loaded().cluster.nodes.len()));
         for ks in specs {
             match ks.placement {
                 Placement::PerNode => {}

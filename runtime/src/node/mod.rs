@@ -153,25 +153,45 @@ fn unix_ms() -> u64 {
 
 /// The built-in kinds of the `troupe` system (not from a topology file): the node
 /// agent, the replica agent and the pub/sub broker, one of each per node.
-fn builtin_specs() -> Vec<KindSpec> {
-    vec![builtin_spec("node"), builtin_spec("replica"), builtin_spec("pubsub")]
+/// The built-in kinds of system `troupe`: per-node agents, and the cluster-wide
+/// registry of remembered entities and the reminder buckets, replicated on up to three
+/// nodes of the cluster file (`nodes`) like any actor state.
+pub(crate) fn builtin_specs(nodes: usize) -> Vec<KindSpec> {
+    let rf = nodes.clamp(1, 3) as u64;
+    let mut registry = builtin_spec("remembered", Placement::Singleton);
+    registry.replication_factor = rf;
+    registry.mailbox_cap = 65_536;
+    let mut reminders = builtin_spec("reminders", Placement::Sharded);
+    reminders.replication_factor = rf;
+    reminders.remember = true;
+    reminders.mailbox_cap = 65_536;
+    vec![
+        builtin_spec("node", Placement::PerNode),
+        builtin_spec("replica", Placement::PerNode),
+        builtin_spec("pubsub", Placement::PerNode),
+        builtin_spec("wake", Placement::PerNode),
+        registry,
+        reminders,
+    ]
 }
 
-fn builtin_spec(kind: &str) -> KindSpec {
+fn builtin_spec(kind: &str, placement: Placement) -> KindSpec {
     KindSpec {
         system: "troupe".into(),
         name: kind.into(),
         factory: format!("troupe.{kind}"),
-        placement: Placement::PerNode,
+        placement,
         role: None,
         mailbox_cap: 1024,
         passivate_after_ms: None,
+        remember: false,
         replication_factor: 1,
         supervision: Default::default(),
         params: toml::Table::new(),
-        // The replica agent loads and writes any path's replicated state, and the
-        // pub/sub broker takes other nodes' announcements and deliveries: nodes only.
-        // The node agent answers introspection (troupe tree, top) for every client.
+        // The replica agent loads and writes any path's replicated state, the pub/sub
+        // broker takes other nodes' announcements and deliveries, and the registry,
+        // wake agents and reminder buckets start actors and send them messages: nodes
+        // only. The node agent answers introspection (troupe tree, top) for every client.
         allow: if kind == "node" { vec!["client".into(), "admin".into()] } else { Vec::new() },
     }
 }

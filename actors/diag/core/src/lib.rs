@@ -125,3 +125,47 @@ pub enum LedgerReply {
         entries: Vec<(u64, u32)>,
     },
 }
+
+/// The diag keeper (sharded, replicated, remembered): counts its activations and keeps
+/// the ids of the durable reminders it received, to check in tests that a remembered
+/// entity comes back on its own after its node dies and that a reminder fires after a
+/// crash.
+pub struct Keeper;
+
+impl Protocol for Keeper {
+    type Msg = KeeperMsg;
+    type Reply = KeeperReply;
+    const NAME: &'static str = "diag.keeper";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeeperMsg {
+    /// Where it runs, how often it was activated, which reminders it received.
+    Status,
+    /// Set durable reminder `id`: `Reminded { id }` comes back after `after_ms`, and
+    /// then every `every_ms` when given.
+    RemindMe { id: String, after_ms: u64, every_ms: Option<u64> },
+    /// Cancel reminder `id`.
+    Cancel { id: String },
+    /// A reminder arrived (sent by the reminder bucket).
+    Reminded { id: String },
+    /// Stop on purpose (a passivation: a remembered entity is then forgotten).
+    Sleep,
+    /// The cluster's remembered entities, from the registry: (path, node).
+    Remembered,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeeperReply {
+    Status {
+        node: String,
+        /// Activations so far, this one included (durable).
+        activations: u64,
+        /// Reminder ids received, in order, each with the node's clock (unix ms).
+        reminded: Vec<(String, u64)>,
+    },
+    Done,
+    /// Whether the cancelled reminder existed.
+    Cancelled(bool),
+    Remembered(Vec<(String, String)>),
+}

@@ -4,6 +4,7 @@
 //! ([`gateway`]) that exercises the runtime's WebSocket service.
 
 pub mod gateway;
+pub mod keeper;
 pub mod ledger;
 pub mod topic;
 
@@ -73,5 +74,6 @@ impl troupe_system::System for Diag {
         kinds.register::<gateway::GatewayActor>("diag.gateway");
         kinds.register::<topic::TopicActor>("diag.topic");
         kinds.register::<ledger::LedgerActor>("diag.ledger");
+        kinds.register::<keeper::KeeperActor>("diag.keeper");
     }
 }
