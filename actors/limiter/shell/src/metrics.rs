@@ -108,6 +108,24 @@ impl LimiterMetrics {
         m.gauge("troupe_ratelimit_keys", "Busy keys held by a limiter shard on this node.", &[("shard", shard)])
     }
 
+    /// 1 while shard `shard` on this node holds changes not yet in a durable snapshot.
+    pub fn unsaved_gauge(m: &Metrics, shard: &str) -> Gauge {
+        m.gauge(
+            "troupe_ratelimit_unsaved",
+            "1 while a limiter shard holds changes no durable snapshot has yet (a failover would lose them).",
+            &[("shard", shard)],
+        )
+    }
+
+    /// Checks the shards of this node dropped because their caller had already given up.
+    pub fn abandoned_checks(m: &Metrics) -> Counter {
+        m.counter(
+            "troupe_ratelimit_abandoned_checks_total",
+            "Checks a limiter shard dropped unanswered because the caller had already answered with its fail mode.",
+            &[],
+        )
+    }
+
     /// Refunds applied by the shards of this node (the caller side counts them sent in
     /// `troupe_ratelimit_refunds_total`; a refund is a tell, so the two can differ).
     pub fn refunds_applied(m: &Metrics) -> Counter {

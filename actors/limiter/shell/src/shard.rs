@@ -20,7 +20,7 @@ use super::config::ShardParams;
 use super::metrics::LimiterMetrics;
 use super::state::NodeLimiter;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use troupe_limiter::proto::{LimiterShard, ShardItem, ShardMsg, ShardReply, ShardResult};
 use troupe_limiter::{KeyedTable, LimitCheck, Rule, RuleSet, TableConfig, TableError, TableSnapshot};
@@ -63,6 +63,26 @@ pub struct ShardState {
     writing: Arc<AtomicBool>,
     keys: Gauge,
     refunds_applied: Counter,
+    /// Changes made to the table so far (this incarnation).
+    changes: u64,
+    /// Changes covered by the last snapshot that is durable.
+    saved: Arc<AtomicU64>,
+    /// 1 while the shard holds changes no durable snapshot has yet (a failover now
+    /// would lose them), else 0.
+    unsaved: Gauge,
+    /// Checks dropped because their caller had given up before they were handled.
+    abandoned: Counter,
+}
+
+impl ShardState {
+    /// Notes a change of the table (`changed`): the next snapshot is due.
+    fn mark(&mut self, changed: bool) {
+        if changed {
+            self.dirty = true;
+            self.changes += 1;
+            self.unsaved.set(1.0);
+        }
+    }
 }
 
 /// The rule named by a shard key (`rule|dimension|value`).
@@ -92,7 +112,7 @@ impl ShardActor {
         }
         match s.table.check_many(&checks, now) {
             Ok(outcome) => {
-                s.dirty |= outcome.admitted;
+                s.mark(outcome.admitted);
                 let results = outcome
                     .results
                     .iter()
@@ -126,6 +146,7 @@ impl ShardActor {
             }
         };
         s.dirty = false;
+        let (covered, saved) = (s.changes, s.saved.clone());
         let seq = s.next_seq;
         s.next_seq += 1;
         let (node, path, rf, writing, term, deposed) = (
@@ -139,7 +160,9 @@ impl ShardActor {
         tokio::spawn(async move {
             let op = WriteOp::Snapshot { path: path.to_string(), seq, bytes };
             match node.persist(&path, rf, &term, op).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    saved.fetch_max(covered, Ordering::AcqRel);
+                }
                 // Another node owns the shard now: restart at the next tick, recovering
                 // under a new election, instead of counting here unseen.
                 Err(e @ StoreError::Deposed(_)) => {
@@ -175,6 +198,10 @@ impl Behavior for ShardActor {
             writing: Arc::new(AtomicBool::new(false)),
             keys: LimiterMetrics::keys_gauge(ctx.node().metrics(), ctx.key()),
             refunds_applied: LimiterMetrics::refunds_applied(ctx.node().metrics()),
+            changes: 0,
+            saved: Arc::new(AtomicU64::new(0)),
+            unsaved: LimiterMetrics::unsaved_gauge(ctx.node().metrics(), ctx.key()),
+            abandoned: LimiterMetrics::abandoned_checks(ctx.node().metrics()),
         };
         if let Some((_, bytes)) = &recovered.snapshot {
             match codec::decode::<TableSnapshot<String>>(bytes) {
@@ -202,6 +229,10 @@ impl Behavior for ShardActor {
     ) -> Result<(), ActorError> {
         let _ = ctx; // messages need no context: everything they touch is in the state
         match msg {
+            // The caller gave up waiting (its owner timeout passed while this check was
+            // queued or parked behind the shard's activation) and answered with the rule's
+            // fail mode: consuming now would count a request it did not let through.
+            ShardMsg::Check { .. } if reply.is_abandoned() => s.abandoned.inc(),
             ShardMsg::Check { version, items } => match self.check(s, version, &items) {
                 Ok(r) => reply.send(r).await,
                 Err(e) => reply.fail(e),
@@ -211,7 +242,8 @@ impl Behavior for ShardActor {
                 let rules = s.st.rules();
                 for it in &items {
                     if let Ok(rule) = rule_of(&rules, &it.key) {
-                        s.dirty |= s.table.refund(&it.key, rule.params(), it.at_ns, it.cost, now);
+                        let refunded = s.table.refund(&it.key, rule.params(), it.at_ns, it.cost, now);
+                        s.mark(refunded);
                     }
                 }
                 s.refunds_applied.inc();
@@ -223,7 +255,7 @@ impl Behavior for ShardActor {
                 for it in &items {
                     if let Ok(rule) = rule_of(&rules, &it.key) {
                         match s.table.charge(&it.key, rule.params(), it.cost, now) {
-                            Ok((charged, _)) => s.dirty |= charged > 0,
+                            Ok((charged, _)) => s.mark(charged > 0),
                             Err(e) => tracing::debug!(key = %it.key, error = %e, "charge dropped"),
                         }
                     }
@@ -249,6 +281,8 @@ impl Behavior for ShardActor {
         }
         s.table.evict_idle(now, self.params.evict_scan_max);
         s.keys.set(s.table.len() as f64);
+        let durable = s.saved.load(Ordering::Acquire) >= s.changes;
+        s.unsaved.set(if durable { 0.0 } else { 1.0 });
         self.snapshot(ctx, s);
         Ok(())
     }
