@@ -137,7 +137,7 @@ pub(crate) fn read_hex(path: &Path, bytes: usize, what: &str) -> Result<String, 
 /// Writes a secret (a private key, the cluster key) so that no other user can read it,
 /// not even for a moment: a new file created with mode 0600 beside `path`, synced, then
 /// renamed over it (a crash leaves the old file or the new one, never half of one).
-pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
