@@ -83,58 +83,83 @@ pub fn bundle(cluster_file: &Path, node: &str, out: &Path) -> anyhow::Result<Vec
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         anyhow::bail!("{} is not empty: a bundle is written into a new or empty folder", out.display());
     }
-    // Whatever is missing is made first, on this (the operator's) machine.
+    // Whatever is missing is made first, here (where the CA key is).
     ensure(c)?;
-    let base =
-        std::fs::canonicalize(cluster_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-    let inside = |p: &Path| -> anyhow::Result<PathBuf> {
-        let abs = std::fs::canonicalize(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-        abs.strip_prefix(&base).map(Path::to_path_buf).map_err(|_| {
+    let dir = tls::TlsDir(c.tls_dir.clone());
+    // The files the cluster file names are under its folder; a bundle keeps them at
+    // the same place relative to it (as the paths are written, symlinks not followed).
+    let base = c.file.parent().unwrap_or(Path::new("."));
+    let relative = |p: &Path| -> anyhow::Result<PathBuf> {
+        let r =
+            p.strip_prefix(base).ok().filter(|r| r.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+        r.map(Path::to_path_buf).ok_or_else(|| {
             anyhow::anyhow!(
-                "{} is outside {}, the cluster file's folder: a bundle keeps the paths the cluster file names \
-                 relative to it (set tls_dir, key_file and systems_dir relative to the cluster file)",
+                "{} is not inside {}, the cluster file's folder: a bundle keeps the paths the cluster file names \
+                 relative to it (write tls_dir, key_file and systems_dir relative to the cluster file)",
                 p.display(),
                 base.display()
             )
         })
     };
-    let dir = tls::TlsDir(c.tls_dir.clone());
-    let key_file = &c.key_file;
-    let mut public: Vec<PathBuf> = vec![dir.ca_cert(), dir.cert(node)];
-    let mut secret: Vec<PathBuf> = vec![
+    // Never the CA's key or another node's or a client's, even through a link.
+    let forbidden: Vec<PathBuf> = std::iter::once(dir.ca_key())
+        .chain(c.nodes.iter().filter(|n| n.name != node).map(|n| dir.key(&n.name)))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let tokens = |role| troupe_runtime::cluster::tokens::path(role, &c.key_file);
+    use troupe_runtime::cluster::tokens::Role;
+    let public: Vec<PathBuf> = [dir.ca_cert(), dir.cert(node)]
+        .into_iter()
+        .chain(loaded.topologies.iter().map(|t| c.systems_dir.join(format!("{}.toml", t.name))))
+        .collect();
+    let secret: Vec<PathBuf> = vec![
         dir.key(node),
-        key_file.clone(),
-        troupe_runtime::cluster::tokens::path(troupe_runtime::cluster::tokens::Role::Admin, key_file),
-        troupe_runtime::cluster::tokens::path(troupe_runtime::cluster::tokens::Role::Service, key_file),
-        troupe_runtime::cluster::api_keys::path(key_file),
+        c.key_file.clone(),
+        tokens(Role::Admin),
+        tokens(Role::Service),
+        troupe_runtime::cluster::api_keys::path(&c.key_file),
     ];
-    let mut topologies: Vec<PathBuf> = Vec::new();
-    for t in &loaded.topologies {
-        topologies.push(c.systems_dir.join(format!("{}.toml", t.name)));
+    // Everything is checked before anything is written: a refused bundle leaves nothing.
+    let mut plan: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
+    for (files, private) in [(public, false), (secret, true)] {
+        for f in files {
+            let canonical = std::fs::canonicalize(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            if forbidden.contains(&canonical) || client_key(&canonical) {
+                anyhow::bail!(
+                    "{} is {}, which no node's bundle may hold: make it a file of its own",
+                    f.display(),
+                    canonical.display()
+                );
+            }
+            let rel = relative(&f)?;
+            plan.push((f, rel, private));
+        }
     }
-    public.extend(topologies);
     std::fs::create_dir_all(out)?;
     let mut written = Vec::new();
     let name = cluster_file.file_name().ok_or_else(|| anyhow::anyhow!("{} names no file", cluster_file.display()))?;
     let to = out.join(name);
     std::fs::copy(cluster_file, &to)?;
     written.push(to);
-    for (files, private) in [(std::mem::take(&mut public), false), (std::mem::take(&mut secret), true)] {
-        for f in files {
-            let to = out.join(inside(&f)?);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let bytes = std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            if private {
-                tls::write_secret(&to, &bytes)?;
-            } else {
-                std::fs::write(&to, &bytes)?;
-            }
-            written.push(to);
+    for (f, rel, private) in plan {
+        let to = out.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
         }
+        let bytes = std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        if private {
+            tls::write_secret(&to, &bytes)?;
+        } else {
+            std::fs::write(&to, &bytes)?;
+        }
+        written.push(to);
     }
     Ok(written)
+}
+
+/// Whether `p` is a client's private key (`client-<name>.key`).
+fn client_key(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("client-") && n.ends_with(".key"))
 }
 
 pub fn run(cmd: CertsCmd) -> anyhow::Result<()> {

@@ -8,8 +8,8 @@ use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, fail, 
 use crate::config::KindSpec;
 use crate::node::Node;
 use crate::remember::{
-    CHECK_EVERY, Incarnation, REMEMBERED_MAX, RegistryMsg, RegistryProto, RegistryReply, RememberedEntity, WakeMsg,
-    WakeProto, Woken, wake_path,
+    CHECK_EVERY, Incarnation, REMEMBERED_BYTES_MAX, REMEMBERED_MAX, RegistryMsg, RegistryProto, RegistryReply,
+    RememberedEntity, WakeMsg, WakeProto, Woken, wake_path,
 };
 use crate::reminders::{
     BUCKET_BYTES_MAX, PER_BUCKET_MAX, RESOLUTION, ReminderInfo, ReminderMsg, ReminderProto, ReminderReply,
@@ -47,6 +47,19 @@ enum Remembered {
     Unset(String),
 }
 
+impl Remembered {
+    fn path(&self) -> &str {
+        match self {
+            Remembered::Set(p, _) | Remembered::Unset(p) => p,
+        }
+    }
+}
+
+/// Changes written in one batch at most (a batch stays far below the frame limit).
+const FLUSH_MAX: usize = 1024;
+/// The longest pause between two wakes of an entity that does not come back.
+const WAKE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 pub(crate) struct RegistryBehavior;
 
 impl FromParams for RegistryBehavior {
@@ -58,47 +71,50 @@ impl FromParams for RegistryBehavior {
 
 pub(crate) struct RegistryState {
     entities: BTreeMap<String, Incarnation>,
-    /// Changes waiting for the next flush, with the asks they answer.
+    /// Bytes the entities take in a snapshot (about).
+    bytes: usize,
+    /// Changes waiting for the next flush, with the asks they answer (each answered
+    /// only once its change is durable).
     pending: Vec<(Remembered, Reply<RegistryReply>)>,
-    flush_scheduled: bool,
     since_snapshot: u64,
-    /// A round of wakes is out.
-    waking: bool,
+    /// The round of wakes out, if any (a round that ended is seen by its handle, even
+    /// if its `WakeDone` was lost).
+    waking: Option<tokio::task::JoinHandle<()>>,
+    /// Entities woken that have not registered again since: how often, and not
+    /// before when again.
+    backoff: HashMap<String, (u32, tokio::time::Instant)>,
+}
+
+/// What one entry costs in a snapshot (about).
+fn entry_bytes(path: &str, at: &Incarnation) -> usize {
+    path.len() + at.node.len() + 32
 }
 
 impl RegistryState {
     fn apply(&mut self, change: Remembered) {
         match change {
             Remembered::Set(path, at) => {
-                self.entities.insert(path, at);
+                self.bytes += entry_bytes(&path, &at);
+                if let Some(old) = self.entities.insert(path.clone(), at) {
+                    self.bytes -= entry_bytes(&path, &old);
+                }
             }
             Remembered::Unset(path) => {
-                self.entities.remove(&path);
+                if let Some(old) = self.entities.remove(&path) {
+                    self.bytes -= entry_bytes(&path, &old);
+                }
             }
         }
     }
 
-    /// Whether `change` changes anything, counting the changes not yet flushed.
-    fn changes(&self, change: &Remembered) -> bool {
-        let last = self.pending.iter().rev().find_map(|(c, _)| match c {
-            Remembered::Set(p, at) if Some(p) == path_of(change) => Some(Some(at)),
-            Remembered::Unset(p) if Some(p) == path_of(change) => Some(None),
-            _ => None,
-        });
-        let now = match (last, change) {
-            (Some(v), _) => v,
-            (None, Remembered::Set(p, _) | Remembered::Unset(p)) => self.entities.get(p),
-        };
-        match change {
-            Remembered::Set(_, at) => now != Some(at),
-            Remembered::Unset(_) => now.is_some(),
+    /// The incarnation `path` will have once the pending changes are written.
+    fn latest(&self, path: &str) -> Option<&Incarnation> {
+        let pending = self.pending.iter().rev().find(|(c, _)| c.path() == path);
+        match pending {
+            Some((Remembered::Set(_, at), _)) => Some(at),
+            Some((Remembered::Unset(_), _)) => None,
+            None => self.entities.get(path),
         }
-    }
-}
-
-fn path_of(c: &Remembered) -> Option<&String> {
-    match c {
-        Remembered::Set(p, _) | Remembered::Unset(p) => Some(p),
     }
 }
 
@@ -110,14 +126,17 @@ impl Behavior for RegistryBehavior {
         let r = ctx.recover().await.map_err(|e| fail(format!("recovering the registry: {e}")))?;
         let mut st = RegistryState {
             entities: BTreeMap::new(),
+            bytes: 0,
             pending: Vec::new(),
-            flush_scheduled: false,
             since_snapshot: r.entries.len() as u64,
-            waking: false,
+            waking: None,
+            backoff: HashMap::new(),
         };
         if let Some((_, bytes)) = &r.snapshot {
             let all: Vec<(String, Incarnation)> = decode("registry snapshot", bytes)?;
-            st.entities = all.into_iter().collect();
+            for (path, at) in all {
+                st.apply(Remembered::Set(path, at));
+            }
         }
         for (_, bytes) in &r.entries {
             st.apply(decode("registry entry", bytes)?);
@@ -149,28 +168,35 @@ impl Behavior for RegistryBehavior {
     ) -> Result<(), ActorError> {
         match msg {
             RegistryMsg::Started { path, at } => {
-                let change = Remembered::Set(path, at);
-                if !st.changes(&change) {
+                st.backoff.remove(&path);
+                let durable = st.entities.get(&path) == Some(&at) && st.latest(&path) == Some(&at);
+                let new = !st.entities.contains_key(&path) && st.latest(&path).is_none();
+                // A late registration of an older incarnation on the same boot of the
+                // same node (its retries outlived it) does not replace a newer one.
+                let older = st.latest(&path).is_some_and(|l| l.node == at.node && l.epoch == at.epoch && l.id > at.id);
+                let troupe_own = path.starts_with("/troupe/");
+                if durable || older {
                     reply.send(RegistryReply::Done).await;
-                } else if !st.entities.contains_key(path_of(&change).map_or("", |p| p.as_str()))
-                    && st.entities.len() + st.pending.len() >= REMEMBERED_MAX
+                } else if new
+                    && !troupe_own
+                    && (st.entities.len() >= REMEMBERED_MAX || st.bytes >= REMEMBERED_BYTES_MAX)
                 {
                     reply.fail(RemoteError::Invalid(format!(
-                        "the cluster remembers at most {REMEMBERED_MAX} entities; passivate some, or do not \
-                         set remember on kinds with that many live entities"
+                        "the cluster remembers at most {REMEMBERED_MAX} entities ({REMEMBERED_BYTES_MAX} bytes of \
+                         paths); passivate some, or do not set remember on kinds with that many live entities"
                     )));
                 } else {
-                    queue(ctx, st, change, reply);
+                    // Queued even when an equal change is pending: its answer waits
+                    // for the write like the first one's.
+                    queue(ctx, st, Remembered::Set(path, at), reply);
                 }
             }
             RegistryMsg::Passivated { path, at } => {
-                let same = st.entities.get(&path).is_some_and(|held| *held == at)
-                    || st.pending.iter().any(|(c, _)| matches!(c, Remembered::Set(p, a) if *p == path && *a == at));
-                let change = Remembered::Unset(path);
-                if same && st.changes(&change) {
-                    queue(ctx, st, change, reply);
+                // Only the incarnation remembered last is forgotten: a late passivation
+                // of an older one never drops a newer one.
+                if st.latest(&path) == Some(&at) {
+                    queue(ctx, st, Remembered::Unset(path), reply);
                 } else {
-                    // Another incarnation is remembered now, or none: nothing to forget.
                     reply.send(RegistryReply::Done).await;
                 }
             }
@@ -180,104 +206,136 @@ impl Behavior for RegistryBehavior {
             }
             RegistryMsg::Flush => flush(ctx, st).await?,
             RegistryMsg::Check => check(ctx, st),
-            RegistryMsg::WakeDone => st.waking = false,
+            RegistryMsg::WakeDone => {
+                if st.waking.as_ref().is_some_and(|h| h.is_finished()) {
+                    st.waking = None;
+                }
+            }
         }
         Ok(())
     }
 
     async fn tick(&self, ctx: &Ctx<RegistryProto>, st: &mut RegistryState) -> Result<(), ActorError> {
+        // Also here, in case a scheduled flush was refused by a full mailbox.
+        flush(ctx, st).await?;
         check(ctx, st);
         Ok(())
     }
 }
 
-/// Queues `change`; the flush after the messages already waiting writes them all as
-/// one batch.
+/// Queues `change`; the flush after the messages already waiting writes them as one
+/// batch (the tick flushes too, should that message be refused).
 fn queue(ctx: &Ctx<RegistryProto>, st: &mut RegistryState, change: Remembered, reply: Reply<RegistryReply>) {
-    st.pending.push((change, reply));
-    if !st.flush_scheduled {
-        st.flush_scheduled = true;
+    if st.pending.is_empty() {
         ctx.send_after(Duration::ZERO, RegistryMsg::Flush);
     }
+    st.pending.push((change, reply));
 }
 
 async fn flush(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) -> Result<(), ActorError> {
-    st.flush_scheduled = false;
-    if st.pending.is_empty() {
-        return Ok(());
-    }
-    let pending = std::mem::take(&mut st.pending);
-    let entries = pending.iter().map(|(c, _)| encode(c)).collect::<Result<Vec<_>, _>>()?;
-    match ctx.persist_batch(entries).await {
-        Ok(_) => {
-            st.since_snapshot += pending.len() as u64;
-            for (change, reply) in pending {
-                st.apply(change);
-                reply.send(RegistryReply::Done).await;
-            }
-            if st.since_snapshot >= SNAPSHOT_EVERY {
-                let all: Vec<(&String, &Incarnation)> = st.entities.iter().collect();
-                // A failed snapshot loses nothing: the log still holds every entry.
-                if ctx.snapshot(encode(&all)?).await.is_ok() {
-                    st.since_snapshot = 0;
+    while !st.pending.is_empty() {
+        let take = st.pending.len().min(FLUSH_MAX);
+        let batch: Vec<(Remembered, Reply<RegistryReply>)> = st.pending.drain(..take).collect();
+        let entries = batch.iter().map(|(c, _)| encode(c)).collect::<Result<Vec<_>, _>>()?;
+        match ctx.persist_batch(entries).await {
+            Ok(_) => {
+                st.since_snapshot += batch.len() as u64;
+                for (change, reply) in batch {
+                    st.apply(change);
+                    reply.send(RegistryReply::Done).await;
                 }
             }
-        }
-        Err(e) => {
-            let err = store_failed(ctx.path(), &e);
-            for (_, reply) in pending {
-                reply.fail(err.clone());
+            Err(e) => {
+                // Nothing of it is answered as done; the askers try again. The actor
+                // restarts after this message (a failed write), recovering its state.
+                let err = store_failed(ctx.path(), &e);
+                for (_, reply) in batch.into_iter().chain(st.pending.drain(..)) {
+                    reply.fail(err.clone());
+                }
+                return Ok(());
             }
+        }
+    }
+    if st.since_snapshot >= SNAPSHOT_EVERY {
+        let all: Vec<(&String, &Incarnation)> = st.entities.iter().collect();
+        // A failed snapshot loses nothing: the log still holds every entry.
+        if ctx.snapshot(encode(&all)?).await.is_ok() {
+            st.since_snapshot = 0;
         }
     }
     Ok(())
 }
 
 /// Wakes, on their owners, the entities not running where they should: their node
-/// is gone or restarted, or another node owns them now. One round at a time.
+/// is gone or restarted, or another node owns them now. One round at a time, every
+/// owner at once; an entity woken that does not register again is woken less and
+/// less often (up to once a minute).
 fn check(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) {
-    if st.waking || st.entities.is_empty() {
+    if st.waking.as_ref().is_some_and(|h| !h.is_finished()) || st.entities.is_empty() {
         return;
     }
+    st.waking = None;
     let node = ctx.node();
     let mut live: BTreeSet<(String, u64)> =
         node.members().into_iter().filter(|m| m.state != MemberState::Down).map(|m| (m.name, m.epoch)).collect();
     live.insert((node.name().to_string(), node.epoch()));
+    let now = tokio::time::Instant::now();
     let mut by_owner: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut gone = Vec::new();
     for (path, at) in &st.entities {
-        let Ok(p) = ActorPath::parse(path) else { continue };
-        let Some(ks) = node.kind_spec(p.system(), p.kind()) else { continue };
+        if st.backoff.get(path).is_some_and(|(_, next)| *next > now) {
+            continue;
+        }
+        let ks = ActorPath::parse(path).ok().and_then(|p| Some((node.kind_spec(p.system(), p.kind())?, p)));
+        let Some((ks, p)) = ks.filter(|(ks, _)| ks.remember) else {
+            // Its kind is gone from the topology, or no longer remembered.
+            gone.push(path.clone());
+            continue;
+        };
         let Ok(owner) = node.owner_of(ks, &p) else { continue };
         if owner != at.node || !live.contains(&(at.node.clone(), at.epoch)) {
             by_owner.entry(owner).or_default().push(path.clone());
         }
     }
+    for path in gone {
+        tracing::info!(%path, "forgetting a remembered entity whose kind is not remembered any more");
+        queue(ctx, st, Remembered::Unset(path), Reply::None);
+    }
     if by_owner.is_empty() {
         return;
     }
-    st.waking = true;
+    for path in by_owner.values().flatten() {
+        let (tries, next) = st.backoff.entry(path.clone()).or_insert((0, now));
+        *tries += 1;
+        *next = now + (CHECK_EVERY * 2u32.saturating_pow((*tries).min(8))).min(WAKE_BACKOFF_MAX);
+    }
     let node = node.clone();
     let me = ctx.myself();
-    tokio::spawn(async move {
-        for (owner, paths) in by_owner {
-            let Ok(agent) = wake_path(&owner) else { continue };
-            let agent = node.handle::<WakeProto>(agent);
-            for chunk in paths.chunks(WAKE_BATCH) {
-                match agent.ask(WakeMsg::Wake { paths: chunk.to_vec() }).await {
-                    Ok(w) => {
-                        if w.started > 0 || !w.failed.is_empty() {
-                            tracing::info!(
-                                node = %owner, started = w.started, running = w.running, elsewhere = w.elsewhere,
-                                failed = ?w.failed, "woke remembered entities"
-                            );
+    st.waking = Some(tokio::spawn(async move {
+        let rounds = by_owner.into_iter().map(|(owner, paths)| {
+            let node = node.clone();
+            async move {
+                let Ok(agent) = wake_path(&owner) else { return };
+                let agent = node.handle::<WakeProto>(agent);
+                for chunk in paths.chunks(WAKE_BATCH) {
+                    match agent.ask(WakeMsg::Wake { paths: chunk.to_vec() }).await {
+                        Ok(w) if w.started > 0 || !w.failed.is_empty() => tracing::info!(
+                            node = %owner, started = w.started, running = w.running, elsewhere = w.elsewhere,
+                            failed = ?w.failed, "woke remembered entities"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => {
+                            // The next round tries this owner again.
+                            tracing::debug!(node = %owner, error = %e, "could not wake remembered entities yet");
+                            return;
                         }
                     }
-                    Err(e) => tracing::debug!(node = %owner, error = %e, "could not wake remembered entities yet"),
                 }
             }
-        }
+        });
+        futures::future::join_all(rounds).await;
         let _ = me.tell(RegistryMsg::WakeDone).await;
-    });
+    }));
 }
 
 // ---------------------------------------------------------------------------------
@@ -390,8 +448,12 @@ type Key = (String, String);
 pub(crate) struct BucketState {
     reminders: BTreeMap<Key, Stored>,
     bytes: usize,
-    /// Sendings out.
-    sending: BTreeSet<Key>,
+    /// Sendings out, since when (one whose `Sent` never came back counts as lost after
+    /// the ask timeout and a margin, and is sent again).
+    sending: BTreeMap<Key, tokio::time::Instant>,
+    /// This incarnation, in its `Sent` messages: one that a previous owner's task sends
+    /// here after the bucket moved is ignored.
+    incarnation: u64,
     /// Failed sendings since the last delivery.
     attempts: HashMap<Key, u32>,
     since_snapshot: u64,
@@ -419,6 +481,9 @@ impl BucketState {
     }
 }
 
+/// How long past the ask timeout a sending whose outcome never came back is waited for.
+const SENT_MARGIN: Duration = Duration::from_secs(5);
+
 /// Pause before sending again after `attempts` failures.
 fn backoff(attempts: u32) -> u64 {
     (100u64 << attempts.min(9)).min(30_000)
@@ -433,7 +498,8 @@ impl Behavior for ReminderBucket {
         let mut st = BucketState {
             reminders: BTreeMap::new(),
             bytes: 0,
-            sending: BTreeSet::new(),
+            sending: BTreeMap::new(),
+            incarnation: rand::random(),
             attempts: HashMap::new(),
             since_snapshot: r.entries.len() as u64,
         };
@@ -514,7 +580,10 @@ impl Behavior for ReminderBucket {
                 reply.send(ReminderReply::Listed(listed)).await;
             }
             ReminderMsg::Fire => fire(ctx, st),
-            ReminderMsg::Sent { target, id, generation, failed } => {
+            ReminderMsg::Sent { incarnation, .. } if incarnation != st.incarnation => {
+                reply.send(ReminderReply::Done).await;
+            }
+            ReminderMsg::Sent { target, id, generation, failed, .. } => {
                 let key = (target, id);
                 st.sending.remove(&key);
                 sent(ctx, st, key, generation, failed).await?;
@@ -560,14 +629,20 @@ fn passivate_if_empty(ctx: &Ctx<ReminderProto>, st: &BucketState) {
 /// own task; how it ended comes back as [`ReminderMsg::Sent`].
 fn fire(ctx: &Ctx<ReminderProto>, st: &mut BucketState) {
     let now = ctx.node().clock_us() / 1000;
+    let started = tokio::time::Instant::now();
+    let lost_after = ctx.node().default_ask_timeout() + SENT_MARGIN;
+    let out = |k: &Key| st.sending.get(k).is_some_and(|since| started.duration_since(*since) < lost_after);
     let due: Vec<(Key, Stored)> = st
         .reminders
         .iter()
-        .filter(|(k, r)| r.due_unix_ms <= now && !st.sending.contains(*k))
+        .filter(|(k, r)| r.due_unix_ms <= now && !out(k))
         .map(|(k, r)| (k.clone(), r.clone()))
         .collect();
+    // Sendings of reminders that no longer exist are not waited for.
+    st.sending.retain(|k, _| st.reminders.contains_key(k));
+    let incarnation = st.incarnation;
     for ((target, id), r) in due {
-        st.sending.insert((target.clone(), id.clone()));
+        st.sending.insert((target.clone(), id.clone()), started);
         let node = ctx.node().clone();
         let me = ctx.myself();
         tokio::spawn(async move {
@@ -595,7 +670,8 @@ fn fire(ctx: &Ctx<ReminderProto>, st: &mut BucketState) {
                     }
                 },
             };
-            let _ = me.tell(ReminderMsg::Sent { target, id, generation: r.generation, failed }).await;
+            let sent = ReminderMsg::Sent { target, id, generation: r.generation, failed, incarnation };
+            let _ = me.tell(sent).await;
         });
     }
 }
@@ -633,7 +709,7 @@ async fn sent(
                     let p = p.max(1);
                     let behind = now.saturating_sub(r.due_unix_ms) / p + 1;
                     if let Some(stored) = st.reminders.get_mut(&key) {
-                        stored.due_unix_ms = r.due_unix_ms + behind * p;
+                        stored.due_unix_ms = r.due_unix_ms.saturating_add(behind.saturating_mul(p));
                     }
                 }
             }
@@ -659,7 +735,7 @@ async fn sent(
                 .inc();
             let pause = backoff(*attempts);
             if let Some(stored) = st.reminders.get_mut(&key) {
-                stored.due_unix_ms = now + pause;
+                stored.due_unix_ms = now.saturating_add(pause);
             }
         }
     }

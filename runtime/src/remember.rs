@@ -35,9 +35,12 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// transport's frame limit); past it activations are not remembered and say so in the
 /// log.
 pub const REMEMBERED_MAX: usize = 50_000;
+/// Bytes of paths the cluster remembers at most (about; the registry's snapshot must
+/// fit a frame). The built-in reminder buckets count towards neither limit.
+pub const REMEMBERED_BYTES_MAX: usize = 8 << 20;
 /// How long an entity's registration keeps being retried while the registry is
 /// unreachable (it moves with its node like any singleton).
-const REGISTER_FOR: Duration = Duration::from_secs(120);
+const REGISTER_FOR: Duration = Duration::from_secs(600);
 
 /// The registry's protocol.
 pub struct RegistryProto;
@@ -216,6 +219,6 @@ async fn tell_registry(node: &std::sync::Weak<crate::node::NodeInner>, path: &st
         }
         drop(registry);
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }

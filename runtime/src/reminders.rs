@@ -33,6 +33,8 @@ pub const BUCKETS: u64 = 16;
 pub const RESOLUTION: Duration = Duration::from_millis(100);
 /// The shortest period of a periodic reminder.
 pub const PERIOD_MIN: Duration = Duration::from_millis(100);
+/// The longest delay and period of a reminder.
+pub const DELAY_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The largest message a reminder carries.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 10;
 /// The longest reminder id.
@@ -109,6 +111,8 @@ pub enum ReminderMsg {
     /// The bucket's own: how one sending of reminder `id` (set as `generation`) ended:
     /// `None` delivered, else the error and whether it is worth trying again.
     Sent {
+        /// The bucket incarnation that sent it.
+        incarnation: u64,
         /// The target.
         target: String,
         /// The reminder.
@@ -207,6 +211,9 @@ pub(crate) fn check(id: &str, schedule: &Schedule, msg: &[u8]) -> Result<(), Rem
         && p < PERIOD_MIN
     {
         return Err(invalid(format!("a reminder's period is at least {PERIOD_MIN:?}, not {p:?}")));
+    }
+    if schedule.first > DELAY_MAX || schedule.period.is_some_and(|p| p > DELAY_MAX) {
+        return Err(invalid(format!("a reminder's delay and period are at most {DELAY_MAX:?} (a year)")));
     }
     if msg.len() > MESSAGE_BYTES_MAX {
         return Err(invalid(format!(

@@ -300,3 +300,21 @@ fn split_brain_strategies_load_and_bad_ones_say_what_to_write() {
     let (_, text) = only_error(load(&two, &[("echo", ECHO)]));
     assert!(text.contains("a quorum of 1 of 2 nodes lets both sides of a split serve"), "{text}");
 }
+
+#[test]
+fn node_names_that_would_share_a_certificate_file_are_refused() {
+    for reserved in ["ca", "client-ops"] {
+        let bad = CLUSTER.replace("\"n1\"", &format!("\"{reserved}\""));
+        let (_, text) = only_error(load(&bad, &[("echo", ECHO)]));
+        assert!(text.contains(&format!("node name `{reserved}` is reserved")), "{text}");
+    }
+}
+
+#[test]
+fn remember_is_for_sharded_kinds_only() {
+    let ok = ECHO.replace("placement = \"sharded\"", "placement = \"sharded\"\nremember = true");
+    assert!(load(CLUSTER, &[("echo", &ok)]).unwrap().topologies[0].kinds[0].remember);
+    let bad = ECHO.replace("placement = \"sharded\"", "placement = \"singleton\"\nremember = true");
+    let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
+    assert!(text.contains("only sharded entities are remembered"), "{text}");
+}

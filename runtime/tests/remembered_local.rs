@@ -250,6 +250,11 @@ async fn bad_reminders_are_refused_with_the_reason() {
         .await
         .unwrap_err();
     assert!(why(e).contains("period is at least"));
+    let year = Duration::from_secs(400 * 24 * 3600);
+    let e = reminders::set::<Mem>(&n, &target, "late", Schedule::once(year), &hello).await.unwrap_err();
+    assert!(why(e).contains("at most"));
+    let e = reminders::set::<Mem>(&n, &target, "rare", Schedule::every(year), &hello).await.unwrap_err();
+    assert!(why(e).contains("at most"));
     let huge = vec![7u8; reminders::MESSAGE_BYTES_MAX + 1];
     let e = reminders::set_encoded(&n, &target, "big", Schedule::once(Duration::ZERO), huge).await.unwrap_err();
     assert!(why(e).contains("keep large data in the actor's state"));
@@ -261,5 +266,33 @@ async fn bad_reminders_are_refused_with_the_reason() {
     .await;
     let dropped = n.metrics_snapshot().into_iter().find(|m| m.name == "troupe_reminders_dropped_total");
     assert!(dropped.is_some_and(|m| m.value >= 1.0), "the drop was not counted");
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_message_of_an_older_incarnation_never_forgets_a_newer_one() {
+    use remember::{Incarnation, RegistryMsg, RegistryProto, RegistryReply};
+    let n = node().await;
+    let registry = n.handle::<RegistryProto>(remember::registry_path());
+    let path = "/m/mem/ghost".to_string();
+    let inc = |id| Incarnation { node: "n1".into(), epoch: n.epoch(), id };
+    let started = |id| RegistryMsg::Started { path: path.clone(), at: inc(id) };
+    let passivated = |id| RegistryMsg::Passivated { path: path.clone(), at: inc(id) };
+    let held = async || -> Option<Incarnation> {
+        match registry.ask(RegistryMsg::List).await.unwrap() {
+            RegistryReply::Remembered(all) => all.into_iter().find(|e| e.path == path).map(|e| e.at),
+            other => panic!("{other:?}"),
+        }
+    };
+    // Incarnation 1_000_002 runs; then the retried messages of 1_000_001 arrive late.
+    assert!(matches!(registry.ask(started(1_000_002)).await.unwrap(), RegistryReply::Done));
+    assert!(matches!(registry.ask(passivated(1_000_001)).await.unwrap(), RegistryReply::Done));
+    assert_eq!(held().await, Some(inc(1_000_002)), "a stale passivation forgot the running incarnation");
+    assert!(matches!(registry.ask(started(1_000_001)).await.unwrap(), RegistryReply::Done));
+    assert_eq!(held().await, Some(inc(1_000_002)), "a stale registration replaced the running incarnation");
+    // Its own passivation forgets it; asked again at once, both answers mean durable.
+    let (a, b) = tokio::join!(registry.ask(passivated(1_000_002)), registry.ask(passivated(1_000_002)));
+    assert!(matches!((a.unwrap(), b.unwrap()), (RegistryReply::Done, RegistryReply::Done)));
+    assert_eq!(held().await, None);
     n.shutdown().await;
 }

@@ -166,8 +166,20 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 /// Makes the CA if it is missing. Returns true when it was created.
 pub fn ensure_ca(dir: &TlsDir, cluster: &str) -> Result<bool, TlsError> {
-    if dir.ca_cert().exists() && dir.ca_key().exists() {
-        return Ok(false);
+    match (dir.ca_cert().exists(), dir.ca_key().exists()) {
+        // The CA's key may be kept elsewhere (a host holds only its bundle, or the key
+        // is offline): nothing is made, and issuing a certificate here says the key is
+        // missing. A new CA would not match the cluster's certificates.
+        (true, _) => return Ok(false),
+        (false, true) => {
+            return Err(TlsError::Cert(format!(
+                "{} exists without {}: restore the CA certificate (a new CA would not match the cluster's \
+                 certificates), or remove the key to start a new CA and issue every certificate again",
+                dir.ca_key().display(),
+                dir.ca_cert().display()
+            )));
+        }
+        (false, false) => {}
     }
     std::fs::create_dir_all(&dir.0).map_err(|e| file_err(&dir.0, e))?;
     let key = KeyPair::generate().map_err(|e| TlsError::Cert(e.to_string()))?;

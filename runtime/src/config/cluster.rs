@@ -349,6 +349,17 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         {
             n.error("name", e.to_string(), None);
         }
+        // A node's certificate and key are `<tls_dir>/<name>.pem|.key`, beside the CA's
+        // (`ca`) and the clients' (`client-<name>`): those names would share files.
+        if let Some(nm) = &name
+            && (nm == "ca" || nm.starts_with("client-"))
+        {
+            n.error(
+                "name",
+                format!("node name `{nm}` is reserved: its certificate would share a file with the CA's or a client's"),
+                Some("pick another name (`ca` and `client-*` are taken)".into()),
+            );
+        }
         let (a, g, ad) = (addr(&n, "addr"), addr(&n, "gossip"), addr(&n, "admin"));
         let roles = n.strs("roles");
         if let Some(r) = roles.iter().find(|r| r.contains('=')) {

@@ -294,5 +294,7 @@ impl Behavior for ShardActor {
         // in flight: the store keeps the last snapshot written, so two must never race.
         self.snapshot(ctx, s);
         s.keys.set(0.0);
+        // This node holds none of the shard's changes any more.
+        s.unsaved.set(0.0);
     }
 }
