@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use troupe_client::{Client, ClientConfig, ClientError};
-use troupe_runtime::wire::introspect::{ActorInfo, MemberInfo, Metric, NodeReply, NodeRequest, SpanRecord};
+use troupe_runtime::wire::introspect::{ActorInfo, MemberInfo, Metric, NodeReply, NodeRequest};
 use troupe_runtime::{ActorPath, RemoteError};
 
 #[derive(Args, Clone)]
@@ -260,29 +260,27 @@ pub fn trace(a: TraceArgs) -> anyhow::Result<()> {
         .map_err(|_| super::UsageError(format!("`{}` is not a hexadecimal trace id", a.id)))?;
     runtime()?.block_on(async {
         let c = a.conn.connect().await?;
-        let mut spans: Vec<SpanRecord> = Vec::new();
-        for n in c.nodes() {
-            match ask_node(&c, &n, NodeRequest::Trace { trace: id }).await {
-                Ok(NodeReply::Trace(s)) => spans.extend(s),
-                Ok(_) => {}
-                Err(e) => eprintln!("node {n}: unreachable, its spans are missing ({e:#})"),
-            }
+        let (spans, missing) = c.trace(id).await;
+        for (n, e) in missing {
+            eprintln!("node {n}: unreachable, its spans are missing ({:#})", into_anyhow(e));
         }
         if spans.is_empty() {
             anyhow::bail!("no spans recorded for trace {id:016x} (spans are kept for sampled requests: ones sent by the CLI, SDK or gateways)");
         }
-        spans.sort_by_key(|s| s.start_unix_us);
         let t0 = spans[0].start_unix_us;
         println!("trace {id:016x}: {} spans", spans.len());
         println!("{:>10} {:>10}  {:<6} {:<10} TARGET", "START ms", "DUR ms", "NODE", "SPAN");
         for s in spans {
+            let fields: Vec<String> = s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!(
-                "{:>10.3} {:>10.3}  {:<6} {:<10} {}",
+                "{:>10.3} {:>10.3}  {:<6} {:<10} {}{}{}",
                 (s.start_unix_us - t0) as f64 / 1000.0,
                 s.duration_us as f64 / 1000.0,
                 s.node,
                 s.name,
-                s.target
+                s.target,
+                if fields.is_empty() { "" } else { "  " },
+                fields.join(" ")
             );
         }
         Ok(())

@@ -429,9 +429,12 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
                     // Sampled: make the trace id (and this actor, for FIFO lanes) the
                     // context of every call the handler makes, and record a span.
                     let started = st.ctx.node.clock_us();
-                    let current = Current { trace, actor: st.ctx.slot.path_str().clone() };
+                    let fields = Arc::new(parking_lot::Mutex::new(Vec::new()));
+                    let current =
+                        Current { trace, actor: st.ctx.slot.path_str().clone(), fields: Some(fields.clone()) };
                     let r = CURRENT.scope(current, fut).await;
-                    st.ctx.node.record_span(trace, "handle", &st.ctx.path, started);
+                    let fields = std::mem::take(&mut *fields.lock());
+                    st.ctx.node.record_span_with(trace, "handle", &st.ctx.path, started, fields);
                     r
                 } else {
                     // Unsampled (most traffic): no task-local scope — it would copy the

@@ -12,6 +12,27 @@ pub(crate) struct Current {
     pub trace: TraceId,
     /// The path of the actor handling it (FIFO lanes are per sender → receiver).
     pub actor: Arc<str>,
+    /// Fields the handler adds to its span ([`span_field`]); sampled messages only.
+    pub fields: Option<SpanFields>,
+}
+
+/// The fields a handler adds to its span, shared with the shell that records it.
+pub(crate) type SpanFields = Arc<parking_lot::Mutex<Vec<(String, String)>>>;
+
+/// Adds field `key` = `value` to the span of the message being handled, when its trace
+/// is sampled (`troupe trace` shows it, the OTLP export carries it as an attribute);
+/// nothing otherwise. At most 32 fields a span; keys are cut to 64 bytes and values to
+/// 1 KiB.
+pub fn span_field(key: &str, value: impl std::fmt::Display) {
+    let _ = CURRENT.try_with(|c| {
+        if let Some(f) = &c.fields {
+            let mut f = f.lock();
+            if f.len() < crate::traces::FIELDS_MAX {
+                let key = crate::traces::bounded(key.to_string(), crate::traces::FIELD_KEY_MAX);
+                f.push((key, crate::traces::bounded(value.to_string(), crate::traces::FIELD_VALUE_MAX)));
+            }
+        }
+    });
 }
 
 tokio::task_local! {

@@ -27,6 +27,7 @@ pub(crate) mod keepers;
 pub(crate) mod kinds;
 pub mod metrics;
 pub(crate) mod node;
+pub mod otlp;
 pub use troupe_core::placement;
 pub(crate) mod registry;
 pub(crate) mod reply;
@@ -38,10 +39,12 @@ pub(crate) mod slot;
 pub(crate) mod stats;
 pub mod store;
 pub(crate) mod supervision;
+pub mod traces;
 pub mod ws;
 
 pub use actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, current_trace, fail, store_failed};
 pub use config::{ClusterConfig, ConfigErrors, KindSpec, Loaded, Placement, Topology};
+pub use current::span_field;
 pub use handle::ActorHandle;
 pub use node::KindRegistry;
 pub use node::{

@@ -318,3 +318,13 @@ fn remember_is_for_sharded_kinds_only() {
     let (_, text) = only_error(load(CLUSTER, &[("echo", &bad)]));
     assert!(text.contains("only sharded entities are remembered"), "{text}");
 }
+
+#[test]
+fn tracing_defaults_and_a_bad_otlp_endpoint_says_how_to_write_it() {
+    let l = load(CLUSTER, &[("echo", ECHO)]).unwrap();
+    assert_eq!((l.cluster.tracing.retention_ms, l.cluster.tracing.otlp_endpoint.as_deref()), (86_400_000, None));
+    assert_eq!(l.cluster.tracing.service_name, "troupe-t");
+    let bad = format!("{CLUSTER}\n[tracing]\notlp_endpoint = \"https://collector:4318\"\n");
+    let (_, text) = only_error(load(&bad, &[("echo", ECHO)]));
+    assert!(text.contains("not an http:// URL") && text.contains("http://host:port/v1/traces"), "{text}");
+}

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use troupe_wire::introspect::{NodeAgent, NodeReply, NodeRequest};
+use troupe_wire::introspect::{NodeAgent, NodeReply, NodeRequest, SpanRecord};
 use troupe_wire::{Envelope, Frame, RequestKind, TraceId, codec};
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +368,23 @@ impl Client {
     pub async fn node_request(&self, node: &str, req: NodeRequest) -> Result<NodeReply, ClientError> {
         let path = ActorPath::new("troupe", "node", node).map_err(|e| ClientError::Codec(e.to_string()))?;
         self.ask::<NodeAgent>(&path, &req).await
+    }
+
+    /// Every span of trace `trace` the cluster's nodes keep (`[tracing] retention_ms`,
+    /// durable across restarts), by start time, with the nodes that did not answer
+    /// (their spans are missing) and why.
+    pub async fn trace(&self, trace: TraceId) -> (Vec<SpanRecord>, Vec<(String, ClientError)>) {
+        let mut spans = Vec::new();
+        let mut missing = Vec::new();
+        for n in self.nodes() {
+            match self.node_request(&n, NodeRequest::Trace { trace }).await {
+                Ok(NodeReply::Trace(s)) => spans.extend(s),
+                Ok(other) => missing.push((n, ClientError::Codec(format!("answered {other:?}")))),
+                Err(e) => missing.push((n, e)),
+            }
+        }
+        spans.sort_by_key(|s| s.start_unix_us);
+        (spans, missing)
     }
 
     /// Node names of the cluster file.

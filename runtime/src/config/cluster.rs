@@ -37,6 +37,8 @@ pub struct ClusterConfig {
     pub split_brain: SplitBrain,
     /// QUIC transport limits and timings (`[transport]`).
     pub transport: TransportTuning,
+    /// Where spans are kept and sent (`[tracing]`).
+    pub tracing: TracingConfig,
     /// Every node of the cluster (`[[nodes]]`), names and sockets unique.
     pub nodes: Vec<NodeSpec>,
     /// Per-system overrides: `[overrides.<system>.<kind>]` tables merged over the
@@ -80,6 +82,33 @@ pub struct GpuSpec {
     pub memory_gib: u64,
     /// How many GPUs of this model (1..=64, default 1).
     pub count: u64,
+}
+
+/// `[tracing]`: how long each node keeps the spans of sampled requests, and where it
+/// exports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Spans older than this are deleted, in milliseconds (default one day).
+    pub retention_ms: u64,
+    /// Spans one node keeps at most; the oldest go first (default 1,000,000).
+    pub spans_max: u64,
+    /// An OTLP/HTTP traces endpoint (`http://host:port/v1/traces`) every node sends
+    /// its spans to, protobuf-encoded; none by default.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (default `troupe-<cluster name>`).
+    pub service_name: String,
+}
+
+impl TracingConfig {
+    /// The defaults, for cluster `name`.
+    pub fn new(name: &str) -> TracingConfig {
+        TracingConfig {
+            retention_ms: 86_400_000,
+            spans_max: 1_000_000,
+            otlp_endpoint: None,
+            service_name: format!("troupe-{name}"),
+        }
+    }
 }
 
 /// `[transport]`: limits and timings of the QUIC links between nodes and clients.
@@ -175,6 +204,7 @@ impl ClusterConfig {
             seeds: vec![name.into()],
             membership: MembershipTuning::default(),
             split_brain: SplitBrain::default(),
+            tracing: TracingConfig::new("local"),
             transport: TransportTuning::default(),
             nodes: vec![NodeSpec {
                 name: name.into(),
@@ -473,6 +503,26 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         );
     }
 
+    let tracing = match root.table("tracing") {
+        None => TracingConfig::new(&name),
+        Some(t) => {
+            let d = TracingConfig::new(&name);
+            let out = TracingConfig {
+                retention_ms: t.u64_in("retention_ms", d.retention_ms, 1000, 366 * 86_400_000, "milliseconds"),
+                spans_max: t.u64_in("spans_max", d.spans_max, 1000, 1 << 32, "spans"),
+                otlp_endpoint: t.opt_str("otlp_endpoint"),
+                service_name: t.opt_str("service_name").unwrap_or(d.service_name),
+            };
+            if let Some(url) = &out.otlp_endpoint
+                && let Err(why) = crate::otlp::Endpoint::parse(url)
+            {
+                t.error("otlp_endpoint", why, Some("write it as http://host:port/v1/traces".into()));
+            }
+            t.finish();
+            out
+        }
+    };
+
     let split_brain = match root.table("split_brain") {
         None => SplitBrain::default(),
         Some(t) => {
@@ -554,6 +604,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         membership,
         split_brain,
         transport,
+        tracing,
         nodes,
         overrides,
     })

@@ -9,11 +9,10 @@ use crate::metrics::Metrics;
 use crate::node::{KindInstance, KindRegistry};
 use crate::registry::Registry;
 use crate::stats::{ActorEntry, ActorStats};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::supervision::{ChildSpec, Intensity, Restart, StartFn, Strategy, SupMsg, Supervisor, SupervisorConfig};
 use parking_lot::{Mutex, RwLock};
 use ractor::ActorCell;
-use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -37,6 +36,13 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let spec = loaded.cluster.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
         let store = Store::open(&loaded.cluster.node_data_dir(name).join("state.redb"))?;
+        let metrics = Metrics::new();
+        let traces_file = loaded.cluster.node_data_dir(name).join("traces.redb");
+        let traces =
+            crate::traces::TraceStore::open(&traces_file, loaded.cluster.tracing.clone(), &metrics, &spec.name)
+                .map_err(|reason| StoreError::Open { path: traces_file.clone(), reason })?;
+        let traces = Arc::new(traces);
+        crate::traces::TraceStore::run(&traces);
         let mut kinds = kinds;
         kinds.register::<NodeAgentBehavior>("troupe.node");
         kinds.register::<ReplicaAgent>("troupe.replica");
@@ -53,12 +59,12 @@ impl Node {
             kinds,
             registry: Registry::default(),
             store,
-            metrics: Metrics::new(),
+            metrics,
             kind_sups: RwLock::new(KindMap::default()),
             instances: OnceLock::new(),
             root_entry,
             root: Mutex::new(None),
-            spans: Mutex::new(VecDeque::new()),
+            traces,
             started: Instant::now(),
             started_unix_us: unix_ms() * 1000,
             cluster: OnceLock::new(),
@@ -258,6 +264,11 @@ impl Node {
         }
         // Extensions usually hold the node: dropping them here ends that cycle.
         self.0.extensions.lock().clear();
+        // The spans recorded since the last flush, so a stop loses none.
+        let traces = self.0.traces.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || traces.flush()).await {
+            tracing::warn!(error = %e, "the last spans were not written");
+        }
     }
 
     /// Resolves when the root supervisor has stopped (it escalated: the node is dead).

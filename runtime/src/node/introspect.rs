@@ -14,30 +14,41 @@ impl Node {
 
     /// Records a span for `troupe trace` when the trace is sampled (odd ids).
     pub fn record_span(&self, trace: TraceId, name: &str, path: &ActorPath, start_us: u64) {
+        self.record_span_with(trace, name, path, start_us, Vec::new());
+    }
+
+    /// Records a span with fields (key, value), kept durably and exported when
+    /// configured ([`crate::traces`]); only for sampled traces (odd ids).
+    pub fn record_span_with(
+        &self,
+        trace: TraceId,
+        name: &str,
+        path: &ActorPath,
+        start_us: u64,
+        fields: Vec<(String, String)>,
+    ) {
         if trace & 1 == 0 {
             return;
         }
         let end = self.clock_us();
-        let rec = SpanRecord {
+        self.0.traces.record(SpanRecord {
             trace,
             node: self.0.name.clone(),
             name: name.to_string(),
             target: path.to_string(),
             start_unix_us: start_us,
             duration_us: end.saturating_sub(start_us),
-            fields: Vec::new(),
-        };
-        let mut s = self.0.spans.lock();
-        if s.len() >= SPANS_MAX {
-            s.pop_front();
-        }
-        s.push_back(rec);
+            fields,
+        });
     }
 
-    /// The spans of `trace` this node still keeps (the newest `SPANS_MAX` of all
-    /// traces), in recording order.
+    /// The spans of `trace` this node keeps (written within `[tracing] retention_ms`,
+    /// or waiting to be), by start time.
     pub fn spans(&self, trace: TraceId) -> Vec<SpanRecord> {
-        self.0.spans.lock().iter().filter(|s| s.trace == trace).cloned().collect()
+        self.0.traces.spans(trace).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the span store");
+            Vec::new()
+        })
     }
 
     /// A snapshot of this node's supervision tree, from the root down.

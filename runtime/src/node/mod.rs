@@ -27,20 +27,16 @@ use parking_lot::{Mutex, RwLock};
 use ractor::ActorCell;
 use ractor::ActorRef;
 use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
-use troupe_wire::introspect::SpanRecord;
 use troupe_wire::{ActorPath, JsonCodec};
 
 mod boot;
 mod introspect;
 mod locate;
 mod routing;
-
-/// Spans kept per node for `troupe trace` (oldest dropped first).
-pub(crate) const SPANS_MAX: usize = 50_000;
 
 /// Why a node failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +128,8 @@ pub(crate) struct NodeInner {
     instances: OnceLock<KindMap<Arc<dyn KindInstance>>>,
     root_entry: Arc<ActorEntry>,
     root: Mutex<Option<ActorRef<SupMsg>>>,
-    spans: Mutex<VecDeque<SpanRecord>>,
+    /// Spans of sampled requests, durable ([`crate::traces`]).
+    traces: Arc<crate::traces::TraceStore>,
     started: Instant,
     started_unix_us: u64,
     cluster: OnceLock<Arc<Cluster>>,

@@ -47,6 +47,9 @@ impl Behavior for CounterActor {
                 st.messages += 1;
             }
             CounterMsg::Get => {
+                // On the span of a sampled request (`troupe trace`, the OTLP export).
+                troupe_runtime::span_field("diag.total", st.total);
+                troupe_runtime::span_field("diag.messages", st.messages);
                 reply
                     .send(CounterReply::Count {
                         total: st.total,
