@@ -408,6 +408,13 @@ fn an_edit_invalidates_every_gateways_cache_through_pubsub() {
             call(*gw, "GET", "/api/links/nope", &[], None).ok().filter(|r| r.status == 404)
         });
     }
+    // Every node has heard of the other two gateways' subscriptions (a publish reaches
+    // only the nodes its publisher knows of; an announcement takes up to RESYNC).
+    for n in &c.names {
+        wait_for(&format!("{n} hearing of every other gateway"), Duration::from_secs(30), || {
+            (c.metric(n, "troupe_pubsub_remote_topics") >= 2.0).then_some(())
+        });
+    }
     let r = create(gws[0], r#"{"url": "https://example.org/before", "alias": "cached"}"#, Some("ann"));
     assert_eq!(r.status, 201, "{}", r.body);
     // Every gateway caches the first target.

@@ -78,7 +78,7 @@ pub fn ask(a: RequestArgs) -> anyhow::Result<()> {
     check_json(&a.json)?;
     runtime()?.block_on(async {
         let c = a.conn.connect().await?;
-        let trace = Client::new_trace();
+        let trace = Client::new_kept_trace();
         eprintln!("trace {trace:016x}");
         let r = c.ask_json(&path, &a.json, Duration::from_millis(a.timeout_ms), trace).await.map_err(into_anyhow)?;
         println!("{}", pretty(&r));
@@ -91,7 +91,7 @@ pub fn send(a: RequestArgs) -> anyhow::Result<()> {
     check_json(&a.json)?;
     runtime()?.block_on(async {
         let c = a.conn.connect().await?;
-        let trace = Client::new_trace();
+        let trace = Client::new_kept_trace();
         c.tell_json(&path, &a.json, trace).await.map_err(into_anyhow)?;
         eprintln!("sent (trace {trace:016x})");
         // Give the lane a moment to flush before the process exits.
@@ -105,7 +105,7 @@ pub fn stream(a: RequestArgs) -> anyhow::Result<()> {
     check_json(&a.json)?;
     runtime()?.block_on(async {
         let c = a.conn.connect().await?;
-        let trace = Client::new_trace();
+        let trace = Client::new_kept_trace();
         eprintln!("trace {trace:016x}");
         let mut rx = c.stream_json(&path, &a.json, trace).await.map_err(into_anyhow)?;
         while let Some(item) = rx.recv().await {
@@ -271,7 +271,9 @@ pub fn trace(a: TraceArgs) -> anyhow::Result<()> {
         println!("trace {id:016x}: {} spans", spans.len());
         println!("{:>10} {:>10}  {:<6} {:<10} TARGET", "START ms", "DUR ms", "NODE", "SPAN");
         for s in spans {
-            let fields: Vec<String> = s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // Escaped: a field may carry user data (control characters, spaces).
+            let fields: Vec<String> =
+                s.fields.iter().map(|(k, v)| format!("{}={:?}", k.escape_debug(), v)).collect();
             println!(
                 "{:>10.3} {:>10.3}  {:<6} {:<10} {}{}{}",
                 (s.start_unix_us - t0) as f64 / 1000.0,

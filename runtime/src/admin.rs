@@ -70,7 +70,7 @@ async fn members(State(node): State<Node>) -> Response {
 
 async fn trace(State(node): State<Node>, Path(id): Path<String>) -> Response {
     match u64::from_str_radix(id.trim_start_matches("0x"), 16) {
-        Ok(t) => Json(node.spans(t)).into_response(),
+        Ok(t) => Json(node.spans(t).await).into_response(),
         Err(_) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "trace id must be hexadecimal"})))
             .into_response(),
     }

@@ -41,7 +41,7 @@ impl Behavior for NodeAgentBehavior {
                 unix_ms: node.clock_us() / 1000,
                 metrics: node.metrics_snapshot(),
             }),
-            NodeRequest::Trace { trace } => NodeReply::Trace(node.spans(trace)),
+            NodeRequest::Trace { trace } => NodeReply::Trace(node.spans(trace).await),
             NodeRequest::Chaos(cmd) => match node.cluster() {
                 Some(c) => NodeReply::Chaos(c.chaos(cmd)),
                 None => {

@@ -5,12 +5,15 @@
 //! as OpenTelemetry deployments usually run one.
 //!
 //! A troupe span maps to an OTLP span with the trace id in the low 8 bytes of the
-//! 16-byte OTLP trace id, a span id derived from (node, start, sequence), its name,
+//! 16-byte OTLP trace id, a span id derived from (node, sequence number in the node's
+//! span store), its name,
 //! start and end, and attributes `troupe.node`, `troupe.target` and each of its fields;
 //! the resource says `service.name` and `service.instance.id` (the node).
 //!
 //! Invariants: export never slows recording: batches wait in a bounded queue
-//! ([`QUEUE_BATCHES`]); a full queue or a failed request drops the batch, counted in
+//! ([`QUEUE_BATCHES`] written batches, each bounded by the span store's buffer) and are
+//! encoded on a blocking thread, at most [`REQUEST_SPANS`] spans a request; a full
+//! queue or a failed request drops its spans, counted in
 //! `troupe_spans_export_dropped_total`; each request is bounded by [`REQUEST_TIMEOUT`].
 
 use crate::metrics::{Counter, Metrics};
@@ -23,8 +26,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use troupe_wire::introspect::SpanRecord;
 
-/// Batches waiting for the collector at most.
-pub const QUEUE_BATCHES: usize = 64;
+/// Written batches waiting for the collector at most.
+pub const QUEUE_BATCHES: usize = 8;
+/// Spans in one export request at most (collectors cap request bodies).
+pub const REQUEST_SPANS: usize = 2048;
 /// How long one export request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,28 +46,40 @@ impl Endpoint {
     /// Parses `http://host:port/path` (the port defaults to 4318, OTLP/HTTP's, and the
     /// path to `/v1/traces`).
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("`{url}` is not an http:// URL (only plain HTTP to a collector or agent is supported)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/v1/traces"),
-        };
-        if authority.is_empty() || authority.contains('@') || authority.chars().any(char::is_whitespace) {
-            return Err(format!("`{url}` names no host"));
+        if !url.starts_with("http://") {
+            return Err(format!(
+                "`{url}` is not an http:// URL (only plain HTTP to a collector or agent is supported)"
+            ));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-            authority.to_string()
-        } else {
-            format!("{authority}:4318")
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("`{url}` names no host"))?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(format!("`{url}` carries credentials; give the collector's address only"));
+        }
+        let written = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        // After an IPv6 host's brackets, or in the whole authority: `:port` if any.
+        let after_host = match written.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+            None => written,
         };
-        Ok(Endpoint { authority, path: path.to_string() })
+        let port = match after_host.rsplit_once(':') {
+            None => 4318,
+            Some((_, p)) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(format!("`{url}`: `{p}` is not a port number (1 to 65535)")),
+            },
+        };
+        let path = match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("/") | Some("") => "/v1/traces".to_string(),
+            Some(p) => p.to_string(),
+        };
+        Ok(Endpoint { authority: format!("{host}:{port}"), path })
     }
 }
 
 /// The export side of one node's span store.
 pub(crate) struct Exporter {
-    tx: mpsc::Sender<Vec<SpanRecord>>,
+    tx: mpsc::Sender<Vec<(u64, SpanRecord)>>,
     dropped: Counter,
 }
 
@@ -85,8 +102,9 @@ impl Exporter {
         Exporter { tx, dropped }
     }
 
-    /// Queues a batch; a full queue drops it (counted).
-    pub(crate) fn send(&self, batch: Vec<SpanRecord>) {
+    /// Queues a written batch (spans with their sequence numbers); a full queue drops
+    /// it (counted).
+    pub(crate) fn send(&self, batch: Vec<(u64, SpanRecord)>) {
         let n = batch.len() as u64;
         if self.tx.try_send(batch).is_err() {
             self.dropped.add(n);
@@ -98,20 +116,36 @@ async fn run(
     ep: Endpoint,
     service: String,
     node: String,
-    mut rx: mpsc::Receiver<Vec<SpanRecord>>,
+    mut rx: mpsc::Receiver<Vec<(u64, SpanRecord)>>,
     exported: Counter,
     dropped: Counter,
 ) {
     let mut failing = false;
     while let Some(batch) = rx.recv().await {
-        let n = batch.len() as u64;
-        let body = request(&service, &node, &batch).encode_to_vec();
-        match tokio::time::timeout(REQUEST_TIMEOUT, post(&ep, body)).await {
+        for chunk in batch.chunks(REQUEST_SPANS) {
+            let n = chunk.len() as u64;
+            let (service, node, chunk) = (service.clone(), node.clone(), chunk.to_vec());
+            let body = match tokio::task::spawn_blocking(move || request(&service, &node, &chunk).encode_to_vec()).await
+            {
+                Ok(b) => b,
+                Err(_) => {
+                    dropped.add(n);
+                    continue;
+                }
+            };
+            send_one(&ep, body, n, &exported, &dropped, &mut failing).await;
+        }
+    }
+}
+
+async fn send_one(ep: &Endpoint, body: Vec<u8>, n: u64, exported: &Counter, dropped: &Counter, failing: &mut bool) {
+    {
+        match tokio::time::timeout(REQUEST_TIMEOUT, post(ep, body)).await {
             Ok(Ok(())) => {
                 exported.add(n);
-                if failing {
+                if *failing {
                     tracing::info!(endpoint = %ep.authority, "span export works again");
-                    failing = false;
+                    *failing = false;
                 }
             }
             outcome => {
@@ -121,9 +155,9 @@ async fn run(
                     _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
                 };
                 // Once per outage, not once per batch.
-                if !failing {
+                if !*failing {
                     tracing::warn!(endpoint = %ep.authority, error = %why, "span export failed; spans are dropped until it works");
-                    failing = true;
+                    *failing = true;
                 }
             }
         }
@@ -155,21 +189,22 @@ fn text(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// FNV-1a of the span's identity: a span id that is the same however often it is sent.
-fn span_id(s: &SpanRecord) -> [u8; 8] {
+/// FNV-1a of the span's identity (its node and its sequence number there): a span id
+/// that is the same however often it is sent, and differs for any two spans.
+fn span_id(node: &str, seq: u64) -> [u8; 8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.node.bytes().chain(s.name.bytes()).chain(s.target.bytes()).chain(s.start_unix_us.to_le_bytes()) {
+    for b in node.bytes().chain([0]).chain(seq.to_le_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h.max(1).to_be_bytes()
 }
 
-/// The OTLP request for one batch of `node`'s spans.
-pub fn request(service: &str, node: &str, batch: &[SpanRecord]) -> ExportTraceServiceRequest {
+/// The OTLP request for one batch of `node`'s spans (with their sequence numbers).
+pub fn request(service: &str, node: &str, batch: &[(u64, SpanRecord)]) -> ExportTraceServiceRequest {
     let spans = batch
         .iter()
-        .map(|s| {
+        .map(|(seq, s)| {
             let mut trace_id = vec![0u8; 8];
             trace_id.extend_from_slice(&s.trace.to_be_bytes());
             let mut attributes = vec![text("troupe.node", &s.node), text("troupe.target", &s.target)];
@@ -177,7 +212,7 @@ pub fn request(service: &str, node: &str, batch: &[SpanRecord]) -> ExportTraceSe
             let start = s.start_unix_us.saturating_mul(1000);
             Span {
                 trace_id,
-                span_id: span_id(s).to_vec(),
+                span_id: span_id(node, *seq).to_vec(),
                 name: s.name.clone(),
                 kind: SpanKind::Internal as i32,
                 start_time_unix_nano: start,
@@ -220,7 +255,11 @@ mod tests {
         assert_eq!(Endpoint::parse("http://collector").unwrap().authority, "collector:4318");
         assert_eq!(Endpoint::parse("http://collector").unwrap().path, "/v1/traces");
         assert!(Endpoint::parse("https://collector:4318").unwrap_err().contains("not an http:// URL"));
-        assert!(Endpoint::parse("http:///v1/traces").unwrap_err().contains("names no host"));
+        assert!(Endpoint::parse("http:///v1/traces").is_err());
+        assert!(Endpoint::parse("http://h:99999/v1/traces").is_err(), "a port out of range");
+        assert!(Endpoint::parse("http://h:1/x\r\nEvil: 1").is_err(), "a header smuggled in the path");
+        assert!(Endpoint::parse("http://user:pw@h:1/v1/traces").unwrap_err().contains("credentials"));
+        assert_eq!(Endpoint::parse("http://[::1]:4000/t").unwrap().authority, "[::1]:4000");
     }
 
     #[test]
@@ -234,7 +273,7 @@ mod tests {
             duration_us: 5,
             fields: vec![("diag.total".into(), "7".into())],
         };
-        let r = request("troupe-it", "n1", std::slice::from_ref(&s));
+        let r = request("troupe-it", "n1", &[(7, s)]);
         let bytes = r.encode_to_vec();
         let back = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
         let span = &back.resource_spans[0].scope_spans[0].spans[0];

@@ -168,6 +168,8 @@ pub struct PubSub {
     dirty: tokio::sync::Notify,
     pub(crate) dropped: Counter,
     delivered: Counter,
+    /// (node, topic) pairs of other nodes this node has heard of.
+    remote_topics: crate::metrics::Gauge,
 }
 
 impl std::fmt::Debug for PubSub {
@@ -194,6 +196,11 @@ impl PubSub {
                 delivered: m.counter(
                     "troupe_pubsub_delivered_total",
                     "Published messages handed to local subscribers",
+                    &[],
+                ),
+                remote_topics: m.gauge(
+                    "troupe_pubsub_remote_topics",
+                    "Topics with subscribers on other nodes this node has heard of, counted once per node",
                     &[],
                 ),
             })
@@ -394,8 +401,15 @@ impl PubSub {
         handle.spawn(async move {
             for n in targets {
                 let Ok(path) = ActorPath::new("troupe", "pubsub", &n) else { continue };
-                // At-most-once: the next change or resync repairs a lost one.
-                let _ = node.handle::<Broker>(path).tell(msg.clone()).await;
+                let broker = node.handle::<Broker>(path);
+                // A member that just joined may not run its broker yet: a few more tries
+                // (the resync repairs whatever is still lost, within RESYNC).
+                for pause in [0, 100, 300, 600] {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    if broker.tell(msg.clone()).await.is_ok() {
+                        break;
+                    }
+                }
             }
         });
     }
@@ -421,6 +435,11 @@ impl PubSub {
             return;
         }
         *r = Remote { epoch, version, topics: topics.into_iter().collect(), groups: groups.into_iter().collect() };
+        self.count_remote(&st);
+    }
+
+    fn count_remote(&self, st: &State) {
+        self.remote_topics.set(st.remote.values().map(|r| r.topics.len()).sum::<usize>() as f64);
     }
 
     /// A member is alive in `epoch`: announcements of older incarnations are void,
@@ -436,6 +455,7 @@ impl PubSub {
         {
             *gone = epoch.saturating_sub(1);
         }
+        self.count_remote(&st);
     }
 
     /// Forgets every member the view no longer holds alive or suspect (events can
@@ -450,6 +470,7 @@ impl PubSub {
             .collect();
         let mut st = self.state.lock();
         st.remote.retain(|n, r| live.get(n).is_some_and(|&e| e == r.epoch));
+        self.count_remote(&st);
     }
 
     /// A member went down: what its incarnation `epoch` (and any older one)
@@ -461,6 +482,7 @@ impl PubSub {
         }
         let gone = st.down.entry(node.to_string()).or_insert(0);
         *gone = (*gone).max(epoch);
+        self.count_remote(&st);
     }
 }
 

@@ -203,9 +203,17 @@ impl Client {
     }
 
     /// A fresh sampled trace id: spans of this request are recorded on every node
-    /// it touches (`troupe trace <id>`).
+    /// it touches (`troupe trace <id>`), in memory, and on disk for one trace in
+    /// `[tracing] keep_one_in`.
     pub fn new_trace() -> TraceId {
-        rand::random::<u64>() | 1
+        (rand::random::<u64>() | 1) & !2
+    }
+
+    /// A fresh sampled trace id whose spans every node also writes to disk (kept for
+    /// `[tracing] retention_ms`, read back after restarts, exported over OTLP): for
+    /// requests someone will look at, as `troupe ask` sends.
+    pub fn new_kept_trace() -> TraceId {
+        rand::random::<u64>() | 3
     }
 
     pub async fn tell<P: Protocol>(&self, path: &ActorPath, msg: &P::Msg) -> Result<(), ClientError> {

@@ -92,6 +92,9 @@ pub struct TracingConfig {
     pub retention_ms: u64,
     /// Spans one node keeps at most; the oldest go first (default 1,000,000).
     pub spans_max: u64,
+    /// Of the sampled traces not explicitly kept, one in this many is written to disk
+    /// (by trace id; default 64; 1: all; 0: only those asked for, as `troupe ask`'s).
+    pub keep_one_in: u64,
     /// An OTLP/HTTP traces endpoint (`http://host:port/v1/traces`) every node sends
     /// its spans to, protobuf-encoded; none by default.
     pub otlp_endpoint: Option<String>,
@@ -105,6 +108,7 @@ impl TracingConfig {
         TracingConfig {
             retention_ms: 86_400_000,
             spans_max: 1_000_000,
+            keep_one_in: 64,
             otlp_endpoint: None,
             service_name: format!("troupe-{name}"),
         }
@@ -510,6 +514,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
             let out = TracingConfig {
                 retention_ms: t.u64_in("retention_ms", d.retention_ms, 1000, 366 * 86_400_000, "milliseconds"),
                 spans_max: t.u64_in("spans_max", d.spans_max, 1000, 1 << 32, "spans"),
+                keep_one_in: t.u64_in("keep_one_in", d.keep_one_in, 0, 1 << 20, "traces"),
                 otlp_endpoint: t.opt_str("otlp_endpoint"),
                 service_name: t.opt_str("service_name").unwrap_or(d.service_name),
             };

@@ -37,10 +37,17 @@ impl Node {
         let spec = loaded.cluster.node(name).ok_or_else(|| NodeError::UnknownNode(name.to_string()))?.clone();
         let store = Store::open(&loaded.cluster.node_data_dir(name).join("state.redb"))?;
         let metrics = Metrics::new();
+        let (started, started_unix_us) = (Instant::now(), unix_ms() * 1000);
         let traces_file = loaded.cluster.node_data_dir(name).join("traces.redb");
+        let file = traces_file.clone();
+        let db = tokio::task::spawn_blocking(move || crate::traces::open_file(&file, started_unix_us))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|reason| StoreError::Open { path: traces_file.clone(), reason })?;
+        let clock = (started_unix_us, started);
         let traces =
-            crate::traces::TraceStore::open(&traces_file, loaded.cluster.tracing.clone(), &metrics, &spec.name)
-                .map_err(|reason| StoreError::Open { path: traces_file.clone(), reason })?;
+            crate::traces::TraceStore::with_file(db, loaded.cluster.tracing.clone(), &metrics, &spec.name, clock);
         let traces = Arc::new(traces);
         crate::traces::TraceStore::run(&traces);
         let mut kinds = kinds;
@@ -65,8 +72,8 @@ impl Node {
             root_entry,
             root: Mutex::new(None),
             traces,
-            started: Instant::now(),
-            started_unix_us: unix_ms() * 1000,
+            started,
+            started_unix_us,
             cluster: OnceLock::new(),
             alone: OnceLock::new(),
             extensions: Mutex::new(HashMap::new()),

@@ -43,9 +43,11 @@ impl Node {
     }
 
     /// The spans of `trace` this node keeps (written within `[tracing] retention_ms`,
-    /// or waiting to be), by start time.
-    pub fn spans(&self, trace: TraceId) -> Vec<SpanRecord> {
-        self.0.traces.spans(trace).unwrap_or_else(|e| {
+    /// waiting to be, or in memory), by start time; read on a blocking thread.
+    pub async fn spans(&self, trace: TraceId) -> Vec<SpanRecord> {
+        let traces = self.0.traces.clone();
+        let read = tokio::task::spawn_blocking(move || traces.spans(trace)).await.map_err(|e| e.to_string());
+        read.and_then(|r| r).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the span store");
             Vec::new()
         })
