@@ -130,16 +130,38 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A server that reads the request head and answers `answer`.
+    /// A server that reads the whole request (head and `Content-Length` body) and
+    /// answers `answer`. (Answering after the head alone and closing would leave the
+    /// body unread: the kernel then resets the connection, and the client may see the
+    /// reset instead of the answer.)
     fn serve_once(answer: &'static str) -> (SocketAddr, std::thread::JoinHandle<String>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         let h = std::thread::spawn(move || {
             let (mut s, _) = l.accept().expect("accept");
+            let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
+            loop {
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(answer.as_bytes()).expect("write");
-            String::from_utf8_lossy(&buf[..n]).to_string()
+            String::from_utf8_lossy(&got).to_string()
         });
         (addr, h)
     }

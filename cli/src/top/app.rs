@@ -158,6 +158,8 @@ pub struct App {
     pub metric_offset: usize,
     /// The systems' `troupe top` panels.
     panels: Panels,
+    /// The trace followed (`--trace`): a panel shows its spans.
+    pub trace: Option<u64>,
 }
 
 /// The systems' panels (a list of trait objects, which have no `Debug` of their own).
@@ -189,7 +191,16 @@ impl App {
             metric_group: None,
             metric_offset: 0,
             panels: Panels::default(),
+            trace: None,
         }
+    }
+
+    /// The spans of the followed trace every node answered with (its last answer for a
+    /// node that is down now), by start time.
+    pub fn trace_spans(&self) -> Vec<&troupe_runtime::wire::introspect::SpanRecord> {
+        let mut all: Vec<_> = self.nodes.iter().filter_map(|n| n.data.as_ref()).flat_map(|d| &d.spans).collect();
+        all.sort_by_key(|s| (s.start_unix_us, s.node.as_str()));
+        all
     }
 
     /// Takes one node's poll result. Paused screens ignore new data on purpose.

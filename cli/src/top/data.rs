@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use troupe_client::{Client, ClientConfig};
-use troupe_runtime::wire::introspect::{ActorInfo, Health, MemberInfo, MetricsSnapshot, NodeReply, NodeRequest};
+use troupe_runtime::wire::introspect::{
+    ActorInfo, Health, MemberInfo, MetricsSnapshot, NodeReply, NodeRequest, SpanRecord,
+};
 
 /// Everything one node said about itself in one poll.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +23,9 @@ pub struct NodeData {
     pub members: Vec<MemberInfo>,
     pub tree: ActorInfo,
     pub metrics: MetricsSnapshot,
+    /// The spans this node holds of the trace `troupe top --trace` follows (none
+    /// otherwise).
+    pub spans: Vec<SpanRecord>,
 }
 
 /// One poll's outcome for one node; the error is a line a person can read.
@@ -97,15 +102,17 @@ async fn poll_node<S: Source>(source: Arc<S>, node: String, cfg: PollConfig, tx:
 /// only ever slows its own row.
 pub struct SdkSource {
     base: ClientConfig,
+    /// The trace followed, if any: each poll also asks for its spans.
+    trace: Option<u64>,
     clients: Vec<(String, tokio::sync::Mutex<Option<Arc<Client>>>)>,
 }
 
 impl SdkSource {
-    pub fn new(mut base: ClientConfig, node_timeout: Duration) -> SdkSource {
+    pub fn new(mut base: ClientConfig, node_timeout: Duration, trace: Option<u64>) -> SdkSource {
         base.ask_timeout = node_timeout;
         base.connect_timeout = node_timeout;
         let clients = base.nodes.iter().map(|(n, _)| (n.clone(), tokio::sync::Mutex::new(None))).collect();
-        SdkSource { base, clients }
+        SdkSource { base, trace, clients }
     }
 
     async fn client(&self, node: &str) -> Result<Arc<Client>, String> {
@@ -133,19 +140,31 @@ impl Source for SdkSource {
             let c = c.clone();
             async move { c.node_request(node, req).await.map_err(|e| e.to_string()) }
         };
-        let (health, members, tree, metrics) = tokio::join!(
+        let spans = async {
+            match self.trace {
+                Some(trace) => ask(NodeRequest::Trace { trace }).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (health, members, tree, metrics, spans) = tokio::join!(
             ask(NodeRequest::Health),
             ask(NodeRequest::Members),
             ask(NodeRequest::Tree),
-            ask(NodeRequest::Metrics)
+            ask(NodeRequest::Metrics),
+            spans
         );
+        let spans = match spans? {
+            Some(NodeReply::Trace(s)) => s,
+            None => Vec::new(),
+            Some(_) => return Err(format!("{node} answered a trace with the wrong kind of reply")),
+        };
         match (health?, members?, tree?, metrics?) {
             (
                 NodeReply::Health(health),
                 NodeReply::Members(members),
                 NodeReply::Tree(tree),
                 NodeReply::Metrics(metrics),
-            ) => Ok(NodeData { health, members, tree, metrics }),
+            ) => Ok(NodeData { health, members, tree, metrics, spans }),
             _ => Err(format!("{node} answered with the wrong kind of reply (a different troupe version?)")),
         }
     }

@@ -128,6 +128,7 @@ pub fn node(name: &str, handled: u64, down: &[&str]) -> NodeData {
                 metric("troupe_node_uptime_seconds", "gauge", &[], 3723.0),
             ],
         },
+        spans: Vec::new(),
     }
 }
 

@@ -34,6 +34,10 @@ pub struct TopArgs {
     /// How often every node is asked, in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub refresh_ms: u64,
+    /// Follow this trace (hex, as `troupe ask` prints it): a panel under the tree shows
+    /// its spans from every node as a waterfall.
+    #[arg(long)]
+    pub trace: Option<String>,
 }
 
 /// Longest the loop sleeps waiting for a key; also how often "N s ago" moves on.
@@ -50,15 +54,23 @@ pub fn run(a: TopArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    let trace = match &a.trace {
+        None => None,
+        Some(t) => Some(
+            u64::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| super::UsageError(format!("`{t}` is not a hexadecimal trace id")))?,
+        ),
+    };
     let poll = data::PollConfig::for_refresh(refresh);
     let nodes: Vec<String> = cfg.nodes.iter().map(|(n, _)| n.clone()).collect();
     let mut app = App::new(a.conn.cluster.display().to_string(), nodes, refresh).with_panels(crate::panels());
+    app.trace = trace;
     // Every node is asked directly, so --via only picks the node shown first.
     if let Some(i) = a.conn.via.as_ref().and_then(|v| app.nodes.iter().position(|n| &n.name == v)) {
         app.selected = i;
     }
-    let reports =
-        data::spawn_pollers(data::SdkSource::new(cfg, poll.node_timeout), poll).context("starting the pollers")?;
+    let reports = data::spawn_pollers(data::SdkSource::new(cfg, poll.node_timeout, trace), poll)
+        .context("starting the pollers")?;
     let terminal = ratatui::try_init().context("setting up the terminal")?;
     // Restores the terminal when this function returns by any path; `try_init` already
     // installed a panic hook that does the same before the panic message is printed.

@@ -6,7 +6,7 @@ use super::app::{App, Key, Panel};
 use super::data::Report;
 use super::{fixture, view};
 use std::time::{Duration, Instant};
-use troupe_runtime::wire::introspect::{Metric, MetricsSnapshot};
+use troupe_runtime::wire::introspect::{Metric, MetricsSnapshot, SpanRecord};
 use troupe_system::screen::{assert_has, has, render};
 
 fn screen(app: &mut App, w: u16, h: u16, now: Instant) -> Vec<String> {
@@ -287,4 +287,54 @@ fn a_panel_of_a_node_that_stopped_answering_says_stale() {
     app.ingest(Report { node: "n1".into(), outcome: Err("refused".into()) }, now);
     let s = screen(&mut app, 80, 24, now + Duration::from_secs(2));
     assert_has(&s, &["Demo n1 (stale)", "queue depth 7"]);
+}
+
+fn span(node: &str, name: &str, target: &str, start_ms: u64, dur_ms: u64, fields: &[(&str, &str)]) -> SpanRecord {
+    SpanRecord {
+        trace: 0xabc3,
+        node: node.into(),
+        name: name.into(),
+        target: target.into(),
+        start_unix_us: 1_700_000_000_000_000 + start_ms * 1000,
+        duration_us: dur_ms * 1000,
+        fields: fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+#[test]
+fn a_followed_trace_shows_every_nodes_spans_as_a_waterfall() {
+    let (mut app, now) = scenario(0);
+    let s = screen(&mut app, 120, 40, now);
+    assert!(has(&s, "Metrics") && !has(&s, "Trace 0"), "no trace followed: no trace panel");
+    app.trace = Some(0xabc3);
+    let put = |app: &mut App, node: &str, spans: Vec<SpanRecord>| {
+        let n = app.nodes.iter_mut().find(|n| n.name == node).unwrap();
+        n.data.as_mut().unwrap().spans = spans;
+    };
+    put(&mut app, "n1", vec![span("n1", "client", "/demo/store/cart-7", 0, 12, &[])]);
+    put(
+        &mut app,
+        "n3",
+        vec![
+            span("n3", "remote-in", "/demo/store/cart-7", 2, 9, &[]),
+            span("n3", "handle", "/demo/store/cart-7", 3, 8, &[("demo.items", "3"), ("note", "a\nb")]),
+        ],
+    );
+    let s = screen(&mut app, 120, 40, now);
+    assert_has(
+        &s,
+        &[
+            "Trace 000000000000abc3 · 3 spans on 2 nodes",
+            "client /demo/store/cart-7",
+            "remote-in /demo/store/cart-7",
+            "handle /demo/store/cart-7 demo.items=\"3\" note=\"a\\nb\"",
+            "████████████",
+            "Metrics n1",
+        ],
+    );
+    let line = s.iter().find(|l| l.contains("handle /demo")).unwrap();
+    assert!(line.contains("     3.0     8.0 n3"), "offset and duration in ms from the first span: {line}");
+    // At 80×24 it still draws, cut to the width.
+    let s = screen(&mut app, 80, 24, now);
+    assert!(has(&s, "Trace 000000000000abc3"), "{s:#?}");
 }

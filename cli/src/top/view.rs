@@ -45,6 +45,15 @@ pub fn draw(f: &mut Frame, app: &mut App, now: Instant) {
         .collect();
     let [middle, panels] =
         Layout::vertical([Constraint::Min(0), Constraint::Length(heights.iter().sum())]).areas(middle);
+    // A followed trace takes the full width under the tree, at most half the height.
+    let (middle, trace_area) = match app.trace {
+        Some(_) => {
+            let want = (app.trace_spans().len() as u16 + 2).clamp(3, (middle.height / 2).max(3));
+            let [m, t] = Layout::vertical([Constraint::Min(0), Constraint::Length(want)]).areas(middle);
+            (m, Some(t))
+        }
+        None => (middle, None),
+    };
     let panel_areas = Layout::vertical(heights.iter().map(|h| Constraint::Length(*h))).split(panels);
     // The tree's rows are short (indent and a name); metric names need the width.
     let [left, right] = Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(middle);
@@ -55,6 +64,9 @@ pub fn draw(f: &mut Frame, app: &mut App, now: Instant) {
     tree_panel(f, app, left, now);
     details_panel(f, app, details);
     metrics_panel(f, app, metrics);
+    if let Some(area) = trace_area {
+        trace_panel(f, app, area);
+    }
     let live = app.node().failure.is_none();
     for (v, area) in views.iter().zip(panel_areas.iter()) {
         if area.height > 0 {
@@ -413,6 +425,51 @@ fn metrics_panel(f: &mut Frame, app: &mut App, area: Rect) {
     f.render_widget(Paragraph::new(lines).block(block(title, focused)), area);
 }
 
+/// The followed trace's spans as a waterfall, full width: start and duration in ms from
+/// the first span, the node, a bar placing the span in the trace's time, the span, its
+/// target and its fields (escaped: they may carry user data).
+fn trace_panel(f: &mut Frame, app: &App, area: Rect) {
+    let focused = false;
+    let id = app.trace.unwrap_or_default();
+    let spans = app.trace_spans();
+    let nodes: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.node.as_str()).collect();
+    let h = area.height.saturating_sub(2) as usize;
+    let shown = if spans.len() > h { format!(", the first {h}") } else { String::new() };
+    let title = format!(" Trace {id:016x} · {} spans on {} nodes{shown} ", spans.len(), nodes.len());
+    if spans.is_empty() {
+        let text = "no spans of this trace (kept for sampled requests; `troupe ask` prints the id)";
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }).block(block(title, focused)), area);
+        return;
+    }
+    let t0 = spans[0].start_unix_us;
+    let end = spans.iter().map(|s| s.start_unix_us + s.duration_us).max().unwrap_or(t0).max(t0 + 1);
+    let inner = area.width.saturating_sub(2) as usize;
+    const BAR: usize = 12;
+    let lines: Vec<Line> = spans
+        .iter()
+        .take(h)
+        .map(|s| {
+            let scale = |us: u64| ((us.saturating_sub(t0)) as f64 / (end - t0) as f64 * BAR as f64) as usize;
+            let (from, to) = (scale(s.start_unix_us).min(BAR - 1), scale(s.start_unix_us + s.duration_us));
+            let bar: String = (0..BAR).map(|i| if i >= from && i <= to.max(from) { '█' } else { '·' }).collect();
+            let fields: Vec<String> = s.fields.iter().map(|(k, v)| format!("{}={:?}", k.escape_debug(), v)).collect();
+            let mut text = format!("{} {} {}", s.name, s.target, fields.join(" "));
+            let room = inner.saturating_sub(8 + 8 + 5 + BAR + 4);
+            if text.chars().count() > room {
+                text = text.chars().take(room.saturating_sub(1)).collect::<String>() + "…";
+            }
+            Line::from(vec![
+                Span::raw(format!("{:>8.1}", (s.start_unix_us - t0) as f64 / 1000.0)),
+                Span::raw(format!("{:>8.1} ", s.duration_us as f64 / 1000.0)).bold(),
+                Span::raw(format!("{:<4} ", s.node)).fg(Color::Cyan),
+                Span::raw(bar).fg(Color::Yellow),
+                Span::raw(format!(" {text}")),
+            ])
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines).block(block(title, focused)), area);
+}
+
 pub const FOOTER_KEYS: [(&str, &str); 8] = [
     ("q", "quit"),
     ("↑↓/jk", "move"),
@@ -433,7 +490,7 @@ fn footer(f: &mut Frame, area: Rect) {
     f.render_widget(Line::from(spans), area);
 }
 
-const HELP: [(&str, &str); 13] = [
+const HELP: [(&str, &str); 14] = [
     ("q, ctrl-c", "quit"),
     ("↑ ↓, j k", "move in the focused panel"),
     ("pgup pgdn, home end", "move a page, to the ends"),
@@ -443,6 +500,7 @@ const HELP: [(&str, &str); 13] = [
     ("n", "show the next node"),
     ("← → (metrics)", "the previous / next system"),
     ("p", "pause the screen (keep reading)"),
+    ("--trace ID", "a panel follows that trace's spans"),
     ("?", "this help; any key closes it"),
     ("", ""),
     ("DOWN 12s ago", "not answering; last data kept, marked"),
