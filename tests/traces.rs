@@ -134,6 +134,28 @@ fn a_span_with_fields_is_read_back_from_another_node_after_a_restart_and_reaches
         handle.contains("n2") && handle.contains("diag.total=\"5\"") && handle.contains("diag.messages=\"1\""),
         "{handle}"
     );
+    // A replicated write's trace shows its replicas too: a keeper (rf 3) persists what
+    // it is reminded of, and its replicas' agents record their spans under the same
+    // trace.
+    let keeper = ActorPath::new("diag", "keeper", "traced").unwrap();
+    let write = rt.block_on(async {
+        let client = Client::connect(ClientConfig::from_cluster_file(&c.cluster_file(), "cli").unwrap()).await.unwrap();
+        let trace = Client::new_kept_trace();
+        // Activated first (its init writes outside any request), then one traced write.
+        client.ask_json(&keeper, r#""Status""#, Duration::from_secs(10), Client::new_trace()).await.unwrap();
+        client.ask_json(&keeper, r#"{"Reminded":{"id":"x"}}"#, Duration::from_secs(10), trace).await.unwrap();
+        trace
+    });
+    let replicas = common::wait_for("the replicas' spans of the keeper's write", WAIT, || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["trace", &format!("{write:016x}"), "--cluster"])
+            .arg(c.cluster_file())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text.matches("/troupe/replica/").count() >= 2).then_some(text)
+    });
+    assert!(replicas.contains("/diag/keeper/traced"), "{replicas}");
     // The same span reached the collector, with its fields as attributes.
     let span = common::wait_for("the span at the OTLP receiver", WAIT, || {
         got.lock().unwrap().iter().find(|(_, t, name, _)| *t == trace && name == "handle").cloned()

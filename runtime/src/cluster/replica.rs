@@ -421,9 +421,15 @@ fn launch<F>(
 where
     F: std::future::Future<Output = Result<ReplicaReply, RemoteError>> + Send + 'static,
 {
+    // The asks carry the trace of the write they serve (a sampled request's trace then
+    // shows the replicas' spans too).
+    let current = crate::current::CURRENT.try_with(|c| c.clone()).ok();
     asks.into_iter()
         .map(|(to, f)| {
-            let task = tokio::spawn(f);
+            let task = match current.clone() {
+                Some(c) => tokio::spawn(crate::current::CURRENT.scope(c, f)),
+                None => tokio::spawn(f),
+            };
             async move { (to, task.await.unwrap_or_else(|e| Err(RemoteError::Invalid(e.to_string())))) }
         })
         .collect()
