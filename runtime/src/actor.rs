@@ -430,8 +430,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
                     // context of every call the handler makes, and record a span.
                     let started = st.ctx.node.clock_us();
                     let fields = Arc::new(parking_lot::Mutex::new(Vec::new()));
-                    let current =
-                        Current { trace, actor: st.ctx.slot.path_str().clone(), fields: Some(fields.clone()) };
+                    let current = Current { trace, actor: st.ctx.slot.path_str().clone(), fields: fields.clone() };
                     let r = CURRENT.scope(current, fut).await;
                     let fields = std::mem::take(&mut *fields.lock());
                     st.ctx.node.record_span_with(trace, "handle", &st.ctx.path, started, fields);

@@ -13,7 +13,7 @@ pub(crate) struct Current {
     /// The path of the actor handling it (FIFO lanes are per sender → receiver).
     pub actor: Arc<str>,
     /// Fields the handler adds to its span ([`span_field`]); sampled messages only.
-    pub fields: Option<SpanFields>,
+    pub fields: SpanFields,
 }
 
 /// The fields a handler adds to its span, shared with the shell that records it.
@@ -25,12 +25,10 @@ pub(crate) type SpanFields = Arc<parking_lot::Mutex<Vec<(String, String)>>>;
 /// 1 KiB.
 pub fn span_field(key: &str, value: impl std::fmt::Display) {
     let _ = CURRENT.try_with(|c| {
-        if let Some(f) = &c.fields {
-            let mut f = f.lock();
-            if f.len() < crate::traces::FIELDS_MAX {
-                let key = crate::traces::bounded(key.to_string(), crate::traces::FIELD_KEY_MAX);
-                f.push((key, crate::traces::bounded(value.to_string(), crate::traces::FIELD_VALUE_MAX)));
-            }
+        let mut f = c.fields.lock();
+        if f.len() < crate::traces::FIELDS_MAX {
+            let key = crate::traces::bounded(key.to_string(), crate::traces::FIELD_KEY_MAX);
+            f.push((key, crate::traces::bounded(value.to_string(), crate::traces::FIELD_VALUE_MAX)));
         }
     });
 }

@@ -77,8 +77,7 @@ pub(crate) struct RegistryState {
     /// only once its change is durable).
     pending: Vec<(Remembered, Reply<RegistryReply>)>,
     since_snapshot: u64,
-    /// The round of wakes out, if any (a round that ended is seen by its handle, even
-    /// if its `WakeDone` was lost).
+    /// The round of wakes out, if any (its end is read from the handle).
     waking: Option<tokio::task::JoinHandle<()>>,
     /// Entities woken that have not registered again since: how often, and not
     /// before when again.
@@ -206,11 +205,6 @@ impl Behavior for RegistryBehavior {
             }
             RegistryMsg::Flush => flush(ctx, st).await?,
             RegistryMsg::Check => check(ctx, st),
-            RegistryMsg::WakeDone => {
-                if st.waking.as_ref().is_some_and(|h| h.is_finished()) {
-                    st.waking = None;
-                }
-            }
         }
         Ok(())
     }
@@ -310,7 +304,6 @@ fn check(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) {
         *next = now + (CHECK_EVERY * 2u32.saturating_pow((*tries).min(8))).min(WAKE_BACKOFF_MAX);
     }
     let node = node.clone();
-    let me = ctx.myself();
     st.waking = Some(tokio::spawn(async move {
         let rounds = by_owner.into_iter().map(|(owner, paths)| {
             let node = node.clone();
@@ -334,7 +327,6 @@ fn check(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) {
             }
         });
         futures::future::join_all(rounds).await;
-        let _ = me.tell(RegistryMsg::WakeDone).await;
     }));
 }
 

@@ -189,15 +189,11 @@ fn text(key: &str, value: &str) -> KeyValue {
     }
 }
 
-/// FNV-1a of the span's identity (its node and its sequence number there): a span id
-/// that is the same however often it is sent, and differs for any two spans.
+/// Placement's stable hash of the span's identity (its node and its sequence number
+/// there): a span id that is the same however often it is sent (never zero, which
+/// OTLP reads as "no span id").
 fn span_id(node: &str, seq: u64) -> [u8; 8] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes().chain([0]).chain(seq.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h.max(1).to_be_bytes()
+    troupe_core::placement::stable_hash(&[node.as_bytes(), &seq.to_le_bytes()]).max(1).to_be_bytes()
 }
 
 /// The OTLP request for one batch of `node`'s spans (with their sequence numbers).

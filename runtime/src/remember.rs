@@ -85,8 +85,6 @@ pub enum RegistryMsg {
     Flush,
     /// The registry's own: wake the entities that are not running where they should.
     Check,
-    /// The registry's own: a round of wakes ended.
-    WakeDone,
 }
 
 /// One remembered entity, as [`list`] reports it.

@@ -153,14 +153,10 @@ pub enum ReminderReply {
     Done,
 }
 
-/// The bucket that holds `target`'s reminders (FNV-1a of its path: stable across
-/// builds and nodes).
+/// The bucket that holds `target`'s reminders (placement's stable hash of its path:
+/// the same on every build and node).
 pub fn bucket_of(target: &ActorPath) -> ActorPath {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in target.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = troupe_core::placement::stable_hash(&[target.as_str().as_bytes()]);
     ActorPath::new("troupe", "reminders", &format!("b{:02}", h % BUCKETS))
         .unwrap_or_else(|_| unreachable!("a valid constant path"))
 }
