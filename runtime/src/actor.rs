@@ -109,6 +109,8 @@ pub struct Ctx<P: Protocol> {
     must_recover: AtomicBool,
     /// Tasks that live as long as this incarnation (its subscriptions).
     linked: LinkedTasks,
+    /// For a remembered kind: whether the registry holds this incarnation yet.
+    registered: parking_lot::Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
 }
 
 /// Tasks aborted when the incarnation that started them ends (stop or restart), so a
@@ -235,6 +237,17 @@ impl<P: Protocol> Ctx<P> {
     /// Removes this actor's reminder `id`; `Ok(false)` when there was none.
     pub async fn cancel_reminder(&self, id: &str) -> Result<bool, RemoteError> {
         crate::reminders::cancel(&self.node, &self.path, id).await
+    }
+
+    /// For a remembered kind ([`crate::remember`]): waits at most `within` until the
+    /// cluster's registry holds this incarnation durably, so its node's death will
+    /// start it again elsewhere; `true` once it does (at once for a kind that is not
+    /// remembered: there is nothing to wait for). An actor that promises work to come
+    /// (as the reminder buckets do) waits for this before it acknowledges the promise.
+    pub async fn remembered(&self, within: Duration) -> bool {
+        let rx = self.registered.lock().clone();
+        let Some(mut rx) = rx else { return !self.spec.remember };
+        matches!(tokio::time::timeout(within, rx.wait_for(|r| *r)).await, Ok(Ok(_)))
     }
 
     /// Calls [`Behavior::tick`] every `period` until the actor stops.
@@ -392,6 +405,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
             term: parking_lot::Mutex::new(Term::default()),
             must_recover: AtomicBool::new(false),
             linked: LinkedTasks::default(),
+            registered: parking_lot::Mutex::new(None),
         };
         let stats = ctx.slot.entry_stats();
         stats.set_state(ActorState::Starting);
@@ -408,6 +422,7 @@ impl<B: Behavior> ractor::Actor for Shell<B> {
         ctx.slot.attach(myself);
         stats.set_state(ActorState::Running);
         let remembering = ctx.spec.remember.then(|| Remembering::start(&ctx.node, &ctx.path));
+        *ctx.registered.lock() = remembering.as_ref().map(|r| r.registered.clone());
         Ok(ShellState { ctx, state, last_active: Instant::now(), remembering })
     }
 

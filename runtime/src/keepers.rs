@@ -473,6 +473,9 @@ impl BucketState {
     }
 }
 
+/// How long a bucket waits to be remembered before it refuses a reminder.
+const REGISTERED_WITHIN: Duration = Duration::from_secs(3);
+
 /// How long past the ask timeout a sending whose outcome never came back is waited for.
 const SENT_MARGIN: Duration = Duration::from_secs(5);
 
@@ -538,6 +541,19 @@ impl Behavior for ReminderBucket {
                          smaller messages",
                         ctx.path()
                     )));
+                    return Ok(());
+                }
+                // A reminder is acknowledged only once this bucket is remembered: were its
+                // node to die first, nothing would start the bucket again to fire it.
+                if !ctx.remembered(REGISTERED_WITHIN).await {
+                    reply.fail(RemoteError::Unreachable {
+                        node: ctx.node().name().to_string(),
+                        reason: format!(
+                            "{} is not yet held by the registry of remembered entities (it may be moving); \
+                             set the reminder again",
+                            ctx.path()
+                        ),
+                    });
                     return Ok(());
                 }
                 let r = Stored { due_unix_ms, period_ms, msg, generation: ctx.next_seq() };

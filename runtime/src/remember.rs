@@ -165,12 +165,17 @@ pub async fn list(node: &Node) -> Result<Vec<RememberedEntity>, RemoteError> {
 /// The remembering of one incarnation: registered now (in the background, retried
 /// while the registry moves), forgotten when [`Remembering::passivated`] is called,
 /// left remembered when dropped (a handoff, a failure, a shutdown).
-pub(crate) struct Remembering(Option<oneshot::Sender<()>>);
+pub(crate) struct Remembering {
+    passivated: Option<oneshot::Sender<()>>,
+    /// Becomes true once the registry holds this incarnation durably.
+    pub(crate) registered: tokio::sync::watch::Receiver<bool>,
+}
 
 impl Remembering {
     /// Registers `path` running here as a new incarnation.
     pub(crate) fn start(node: &Node, path: &ActorPath) -> Remembering {
         let (tx, rx) = oneshot::channel();
+        let (done, registered) = tokio::sync::watch::channel(false);
         let path = path.to_string();
         let at = incarnation(node);
         // Weak: a node that stops is not kept alive (its store open) by this task.
@@ -180,17 +185,18 @@ impl Remembering {
             if !tell_registry(&weak, &path, sent).await {
                 return;
             }
+            let _ = done.send(true);
             // Wait for the passivation; a dropped sender ends the task, remembered.
             if rx.await.is_ok() {
                 tell_registry(&weak, &path, RegistryMsg::Passivated { path: path.clone(), at }).await;
             }
         });
-        Remembering(Some(tx))
+        Remembering { passivated: Some(tx), registered }
     }
 
     /// The entity stopped on purpose: forget it (after its registration).
     pub(crate) fn passivated(&mut self) {
-        if let Some(tx) = self.0.take() {
+        if let Some(tx) = self.passivated.take() {
             let _ = tx.send(());
         }
     }
