@@ -16,6 +16,7 @@
 pub(crate) mod actor;
 pub mod admin;
 pub(crate) mod agent;
+pub mod blobs;
 pub(crate) mod broker;
 pub mod cluster;
 pub mod config;

@@ -39,6 +39,8 @@ pub struct ClusterConfig {
     pub transport: TransportTuning,
     /// Where spans are kept and sent (`[tracing]`).
     pub tracing: TracingConfig,
+    /// The blob store's copies and garbage collection (`[blobs]`).
+    pub blobs: BlobsConfig,
     /// Every node of the cluster (`[[nodes]]`), names and sockets unique.
     pub nodes: Vec<NodeSpec>,
     /// Per-system overrides: `[overrides.<system>.<kind>]` tables merged over the
@@ -82,6 +84,39 @@ pub struct GpuSpec {
     pub memory_gib: u64,
     /// How many GPUs of this model (1..=64, default 1).
     pub count: u64,
+}
+
+/// `[blobs]`: where the blob store keeps chunks and when it collects them
+/// (runtime `blobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobsConfig {
+    /// Copies of each chunk and manifest (default: 3, or every node of a smaller
+    /// cluster); a put returns once a majority of them is on disk.
+    pub replication_factor: u64,
+    /// Only nodes with this role (or `key=value` label) keep chunks; every node by
+    /// default. Any node can put and read.
+    pub role: Option<String>,
+    /// A blob nobody holds is deleted this long after its last holder let go, and a
+    /// chunk no manifest names this long after it was written (an upload must finish
+    /// within it), in milliseconds (default one hour).
+    pub grace_ms: u64,
+    /// How often each node runs a collection round, in milliseconds (default 60,000).
+    pub gc_interval_ms: u64,
+    /// Largest blob one put takes, in bytes (default 64 GiB).
+    pub blob_bytes_max: u64,
+}
+
+impl BlobsConfig {
+    /// The defaults for a cluster of `nodes` nodes.
+    pub fn new(nodes: usize) -> BlobsConfig {
+        BlobsConfig {
+            replication_factor: nodes.clamp(1, 3) as u64,
+            role: None,
+            grace_ms: 3_600_000,
+            gc_interval_ms: 60_000,
+            blob_bytes_max: 64 << 30,
+        }
+    }
 }
 
 /// `[tracing]`: how long each node keeps the spans of sampled requests, and where it
@@ -209,6 +244,7 @@ impl ClusterConfig {
             membership: MembershipTuning::default(),
             split_brain: SplitBrain::default(),
             tracing: TracingConfig::new("local"),
+            blobs: BlobsConfig::new(1),
             transport: TransportTuning::default(),
             nodes: vec![NodeSpec {
                 name: name.into(),
@@ -528,6 +564,31 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         }
     };
 
+    let blobs = match root.table("blobs") {
+        None => BlobsConfig::new(nodes.len()),
+        Some(t) => {
+            let d = BlobsConfig::new(nodes.len());
+            let out = BlobsConfig {
+                replication_factor: t.u64_in("replication_factor", d.replication_factor, 1, 7, "copies"),
+                role: t.opt_str("role"),
+                grace_ms: t.u64_in("grace_ms", d.grace_ms, 100, 366 * 86_400_000, "milliseconds"),
+                gc_interval_ms: t.u64_in("gc_interval_ms", d.gc_interval_ms, 50, 86_400_000, "milliseconds"),
+                blob_bytes_max: t.u64_in("blob_bytes_max", d.blob_bytes_max, 1, 1 << 40, "bytes"),
+            };
+            if let Some(role) = &out.role
+                && !nodes.iter().any(|n| n.placement_roles.iter().any(|r| r == role))
+            {
+                t.error(
+                    "role",
+                    format!("no node has role `{role}`: no node could keep a blob"),
+                    Some("give at least one node that role or label, or remove `role`".into()),
+                );
+            }
+            t.finish();
+            out
+        }
+    };
+
     let split_brain = match root.table("split_brain") {
         None => SplitBrain::default(),
         Some(t) => {
@@ -610,6 +671,7 @@ pub fn load_cluster(doc: &Doc, diags: &Diags) -> Option<ClusterConfig> {
         split_brain,
         transport,
         tracing,
+        blobs,
         nodes,
         overrides,
     })

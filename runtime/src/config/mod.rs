@@ -7,7 +7,9 @@ pub mod diag;
 pub mod reader;
 pub mod topology;
 
-pub use cluster::{ClusterConfig, GpuSpec, MembershipTuning, NodeSpec, SplitBrain, TracingConfig, TransportTuning};
+pub use cluster::{
+    BlobsConfig, ClusterConfig, GpuSpec, MembershipTuning, NodeSpec, SplitBrain, TracingConfig, TransportTuning,
+};
 pub use diag::{ConfigErrors, Diag, Diags, Doc};
 pub use topology::{KindCatalog, KindSpec, Placement, RouteSpec, SupervisionSpec, Topology};
 

@@ -57,6 +57,7 @@ impl Node {
         kinds.register::<crate::keepers::WakeBehavior>("troupe.wake");
         kinds.register::<crate::keepers::RegistryBehavior>("troupe.remembered");
         kinds.register::<crate::keepers::ReminderBucket>("troupe.reminders");
+        kinds.register::<crate::blobs::BlobAgent>("troupe.blobs");
         let root_entry =
             ActorEntry::new("/", "node", Strategy::OneForOne.to_string(), Arc::new(ActorStats::new(u64::MAX)));
         let inner = NodeInner {

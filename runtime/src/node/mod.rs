@@ -167,6 +167,7 @@ pub(crate) fn builtin_specs(nodes: usize) -> Vec<KindSpec> {
         builtin_spec("replica", Placement::PerNode),
         builtin_spec("pubsub", Placement::PerNode),
         builtin_spec("wake", Placement::PerNode),
+        builtin_spec("blobs", Placement::PerNode),
         registry,
         reminders,
     ]

@@ -28,6 +28,7 @@ pub struct Envelope {
     pub request: RequestKind,
     pub trace: TraceId,
     /// The target protocol's `Msg`, encoded with [`crate::codec`].
+    #[serde(with = "crate::blob::raw")]
     pub payload: Vec<u8>,
 }
 
@@ -37,10 +38,12 @@ pub enum Frame {
     /// The answer to an `Ask`; the payload is the target protocol's `Reply`.
     Reply {
         corr: u64,
+        #[serde(with = "crate::blob::raw::result")]
         result: Result<Vec<u8>, RemoteError>,
     },
     StreamItem {
         corr: u64,
+        #[serde(with = "crate::blob::raw")]
         payload: Vec<u8>,
     },
     StreamEnd {

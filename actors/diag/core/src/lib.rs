@@ -169,3 +169,63 @@ pub enum KeeperReply {
     Cancelled(bool),
     Remembered(Vec<(String, String)>),
 }
+
+/// The diag blobber (one per node): puts blobs of seeded pseudo-random bytes into the
+/// runtime's blob store and reads them back, so tests and benchmarks can move large
+/// blobs between nodes without sending them through a client.
+pub struct Blobber;
+
+impl Protocol for Blobber {
+    type Msg = BlobberMsg;
+    type Reply = BlobberReply;
+    const NAME: &'static str = "diag.blobber";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobberMsg {
+    /// Put `len` bytes made from `seed` (`bytes_of`), held by `holder`.
+    Put { seed: u64, len: u64, holder: String },
+    /// Read the blob back (through node `via`'s blob agent as a stream when given)
+    /// and hash what arrived.
+    Digest { blob: troupe_wire::Blob, via: Option<String> },
+    /// Add a holder.
+    Retain { blob: troupe_wire::Blob, holder: String },
+    /// Remove a holder.
+    Release { blob: troupe_wire::Blob, holder: String },
+    /// The holders this node's copy of the manifest lists (`None`: no copy here).
+    Holders { blob: troupe_wire::Blob },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BlobberReply {
+    /// Stored: the handle, the SHA-256 (hex) of the bytes and how long the put took.
+    Stored {
+        blob: troupe_wire::Blob,
+        sha256: String,
+        micros: u64,
+    },
+    /// Read back: the SHA-256 (hex) and length of what arrived, and how long it took.
+    Digest {
+        sha256: String,
+        len: u64,
+        micros: u64,
+    },
+    Holders(Option<Vec<String>>),
+    Done,
+    /// The blob store's error, in words.
+    Failed(String),
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*; the same on every node).
+pub fn bytes_of(seed: u64, len: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len as usize + 8);
+    while (out.len() as u64) < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len as usize);
+    out
+}

@@ -3,6 +3,7 @@
 //! the cost of any real system's work, and a gateway with a WebSocket echo
 //! ([`gateway`]) that exercises the runtime's WebSocket service.
 
+pub mod blobber;
 pub mod gateway;
 pub mod keeper;
 pub mod ledger;
@@ -78,5 +79,6 @@ impl troupe_system::System for Diag {
         kinds.register::<topic::TopicActor>("diag.topic");
         kinds.register::<ledger::LedgerActor>("diag.ledger");
         kinds.register::<keeper::KeeperActor>("diag.keeper");
+        kinds.register::<blobber::BlobberActor>("diag.blobber");
     }
 }
