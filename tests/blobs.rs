@@ -175,3 +175,51 @@ fn a_released_blob_is_collected_everywhere_but_not_while_a_node_is_down() {
         (files(&c) == [0, 0, 0]).then_some(())
     });
 }
+
+/// With `frame_bytes_max` at 32 KiB, a replicated ledger whose copy is ~50 KB cannot
+/// be handed to a new owner in one reply: it goes through the blob store.
+#[test]
+fn a_copy_larger_than_a_frame_reaches_the_new_owner_through_the_blob_store() {
+    use troupe_diag::{Ledger, LedgerMsg, LedgerReply};
+    let mut c = TestCluster::prepare(common::Options { systems: vec!["diag"], ..common::Options::default() });
+    let file = c.cluster_file();
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("[transport]\n", "[transport]\nframe_bytes_max = 32768\n");
+    std::fs::write(&file, text).unwrap();
+    for n in c.names.clone() {
+        c.spawn(&n);
+    }
+    c.wait_converged(&[], Duration::from_secs(30));
+    let rt = runtime();
+    let client = rt.block_on(connect(&c));
+    let path = ActorPath::new("diag", "ledger", "big").unwrap();
+    let (batches, per) = (40u64, 200u32);
+    let owner = rt.block_on(async {
+        let mut owner = String::new();
+        for batch in 0..batches {
+            match client.ask_timeout::<Ledger>(&path, &LedgerMsg::Append { batch, entries: per }, BIG).await {
+                Ok(LedgerReply::Appended { node }) => owner = node,
+                other => panic!("batch {batch}: {other:?}"),
+            }
+        }
+        owner
+    });
+    c.kill(&owner);
+    let deadline = Instant::now() + BIG;
+    let (node, entries) = rt.block_on(async {
+        loop {
+            match client.ask_timeout::<Ledger>(&path, &LedgerMsg::Entries, Duration::from_secs(10)).await {
+                Ok(LedgerReply::Entries { node, entries }) => break (node, entries),
+                other => {
+                    assert!(Instant::now() < deadline, "the ledger never came back: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    assert_ne!(node, owner);
+    let want: Vec<(u64, u32)> = (0..batches).flat_map(|b| (0..per).map(move |i| (b, i))).collect();
+    assert!(entries == want, "{} entries came back, {} were written", entries.len(), want.len());
+    let via: f64 = c.alive().iter().map(|n| c.metric(n, "troupe_replica_copies_via_blob_total")).sum();
+    assert!(via >= 1.0, "no copy went through the blob store");
+}

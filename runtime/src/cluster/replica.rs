@@ -89,6 +89,10 @@ pub(crate) enum ReplicaReply {
         store: u64,
         rebuilding: bool,
     },
+    /// A copy larger than half `frame_bytes_max`, handed over through the blob store
+    /// (released at once: it lives `[blobs] grace_ms`); the asker reads it from there
+    /// and treats it as `Loaded`. Added last (bincode numbers variants by position).
+    LoadedBlob(troupe_wire::Blob),
 }
 
 /// Paths in one page of an inventory (a frame stays far below the frame limit).
@@ -130,11 +134,59 @@ impl Behavior for ReplicaAgent {
         // parallel and are group-committed by the store.
         let node = ctx.node().clone();
         tokio::spawn(async move {
-            let answer = serve(&node, msg).await;
+            let answer = offload(&node, serve(&node, msg).await).await;
             reply.send(answer).await;
         });
         Ok(())
     }
+}
+
+/// A copy too large for one frame goes through the blob store (its bytes are the
+/// encoded `Recovered`); smaller answers go as they are.
+async fn offload(node: &Node, answer: ReplicaReply) -> ReplicaReply {
+    let ReplicaReply::Loaded(copy) = &answer else { return answer };
+    let limit = node.loaded().cluster.transport.frame_bytes_max as usize / 2;
+    let bytes = match troupe_wire::codec::encode(copy) {
+        Ok(b) if b.len() > limit => b,
+        Ok(_) => return answer,
+        Err(e) => return ReplicaReply::Refused(e.to_string()),
+    };
+    let holder = format!("/troupe/replica/{}", node.name());
+    let stored = match node.blobs() {
+        Ok(blobs) => match blobs.put(&bytes, &holder).await {
+            Ok(blob) => {
+                // Unheld from now: collected `grace_ms` later, long after the asker read it.
+                let _ = blobs.release(&blob, &holder).await;
+                Ok(blob)
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    match stored {
+        Ok(blob) => {
+            node.metrics()
+                .counter(
+                    "troupe_replica_copies_via_blob_total",
+                    "Copies of actor state handed over through the blob store (larger than half a frame)",
+                    &[],
+                )
+                .inc();
+            ReplicaReply::LoadedBlob(blob)
+        }
+        Err(why) => ReplicaReply::Refused(format!(
+            "a copy of {} bytes (over half of frame_bytes_max) could not go through the blob store: {why}",
+            bytes.len()
+        )),
+    }
+}
+
+/// Reads a copy handed over through the blob store.
+async fn fetch_copy(node: &Node, blob: troupe_wire::Blob) -> Result<ReplicaReply, RemoteError> {
+    let bytes = node.blobs().map_err(RemoteError::from)?.get(&blob).await.map_err(RemoteError::from)?;
+    troupe_wire::codec::decode::<Recovered>(&bytes)
+        .map(ReplicaReply::Loaded)
+        .map_err(|e| RemoteError::Invalid(format!("a copy read from the blob store does not decode: {e}")))
 }
 
 /// A replica's side of every request, under the path's lock.
@@ -394,7 +446,10 @@ pub(crate) async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<Replic
         tracing::warn!(replica = %to, path = %what.1, op = what.0, took_ms = took.as_millis() as u64,
             outcome = ?r.as_ref().map(|_| "answered"), "slow or failed replica ask");
     }
-    r
+    match r {
+        Ok(ReplicaReply::LoadedBlob(blob)) => fetch_copy(node, blob).await,
+        other => other,
+    }
 }
 
 /// The kind of `path` on this node (borrowed: this runs on every replicated write).
