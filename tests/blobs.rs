@@ -1,8 +1,10 @@
 //! The blob store on real node processes: a 200 MB blob survives `kill -9` of each
 //! node in turn and is read back byte-identical by the survivors (from their disks,
 //! from other homes, and streamed by another node's agent); a damaged chunk file is
-//! replaced from another home on read; a released blob is collected on every node,
-//! chunks another blob shares stay, and nothing is collected while a node is down.
+//! replaced from another home on read; a home that lost a manifest gets it back; a
+//! released blob is collected on every node, chunks another blob shares stay, and
+//! nothing is collected while a node is down; a copy of actor state larger than a
+//! frame reaches a new owner through the blob store.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -142,6 +144,12 @@ fn a_released_blob_is_collected_everywhere_but_not_while_a_node_is_down() {
     common::wait_for("the damaged copy replaced", Duration::from_secs(30), || {
         (std::fs::read(&victim_file).ok()? == good).then_some(())
     });
+
+    // A home that lost a manifest gets it back from the others while the blob is held.
+    let hex = short.root.to_hex();
+    let lost = c.data_dir("n1").join("blobs/manifests").join(&hex[..2]).join(&hex);
+    std::fs::remove_file(&lost).unwrap();
+    common::wait_for("the lost manifest restored", Duration::from_secs(30), || lost.exists().then_some(()));
 
     // Released: collected on every node; the chunks `short` shares stay.
     assert_eq!(

@@ -23,9 +23,13 @@ pub(crate) fn sha256(bytes: &[u8]) -> Hash {
 }
 
 /// A manifest as its home keeps it, with its holders. Each holder's latest change
-/// wins (by wall clock, ties to "held"), so two homes that saw different changes agree
-/// once they exchange records (gc.rs); a released holder is kept as a tombstone until
-/// the record is deleted.
+/// wins, so two homes that saw different changes agree once they exchange records
+/// (gc.rs). A change a home applies is stamped after every change it already has for
+/// that holder (`apply`): a retain that follows a release on a majority is newer than
+/// it on at least one home whatever the clocks say, and the exchange spreads that. A
+/// released holder is kept (a tombstone) until the record goes; a collected blob's
+/// record stays as a tombstone too (`collected_ms`), so a home that was down when the
+/// blob was released learns the release from it instead of bringing the blob back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ManifestRecord {
     pub(crate) manifest: Manifest,
@@ -33,14 +37,28 @@ pub(crate) struct ManifestRecord {
     pub(crate) holders: BTreeMap<String, (bool, u64)>,
     /// Unix ms at which this home first stored it.
     pub(crate) created_ms: u64,
+    /// Unix ms at which this home collected it (its chunks are no longer marked).
+    pub(crate) collected_ms: Option<u64>,
 }
 
 impl ManifestRecord {
     pub(crate) fn new(manifest: Manifest, now_ms: u64) -> ManifestRecord {
-        ManifestRecord { manifest, holders: BTreeMap::new(), created_ms: now_ms }
+        ManifestRecord { manifest, holders: BTreeMap::new(), created_ms: now_ms, collected_ms: None }
     }
 
-    /// Records a change; `true` when it changed anything.
+    /// A change asked for at `at_ms` (the asking node's clock), stamped after any change
+    /// this home has for the holder. `true` when it changed anything.
+    pub(crate) fn apply(&mut self, holder: &str, held: bool, at_ms: u64) -> bool {
+        let at = match self.holders.get(holder) {
+            Some(&(h, _)) if h == held => return false,
+            Some(&(_, prev)) => at_ms.max(prev + 1),
+            None => at_ms,
+        };
+        self.holders.insert(holder.to_string(), (held, at));
+        true
+    }
+
+    /// Takes a change from another home: the later stamp wins (ties to held).
     pub(crate) fn set(&mut self, holder: &str, held: bool, at_ms: u64) -> bool {
         match self.holders.get(holder) {
             Some(&(h, at)) if (at, h) >= (at_ms, held) => false,
@@ -58,6 +76,16 @@ impl ManifestRecord {
             changed |= self.set(h, held, at);
         }
         changed
+    }
+
+    /// A tombstone whose exchange brought a newer hold is live again; `true` when it
+    /// was revived.
+    pub(crate) fn revive_if_held(&mut self) -> bool {
+        if self.collected_ms.is_some() && self.unheld_since_ms().is_none() {
+            self.collected_ms = None;
+            return true;
+        }
+        false
     }
 
     /// The current holders.
@@ -260,7 +288,7 @@ mod tests {
     fn holder_changes_merge_to_the_latest_whatever_the_order() {
         let m = Manifest { len: 0, chunk_bytes: 1, chunks: vec![] };
         let mut a = ManifestRecord::new(m.clone(), 1);
-        let mut b = ManifestRecord::new(m, 1);
+        let mut b = ManifestRecord::new(m.clone(), 1);
         a.set("x", true, 10);
         b.set("x", true, 10);
         // `a` saw the release, `b` did not; `b` saw another holder come.
@@ -277,5 +305,20 @@ mod tests {
         assert!(!a.merge(&b0.holders));
         a.set("y", false, 30);
         assert_eq!(a.unheld_since_ms(), Some(30));
+
+        // A retain asked from a node whose clock is behind the release's is stamped
+        // after the release on a home that saw it, and wins the exchange.
+        let mut saw = ManifestRecord::new(m.clone(), 1);
+        let mut missed = ManifestRecord::new(m, 1);
+        saw.apply("z", true, 100);
+        missed.apply("z", true, 100);
+        assert!(saw.apply("z", false, 500)); // released on a node with a fast clock
+        assert!(saw.apply("z", true, 200)); // held again from a slow one
+        assert!(!missed.apply("z", true, 200)); // already held here: nothing to do
+        let (s0, m0) = (saw.clone(), missed.clone());
+        saw.merge(&m0.holders);
+        missed.merge(&s0.holders);
+        assert_eq!(saw.held(), missed.held());
+        assert!(saw.held().contains("z"), "the later retain was lost to a clock");
     }
 }

@@ -2,25 +2,29 @@
 //!
 //! A manifest's homes keep its holders, each holder's latest change winning (disk.rs).
 //! Each round a home exchanges those changes with the other homes of each manifest it
-//! keeps, so a home that missed a release (it was down) learns it; a home whose
-//! manifest a majority of the homes no longer knows (collected there) deletes its own.
-//! A blob whose last holder let go is deleted from each home `grace_ms` later. Chunks are collected by marking: every
+//! keeps, so a home that missed a release (it was down) learns it, and a home that
+//! lacks the record gets it back while the blob is held. A blob whose last holder let
+//! go is collected on each home `grace_ms` later: its record stays as a tombstone (for
+//! a week) that tells a late home of the release, and its chunks are no longer marked. Chunks are collected by marking: every
 //! `gc_interval_ms` each node runs a round — it tells every node of the cluster file
-//! that its round begins, marks on their homes the chunks of every manifest it keeps
-//! that is still held (or within its grace), and tells each node it reached that its
-//! round is done there.
+//! that its round begins, then reads the manifests it keeps, marks on their homes the
+//! chunks of every one still held (or within its grace), and tells each node it
+//! reached that its round is done there.
 //!
 //! A node deletes one of its chunks only when **every** node of the cluster file has
 //! completed a round whose begin arrived here after both the chunk's last mark and
 //! `grace_ms` after the chunk was last written. The marks of one round reach a node
 //! after its begin (the sender waits for the begin's answer), so a chunk a live
 //! manifest names is marked in every round of every node that keeps that manifest,
-//! and never satisfies the rule; a manifest put after a node's round began names
-//! chunks written at most `grace_ms` before (an upload finishes within the grace), so
-//! the grace covers it. Every time here is this node's own clock (`Instant`), never
+//! and never satisfies the rule; a manifest written after a node read its manifests
+//! was written after that round's begin, and names chunks written at most half
+//! `grace_ms` before it (a put that took longer fails), so the grace covers it. Every time here is this node's own clock (`Instant`), never
 //! compared with another node's. While any node is down or unreachable no chunk is
 //! deleted anywhere (a leak, never a loss); after a restart a node deletes nothing
-//! until every node has completed a round since it booted.
+//! until every node has completed a round since it booted. The one comparison across
+//! clocks is a blob's expiry: the time of its last release (the releasing node's
+//! clock, or later) against the home's — a skew shortens or lengthens the grace by
+//! as much.
 
 use super::disk::{Disk, ManifestRecord};
 use super::state::{BlobMsg, BlobReply, CHUNK_TIMEOUT, GcState, Shared, call, homes};
@@ -29,7 +33,6 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use troupe_core::directory::majority;
 use troupe_wire::Hash;
 
 /// Hashes in one mark message (33 bytes each on the wire).
@@ -60,39 +63,58 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 async fn one_round(node: &Node, st: &Arc<Shared>, round: u64) -> Result<(), String> {
-    // 1. Manifests: agree on holders with the other homes, delete those unheld past
-    // their grace, gather the chunks of the rest.
-    let disk = st.disk.clone();
-    let records = blocking(move || read_records(&disk)).await??;
-    let synced: Vec<(Hash, bool)> = futures::stream::iter(records)
-        .map(|(root, rec)| sync(node, st, root, rec))
-        .buffer_unordered(SYNC_PARALLEL)
-        .collect()
-        .await;
-    let gone: Vec<Hash> = synced.iter().filter(|(_, gone)| *gone).map(|(r, _)| *r).collect();
-    let disk = st.disk.clone();
-    let grace_ms = st.cfg.grace_ms;
-    let (live_chunks, collected) = blocking(move || live_manifests(&disk, grace_ms, &gone)).await??;
-    st.stats.collected_manifests.add(collected);
-
-    // 2. Begin, marks, done — per node; a node that misses any of them does not hear
-    // `done` from this round.
     let me = node.name().to_string();
     let epoch = node.epoch();
-    let mut per_node: BTreeMap<String, Vec<Hash>> = st.nodes.iter().map(|n| (n.clone(), Vec::new())).collect();
-    for h in live_chunks {
-        for home in homes(node, &st.cfg, &h) {
-            per_node.entry(home).or_default().push(h);
+    let timeout = CHUNK_TIMEOUT;
+    // 1. Begin on every node, before the manifests are read: a manifest that is not
+    // read below was written after every begin of this round (gc.rs's rule).
+    let begins = st.nodes.iter().map(|to| {
+        let msg = BlobMsg::GcBegin { from: me.clone(), epoch, round };
+        async move { matches!(call(node, to, msg, timeout).await, Ok(BlobReply::Noted)).then(|| to.clone()) }
+    });
+    let begun: HashSet<String> = futures::future::join_all(begins).await.into_iter().flatten().collect();
+
+    // 2. Manifests: agree on holders with the other homes, turn those unheld past
+    // their grace into tombstones, gather the chunks of the rest.
+    let disk = st.disk.clone();
+    let records = blocking(move || read_records(&disk)).await??;
+    let live: Vec<Hash> = records.iter().filter(|(_, r)| r.collected_ms.is_none()).map(|(h, _)| *h).collect();
+    let synced: Vec<ManifestRecord> =
+        futures::stream::iter(records.into_iter().filter(|(_, r)| r.collected_ms.is_none()))
+            .map(|(root, rec)| sync(node, st, root, rec))
+            .buffer_unordered(SYNC_PARALLEL)
+            .collect()
+            .await;
+    drop(synced);
+    let mut live_chunks = HashSet::new();
+    let mut collected = 0;
+    for root in live {
+        let _guard = st.lock(&root).lock().await;
+        let disk = st.disk.clone();
+        let grace_ms = st.cfg.grace_ms;
+        match blocking(move || settle(&disk, &root, grace_ms)).await? {
+            Settled::Live(chunks) => live_chunks.extend(chunks),
+            Settled::Collected => collected += 1,
+            Settled::Gone => {}
         }
     }
-    let timeout = CHUNK_TIMEOUT;
+    st.stats.collected_manifests.add(collected);
+    let disk = st.disk.clone();
+    let _ = blocking(move || drop_old_tombstones(&disk)).await;
+
+    // 3. Marks and done, per node that heard the begin; a node that misses any mark
+    // does not hear `done` from this round.
+    let mut per_node: BTreeMap<String, Vec<Hash>> = begun.iter().map(|n| (n.clone(), Vec::new())).collect();
+    for h in live_chunks {
+        for home in homes(node, &st.cfg, &h) {
+            if let Some(v) = per_node.get_mut(&home) {
+                v.push(h);
+            }
+        }
+    }
     let sends = per_node.into_iter().map(|(to, hashes)| {
         let me = me.clone();
         async move {
-            let begin = BlobMsg::GcBegin { from: me.clone(), epoch, round };
-            if !matches!(call(node, &to, begin, timeout).await, Ok(BlobReply::Noted)) {
-                return;
-            }
             for page in hashes.chunks(MARK_PAGE) {
                 let mark = BlobMsg::GcMark { hashes: page.to_vec() };
                 if !matches!(call(node, &to, mark, timeout).await, Ok(BlobReply::Noted)) {
@@ -104,50 +126,54 @@ async fn one_round(node: &Node, st: &Arc<Shared>, round: u64) -> Result<(), Stri
     });
     futures::future::join_all(sends).await;
 
-    // 3. This node's chunks: delete those the rule allows.
+    // 4. This node's chunks: delete those the rule allows, each checked again under
+    // the collector's lock as it goes (a put of the same bytes notes its write under
+    // that lock before it looks for the file).
     let disk = st.disk.clone();
     let on_disk = blocking(move || disk.chunks()).await?.map_err(|e| e.to_string())?;
-    let doomed: Vec<Hash> = {
-        let g = st.gc.lock();
-        on_disk.iter().filter(|(h, _)| collectable(&g, &st.nodes, h, st.grace())).map(|(h, _)| *h).collect()
-    };
-    let disk = st.disk.clone();
-    let (removed, freed) = if doomed.is_empty() {
-        (Vec::new(), 0)
-    } else {
-        let todo = doomed.clone();
-        blocking(move || {
-            let mut removed = Vec::new();
-            let mut freed = 0;
-            for h in todo {
-                match disk.remove_chunk(&h) {
-                    Ok(n) => {
-                        freed += n;
-                        removed.push(h);
-                    }
-                    Err(e) => tracing::warn!(chunk = %h, error = %e, "could not delete a blob chunk"),
-                }
+    let st2 = st.clone();
+    let present: Vec<Hash> = on_disk.iter().map(|(h, _)| *h).collect();
+    let node2 = node.clone();
+    let (removed, freed) = blocking(move || {
+        let mut removed = 0u64;
+        let mut freed = 0u64;
+        for h in &present {
+            // Not one of its homes (the node list changed): nobody marks it here, and
+            // it may be the only copy; kept (reads look for it here too).
+            if !homes(&node2, &st2.cfg, h).iter().any(|n| n == node2.name()) {
+                continue;
             }
-            (removed, freed)
-        })
-        .await?
-    };
-    {
-        let mut g = st.gc.lock();
-        for h in &removed {
-            g.written.remove(h);
-            g.marked.remove(h);
+            let mut g = st2.gc.lock();
+            if !collectable(&g, &st2.nodes, h, st2.grace()) {
+                continue;
+            }
+            match st2.disk.remove_chunk(h) {
+                Ok(n) => {
+                    freed += n;
+                    removed += 1;
+                    g.written.remove(h);
+                    g.marked.remove(h);
+                }
+                Err(e) => tracing::warn!(chunk = %h, error = %e, "could not delete a blob chunk"),
+            }
         }
-    }
-    st.stats.collected_chunks.add(removed.len() as u64);
-    let total: u64 = on_disk.iter().map(|(_, n)| n).sum::<u64>() - freed;
-    st.stats.chunks.set((on_disk.len() - removed.len()) as f64);
+        // Marks of chunks this node does not have (marked before they arrived, or
+        // collected) go: the maps stay as large as the disk.
+        let mut g = st2.gc.lock();
+        let keep: HashSet<&Hash> = present.iter().collect();
+        g.marked.retain(|h, _| keep.contains(h));
+        (removed, freed)
+    })
+    .await?;
+    st.stats.collected_chunks.add(removed);
+    let total: u64 = on_disk.iter().map(|(_, n)| n).sum::<u64>().saturating_sub(freed);
+    st.stats.chunks.set(on_disk.len().saturating_sub(removed as usize) as f64);
     st.stats.bytes.set(total as f64);
     let disk = st.disk.clone();
     let grace = st.grace();
     let _ = blocking(move || disk.sweep_tmp(grace)).await;
-    if !removed.is_empty() {
-        tracing::info!(node = node.name(), chunks = removed.len(), bytes = freed, "blob chunks collected");
+    if removed > 0 {
+        tracing::info!(node = node.name(), chunks = removed, bytes = freed, "blob chunks collected");
     }
     Ok(())
 }
@@ -157,65 +183,84 @@ fn read_records(disk: &Disk) -> Result<Vec<(Hash, ManifestRecord)>, String> {
     Ok(roots.into_iter().filter_map(|r| Some((r, disk.read_manifest(&r).ok()??))).collect())
 }
 
-/// Exchanges the holder changes of `root` with its other homes and keeps the merge.
-/// Returns whether the record should go: a majority of the homes no longer know the
-/// blob (collected there, or its put never reached them), past the grace.
-async fn sync(node: &Node, st: &Shared, root: Hash, rec: ManifestRecord) -> (Hash, bool) {
+/// Exchanges the holder changes of `root` with its other homes and keeps the merge. A
+/// home that does not have the record (it missed the put, or lost its disk) gets it
+/// back while the blob is held: `Missing` never makes a home drop its own copy.
+async fn sync(node: &Node, st: &Shared, root: Hash, rec: ManifestRecord) -> ManifestRecord {
     let homes = homes(node, &st.cfg, &root);
     let me = node.name();
-    let asks = homes
-        .iter()
-        .filter(|h| *h != me)
-        .map(|to| call(node, to, BlobMsg::Sync { root, holders: rec.holders.clone() }, SYNC_TIMEOUT));
+    let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
+    let asks =
+        others.iter().map(|to| call(node, to, BlobMsg::Sync { root, holders: rec.holders.clone() }, SYNC_TIMEOUT));
     let answers = futures::future::join_all(asks).await;
     let mut merged = rec.clone();
-    let mut missing = 0;
-    for a in answers {
+    let mut lacking = Vec::new();
+    for (to, a) in others.into_iter().zip(answers) {
         match a {
             Ok(BlobReply::Holders(h)) => {
                 merged.merge(&h);
             }
-            Ok(BlobReply::Missing) => missing += 1,
+            Ok(BlobReply::Missing) => lacking.push(to.clone()),
             _ => {}
         }
     }
-    let old = unix_ms().saturating_sub(rec.created_ms) > st.cfg.grace_ms;
-    if missing >= majority(homes.len()) && old {
-        return (root, true);
+    if merged.unheld_since_ms().is_none() {
+        for to in lacking {
+            let msg = BlobMsg::Restore { root, manifest: merged.manifest.clone(), holders: merged.holders.clone() };
+            let _ = call(node, &to, msg, SYNC_TIMEOUT).await;
+        }
     }
     if merged.holders != rec.holders {
         let _guard = st.lock(&root).lock().await;
         let disk = st.disk.clone();
+        let changes = merged.holders.clone();
         let _ = blocking(move || {
             if let Ok(Some(mut now)) = disk.read_manifest(&root)
-                && now.merge(&merged.holders)
+                && now.merge(&changes)
             {
                 let _ = disk.write_manifest(&root, &now);
             }
         })
         .await;
     }
-    (root, false)
+    merged
 }
 
-/// Deletes the manifests unheld for longer than the grace, and those in `gone`;
-/// returns the chunks the others name, and how many were deleted.
-fn live_manifests(disk: &Disk, grace_ms: u64, gone: &[Hash]) -> Result<(HashSet<Hash>, u64), String> {
+enum Settled {
+    Live(Vec<Hash>),
+    Collected,
+    Gone,
+}
+
+/// Under the root's lock: a record unheld past the grace becomes a tombstone (its
+/// chunks are no longer marked); the others are live.
+fn settle(disk: &Disk, root: &Hash, grace_ms: u64) -> Settled {
+    let Ok(Some(mut rec)) = disk.read_manifest(root) else { return Settled::Gone };
+    if rec.collected_ms.is_some() {
+        return Settled::Gone;
+    }
     let now = unix_ms();
-    let mut live = HashSet::new();
-    let mut collected = 0;
-    for root in disk.manifests().map_err(|e| e.to_string())? {
-        let Ok(Some(rec)) = disk.read_manifest(&root) else { continue };
-        let expired = rec.unheld_since_ms().is_some_and(|since| now.saturating_sub(since) > grace_ms);
-        if expired || gone.contains(&root) {
-            if disk.remove_manifest(&root).is_ok() {
-                collected += 1;
-            }
-        } else {
-            live.extend(rec.manifest.chunks.iter().copied());
+    if rec.unheld_since_ms().is_some_and(|since| now.saturating_sub(since) > grace_ms) {
+        rec.collected_ms = Some(now);
+        return match disk.write_manifest(root, &rec) {
+            Ok(()) => Settled::Collected,
+            Err(_) => Settled::Live(rec.manifest.chunks),
+        };
+    }
+    Settled::Live(rec.manifest.chunks)
+}
+
+/// How long a collected blob's tombstone answers other homes (one that was down for
+/// longer and still holds the blob keeps it: a leak, never a loss).
+const TOMBSTONE_KEEP_MS: u64 = 7 * 86_400_000;
+
+fn drop_old_tombstones(disk: &Disk) {
+    let now = unix_ms();
+    for (root, rec) in read_records(disk).unwrap_or_default() {
+        if rec.collected_ms.is_some_and(|at| now.saturating_sub(at) > TOMBSTONE_KEEP_MS) {
+            let _ = disk.remove_manifest(&root);
         }
     }
-    Ok((live, collected))
 }
 
 /// The rule in the module comment.

@@ -123,10 +123,19 @@ impl<P: troupe_wire::Protocol> Ctx<P> {
 /// short one (a node killed moments ago, not yet declared down, costs seconds, not
 /// the whole transfer timeout), then the live ones again with the full one (a slow
 /// transfer under load still succeeds).
+///
+/// Last, every other live node of the cluster file: after the node list changed, a
+/// chunk or manifest may still be only on a node that was one of its homes before
+/// (a node never deletes a chunk it is not a home of, gc.rs); a read that finds it
+/// there writes it back to its homes.
 fn attempts(node: &Node, homes: &[String]) -> Vec<(String, std::time::Duration)> {
     let order = read_order(node, homes);
     let mut out: Vec<_> = order.iter().map(|(h, _)| (h.clone(), HEDGE)).collect();
     out.extend(order.into_iter().filter(|(h, live)| *live && h != node.name()).map(|(h, _)| (h, CHUNK_TIMEOUT)));
+    let others = node.candidates_shared();
+    out.extend(
+        others.iter().filter(|c| c.name != node.name() && !homes.contains(&c.name)).map(|c| (c.name.clone(), HEDGE)),
+    );
     out
 }
 
@@ -164,6 +173,7 @@ impl Blobs {
             )));
         }
         let cb = self.chunk_bytes();
+        let started = Instant::now();
         let me = self.clone();
         // Owned pieces and an owned store handle in each future: the put's future is
         // `Send` for any caller (no closure over borrowed slices).
@@ -188,6 +198,15 @@ impl Blobs {
                 "a blob of {} bytes needs a manifest of {} bytes, over the frame limit (frame_bytes_max = {frame})",
                 data.len(),
                 encoded.len()
+            )));
+        }
+        // Chunks no manifest names yet are collected `grace_ms` after they were
+        // written: the manifest must land well within that (gc.rs).
+        let took = started.elapsed();
+        if took > self.st.grace() / 2 {
+            return Err(BlobError::Invalid(format!(
+                "storing the chunks took {took:?}, over half of [blobs] grace_ms ({} ms): some may be collected before the blob names them; raise grace_ms",
+                self.st.cfg.grace_ms
             )));
         }
         let root = sha256(&encoded);
@@ -230,8 +249,10 @@ impl Blobs {
         for (to, msg) in homes.iter().cloned().zip(msgs) {
             let node = self.node.clone();
             let tx = tx.clone();
+            let permit = self.st.writes.clone().acquire_owned().await;
             tokio::spawn(async move {
                 let r = call(&node, &to, msg, CHUNK_TIMEOUT).await;
+                drop(permit);
                 let _ = tx.send((to, r)).await;
             });
         }
@@ -274,7 +295,7 @@ impl Blobs {
                     reasons.push(format!("{to}: a manifest that does not match the blob"));
                 }
                 Ok(BlobReply::Missing) => {
-                    missing += 1;
+                    missing += usize::from(homes.contains(&to));
                     reasons.push(format!("{to}: not here"));
                 }
                 Ok(other) => reasons.push(format!("{to}: answered {other:?}")),
@@ -312,7 +333,9 @@ impl Blobs {
 
     /// The whole blob in memory.
     pub async fn get(&self, blob: &Blob) -> Result<Vec<u8>, BlobError> {
-        let mut out = Vec::with_capacity(blob.len.min(1 << 30) as usize);
+        // The handle's length is checked against the manifest as it is read: reserve
+        // little up front.
+        let mut out = Vec::with_capacity(blob.len.min(64 << 20) as usize);
         let mut s = self.read(*blob);
         while let Some(piece) = s.next().await {
             out.extend_from_slice(&piece?);
@@ -379,7 +402,9 @@ impl Blobs {
                 Ok(BlobReply::Chunk(_)) => reasons.push(format!("{to}: bytes that do not match the hash")),
                 Ok(BlobReply::Missing) => {
                     reasons.push(format!("{to}: not here"));
-                    lacking.push(to);
+                    if homes.contains(&to) {
+                        lacking.push(to);
+                    }
                 }
                 Ok(other) => reasons.push(format!("{to}: answered {other:?}")),
                 Err(e) => reasons.push(format!("{to}: {e}")),
@@ -416,6 +441,24 @@ impl Blobs {
         check_holder(holder)?;
         let homes = homes(&self.node, &self.st.cfg, &blob.root);
         let at_ms = gc::unix_ms();
+        let msgs =
+            homes.iter().map(|_| BlobMsg::Release { root: blob.root, holder: holder.to_string(), at_ms }).collect();
+        self.quorum(format!("the release of blob {}", blob.root), homes, msgs, |r| {
+            matches!(r, BlobReply::Released | BlobReply::Missing)
+        })
+        .await
+    }
+
+    /// Releases `holder` as of `after` from now: the blob stays at least that long plus
+    /// the grace even if nobody else holds it (a hand-over whose reader needs time).
+    pub(crate) async fn release_after(
+        &self,
+        blob: &Blob,
+        holder: &str,
+        after: std::time::Duration,
+    ) -> Result<(), BlobError> {
+        let homes = homes(&self.node, &self.st.cfg, &blob.root);
+        let at_ms = gc::unix_ms() + after.as_millis() as u64;
         let msgs =
             homes.iter().map(|_| BlobMsg::Release { root: blob.root, holder: holder.to_string(), at_ms }).collect();
         self.quorum(format!("the release of blob {}", blob.root), homes, msgs, |r| {
@@ -503,6 +546,41 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
     }
 }
 
+/// Stores or changes this home's record of `root` under the root's lock: `change`
+/// gets the record (a new one, `fresh`, when there is none) and says whether to write
+/// it. Refused when this node is not a home of `root` or the manifest is not `root`'s.
+async fn update_manifest(
+    node: &Node,
+    st: &Arc<Shared>,
+    root: Hash,
+    manifest: Manifest,
+    change: impl FnOnce(&mut ManifestRecord, bool) -> bool + Send + 'static,
+) -> BlobReply {
+    if !homes(node, &st.cfg, &root).iter().any(|n| n == node.name()) {
+        return BlobReply::Refused(format!("{} is not a home of blob {root}", node.name()));
+    }
+    let good = codec::encode(&manifest).map(|e| sha256(&e) == root).unwrap_or(false);
+    if !good || manifest.check().is_err() {
+        return BlobReply::Refused(format!("the manifest sent as blob {root} does not match it"));
+    }
+    let _guard = st.lock(&root).lock().await;
+    let disk = st.disk.clone();
+    let r = blocking(move || {
+        let existing = disk.read_manifest(&root)?;
+        let fresh = existing.is_none();
+        let mut rec = existing.unwrap_or_else(|| ManifestRecord::new(manifest, gc::unix_ms()));
+        if change(&mut rec, fresh) {
+            disk.write_manifest(&root, &rec)?;
+        }
+        Ok(())
+    })
+    .await;
+    match r {
+        Ok(()) => BlobReply::Stored,
+        Err(e) => BlobReply::Refused(e),
+    }
+}
+
 /// One request to this node's blob agent.
 async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
     let is_home = |h: &Hash| homes(node, &st.cfg, h).iter().any(|n| n == node.name());
@@ -511,19 +589,21 @@ async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
             if !is_home(&hash) {
                 return BlobReply::Refused(format!("{} is not a home of chunk {hash}", node.name()));
             }
-            let disk = st.disk.clone();
             let len = bytes.0.len() as u64;
+            let st2 = st.clone();
             let wrote = blocking(move || {
                 if sha256(&bytes.0) != hash {
                     return Err(std::io::Error::other(format!("the bytes sent as chunk {hash} hash differently")));
                 }
-                disk.write_chunk(&hash, &bytes.0)
+                // Noted before the file is looked for: the collector checks again under
+                // the same lock before it deletes (gc.rs), so a chunk found here is
+                // not deleted under this put.
+                st2.gc.lock().written.insert(hash, Instant::now());
+                st2.disk.write_chunk(&hash, &bytes.0)
             })
             .await;
             match wrote {
                 Ok(new) => {
-                    // Written (or written again): its grace starts now (gc.rs).
-                    st.gc.lock().written.insert(hash, Instant::now());
                     if new {
                         st.stats.chunks_written.inc();
                         st.stats.bytes_written.add(len);
@@ -546,37 +626,22 @@ async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
             }
         }
         BlobMsg::PutManifest { root, manifest, holder, at_ms } => {
-            if !is_home(&root) {
-                return BlobReply::Refused(format!("{} is not a home of blob {root}", node.name()));
-            }
             if let Err(why) = check_holder(&holder) {
                 return BlobReply::Refused(why.to_string());
             }
-            let good = codec::encode(&manifest).map(|e| sha256(&e) == root).unwrap_or(false);
-            if !good || manifest.check().is_err() {
-                return BlobReply::Refused(format!("the manifest sent as blob {root} does not match it"));
-            }
-            let _guard = st.lock(&root).lock().await;
-            let disk = st.disk.clone();
-            let r = blocking(move || {
-                let mut rec =
-                    disk.read_manifest(&root)?.unwrap_or_else(|| ManifestRecord::new(manifest, gc::unix_ms()));
-                let fresh = rec.holders.is_empty();
-                if rec.set(&holder, true, at_ms) || fresh {
-                    disk.write_manifest(&root, &rec)?;
-                }
-                Ok(())
+            update_manifest(node, st, root, manifest, move |rec, fresh| {
+                // Put again after it was collected here: alive again (the put stored
+                // its chunks first).
+                let revived = rec.collected_ms.take().is_some();
+                rec.apply(&holder, true, at_ms) || fresh || revived
             })
-            .await;
-            match r {
-                Ok(()) => BlobReply::Stored,
-                Err(e) => BlobReply::Refused(e),
-            }
+            .await
         }
         BlobMsg::GetManifest { root } => {
             let disk = st.disk.clone();
             match blocking(move || disk.read_manifest(&root)).await {
-                Ok(Some(rec)) => BlobReply::Manifest(rec.manifest),
+                Ok(Some(rec)) if rec.collected_ms.is_none() => BlobReply::Manifest(rec.manifest),
+                Ok(Some(_)) => BlobReply::Missing,
                 Ok(None) => BlobReply::Missing,
                 Err(e) => BlobReply::Refused(e),
             }
@@ -586,7 +651,7 @@ async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
             let disk = st.disk.clone();
             let r = blocking(move || {
                 let Some(mut rec) = disk.read_manifest(&root)? else { return Ok(false) };
-                if rec.holders.contains_key(&holder) && rec.set(&holder, false, at_ms) {
+                if rec.holders.contains_key(&holder) && rec.apply(&holder, false, at_ms) {
                     disk.write_manifest(&root, &rec)?;
                 }
                 Ok(true)
@@ -604,7 +669,8 @@ async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
             let r = blocking(move || {
                 // No record: not created from a sync (it may have been collected here).
                 let Some(mut rec) = disk.read_manifest(&root)? else { return Ok(None) };
-                if rec.merge(&holders) {
+                let merged = rec.merge(&holders);
+                if rec.revive_if_held() || merged {
                     disk.write_manifest(&root, &rec)?;
                 }
                 Ok(Some(rec.holders))
@@ -615,6 +681,13 @@ async fn serve(node: &Node, st: &Arc<Shared>, msg: BlobMsg) -> BlobReply {
                 Ok(None) => BlobReply::Missing,
                 Err(e) => BlobReply::Refused(e),
             }
+        }
+        BlobMsg::Restore { root, manifest, holders } => {
+            update_manifest(node, st, root, manifest, move |rec, fresh| {
+                let merged = rec.merge(&holders);
+                rec.revive_if_held() || merged || fresh
+            })
+            .await
         }
         BlobMsg::Read { .. } => BlobReply::Refused("a blob `Read` is a streamed request".into()),
         msg @ (BlobMsg::GcBegin { .. } | BlobMsg::GcMark { .. } | BlobMsg::GcDone { .. }) => {

@@ -38,6 +38,8 @@ pub(crate) enum BlobMsg {
     /// The collector of another home of `root` shares its holder changes (gc.rs):
     /// merge them and answer with yours.
     Sync { root: Hash, holders: std::collections::BTreeMap<String, (bool, u64)> },
+    /// Another home's record of a held blob this home lacks: keep it.
+    Restore { root: Hash, manifest: Manifest, holders: std::collections::BTreeMap<String, (bool, u64)> },
     /// Stream the blob's bytes, chunk by chunk (any node serves it).
     Read { blob: Blob },
     /// The collector of `from` starts round `round` (see gc.rs).
@@ -106,7 +108,14 @@ pub(crate) struct Shared {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Every node of the cluster file.
     pub(crate) nodes: Vec<String>,
+    /// Writes to homes in flight from this node, each holding its bytes (a put's
+    /// majority and the copies that finish after it): a slow home makes puts wait,
+    /// not memory grow.
+    pub(crate) writes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Writes to homes one node has in flight at most (about as many MiB).
+pub(crate) const WRITES_IN_FLIGHT: usize = 256;
 
 impl Shared {
     pub(crate) fn of(node: &Node) -> Result<Arc<Shared>, String> {
@@ -173,6 +182,7 @@ impl Shared {
                 }),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 nodes: cluster.nodes.iter().map(|n| n.name.clone()).collect(),
+                writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             })
         })
     }

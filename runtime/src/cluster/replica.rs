@@ -155,8 +155,11 @@ async fn offload(node: &Node, answer: ReplicaReply) -> ReplicaReply {
     let stored = match node.blobs() {
         Ok(blobs) => match blobs.put(&bytes, &holder).await {
             Ok(blob) => {
-                // Unheld from now: collected `grace_ms` later, long after the asker read it.
-                let _ = blobs.release(&blob, &holder).await;
+                // Released as of a minute from now, not awaited: collected a minute plus
+                // `grace_ms` later, long after the asker read it.
+                tokio::spawn(async move {
+                    let _ = blobs.release_after(&blob, &holder, COPY_KEPT).await;
+                });
                 Ok(blob)
             }
             Err(e) => Err(e.to_string()),
@@ -181,9 +184,21 @@ async fn offload(node: &Node, answer: ReplicaReply) -> ReplicaReply {
     }
 }
 
-/// Reads a copy handed over through the blob store.
+/// How long a copy handed over through the blob store is kept for its reader.
+const COPY_KEPT: Duration = Duration::from_secs(60);
+
+/// Reads a copy handed over through the blob store (bounded: an election waits on it).
 async fn fetch_copy(node: &Node, blob: troupe_wire::Blob) -> Result<ReplicaReply, RemoteError> {
-    let bytes = node.blobs().map_err(RemoteError::from)?.get(&blob).await.map_err(RemoteError::from)?;
+    let blobs = node.blobs().map_err(RemoteError::from)?;
+    let bytes = tokio::time::timeout(COPY_KEPT, blobs.get(&blob))
+        .await
+        .map_err(|_| {
+            RemoteError::Invalid(format!(
+                "a copy of {} bytes was not read from the blob store in {COPY_KEPT:?}",
+                blob.len
+            ))
+        })?
+        .map_err(RemoteError::from)?;
     troupe_wire::codec::decode::<Recovered>(&bytes)
         .map(ReplicaReply::Loaded)
         .map_err(|e| RemoteError::Invalid(format!("a copy read from the blob store does not decode: {e}")))

@@ -168,8 +168,11 @@ pub mod raw {
         }
     }
 
+    /// Asks for borrowed bytes: decoding from a slice (as `codec` does) then checks
+    /// the length against the input before anything is allocated, so a hostile length
+    /// inside a small frame allocates nothing.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(Raw)
+        d.deserialize_bytes(Raw)
     }
 
     /// The same for a `Result<Vec<u8>, E>` field.
@@ -236,6 +239,23 @@ mod tests {
             let back: W = codec::decode(&plain).unwrap();
             assert_eq!(back.0, r);
         }
+    }
+
+    #[test]
+    fn a_hostile_length_is_refused_before_anything_is_allocated() {
+        // A frame of a few bytes announcing 60 MiB of payload.
+        let mut evil = Vec::new();
+        evil.push(252u8); // bincode varint: a u32 follows
+        evil.extend_from_slice(&(60u32 << 20).to_le_bytes());
+        evil.extend_from_slice(&[1, 2, 3]);
+        assert!(codec::decode::<Bytes>(&evil).is_err());
+        #[derive(Deserialize, Debug)]
+        struct W(
+            #[serde(with = "raw")]
+            #[allow(dead_code)]
+            Vec<u8>,
+        );
+        assert!(codec::decode::<W>(&evil).is_err());
     }
 
     #[test]
