@@ -78,14 +78,9 @@ async fn one_round(node: &Node, st: &Arc<Shared>, round: u64) -> Result<(), Stri
     // their grace into tombstones, gather the chunks of the rest.
     let disk = st.disk.clone();
     let records = blocking(move || read_records(&disk)).await??;
-    let live: Vec<Hash> = records.iter().filter(|(_, r)| r.collected_ms.is_none()).map(|(h, _)| *h).collect();
-    let synced: Vec<ManifestRecord> =
-        futures::stream::iter(records.into_iter().filter(|(_, r)| r.collected_ms.is_none()))
-            .map(|(root, rec)| sync(node, st, root, rec))
-            .buffer_unordered(SYNC_PARALLEL)
-            .collect()
-            .await;
-    drop(synced);
+    let records: Vec<(Hash, ManifestRecord)> = records.into_iter().filter(|(_, r)| r.collected_ms.is_none()).collect();
+    let live: Vec<Hash> = records.iter().map(|(h, _)| *h).collect();
+    futures::stream::iter(records).for_each_concurrent(SYNC_PARALLEL, |(root, rec)| sync(node, st, root, rec)).await;
     let mut live_chunks = HashSet::new();
     let mut collected = 0;
     for root in live {
@@ -186,7 +181,7 @@ fn read_records(disk: &Disk) -> Result<Vec<(Hash, ManifestRecord)>, String> {
 /// Exchanges the holder changes of `root` with its other homes and keeps the merge. A
 /// home that does not have the record (it missed the put, or lost its disk) gets it
 /// back while the blob is held: `Missing` never makes a home drop its own copy.
-async fn sync(node: &Node, st: &Shared, root: Hash, rec: ManifestRecord) -> ManifestRecord {
+async fn sync(node: &Node, st: &Shared, root: Hash, rec: ManifestRecord) {
     let homes = homes(node, &st.cfg, &root);
     let me = node.name();
     let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
@@ -223,7 +218,6 @@ async fn sync(node: &Node, st: &Shared, root: Hash, rec: ManifestRecord) -> Mani
         })
         .await;
     }
-    merged
 }
 
 enum Settled {

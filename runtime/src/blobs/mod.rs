@@ -316,10 +316,9 @@ impl Blobs {
         let me = self.clone();
         stream::once(async move {
             let m = me.manifest(&blob).await?;
-            let chunks: Vec<Hash> = m.chunks.clone();
             let me2 = me.clone();
             Ok::<_, BlobError>(
-                stream::iter(chunks)
+                stream::iter(m.chunks)
                     .map(move |h| {
                         let me = me2.clone();
                         async move { me.chunk(h).await }

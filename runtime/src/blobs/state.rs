@@ -211,9 +211,7 @@ pub(crate) fn homes(node: &Node, cfg: &BlobsConfig, hash: &Hash) -> Vec<String> 
 /// The homes of `hash` in the order to read from: this node first, then those live in
 /// its view, then the rest.
 pub(crate) fn read_order(node: &Node, homes: &[String]) -> Vec<(String, bool)> {
-    let live = node.candidates_shared();
-    let is_live = |n: &str| n == node.name() || live.iter().any(|c| c.name == n);
-    let mut out: Vec<(String, bool)> = homes.iter().map(|h| (h.clone(), is_live(h))).collect();
+    let mut out: Vec<(String, bool)> = homes.iter().map(|h| (h.clone(), is_live(node, h))).collect();
     out.sort_by_key(|(h, live)| (h != node.name(), !live));
     out
 }
