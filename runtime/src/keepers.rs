@@ -8,7 +8,7 @@ use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, fail, 
 use crate::config::KindSpec;
 use crate::node::Node;
 use crate::remember::{
-    CHECK_EVERY, Incarnation, REMEMBERED_BYTES_MAX, REMEMBERED_MAX, RegistryMsg, RegistryProto, RegistryReply,
+    CHECK_EVERY, FORMATION_WAIT, Incarnation, REMEMBERED_BYTES_MAX, REMEMBERED_MAX, RegistryMsg, RegistryProto, RegistryReply,
     RememberedEntity, WakeMsg, WakeProto, Woken, wake_path,
 };
 use crate::reminders::{
@@ -270,6 +270,10 @@ fn check(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) {
     }
     st.waking = None;
     let node = ctx.node();
+    if let Some(unseen) = forming(node) {
+        tracing::debug!(%unseen, "waiting for the cluster to form before waking remembered entities");
+        return;
+    }
     let mut live: BTreeSet<(String, u64)> =
         node.members().into_iter().filter(|m| m.state != MemberState::Down).map(|m| (m.name, m.epoch)).collect();
     live.insert((node.name().to_string(), node.epoch()));
@@ -328,6 +332,22 @@ fn check(ctx: &Ctx<RegistryProto>, st: &mut RegistryState) {
         });
         futures::future::join_all(rounds).await;
     }));
+}
+
+/// A node of the cluster file this node has not seen yet, while the cluster may still
+/// be forming (its node booted less than [`FORMATION_WAIT`] ago).
+fn forming(node: &Node) -> Option<String> {
+    if node.uptime() >= FORMATION_WAIT {
+        return None;
+    }
+    let seen: BTreeSet<String> = node.members().into_iter().map(|m| m.name).collect();
+    node.loaded()
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| &n.name)
+        .find(|n| n.as_str() != node.name() && !seen.contains(n.as_str()))
+        .cloned()
 }
 
 // ---------------------------------------------------------------------------------

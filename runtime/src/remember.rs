@@ -10,7 +10,10 @@
 //! change and every [`CHECK_EVERY`]: an entity whose recorded node is no longer a live
 //! member under the same epoch, or that another node owns now, is woken on its owner
 //! (`/troupe/wake/<owner>` activates it there, which registers it again). Handoffs and
-//! node shutdowns do not forget an entity; only passivation does.
+//! node shutdowns do not forget an entity; only passivation does. In the first
+//! [`FORMATION_WAIT`] after its node boots, the registry wakes nothing until every
+//! node of the cluster file has been seen, so a whole-cluster restart starts each
+//! entity once, on its final owner.
 //!
 //! Invariants:
 //! - An entity is remembered from the moment the registry acknowledges its
@@ -31,6 +34,14 @@ use troupe_wire::{ActorPath, Protocol, RemoteError};
 /// How often the registry re-checks where its entities run, besides after every
 /// placement change.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long, from its node's boot, the registry waits for the cluster to form before
+/// it wakes anything: while a node of the cluster file has not been seen yet (a whole
+/// cluster starting again, its nodes coming up one by one), an entity woken now may be
+/// owned by that node once it joins, and would be started twice (here, then handed
+/// off). Past this, a node that never came back does not hold the others' entities
+/// back. A registry on a node that has been up longer (it took over after a failure)
+/// wakes at once.
+pub const FORMATION_WAIT: Duration = Duration::from_secs(10);
 /// Entities the cluster remembers at most (the registry's snapshot stays well below the
 /// transport's frame limit); past it activations are not remembered and say so in the
 /// log.
