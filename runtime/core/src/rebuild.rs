@@ -145,18 +145,29 @@ impl Inventory {
         self.answered.iter().filter(|(_, b)| **b).map(|(n, _)| n.as_str())
     }
 
-    /// The next step for node `me` of a cluster file listing `roster`.
-    pub fn next(&self, me: &str, roster: &[String]) -> NextStep {
+    /// The next step for node `me` of a cluster file listing `roster`. `patient`:
+    /// the nodes of a new cluster may still be starting (the shell passes true for its
+    /// first seconds), so an empty majority is not enough yet: every node must have
+    /// answered empty. A new cluster formed on a majority vouches only for the nodes
+    /// it saw empty; one that had not answered yet would find state it must relearn
+    /// from the others, and could not while any of them is down (found by the suite:
+    /// a fresh cluster whose first owner was killed at once, the second node unable to
+    /// relearn and the third unable to elect, until the first came back).
+    pub fn next(&self, me: &str, roster: &[String], patient: bool) -> NextStep {
         if self.vouched_by.is_some() {
             return NextStep::NewCluster;
         }
         let others: Vec<&String> = roster.iter().filter(|n| *n != me).collect();
-        let blank = self.answered.values().filter(|b| **b).count();
-        if blank == self.answered.len() && self.paths.is_empty() && 1 + blank >= majority(roster.len()) {
-            return NextStep::NewCluster;
-        }
         let missing: Vec<String> =
             others.iter().filter(|n| !self.answered.contains_key(**n)).map(|n| n.to_string()).collect();
+        let blank = self.answered.values().filter(|b| **b).count();
+        if blank == self.answered.len()
+            && self.paths.is_empty()
+            && 1 + blank >= majority(roster.len())
+            && (!patient || missing.is_empty())
+        {
+            return NextStep::NewCluster;
+        }
         if missing.is_empty() {
             NextStep::Learn(self.paths.iter().cloned().collect())
         } else {
@@ -296,22 +307,22 @@ mod tests {
     fn a_new_cluster_is_told_apart_from_a_lost_disk() {
         let r = roster(3);
         let mut inv = Inventory::default();
-        assert_eq!(inv.next("n1", &r), NextStep::Waiting(vec!["n2".into(), "n3".into()]));
+        assert_eq!(inv.next("n1", &r, false), NextStep::Waiting(vec!["n2".into(), "n3".into()]));
         inv.answered("n2", vec![], true);
-        assert_eq!(inv.next("n1", &r), NextStep::NewCluster, "n1 and n2, both empty, are a majority of 3");
+        assert_eq!(inv.next("n1", &r, false), NextStep::NewCluster, "n1 and n2, both empty, are a majority of 3");
         let mut inv = Inventory::default();
         inv.answered("n2", vec!["/kv/store/a".into()], false);
-        assert_eq!(inv.next("n1", &r), NextStep::Waiting(vec!["n3".into()]), "n2 holds state: wait for everyone");
+        assert_eq!(inv.next("n1", &r, false), NextStep::Waiting(vec!["n3".into()]), "n2 holds state: wait for everyone");
         inv.answered("n3", vec!["/kv/store/b".into()], false);
-        assert_eq!(inv.next("n1", &r), NextStep::Learn(vec!["/kv/store/a".into(), "/kv/store/b".into()]));
+        assert_eq!(inv.next("n1", &r, false), NextStep::Learn(vec!["/kv/store/a".into(), "/kv/store/b".into()]));
         // One empty answer of five is no majority: n1 may have lost a disk that, with
         // nodes not answering yet, held acknowledged writes.
         let r5 = roster(5);
         let mut inv = Inventory::default();
         inv.answered("n2", vec![], true);
-        assert!(matches!(inv.next("n1", &r5), NextStep::Waiting(_)));
+        assert!(matches!(inv.next("n1", &r5, false), NextStep::Waiting(_)));
         inv.answered("n3", vec![], true);
-        assert_eq!(inv.next("n1", &r5), NextStep::NewCluster);
+        assert_eq!(inv.next("n1", &r5, false), NextStep::NewCluster);
         assert_eq!(inv.blank().collect::<Vec<_>>(), vec!["n2", "n3"]);
     }
 
@@ -324,10 +335,29 @@ mod tests {
         let mut inv = Inventory::default();
         inv.answered("n2", vec!["/rate-limiter/rules/main".into()], false);
         inv.answered("n3", vec![], true);
-        assert_eq!(inv.next("n1", &r), NextStep::Learn(vec!["/rate-limiter/rules/main".into()]));
+        assert_eq!(inv.next("n1", &r, false), NextStep::Learn(vec!["/rate-limiter/rules/main".into()]));
         inv.vouched("n2");
-        assert_eq!(inv.next("n1", &r), NextStep::NewCluster);
+        assert_eq!(inv.next("n1", &r, false), NextStep::NewCluster);
         assert_eq!(inv.vouched_by(), Some("n2"));
+    }
+
+    /// While the cluster may still be starting, an empty majority waits for the rest,
+    /// so the node that forms the cluster has seen, and vouches for, every node.
+    #[test]
+    fn a_patient_node_waits_for_every_empty_answer_before_a_new_cluster() {
+        let r = roster(3);
+        let mut inv = Inventory::default();
+        inv.answered("n3", vec![], true);
+        assert_eq!(inv.next("n1", &r, true), NextStep::Waiting(vec!["n2".into()]), "n2 has not answered yet");
+        assert_eq!(inv.next("n1", &r, false), NextStep::NewCluster, "past the patience, a majority will do");
+        inv.answered("n2", vec![], true);
+        assert_eq!(inv.next("n1", &r, true), NextStep::NewCluster);
+        assert_eq!(inv.blank().collect::<Vec<_>>(), vec!["n2", "n3"]);
+        // Patience never turns state into a new cluster.
+        let mut inv = Inventory::default();
+        inv.answered("n2", vec!["/kv/store/a".into()], false);
+        inv.answered("n3", vec![], true);
+        assert_eq!(inv.next("n1", &r, true), NextStep::Learn(vec!["/kv/store/a".into()]));
     }
 
     /// An empty answer from an earlier round is forgotten before the next: the peer
@@ -339,7 +369,7 @@ mod tests {
         inv.answered("n2", vec![], true);
         inv.answered("n3", vec![], true);
         inv.forget("n2");
-        assert!(matches!(inv.next("n1", &r), NextStep::Waiting(_)), "n1 and n3 alone are no majority of 5");
+        assert!(matches!(inv.next("n1", &r, false), NextStep::Waiting(_)), "n1 and n3 alone are no majority of 5");
         assert_eq!(inv.blank().collect::<Vec<_>>(), vec!["n3"]);
     }
 }

@@ -114,7 +114,10 @@ pub(crate) async fn run(node: Node) {
                 Err(e) => tracing::debug!(peer = %peer, error = %e, "inventory not answered"),
             }
         }
-        match inventory.next(&me, &roster) {
+        // Nodes of a new cluster start at about the same time: in the first QUIET_WAIT,
+        // a new cluster is formed only with every node's empty answer, so the one that
+        // forms it vouches for all of them.
+        match inventory.next(&me, &roster, started.elapsed() < QUIET_WAIT) {
             NextStep::NewCluster => {
                 // A decision by the majority rule, on this round's answers, records whom
                 // it saw empty: they may follow it. One that followed another's word
