@@ -8,8 +8,8 @@ use crate::actor::{ActorError, Behavior, Ctx, FromParams, MsgOf, ReplyOf, fail, 
 use crate::config::KindSpec;
 use crate::node::Node;
 use crate::remember::{
-    CHECK_EVERY, FORMATION_WAIT, Incarnation, REMEMBERED_BYTES_MAX, REMEMBERED_MAX, RegistryMsg, RegistryProto, RegistryReply,
-    RememberedEntity, WakeMsg, WakeProto, Woken, wake_path,
+    CHECK_EVERY, FORMATION_WAIT, Incarnation, REMEMBERED_BYTES_MAX, REMEMBERED_MAX, RegistryMsg, RegistryProto,
+    RegistryReply, RememberedEntity, WakeMsg, WakeProto, Woken, wake_path,
 };
 use crate::reminders::{
     BUCKET_BYTES_MAX, PER_BUCKET_MAX, RESOLUTION, ReminderInfo, ReminderMsg, ReminderProto, ReminderReply,

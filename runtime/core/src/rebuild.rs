@@ -312,7 +312,11 @@ mod tests {
         assert_eq!(inv.next("n1", &r, false), NextStep::NewCluster, "n1 and n2, both empty, are a majority of 3");
         let mut inv = Inventory::default();
         inv.answered("n2", vec!["/kv/store/a".into()], false);
-        assert_eq!(inv.next("n1", &r, false), NextStep::Waiting(vec!["n3".into()]), "n2 holds state: wait for everyone");
+        assert_eq!(
+            inv.next("n1", &r, false),
+            NextStep::Waiting(vec!["n3".into()]),
+            "n2 holds state: wait for everyone"
+        );
         inv.answered("n3", vec!["/kv/store/b".into()], false);
         assert_eq!(inv.next("n1", &r, false), NextStep::Learn(vec!["/kv/store/a".into(), "/kv/store/b".into()]));
         // One empty answer of five is no majority: n1 may have lost a disk that, with
