@@ -33,6 +33,9 @@ use troupe_wire::{ActorPath, Envelope, Frame, RemoteError, RequestKind, TraceId}
 
 /// Bytes gathered into one stream write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// A lane's write buffer kept between batches at most (a busy lane reuses it; one
+/// that grew past it for a large frame lets it go once written).
+const WRITE_BUF_KEEP: usize = 2 * WRITE_BATCH_BYTES;
 
 pub(crate) enum Pending {
     Ask(oneshot::Sender<Result<Vec<u8>, RemoteError>>),
@@ -102,7 +105,13 @@ impl Stats {
 pub(crate) struct Link {
     pub peer: PeerId,
     conn: quinn::Connection,
-    lanes: Vec<mpsc::Sender<Frame>>,
+    /// Each started on first use (a channel and a writer task): an idle client
+    /// connection that was answered on one lane holds one, not `lanes_per_peer`.
+    lanes: Vec<std::sync::OnceLock<mpsc::Sender<Frame>>>,
+    lane_cap: usize,
+    frame_cap: usize,
+    stats: Stats,
+    me: Weak<Link>,
     closed: AtomicBool,
     /// Streams the other side cancelled (by correlation id).
     cancelled: Mutex<HashSet<u64>>,
@@ -121,20 +130,18 @@ pub(crate) struct ClientCall {
 impl Link {
     fn new(peer: PeerId, conn: quinn::Connection, tuning: &TransportTuning, stats: Stats) -> Arc<Link> {
         let n = tuning.lanes_per_peer.max(1) as usize;
-        let cap = (tuning.send_queue_cap as usize / n).max(8);
+        let lane_cap = (tuning.send_queue_cap as usize / n).max(8);
         let frame_cap = tuning.frame_bytes_max as usize;
-        let mut lanes = Vec::with_capacity(n);
         Arc::new_cyclic(|weak: &Weak<Link>| {
-            for _ in 0..n {
-                let (tx, rx) = mpsc::channel(cap);
-                lanes.push(tx);
-                tokio::spawn(lane_writer(conn.clone(), rx, frame_cap, stats.clone(), weak.clone()));
-            }
             let slots = tuning.client_in_flight_max.max(1);
             Link {
                 peer,
                 conn,
-                lanes,
+                lanes: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+                lane_cap,
+                frame_cap,
+                stats,
+                me: weak.clone(),
                 closed: AtomicBool::new(false),
                 cancelled: Mutex::new(HashSet::new()),
                 client_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
@@ -152,6 +159,15 @@ impl Link {
             .map_err(|_| RemoteError::QueueFull { node: me.to_string(), cap: self.client_slots_max })
     }
 
+    /// Lane `i`'s queue, starting its writer on first use.
+    fn lane(&self, i: usize) -> &mpsc::Sender<Frame> {
+        self.lanes[i].get_or_init(|| {
+            let (tx, rx) = mpsc::channel(self.lane_cap);
+            tokio::spawn(lane_writer(self.conn.clone(), rx, self.frame_cap, self.stats.clone(), self.me.clone()));
+            tx
+        })
+    }
+
     fn lane_for(&self, key: u64) -> usize {
         (key % self.lanes.len() as u64) as usize
     }
@@ -165,10 +181,11 @@ impl Link {
     #[allow(clippy::result_large_err)]
     fn try_send(&self, lane: usize, frame: Frame) -> Result<(), (RemoteError, Frame)> {
         let name = self.peer_name();
-        match self.lanes[lane].try_send(frame) {
+        let tx = self.lane(lane);
+        match tx.try_send(frame) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(f)) => {
-                Err((RemoteError::QueueFull { node: name, cap: self.lanes[lane].max_capacity() as u64 }, f))
+                Err((RemoteError::QueueFull { node: name, cap: tx.max_capacity() as u64 }, f))
             }
             Err(mpsc::error::TrySendError::Closed(f)) => {
                 Err((RemoteError::Unreachable { node: name, reason: "link closed".into() }, f))
@@ -178,7 +195,7 @@ impl Link {
 
     /// Queues a frame, waiting for room (replies and stream items: back-pressure).
     async fn send_wait(&self, lane: usize, frame: Frame) -> bool {
-        self.lanes[lane].send(frame).await.is_ok()
+        self.lane(lane).send(frame).await.is_ok()
     }
 
     /// Queues a frame on the lane of `key`, waiting for room.
@@ -199,7 +216,9 @@ async fn lane_writer(
     link: Weak<Link>,
 ) {
     let mut stream: Option<quinn::SendStream> = None;
-    let mut buf = Vec::with_capacity(64 << 10);
+    // Grows with the first batch; one that grew past WRITE_BUF_KEEP (a large frame) is
+    // let go once written, so an idle lane holds little.
+    let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut n = 0u64;
@@ -229,6 +248,9 @@ async fn lane_writer(
         }
         stats.frames_out.add(n);
         stats.bytes_out.add(buf.len() as u64);
+        if buf.capacity() > WRITE_BUF_KEEP {
+            buf = Vec::new();
+        }
     }
     if let Some(l) = link.upgrade() {
         l.closed.store(true, Ordering::Relaxed);

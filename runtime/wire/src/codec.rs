@@ -118,10 +118,15 @@ pub struct FrameReader {
     cap: usize,
 }
 
+/// A reader's buffer kept between frames at most once everything in it was read.
+const READ_BUF_KEEP: usize = 512 << 10;
+
 impl FrameReader {
     /// A reader refusing frames over `cap` bytes (`frame_bytes_max`).
     pub fn new(cap: usize) -> Self {
-        FrameReader { buf: Vec::with_capacity(64 << 10), start: 0, cap }
+        // Grows with the first chunk: an idle stream (a client's, answered once) holds
+        // no more than what it read.
+        FrameReader { buf: Vec::new(), start: 0, cap }
     }
 
     /// Appends bytes as they arrived.
@@ -142,7 +147,19 @@ impl FrameReader {
                 self.start += used;
                 Ok(Some(frame))
             }
-            None => Ok(None),
+            None => {
+                if self.start == self.buf.len() {
+                    // Everything read: start over, and let a buffer a large frame grew
+                    // go (a busy stream keeps a moderate one).
+                    self.start = 0;
+                    if self.buf.capacity() > READ_BUF_KEEP {
+                        self.buf = Vec::new();
+                    } else {
+                        self.buf.clear();
+                    }
+                }
+                Ok(None)
+            }
         }
     }
 
