@@ -88,6 +88,9 @@ pub struct WsLimits {
     pub sessions_max: usize,
 }
 
+/// A session's read buffer, allocated when it opens.
+const READ_BUFFER_BYTES: usize = 4 << 10;
+
 impl Default for WsLimits {
     /// Pings every 15 s, 15 s to answer, 1 MiB queued out and 256 KiB in, 256 KiB
     /// messages, 10 s per write, 10,000 sessions.
@@ -334,6 +337,10 @@ impl WsSessions {
         let closes = self.closes.clone();
         let WsUpgrade { upgrade, slot } = upgrade;
         upgrade
+            // tungstenite allocates its read buffer up front (128 KiB by default): an
+            // idle session should not hold that (bench/src/bin/memory.rs measured 141
+            // KB per idle WebSocket with it). A larger frame reserves its own length.
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(limits.message_bytes_max)
             .max_frame_size(limits.message_bytes_max)
             // A write that cannot drain fails instead of growing the buffer further.

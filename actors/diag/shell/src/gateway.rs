@@ -29,6 +29,10 @@ pub struct GatewayParams {
     pub inbound_bytes_max: usize,
     pub message_bytes_max: usize,
     pub sessions_max: usize,
+    /// Open HTTP connections the listener holds at most, and from one IP address (a
+    /// WebSocket holds its connection for its life).
+    pub connections_max: usize,
+    pub connections_per_ip_max: usize,
 }
 
 impl Default for GatewayParams {
@@ -41,12 +45,15 @@ impl Default for GatewayParams {
             inbound_bytes_max: d.inbound_bytes_max,
             message_bytes_max: d.message_bytes_max,
             sessions_max: d.sessions_max,
+            connections_max: troupe_runtime::http::HttpLimits::default().connections_max,
+            connections_per_ip_max: troupe_runtime::http::HttpLimits::default().connections_per_ip_max,
         }
     }
 }
 
 pub struct GatewayActor {
     limits: WsLimits,
+    http: troupe_runtime::http::HttpLimits,
 }
 
 impl FromParams for GatewayActor {
@@ -54,6 +61,9 @@ impl FromParams for GatewayActor {
     fn from_params(p: GatewayParams, _: &KindSpec, _: &Node) -> Result<Self, String> {
         if p.ping_every_ms == 0 || p.pong_timeout_ms == 0 || p.message_bytes_max == 0 {
             return Err("ping_every_ms, pong_timeout_ms and message_bytes_max must be above 0".into());
+        }
+        if p.connections_max == 0 || p.connections_per_ip_max == 0 {
+            return Err("connections_max and connections_per_ip_max must be above 0".into());
         }
         Ok(GatewayActor {
             limits: WsLimits {
@@ -64,6 +74,11 @@ impl FromParams for GatewayActor {
                 message_bytes_max: p.message_bytes_max,
                 sessions_max: p.sessions_max,
                 ..WsLimits::default()
+            },
+            http: troupe_runtime::http::HttpLimits {
+                connections_max: p.connections_max,
+                connections_per_ip_max: p.connections_per_ip_max,
+                ..troupe_runtime::http::HttpLimits::default()
             },
         })
     }
@@ -143,8 +158,7 @@ impl Behavior for GatewayActor {
         let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
         let app = App { node: node.clone(), sessions: sessions.clone(), credentials: node.credentials() };
         let router = axum::Router::new().route("/ws/echo", get(echo)).with_state(app);
-        let (_, server) =
-            troupe_runtime::http::spawn(listener, router, troupe_runtime::http::HttpLimits::default(), "diag gateway");
+        let (_, server) = troupe_runtime::http::spawn(listener, router, self.http.clone(), "diag gateway");
         tracing::info!(%addr, "diag gateway listening (WebSocket echo at /ws/echo)");
         Ok(GatewayState { addr: Some(addr), sessions, _server: Some(server) })
     }
