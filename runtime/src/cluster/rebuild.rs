@@ -84,6 +84,11 @@ pub(crate) async fn run(node: Node) {
     // The store identity each peer reported, for the record of a new cluster.
     let mut stores: BTreeMap<String, u64> = BTreeMap::new();
     let paths = loop {
+        // Nodes of a new cluster start at about the same time: a round that began in
+        // the first QUIET_WAIT forms a new cluster only with every node's empty answer,
+        // so the one that forms it vouches for all of them (taken before the asks, which
+        // can take a connect timeout).
+        let patient = started.elapsed() < QUIET_WAIT;
         let mut paging = false;
         let asks = listing.iter().map(|(peer, (cursor, _, _))| {
             let msg = ReplicaMsg::Inventory { for_node: me.clone(), after: cursor.clone(), store: mine };
@@ -114,10 +119,7 @@ pub(crate) async fn run(node: Node) {
                 Err(e) => tracing::debug!(peer = %peer, error = %e, "inventory not answered"),
             }
         }
-        // Nodes of a new cluster start at about the same time: in the first QUIET_WAIT,
-        // a new cluster is formed only with every node's empty answer, so the one that
-        // forms it vouches for all of them.
-        match inventory.next(&me, &roster, started.elapsed() < QUIET_WAIT) {
+        match inventory.next(&me, &roster, patient) {
             NextStep::NewCluster => {
                 // A decision by the majority rule, on this round's answers, records whom
                 // it saw empty: they may follow it. One that followed another's word

@@ -112,6 +112,9 @@ pub(crate) struct Link {
     frame_cap: usize,
     stats: Stats,
     me: Weak<Link>,
+    /// The runtime the link was made on: a lane may first be used from a thread
+    /// outside it (an actor answering from a worker thread).
+    rt: tokio::runtime::Handle,
     closed: AtomicBool,
     /// Streams the other side cancelled (by correlation id).
     cancelled: Mutex<HashSet<u64>>,
@@ -142,6 +145,7 @@ impl Link {
                 frame_cap,
                 stats,
                 me: weak.clone(),
+                rt: tokio::runtime::Handle::current(),
                 closed: AtomicBool::new(false),
                 cancelled: Mutex::new(HashSet::new()),
                 client_slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
@@ -163,7 +167,7 @@ impl Link {
     fn lane(&self, i: usize) -> &mpsc::Sender<Frame> {
         self.lanes[i].get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.lane_cap);
-            tokio::spawn(lane_writer(self.conn.clone(), rx, self.frame_cap, self.stats.clone(), self.me.clone()));
+            self.rt.spawn(lane_writer(self.conn.clone(), rx, self.frame_cap, self.stats.clone(), self.me.clone()));
             tx
         })
     }
@@ -234,6 +238,10 @@ async fn lane_writer(
             }
         }
         if buf.is_empty() {
+            // Every frame refused (too large): encoding may have grown the buffer.
+            if buf.capacity() > WRITE_BUF_KEEP {
+                buf = Vec::new();
+            }
             continue;
         }
         if stream.is_none() {
