@@ -192,10 +192,34 @@ pub(crate) async fn run(node: Node) {
             last_log = Instant::now();
         }
         if !left.is_empty() {
+            // The node that formed a new cluster may have answered this node's inventory
+            // before it recorded whom it saw empty (this node among them): its word, asked
+            // again, ends the rebuild as at the inventory. Without it this node waits for
+            // a copy from every other member of a set, and one of them may be down
+            // (found by the suite: tests/batch_persist.rs, the decider killed at once).
+            if let Some(by) = vouched(&node, &me, &roster, mine).await {
+                let why = format!("{by} formed a new cluster after it saw this node's store empty");
+                finish(&node, &cluster, total - left.len(), started, &why, Vec::new()).await;
+                return;
+            }
             tokio::time::sleep(RETRY).await;
         }
     }
     finish(&node, &cluster, total, started, "every path the other nodes listed is relearned", Vec::new()).await;
+}
+
+/// A node that formed a new cluster after it saw this node's current store (`mine`)
+/// empty, if one says so now.
+async fn vouched(node: &Node, me: &str, roster: &[String], mine: u64) -> Option<String> {
+    let asks = roster.iter().filter(|n| n.as_str() != me).map(|peer| {
+        let msg = ReplicaMsg::Inventory { for_node: me.to_string(), after: None, store: mine };
+        async move { (peer.clone(), replica::ask(node, peer, msg).await) }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .find(|(_, a)| matches!(a, Ok(ReplicaReply::Inventory { vouch: true, .. })))
+        .map(|(peer, _)| peer)
 }
 
 /// Marks this node a voter, on disk first.
