@@ -55,6 +55,21 @@ fn settled_rss(pid: u32) -> anyhow::Result<u64> {
     Ok(v[2])
 }
 
+/// The node's RSS growth per thing since `before` (read once it settled), printed.
+fn per_thing(pid: u32, before: u64, count: usize, what: &str) -> anyhow::Result<f64> {
+    let after = settled_rss(pid)?;
+    let each = after.saturating_sub(before) as f64 / count as f64;
+    eprintln!("idle {what}: {each:.0} bytes ({count} of them, RSS {before} → {after})");
+    Ok(each)
+}
+
+/// A progress line every `every` things.
+fn progress(done: usize, of: usize, every: usize, what: &str, t: Instant) {
+    if done.is_multiple_of(every) {
+        eprintln!("  {done} of {of} {what} ({:.1} s)", t.elapsed().as_secs_f64());
+    }
+}
+
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
 }
@@ -176,15 +191,13 @@ async fn troupe_side(c: &LocalCluster, entities: usize, clients: usize, websocke
     // Idle entities.
     let before = settled_rss(pid)?;
     activate(&client, 1000, 1000 + entities).await?;
-    let after = settled_rss(pid)?;
     let live_entities = live_shards(c);
     anyhow::ensure!(
         live_entities >= (1000 + entities) as f64,
         "only {live_entities} entities live of {} (passivated?)",
         1000 + entities
     );
-    let entity = after.saturating_sub(before) as f64 / entities as f64;
-    eprintln!("idle entity: {entity:.0} bytes ({entities} entities, RSS {before} → {after})");
+    let entity = per_thing(pid, before, entities, "entity")?;
 
     // Idle QUIC client connections: each SDK client has its own endpoint and asks once.
     let before = settled_rss(pid)?;
@@ -195,13 +208,9 @@ async fn troupe_side(c: &LocalCluster, entities: usize, clients: usize, websocke
         let path = ActorPath::new("diag", "shard", &format!("e{}", i % 1000))?;
         cl.ask_timeout::<Counter>(&path, &CounterMsg::Get, Duration::from_secs(60)).await?;
         held.push(cl);
-        if (i + 1).is_multiple_of(1000) {
-            eprintln!("  {} of {clients} clients connected ({:.1} s)", i + 1, t.elapsed().as_secs_f64());
-        }
+        progress(i + 1, clients, 1000, "clients connected", t);
     }
-    let after = settled_rss(pid)?;
-    let client_bytes = after.saturating_sub(before) as f64 / clients as f64;
-    eprintln!("idle QUIC client connection: {client_bytes:.0} bytes ({clients} clients, RSS {before} → {after})");
+    let client_bytes = per_thing(pid, before, clients, "QUIC client connection")?;
     drop(held);
 
     // Idle WebSockets on the diag gateway's echo.
@@ -218,13 +227,9 @@ async fn troupe_side(c: &LocalCluster, entities: usize, clients: usize, websocke
             other => anyhow::bail!("websocket {i}: expected the echo, got {other:?}"),
         }
         socks.push(s);
-        if (i + 1).is_multiple_of(2000) {
-            eprintln!("  {} of {websockets} websockets open ({:.1} s)", i + 1, t.elapsed().as_secs_f64());
-        }
+        progress(i + 1, websockets, 2000, "websockets open", t);
     }
-    let after = settled_rss(pid)?;
-    let websocket = after.saturating_sub(before) as f64 / websockets as f64;
-    eprintln!("idle WebSocket: {websocket:.0} bytes ({websockets} sessions, RSS {before} → {after})");
+    let websocket = per_thing(pid, before, websockets, "WebSocket")?;
     drop(socks);
     Ok(Figures { entity, client: client_bytes, websocket, rss_idle_node, live_entities })
 }
