@@ -11,4 +11,5 @@ pub static SYSTEMS: &[&dyn System] = &[
     &troupe_llm_shell::LlmServing,
     &troupe_limiter_shell::RateLimiter,
     &troupe_shortener_shell::UrlShortener,
+    &troupe_chat_shell::Chat,
 ];

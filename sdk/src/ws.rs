@@ -68,11 +68,22 @@ pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Connects to `url` (`ws://127.0.0.1:8080/ws/echo`), sending `authorization` as the
 /// `Authorization` header (e.g. `Bearer <token>`), within `timeout`.
 pub async fn connect(url: &str, authorization: Option<&str>, timeout: Duration) -> Result<WsClient, WsError> {
+    match authorization {
+        Some(auth) => connect_with(url, &[("authorization", auth)], timeout).await,
+        None => connect_with(url, &[], timeout).await,
+    }
+}
+
+/// Connects to `url` sending these request headers (e.g. the service token and
+/// `X-User-Id` of an authenticating proxy), within `timeout`.
+pub async fn connect_with(url: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<WsClient, WsError> {
     let mut request = url.into_client_request().map_err(|e| WsError::Url(format!("{url}: {e}")))?;
-    if let Some(auth) = authorization {
-        let value =
-            HeaderValue::from_str(auth).map_err(|_| WsError::Url("authorization is not a header value".into()))?;
-        request.headers_mut().insert("authorization", value);
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| WsError::Url(format!("{name:?} is not a header name")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| WsError::Url(format!("the value of {name} is not a header value")))?;
+        request.headers_mut().insert(name, value);
     }
     let config =
         WebSocketConfig::default().max_message_size(Some(MESSAGE_BYTES_MAX)).max_frame_size(Some(MESSAGE_BYTES_MAX));

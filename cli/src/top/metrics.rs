@@ -34,7 +34,7 @@ pub fn system_of(m: &Metric, systems: &[String]) -> String {
     if let Some((_, s)) = m.labels.iter().find(|(k, _)| k == "system") {
         return if s == "troupe" { RUNTIME.to_string() } else { s.clone() };
     }
-    // Longest name first, so `chat` does not claim `troupe_chat_rooms_...` of a `chat_rooms` system.
+    // Longest name first, so `quiz` does not claim `troupe_quiz_rooms_...` of a `quiz_rooms` system.
     let mut by_len: Vec<&String> = systems.iter().collect();
     by_len.sort_by_key(|s| std::cmp::Reverse(s.len()));
     by_len
@@ -119,20 +119,20 @@ mod tests {
 
     #[test]
     fn groups_by_label_then_prefix_then_runtime() {
-        let systems = vec!["demo".to_string(), "chat".to_string(), "troupe".to_string()];
+        let systems = vec!["demo".to_string(), "quiz".to_string(), "troupe".to_string()];
         let now = snap(
             2000,
             vec![
                 m("troupe_messages_handled_total", "counter", &[("system", "demo"), ("kind", "store")], 50.0),
-                m("troupe_chat_rooms", "gauge", &[], 3.0),
+                m("troupe_quiz_rooms", "gauge", &[], 3.0),
                 m("troupe_gossip_packets_sent_total", "counter", &[], 9.0),
                 m("troupe_actors", "gauge", &[("system", "troupe"), ("kind", "node")], 1.0),
-                m("troupe_chat_latency_seconds_bucket", "histogram", &[("le", "0.1")], 1.0),
+                m("troupe_quiz_latency_seconds_bucket", "histogram", &[("le", "0.1")], 1.0),
             ],
         );
         let g = group(&now, None, &systems);
         let names: Vec<&str> = g.iter().map(|g| g.system.as_str()).collect();
-        assert_eq!(names, ["demo", "chat", "runtime"]);
+        assert_eq!(names, ["demo", "quiz", "runtime"]);
         assert_eq!(g[0].series[0].name, "messages_handled");
         assert_eq!(g[0].series[0].labels, "kind=store");
         assert_eq!(g[1].series[0].name, "rooms", "prefix stripped");

@@ -1,0 +1,504 @@
+//! Chat (system 08) on real node processes: real WebSocket clients (the SDK's), the
+//! HTTP API, and a Jepsen-style check of every delivered history after a gateway node
+//! that also owns a busy conversation is SIGKILLed mid-traffic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::{TestCluster, request, wait_for};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use troupe_chat::EventBody;
+use troupe_chat::checker::{self, Acked, ClientHistory, Received};
+use troupe_chat::frames::{ClientFrame, ServerFrame};
+use troupe_client::ws::{WsClient, WsError, WsFrame, connect_with};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn cluster() -> TestCluster {
+    let c = TestCluster::start(common::Options { systems: vec!["chat"], nodes: 3, ..common::Options::default() });
+    c.wait_converged(&[], WAIT);
+    for n in &c.names {
+        let addr = c.port(n, "chat");
+        wait_for(&format!("{n}'s chat gateway"), WAIT, || {
+            request(addr, "GET", "/v1/health", &[], b"").ok().filter(|r| r.status == 200).map(|_| ())
+        });
+    }
+    c
+}
+
+/// The headers of an authenticating proxy speaking for `user`.
+fn as_user(c: &TestCluster, user: &str) -> Vec<(String, String)> {
+    vec![("authorization".into(), c.service_auth()), ("x-user-id".into(), user.into())]
+}
+
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    h.push(("content-type", "application/json"));
+    let r = request(addr, method, path, &h, body.as_bytes()).unwrap();
+    (r.status, r.json())
+}
+
+async fn open(addr: SocketAddr, headers: &[(String, String)]) -> Result<WsClient, WsError> {
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    connect_with(&format!("ws://{addr}/v1/ws"), &h, Duration::from_secs(5)).await
+}
+
+async fn say(ws: &mut WsClient, f: &ClientFrame) {
+    ws.send_text(serde_json::to_string(f).unwrap()).await.unwrap();
+}
+
+/// The next frame that `pick` keeps, within `WAIT`.
+async fn next_where<T>(ws: &mut WsClient, mut pick: impl FnMut(ServerFrame) -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws.next_within(left).await {
+            Ok(Some(WsFrame::Text(t))) => {
+                let f: ServerFrame = serde_json::from_str(&t).unwrap_or_else(|e| panic!("{t}: {e}"));
+                if let Some(v) = pick(f) {
+                    return v;
+                }
+            }
+            other => panic!("no expected frame: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn conversations_over_websockets_and_http_with_refusals_that_say_why() {
+    let c = cluster();
+    let (n1, n2) = (c.port("n1", "chat"), c.port("n2", "chat"));
+    let alice_key = vec![("authorization".to_string(), format!("Bearer {}", c.api_key("alice")))];
+    let bob = as_user(&c, "bob");
+
+    // Refusals, each with its reason.
+    let (s, b) = call(n1, "GET", "/v1/conversations", &[], "");
+    assert_eq!(s, 401, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("API key"), "{b}");
+    let (s, b) = call(n1, "GET", "/v1/conversations", &[("x-user-id".into(), "bob".into())], "");
+    assert_eq!(s, 401, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("service token"), "{b}");
+    let (s, b) = call(n1, "GET", "/v1/conversations", &as_user(&c, "bad:user"), "");
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = call(n1, "POST", "/v1/conversations", &bob, r#"{"conv":"dm:x","members":[]}"#);
+    assert_eq!(s, 400, "{b}");
+    assert!(b["error"].as_str().unwrap().contains("dm:<a>:<b>"), "{b}");
+    let (s, b) = call(n1, "POST", "/v1/conversations", &bob, r#"{"conv":"team","members":"x"}"#);
+    assert_eq!(s, 400, "a body of the wrong shape: {b}");
+
+    // bob makes a group over HTTP; alice (by her API key) is in it.
+    let (s, b) = call(n1, "POST", "/v1/conversations", &bob, r#"{"conv":"team","members":["alice","carol"]}"#);
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["members"], serde_json::json!(["alice", "bob", "carol"]));
+    let (s, b) = call(n2, "GET", "/v1/conversations", &alice_key, "");
+    assert_eq!((s, b["user"].as_str()), (200, Some("alice")), "{b}");
+    assert_eq!(b["conversations"], serde_json::json!(["team"]));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Without credentials the WebSocket is refused with the reason.
+        match open(n1, &[]).await {
+            Err(WsError::Refused { status, body }) => assert!(status == 401 && body.contains("API key"), "{body}"),
+            other => panic!("{other:?}"),
+        }
+        let mut a = open(n2, &alice_key).await.unwrap();
+        say(&mut a, &ClientFrame::Hello { cursors: BTreeMap::new() }).await;
+        let convs = next_where(&mut a, |f| match f {
+            ServerFrame::Ready { user, conversations } => Some((user, conversations)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(convs, ("alice".to_string(), vec!["team".to_string()]));
+        // alice gets the group's first event, its creation.
+        let first = next_where(&mut a, |f| match f {
+            ServerFrame::Event { conv, seq, body: EventBody::Created { by, .. }, .. } => Some((conv, seq, by)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(first, ("team".to_string(), 1, "bob".to_string()));
+
+        // bob sends over HTTP on another node; alice's session has it pushed.
+        let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &bob, r#"{"id":"b1","text":"hello team"}"#);
+        assert_eq!((s, b["seq"].as_u64()), (200, Some(2)), "{b}");
+        let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &bob, r#"{"id":"b1","text":"hello team"}"#);
+        assert_eq!((s, b["seq"].as_u64(), b["duplicate"].as_bool()), (200, Some(2), Some(true)), "a resend: {b}");
+        let got = next_where(&mut a, |f| match f {
+            ServerFrame::Event { seq, body: EventBody::Message { from, text, .. }, .. } => Some((seq, from, text)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, (2, "bob".to_string(), "hello team".to_string()));
+
+        // alice starts a direct conversation with carol by sending to it.
+        say(&mut a, &ClientFrame::Send { conv: "dm:alice:carol".into(), id: "a1".into(), text: "hi carol".into() })
+            .await;
+        let seq = next_where(&mut a, |f| match f {
+            ServerFrame::Accepted { id, seq, .. } if id == "a1" => Some(seq),
+            ServerFrame::Rejected { reason, .. } => panic!("{reason}"),
+            _ => None,
+        })
+        .await;
+        assert_eq!(seq, 2, "the direct conversation's creation is #1");
+        // Not a member, a bad frame, a message too long: refused with the reason.
+        say(&mut a, &ClientFrame::Send { conv: "dm:bob:carol".into(), id: "a2".into(), text: "x".into() }).await;
+        let why = next_where(&mut a, |f| match f {
+            ServerFrame::Rejected { id, reason } if id == "a2" => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("not a member"), "{why}");
+        a.send_text("{\"type\":\"shout\"}").await.unwrap();
+        let why = next_where(&mut a, |f| match f {
+            ServerFrame::Error { reason } => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("unknown variant"), "{why}");
+        let long = "x".repeat(20_000);
+        say(&mut a, &ClientFrame::Send { conv: "team".into(), id: "a3".into(), text: long }).await;
+        let why = next_where(&mut a, |f| match f {
+            ServerFrame::Rejected { id, reason } if id == "a3" => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("at most 16384 bytes"), "{why}");
+
+        // carol, connecting later, is told of both conversations and catches up on
+        // each from her cursor; her receipt reaches the sender.
+        let carol = as_user(&c, "carol");
+        let mut cw = open(n1, &carol).await.unwrap();
+        say(&mut cw, &ClientFrame::Hello { cursors: [("team".to_string(), 1)].into() }).await;
+        let convs = next_where(&mut cw, |f| match f {
+            ServerFrame::Ready { conversations, .. } => Some(conversations),
+            _ => None,
+        })
+        .await;
+        assert_eq!(convs, ["dm:alice:carol", "team"]);
+        let mut seen = BTreeSet::new();
+        while seen.len() < 3 {
+            let e = next_where(&mut cw, |f| match f {
+                ServerFrame::Event { conv, seq, .. } => Some((conv, seq)),
+                _ => None,
+            })
+            .await;
+            assert!(seen.insert(e.clone()), "{e:?} twice");
+        }
+        let want: BTreeSet<(String, u64)> =
+            [("dm:alice:carol".to_string(), 1), ("dm:alice:carol".to_string(), 2), ("team".to_string(), 2)].into();
+        assert_eq!(seen, want, "team from cursor 1: only #2");
+        say(&mut cw, &ClientFrame::Read { conv: "dm:alice:carol".into(), seq: 2 }).await;
+        let receipts = next_where(&mut a, |f| match f {
+            ServerFrame::Receipts { conv, receipts } if conv == "dm:alice:carol" => Some(receipts),
+            _ => None,
+        })
+        .await;
+        assert!(receipts.contains(&("carol".to_string(), 2, 2)), "{receipts:?}");
+
+        // Membership changes are events in the same sequence.
+        say(
+            &mut cw,
+            &ClientFrame::Members { id: "m1".into(), conv: "team".into(), add: vec![], remove: vec!["bob".into()] },
+        )
+        .await;
+        let why = next_where(&mut cw, |f| match f {
+            ServerFrame::Rejected { id, reason } if id == "m1" => Some(reason),
+            ServerFrame::Done { id, .. } if id == "m1" => panic!("carol may not remove bob"),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("only bob"), "{why}");
+        say(
+            &mut cw,
+            &ClientFrame::Members { id: "m2".into(), conv: "team".into(), add: vec![], remove: vec!["carol".into()] },
+        )
+        .await;
+        next_where(&mut cw, |f| matches!(f, ServerFrame::Done { ref id, .. } if id == "m2").then_some(())).await;
+        let left = next_where(&mut a, |f| match f {
+            ServerFrame::Event { conv, seq, body: EventBody::Left { users, .. }, .. } if conv == "team" => {
+                Some((seq, users))
+            }
+            _ => None,
+        })
+        .await;
+        assert_eq!(left, (3, vec!["carol".to_string()]));
+        let (s, b) = call(n2, "GET", "/v1/conversations/team/messages?after=0", &carol, "");
+        assert_eq!(s, 403, "carol left: {b}");
+    });
+
+    // A long poll waits for the next message and returns it.
+    let poller = std::thread::spawn({
+        let bob = bob.clone();
+        move || call(n2, "GET", "/v1/conversations/team/messages?after=3&wait_ms=20000", &bob, "")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &bob, r#"{"id":"b2","text":"later"}"#);
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = poller.join().unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["events"][0]["seq"], 4, "{b}");
+    assert_eq!(b["events"][0]["body"]["message"]["text"], "later", "{b}");
+}
+
+/// One client device's whole history, shared with the test's checker.
+#[derive(Default)]
+struct Log {
+    received: Vec<Received>,
+    cursors: BTreeMap<String, u64>,
+    acked: Vec<Acked>,
+    /// Sent and not yet accepted: id → (conversation, text).
+    pending: BTreeMap<String, (String, String)>,
+    /// Refused as not stored: sent again on the next tick.
+    resend: BTreeSet<String>,
+    errors: Vec<String>,
+    reconnects: u32,
+}
+
+struct Device {
+    user: String,
+    name: String,
+    headers: Vec<(String, String)>,
+    /// Gateways to try, from the first.
+    gateways: Vec<SocketAddr>,
+    /// Conversations it sends to, in turn.
+    sends_to: Vec<String>,
+    log: Arc<Mutex<Log>>,
+}
+
+fn handle_frame(d: &Device, text: &str) -> bool {
+    let f: ServerFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            d.log.lock().unwrap().errors.push(format!("{text}: {e}"));
+            return true;
+        }
+    };
+    let mut log = d.log.lock().unwrap();
+    match f {
+        ServerFrame::Event { conv, seq, body, .. } => {
+            let (from, id) = match body {
+                EventBody::Message { from, id, .. } => (from, id),
+                _ => (String::new(), format!("event-{seq}")),
+            };
+            let cursor = log.cursors.entry(conv.clone()).or_insert(0);
+            *cursor = (*cursor).max(seq);
+            log.received.push(Received { conv, seq, from, id });
+        }
+        ServerFrame::Accepted { id, conv, seq } => {
+            log.pending.remove(&id);
+            log.resend.remove(&id);
+            log.acked.push(Acked { conv, from: d.user.clone(), id, seq });
+        }
+        ServerFrame::Rejected { id, reason } if reason.contains("not stored") => {
+            log.resend.insert(id);
+        }
+        ServerFrame::Error { reason } if reason.contains("say hello again") => return false,
+        ServerFrame::Rejected { .. } | ServerFrame::Gap { .. } | ServerFrame::Error { .. } => {
+            log.errors.push(text.to_string());
+        }
+        ServerFrame::Ready { .. } | ServerFrame::Done { .. } | ServerFrame::Receipts { .. } => {}
+    }
+    true
+}
+
+/// Drives one device until `stop`: connects (to the next gateway after a failure),
+/// says hello with its cursors, resends what was not acknowledged, sends a message
+/// every `every` while `sending`.
+async fn drive(d: Device, every: Duration, sending: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let mut next_gateway = 0usize;
+    let mut sent = 0u64;
+    'connect: while !stop.load(Ordering::SeqCst) {
+        let addr = d.gateways[next_gateway % d.gateways.len()];
+        let mut ws = match open(addr, &d.headers).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                next_gateway += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (cursors, pending) = {
+            let log = d.log.lock().unwrap();
+            (log.cursors.clone(), log.pending.clone())
+        };
+        let mut frames = vec![ClientFrame::Hello { cursors }];
+        frames.extend(pending.into_iter().map(|(id, (conv, text))| ClientFrame::Send { conv, id, text }));
+        for f in frames {
+            if ws.send_text(serde_json::to_string(&f).unwrap()).await.is_err() {
+                next_gateway += 1;
+                d.log.lock().unwrap().reconnects += 1;
+                continue 'connect;
+            }
+        }
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                f = ws.next() => match f {
+                    Some(Ok(WsFrame::Text(t))) => {
+                        if !handle_frame(&d, &t) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            d.log.lock().unwrap().reconnects += 1;
+                            continue 'connect;
+                        }
+                    }
+                    _ => {
+                        next_gateway += 1;
+                        d.log.lock().unwrap().reconnects += 1;
+                        continue 'connect;
+                    }
+                },
+                _ = tick.tick() => {
+                    if stop.load(Ordering::SeqCst) {
+                        let _ = ws.close().await;
+                        break 'connect;
+                    }
+                    let mut out = Vec::new();
+                    {
+                        let mut log = d.log.lock().unwrap();
+                        for id in std::mem::take(&mut log.resend) {
+                            if let Some((conv, text)) = log.pending.get(&id) {
+                                out.push(ClientFrame::Send { conv: conv.clone(), id: id.clone(), text: text.clone() });
+                            }
+                        }
+                        if sending.load(Ordering::SeqCst) && log.pending.len() < 4 {
+                            let conv = d.sends_to[sent as usize % d.sends_to.len()].clone();
+                            let id = format!("{}-{sent}", d.name);
+                            let text = format!("{} says {sent}", d.name);
+                            sent += 1;
+                            log.pending.insert(id.clone(), (conv.clone(), text.clone()));
+                            out.push(ClientFrame::Send { conv, id, text });
+                        }
+                    }
+                    for f in out {
+                        if ws.send_text(serde_json::to_string(&f).unwrap()).await.is_err() {
+                            next_gateway += 1;
+                            d.log.lock().unwrap().reconnects += 1;
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node whose tree holds `path` now.
+fn host_of(c: &TestCluster, path: &str) -> Option<String> {
+    c.alive().into_iter().find(|n| {
+        request(c.admin(n), "GET", "/v1/tree", &[], b"").is_ok_and(|r| r.status == 200 && r.body.contains(path))
+    })
+}
+
+#[test]
+fn a_killed_gateway_and_conversation_owner_lose_duplicate_and_reorder_nothing() {
+    let mut c = cluster();
+    let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let n1 = c.port("n1", "chat");
+    let members: Vec<String> = users[1..].to_vec();
+    let body = serde_json::json!({ "conv": "team", "members": members }).to_string();
+    let (s, b) = call(n1, "POST", "/v1/conversations", &as_user(&c, "u0"), &body);
+    assert_eq!(s, 201, "{b}");
+
+    // Each user is in the group and in a direct conversation with each neighbour; u0
+    // has two devices.
+    let dm = |a: usize, b: usize| troupe_chat::ids::direct(&users[a % 6], &users[b % 6]);
+    let gateways: Vec<SocketAddr> = c.names.iter().map(|n| c.port(n, "chat")).collect();
+    let mut devices = Vec::new();
+    let mut histories_of = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let convs = vec!["team".to_string(), dm(i, i + 1), dm(i + 5, i)];
+        for d in 0..if i == 0 { 2 } else { 1 } {
+            let name = format!("{u}.d{d}");
+            let log = Arc::new(Mutex::new(Log::default()));
+            let k = devices.len();
+            let mut g = gateways.clone();
+            let n = g.len();
+            g.rotate_left(k % n);
+            histories_of.push((name.clone(), convs.clone(), log.clone()));
+            devices.push(Device {
+                user: u.clone(),
+                name,
+                headers: as_user(&c, u),
+                gateways: g,
+                sends_to: convs.clone(),
+                log,
+            });
+        }
+    }
+    let sending = Arc::new(AtomicBool::new(true));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|d| rt.spawn(drive(d, Duration::from_millis(50), sending.clone(), stop.clone())))
+        .collect();
+    let acked = || histories_of.iter().map(|(_, _, l)| l.lock().unwrap().acked.len()).sum::<usize>();
+
+    // Traffic for a while, then SIGKILL the node that owns the group (it is also the
+    // gateway of about a third of the devices).
+    wait_for("traffic to flow", WAIT, || (acked() >= 150).then_some(()));
+    let victim = wait_for("the group's owner", WAIT, || host_of(&c, "/chat/conversation/team"));
+    let before = acked();
+    c.kill(&victim);
+    let killed_at = Instant::now();
+    // More traffic through the failover.
+    wait_for("traffic after the kill", WAIT * 2, || (acked() >= before + 300).then_some(()));
+    sending.store(false, Ordering::SeqCst);
+    eprintln!("killed {victim} after {before} acks; {} acks {:?} later", acked(), killed_at.elapsed());
+
+    // Every device ends with nothing pending and every acknowledged message received.
+    let histories = || -> (Vec<Acked>, Vec<ClientHistory>, usize) {
+        let mut acked = Vec::new();
+        let mut clients = Vec::new();
+        let mut pending = 0;
+        for (name, convs, log) in &histories_of {
+            let l = log.lock().unwrap();
+            acked.extend(l.acked.iter().cloned());
+            pending += l.pending.len();
+            clients.push(ClientHistory {
+                name: name.clone(),
+                conversations: convs.clone(),
+                received: l.received.clone(),
+            });
+        }
+        (acked, clients, pending)
+    };
+    let settled = common::wait_for_or_last(
+        Duration::from_secs(60),
+        || {
+            let (a, h, pending) = histories();
+            (checker::check(&a, &h), pending)
+        },
+        |(r, pending)| *pending == 0 && r.lost == 0,
+    );
+    stop.store(true, Ordering::SeqCst);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    });
+    let (a, h, pending) = histories();
+    let report = checker::check(&a, &h);
+    let errors: Vec<String> = histories_of.iter().flat_map(|(_, _, l)| l.lock().unwrap().errors.clone()).collect();
+    let reconnects: u32 = histories_of.iter().map(|(_, _, l)| l.lock().unwrap().reconnects).sum();
+    eprintln!(
+        "{} acknowledged, {} deliveries checked, {reconnects} reconnects, {pending} pending: {report:?}",
+        a.len(),
+        report.expected_deliveries
+    );
+    assert_eq!(settled.1, 0, "messages never acknowledged");
+    assert!(errors.is_empty(), "frames the clients did not expect: {errors:?}");
+    assert!(report.ok(), "{report:#?}");
+    assert!(reconnects >= 1, "the kill reached no device's gateway");
+    assert!(a.len() >= 450, "{} acknowledged", a.len());
+}
