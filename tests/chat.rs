@@ -19,8 +19,13 @@ use troupe_client::ws::{WsClient, WsError, WsFrame, connect_with};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn cluster() -> TestCluster {
-    let c = TestCluster::start(common::Options { systems: vec!["chat"], nodes: 3, ..common::Options::default() });
+fn cluster(extra: &str) -> TestCluster {
+    let c = TestCluster::start(common::Options {
+        systems: vec!["chat"],
+        nodes: 3,
+        extra: extra.to_string(),
+        ..common::Options::default()
+    });
     c.wait_converged(&[], WAIT);
     for n in &c.names {
         let addr = c.port(n, "chat");
@@ -77,7 +82,8 @@ async fn next_where<T>(ws: &mut WsClient, mut pick: impl FnMut(ServerFrame) -> O
 
 #[test]
 fn conversations_over_websockets_and_http_with_refusals_that_say_why() {
-    let c = cluster();
+    // Gateways whose largest frame is 16 KiB, so one event can be too big to send.
+    let c = cluster("[overrides.chat.gateway]\nmessage_bytes_max = 16384\n");
     let (n1, n2) = (c.port("n1", "chat"), c.port("n2", "chat"));
     let alice_key = vec![("authorization".to_string(), format!("Bearer {}", c.api_key("alice")))];
     let bob = as_user(&c, "bob");
@@ -115,7 +121,7 @@ fn conversations_over_websockets_and_http_with_refusals_that_say_why() {
         let mut a = open(n2, &alice_key).await.unwrap();
         say(&mut a, &ClientFrame::Hello { cursors: BTreeMap::new() }).await;
         let convs = next_where(&mut a, |f| match f {
-            ServerFrame::Ready { user, conversations } => Some((user, conversations)),
+            ServerFrame::Ready { user, conversations, more: false } => Some((user, conversations)),
             _ => None,
         })
         .await;
@@ -165,38 +171,55 @@ fn conversations_over_websockets_and_http_with_refusals_that_say_why() {
         })
         .await;
         assert!(why.contains("unknown variant"), "{why}");
-        let long = "x".repeat(20_000);
-        say(&mut a, &ClientFrame::Send { conv: "team".into(), id: "a3".into(), text: long }).await;
-        let why = next_where(&mut a, |f| match f {
-            ServerFrame::Rejected { id, reason } if id == "a3" => Some(reason),
+        let long = serde_json::json!({ "id": "a3", "text": "x".repeat(20_000) }).to_string();
+        let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &alice_key, &long);
+        assert_eq!(s, 400, "{b}");
+        assert!(b["error"].as_str().unwrap().contains("at most 16384 bytes"), "{b}");
+
+        // An event too big for the gateway's frames is named, not sent, and the
+        // session goes on (16 KiB of control characters is ~96 KiB of JSON).
+        let control = serde_json::json!({ "id": "b3", "text": "\u{1}".repeat(16_000) }).to_string();
+        let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &bob, &control);
+        assert_eq!((s, b["seq"].as_u64()), (200, Some(3)), "{b}");
+        let seq = next_where(&mut a, |f| match f {
+            ServerFrame::TooBig { conv, seq, bytes } if conv == "team" => Some((seq, bytes)),
             _ => None,
         })
         .await;
-        assert!(why.contains("at most 16384 bytes"), "{why}");
+        assert!(seq.0 == 3 && seq.1 > 16384, "{seq:?}");
 
         // carol, connecting later, is told of both conversations and catches up on
         // each from her cursor; her receipt reaches the sender.
         let carol = as_user(&c, "carol");
+        wait_for("carol's directory to list the direct conversation", WAIT, || {
+            let (s, b) = call(n1, "GET", "/v1/conversations", &carol, "");
+            (s == 200 && b["conversations"].as_array().is_some_and(|l| l.len() == 2)).then_some(())
+        });
         let mut cw = open(n1, &carol).await.unwrap();
         say(&mut cw, &ClientFrame::Hello { cursors: [("team".to_string(), 1)].into() }).await;
         let convs = next_where(&mut cw, |f| match f {
-            ServerFrame::Ready { conversations, .. } => Some(conversations),
+            ServerFrame::Ready { conversations, more: false, .. } => Some(conversations),
             _ => None,
         })
         .await;
         assert_eq!(convs, ["dm:alice:carol", "team"]);
         let mut seen = BTreeSet::new();
-        while seen.len() < 3 {
+        while seen.len() < 4 {
             let e = next_where(&mut cw, |f| match f {
-                ServerFrame::Event { conv, seq, .. } => Some((conv, seq)),
+                ServerFrame::Event { conv, seq, .. } | ServerFrame::TooBig { conv, seq, .. } => Some((conv, seq)),
                 _ => None,
             })
             .await;
             assert!(seen.insert(e.clone()), "{e:?} twice");
         }
-        let want: BTreeSet<(String, u64)> =
-            [("dm:alice:carol".to_string(), 1), ("dm:alice:carol".to_string(), 2), ("team".to_string(), 2)].into();
-        assert_eq!(seen, want, "team from cursor 1: only #2");
+        let want: BTreeSet<(String, u64)> = [
+            ("dm:alice:carol".to_string(), 1),
+            ("dm:alice:carol".to_string(), 2),
+            ("team".to_string(), 2),
+            ("team".to_string(), 3),
+        ]
+        .into();
+        assert_eq!(seen, want, "team from cursor 1: #2 and #3 (too big)");
         say(&mut cw, &ClientFrame::Read { conv: "dm:alice:carol".into(), seq: 2 }).await;
         let receipts = next_where(&mut a, |f| match f {
             ServerFrame::Receipts { conv, receipts } if conv == "dm:alice:carol" => Some(receipts),
@@ -231,22 +254,51 @@ fn conversations_over_websockets_and_http_with_refusals_that_say_why() {
             _ => None,
         })
         .await;
-        assert_eq!(left, (3, vec!["carol".to_string()]));
+        assert_eq!(left, (4, vec!["carol".to_string()]));
         let (s, b) = call(n2, "GET", "/v1/conversations/team/messages?after=0", &carol, "");
         assert_eq!(s, 403, "carol left: {b}");
+        // carol sees her own leaving, then nothing more of the group.
+        next_where(&mut cw, |f| {
+            matches!(f, ServerFrame::Event { ref conv, seq: 4, .. } if conv == "team").then_some(())
+        })
+        .await;
+        say(&mut a, &ClientFrame::Send { conv: "team".into(), id: "a5".into(), text: "carol is gone".into() }).await;
+        next_where(&mut a, |f| matches!(f, ServerFrame::Event { seq: 5, .. }).then_some(())).await;
+        let quiet = Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(WsFrame::Text(t))) = cw.next_within(quiet.saturating_duration_since(Instant::now())).await {
+            assert!(!t.contains("\"team\""), "carol left the group but got {t}");
+        }
+        // A cursor past the head is answered with the reason, and events go on from
+        // the head.
+        let mut cw = open(n2, &carol).await.unwrap();
+        say(&mut cw, &ClientFrame::Hello { cursors: [("dm:alice:carol".to_string(), u64::MAX)].into() }).await;
+        let why = next_where(&mut cw, |f| match f {
+            ServerFrame::Error { reason } => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("past its last event 2"), "{why}");
+        say(&mut a, &ClientFrame::Send { conv: "dm:alice:carol".into(), id: "a6".into(), text: "still here".into() })
+            .await;
+        let got = next_where(&mut cw, |f| match f {
+            ServerFrame::Event { conv, seq, .. } => Some((conv, seq)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, ("dm:alice:carol".to_string(), 3));
     });
 
     // A long poll waits for the next message and returns it.
     let poller = std::thread::spawn({
         let bob = bob.clone();
-        move || call(n2, "GET", "/v1/conversations/team/messages?after=3&wait_ms=20000", &bob, "")
+        move || call(n2, "GET", "/v1/conversations/team/messages?after=5&wait_ms=20000", &bob, "")
     });
     std::thread::sleep(Duration::from_millis(500));
     let (s, b) = call(n1, "POST", "/v1/conversations/team/messages", &bob, r#"{"id":"b2","text":"later"}"#);
     assert_eq!(s, 200, "{b}");
     let (s, b) = poller.join().unwrap();
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["events"][0]["seq"], 4, "{b}");
+    assert_eq!(b["events"][0]["seq"], 6, "{b}");
     assert_eq!(b["events"][0]["body"]["message"]["text"], "later", "{b}");
 }
 
@@ -303,7 +355,10 @@ fn handle_frame(d: &Device, text: &str) -> bool {
             log.resend.insert(id);
         }
         ServerFrame::Error { reason } if reason.contains("say hello again") => return false,
-        ServerFrame::Rejected { .. } | ServerFrame::Gap { .. } | ServerFrame::Error { .. } => {
+        ServerFrame::Rejected { .. }
+        | ServerFrame::Gap { .. }
+        | ServerFrame::TooBig { .. }
+        | ServerFrame::Error { .. } => {
             log.errors.push(text.to_string());
         }
         ServerFrame::Ready { .. } | ServerFrame::Done { .. } | ServerFrame::Receipts { .. } => {}
@@ -401,7 +456,7 @@ fn host_of(c: &TestCluster, path: &str) -> Option<String> {
 
 #[test]
 fn a_killed_gateway_and_conversation_owner_lose_duplicate_and_reorder_nothing() {
-    let mut c = cluster();
+    let mut c = cluster("");
     let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
     let n1 = c.port("n1", "chat");
     let members: Vec<String> = users[1..].to_vec();

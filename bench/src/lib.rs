@@ -3,6 +3,7 @@
 //! ratios; nothing here asserts a timing.
 
 pub mod cluster;
+pub mod sys;
 
 use hdrhistogram::Histogram;
 use std::path::PathBuf;

@@ -16,6 +16,7 @@
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use troupe_bench::cluster::LocalCluster;
+use troupe_bench::sys::{raise_nofile, settled_rss};
 use troupe_client::{ActorPath, Client, ClientConfig, ws};
 use troupe_diag::{Counter, CounterMsg, CounterReply};
 
@@ -30,30 +31,6 @@ const ENTITY_GOAL_BYTES: f64 = 1024.0;
 const AKKA_PUBLISHED_BYTES: f64 = 400.0;
 /// Requests in flight while activating entities.
 const IN_FLIGHT: usize = 256;
-
-/// Resident set of process `pid`, bytes (VmRSS).
-fn rss(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kb * 1024)
-}
-
-/// RSS once it has stopped moving (allocations of the last burst settle, background
-/// tasks finish): the median of five reads 200 ms apart, after a pause.
-fn settled_rss(pid: u32) -> anyhow::Result<u64> {
-    std::thread::sleep(Duration::from_secs(2));
-    let mut v = Vec::new();
-    for _ in 0..5 {
-        v.push(rss(pid)?);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    v.sort_unstable();
-    Ok(v[2])
-}
 
 /// The node's RSS growth per thing since `before` (read once it settled), printed.
 fn per_thing(pid: u32, before: u64, count: usize, what: &str) -> anyhow::Result<f64> {
@@ -72,20 +49,6 @@ fn progress(done: usize, of: usize, every: usize, what: &str, t: Instant) {
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
-}
-
-/// Raises this process's open files limit to its hard limit; returns the limit.
-fn raise_nofile() -> u64 {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return 1024;
-        }
-        l.rlim_cur = l.rlim_max;
-        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-    l.rlim_cur
 }
 
 // ---- the peer: raw ractor actors in a process of their own ------------------------

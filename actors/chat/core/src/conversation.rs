@@ -126,6 +126,9 @@ pub struct ConvState {
     pub directory_synced: u64,
     /// The last membership event's sequence number.
     pub last_membership: u64,
+    /// Users who left and whose directory entries still list this conversation
+    /// (cleared when the directory is synced up to the last membership event).
+    pub pending_left: BTreeSet<String>,
     /// (sender, client id) → sequence number, for every kept message.
     #[serde(skip)]
     index: HashMap<(String, String), u64>,
@@ -311,6 +314,9 @@ impl ConvState {
                         self.last_membership = e.seq;
                     }
                     EventBody::Joined { users, .. } => {
+                        for u in users {
+                            self.pending_left.remove(u);
+                        }
                         self.members.extend(users.iter().cloned());
                         self.last_membership = e.seq;
                     }
@@ -318,6 +324,7 @@ impl ConvState {
                         for u in users {
                             self.members.remove(u);
                             self.receipts.remove(u);
+                            self.pending_left.insert(u.clone());
                         }
                         self.last_membership = e.seq;
                     }
@@ -343,7 +350,12 @@ impl ConvState {
                     }
                 }
             }
-            Entry::DirectorySynced(seq) => self.directory_synced = self.directory_synced.max(*seq),
+            Entry::DirectorySynced(seq) => {
+                self.directory_synced = self.directory_synced.max(*seq);
+                if self.directory_synced >= self.last_membership {
+                    self.pending_left.clear();
+                }
+            }
         }
     }
 
@@ -352,8 +364,8 @@ impl ConvState {
     /// kept and the caller tells the client what it can no longer get.
     pub fn since(&self, after: u64, max: usize) -> (Vec<Event>, u64) {
         let oldest = self.oldest();
-        let from = (after + 1).max(oldest);
-        let skip = (from - oldest) as usize;
+        let from = after.saturating_add(1).max(oldest);
+        let skip = usize::try_from(from - oldest).unwrap_or(usize::MAX);
         (self.history.iter().skip(skip).take(max).cloned().collect(), oldest)
     }
 
@@ -487,6 +499,26 @@ mod tests {
         assert!(st.receipt("b", 99, 99));
         assert_eq!(st.receipts["b"], (2, 2));
         assert!(!st.receipt("zed", 1, 1), "not a member");
+    }
+
+    #[test]
+    fn users_who_left_wait_for_the_directory_and_a_huge_cursor_is_no_panic() {
+        let l = Limits { history_max: 2, ..Limits::default() };
+        let mut st = ConvState::default();
+        let c = st.plan_create("room", "a", &s(&["b", "c"]), 1, &l).unwrap().unwrap();
+        commit(&mut st, vec![c], &l);
+        st.apply(&Entry::DirectorySynced(1), &l);
+        let ev = st.plan_members("room", "a", &[], &s(&["b"]), 1, &l).unwrap();
+        commit(&mut st, ev, &l);
+        for i in 0..5 {
+            send(&mut st, "a", &i.to_string(), &l).unwrap();
+        }
+        assert!(st.history.iter().all(|e| !matches!(e.body, EventBody::Left { .. })), "the Left event is gone");
+        assert_eq!(st.pending_left, ["b".to_string()].into(), "but b is still to be written off");
+        st.apply(&Entry::DirectorySynced(st.last_membership), &l);
+        assert!(st.pending_left.is_empty());
+        let (ev, _) = st.since(u64::MAX, 10);
+        assert!(ev.is_empty());
     }
 
     #[test]

@@ -45,12 +45,16 @@ pub enum ClientFrame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    /// The answer to `hello`: the user, and the conversations whose events follow.
-    Ready { user: String, conversations: Vec<String> },
+    /// The answer to `hello`: the user, and the conversations whose events follow
+    /// (in several `ready` frames when there are many: `more` until the last).
+    Ready { user: String, conversations: Vec<String>, more: bool },
     /// One event of a conversation, in sequence order per conversation.
     Event { conv: String, seq: u64, at_ms: u64, body: EventBody },
     /// Events `from..=to` of `conv` are no longer kept: the client cannot get them.
     Gap { conv: String, from: u64, to: u64 },
+    /// Event `seq` of `conv` encodes to more than this gateway's largest frame
+    /// (`bytes`): it is skipped here (read it over HTTP, which has no frame limit).
+    TooBig { conv: String, seq: u64, bytes: u64 },
     /// The message `id` is durable at `seq`.
     Accepted { id: String, conv: String, seq: u64 },
     /// The request `id` was refused, with the reason.

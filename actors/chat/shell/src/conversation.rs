@@ -17,7 +17,7 @@
 
 use crate::{Published as Pub, system_publisher};
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use troupe_chat::ids;
 use troupe_chat::proto::{ConvMsg, ConvReply, Conversation, DirMsg, DirReply, Directory, KIND_DIRECTORY, UserNote};
@@ -99,9 +99,43 @@ pub struct ConvActorState {
     receipts: BTreeMap<String, (u64, u64)>,
     /// The head the last tick published.
     published_head: u64,
+    /// Ticks since start (the head is published again every `HEAD_EVERY` ticks).
+    ticks: u64,
 }
 
+/// Every this many ticks a live conversation with subscribers publishes its head even
+/// if it did not move: a gateway that missed both an event and the head published
+/// after it (a full queue, a subscription not yet announced) catches up then.
+const HEAD_EVERY: u64 = 5;
+
+/// Receipts per published note (a note must fit a gateway's frame).
+const RECEIPTS_PER_NOTE: usize = 100;
+
 impl ConversationActor {
+    /// Reads the durable state back (snapshot + log): at start, and after a write
+    /// that may or may not have landed.
+    async fn load(&self, ctx: &Ctx<Conversation>) -> Result<ConvActorState, ActorError> {
+        ids::check_conversation(ctx.key()).map_err(fail)?;
+        let r = ctx.recover().await.map_err(|e| fail(format!("recovering {}: {e}", ctx.path())))?;
+        let mut conv: ConvState = match &r.snapshot {
+            Some((_, b)) => codec::decode(b).map_err(|e| fail(format!("corrupt snapshot of {}: {e}", ctx.path())))?,
+            None => ConvState::default(),
+        };
+        conv.reindex();
+        for (_, b) in &r.entries {
+            let e: Entry = codec::decode(b).map_err(|e| fail(format!("corrupt log entry of {}: {e}", ctx.path())))?;
+            conv.apply(&e, &self.limits);
+        }
+        let head = conv.head;
+        Ok(ConvActorState {
+            conv,
+            since_snapshot: r.entries.len() as u64,
+            receipts: BTreeMap::new(),
+            published_head: head,
+            ticks: 0,
+        })
+    }
+
     /// Makes `entries` durable in one step, then applies them.
     async fn write(
         &self,
@@ -122,7 +156,7 @@ impl ConversationActor {
             tracing::warn!(path = %ctx.path(), error = %e, "conversation write not acknowledged");
             // The entry may be on some disks: reload from the durable copies (or end
             // this incarnation, `Ctx::must_recover`) before serving again.
-            match self.init(ctx).await {
+            match self.load(ctx).await {
                 Ok(fresh) => *st = fresh,
                 Err(e) => tracing::warn!(path = %ctx.path(), error = %e, "recovery after a failed write failed"),
             }
@@ -170,14 +204,7 @@ impl ConversationActor {
             return Ok(());
         }
         let upto = st.conv.last_membership;
-        let mut left: BTreeSet<String> = BTreeSet::new();
-        for e in &st.conv.history {
-            if e.seq > st.conv.directory_synced
-                && let EventBody::Left { users, .. } = &e.body
-            {
-                left.extend(users.iter().filter(|u| !st.conv.is_member(u)).cloned());
-            }
-        }
+        let left = st.conv.pending_left.clone();
         let mut by_shard: BTreeMap<(String, bool), Vec<String>> = BTreeMap::new();
         for u in &st.conv.members {
             by_shard.entry((ids::directory_shard(u, crate::DIRECTORY_SHARDS), true)).or_default().push(u.clone());
@@ -196,7 +223,9 @@ impl ConversationActor {
                 match h.ask_timeout(DirMsg::Update { conv, users, joined }, Duration::from_secs(10)).await {
                     Ok(DirReply::Updated) => Ok(()),
                     Ok(DirReply::Refused(why)) => {
-                        tracing::warn!(shard = %shard, reason = %why, "directory refused an update; not retried");
+                        // Users it cannot list (at their limit): not retried, the rest
+                        // are written.
+                        tracing::warn!(shard = %shard, reason = %why, "directory refused some users; not retried");
                         Ok(())
                     }
                     Ok(other) => Err(format!("directory shard {shard} answered {other:?}")),
@@ -216,30 +245,14 @@ impl Behavior for ConversationActor {
     type State = ConvActorState;
 
     async fn init(&self, ctx: &Ctx<Conversation>) -> Result<ConvActorState, ActorError> {
-        ids::check_conversation(ctx.key()).map_err(fail)?;
-        let r = ctx.recover().await.map_err(|e| fail(format!("recovering {}: {e}", ctx.path())))?;
-        let mut conv: ConvState = match &r.snapshot {
-            Some((_, b)) => codec::decode(b).map_err(|e| fail(format!("corrupt snapshot of {}: {e}", ctx.path())))?,
-            None => ConvState::default(),
-        };
-        conv.reindex();
-        for (_, b) in &r.entries {
-            let e: Entry = codec::decode(b).map_err(|e| fail(format!("corrupt log entry of {}: {e}", ctx.path())))?;
-            conv.apply(&e, &self.limits);
-        }
+        let st = self.load(ctx).await?;
         ctx.tick_every(Duration::from_millis(self.params.tick_ms));
-        let head = conv.head;
-        if head > 0 {
+        if st.conv.head > 0 {
             // Whatever the last incarnation published may not have left its node.
             let topic = ids::conversation_topic(ctx.path().system(), ctx.key());
-            let _ = system_publisher(ctx.node()).publish(&topic, &Pub::Head(head)).await;
+            let _ = system_publisher(ctx.node()).publish(&topic, &Pub::Head(st.conv.head)).await;
         }
-        Ok(ConvActorState {
-            conv,
-            since_snapshot: r.entries.len() as u64,
-            receipts: BTreeMap::new(),
-            published_head: head,
-        })
+        Ok(st)
     }
 
     async fn handle(
@@ -253,7 +266,12 @@ impl Behavior for ConversationActor {
         match msg {
             ConvMsg::Create { by, members, at_ms } => {
                 match st.conv.plan_create(&conv_id, &by, &members, at_ms, &self.limits) {
-                    Err(why) => reply.send(ConvReply::Refused(why)).await,
+                    Err(why) => {
+                        if !st.conv.created {
+                            ctx.passivate();
+                        }
+                        reply.send(ConvReply::Refused(why)).await
+                    }
                     Ok(planned) => {
                         if let Some(e) = planned {
                             if let Err(err) = self.write(ctx, st, vec![Entry::Event(e.clone())]).await {
@@ -299,7 +317,12 @@ impl Behavior for ConversationActor {
             }
             ConvMsg::Members { by, add, remove, at_ms } => {
                 match st.conv.plan_members(&conv_id, &by, &add, &remove, at_ms, &self.limits) {
-                    Err(why) => reply.send(ConvReply::Refused(why)).await,
+                    Err(why) => {
+                        if !st.conv.created {
+                            ctx.passivate();
+                        }
+                        reply.send(ConvReply::Refused(why)).await
+                    }
                     Ok(events) => {
                         if !events.is_empty() {
                             let entries = events.iter().cloned().map(Entry::Event).collect();
@@ -329,6 +352,9 @@ impl Behavior for ConversationActor {
                 }
             }
             ConvMsg::Receipt { user, delivered, read } => {
+                if !st.conv.created {
+                    ctx.passivate();
+                }
                 if st.conv.receipt(&user, delivered, read)
                     && let Some(r) = st.conv.receipts.get(&user)
                 {
@@ -337,6 +363,9 @@ impl Behavior for ConversationActor {
                 reply.send(ConvReply::Noted).await;
             }
             ConvMsg::Info { user } => {
+                if !st.conv.created {
+                    ctx.passivate();
+                }
                 if !st.conv.is_member(&user) {
                     reply.send(ConvReply::Refused(format!("{user} is not a member of {conv_id}"))).await;
                 } else {
@@ -357,10 +386,14 @@ impl Behavior for ConversationActor {
             // Receipts are written so a new owner still has them; losing a tick's worth
             // in a crash costs only a receipt that the next ack repeats.
             if self.write(ctx, st, vec![Entry::Receipts(list.clone())]).await.is_ok() {
-                let _ = system_publisher(ctx.node()).publish(&topic, &Pub::Receipts(list)).await;
+                for part in list.chunks(RECEIPTS_PER_NOTE) {
+                    let _ = system_publisher(ctx.node()).publish(&topic, &Pub::Receipts(part.to_vec())).await;
+                }
             }
         }
-        if st.conv.head > st.published_head {
+        st.ticks += 1;
+        let again = st.ticks.is_multiple_of(HEAD_EVERY) && st.conv.head > 0;
+        if st.conv.head > st.published_head || again {
             st.published_head = st.conv.head;
             let _ = system_publisher(ctx.node()).publish(&topic, &Pub::Head(st.conv.head)).await;
         }

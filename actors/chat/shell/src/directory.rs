@@ -5,7 +5,8 @@
 //!
 //! Invariants: an update is acknowledged only once durable on a majority of replicas;
 //! updates are idempotent (a retried one changes nothing); a user is in at most
-//! `conversations_max` conversations (past it an update is refused with the reason).
+//! `conversations_max` conversations (past it that user is refused with the reason
+//! and the other users of the update are written).
 
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -108,14 +109,16 @@ impl Behavior for DirectoryActor {
                     reply.send(DirReply::Updated).await;
                     return Ok(());
                 }
-                if joined
-                    && let Some(full) = changes
-                        .iter()
-                        .find(|u| st.users.get(*u).is_some_and(|s| s.len() >= self.params.conversations_max))
-                {
-                    let why =
-                        format!("{full} is in {} conversations already (the most)", self.params.conversations_max);
-                    reply.send(DirReply::Refused(why)).await;
+                // A user at the limit is refused; the others are written.
+                let max = self.params.conversations_max;
+                let (changes, full): (Vec<String>, Vec<String>) =
+                    changes.into_iter().partition(|u| !joined || st.users.get(u).is_none_or(|s| s.len() < max));
+                let refusal = (!full.is_empty()).then(|| {
+                    let who = full.join(", ");
+                    format!("{who}: in {max} conversations already (the most); not added to {conv}")
+                });
+                if changes.is_empty() {
+                    reply.send(DirReply::Refused(refusal.unwrap_or_default())).await;
                     return Ok(());
                 }
                 let entry = DirEntry { conv, users: changes, joined };
@@ -133,7 +136,10 @@ impl Behavior for DirectoryActor {
                 {
                     st.since_snapshot = 0;
                 }
-                reply.send(DirReply::Updated).await;
+                match refusal {
+                    Some(why) => reply.send(DirReply::Refused(why)).await,
+                    None => reply.send(DirReply::Updated).await,
+                }
             }
         }
         Ok(())

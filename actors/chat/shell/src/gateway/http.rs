@@ -4,7 +4,8 @@
 //! (`App::who`); errors are JSON `{"error": reason}` with the status that fits.
 
 use super::App;
-use super::hub::TopicOf;
+use super::hub::{Note, TopicOf};
+use crate::Published as Pub;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -210,7 +211,8 @@ async fn messages(
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let _watch = (!wait.is_zero()).then(|| {
         let topic = ids::conversation_topic(&app.system, &conv);
-        app.hub.watch(topic, TopicOf::Conversation(conv.as_str().into()), app.hub.session_id(), tx)
+        let missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        app.hub.watch(topic, TopicOf::Conversation(conv.as_str().into()), app.hub.session_id(), tx, missed)
     });
     loop {
         let msg = ConvMsg::Since { user: user.clone(), after: q.after, max };
@@ -223,18 +225,30 @@ async fn messages(
             }
             other => return failed(other),
         }
-        // Nothing yet: wait for the conversation to publish something, or the deadline.
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                let msg = ConvMsg::Since { user: user.clone(), after: q.after, max };
-                return match app.ask(&conv, msg).await {
-                    Ok(ConvReply::Events { events, oldest, head }) => {
-                        Json(json!({ "conv": conv, "events": events, "oldest": oldest, "head": head })).into_response()
-                    }
-                    other => failed(other),
-                };
+        // Nothing yet: wait for the conversation to publish an event or a head past
+        // `after` (receipts and old heads do not wake the poll), or the deadline.
+        let woke = tokio::time::timeout_at(deadline, async {
+            while let Some(note) = rx.recv().await {
+                match note {
+                    Note::Conv(_, p) => match &*p {
+                        Pub::Event(e) if e.seq > q.after => return true,
+                        Pub::Head(h) if *h > q.after => return true,
+                        _ => {}
+                    },
+                    Note::User(_) => {}
+                }
             }
+            false
+        })
+        .await;
+        if !matches!(woke, Ok(true)) {
+            let msg = ConvMsg::Since { user: user.clone(), after: q.after, max };
+            return match app.ask(&conv, msg).await {
+                Ok(ConvReply::Events { events, oldest, head }) => {
+                    Json(json!({ "conv": conv, "events": events, "oldest": oldest, "head": head })).into_response()
+                }
+                other => failed(other),
+            };
         }
     }
 }

@@ -4,14 +4,14 @@
 //!
 //! Invariants: a topic is subscribed while at least one [`Watch`] of it lives and
 //! unsubscribed when the last is dropped; a session's queue that is full misses the
-//! note (counted), never blocks the topic — the session catches up from the
-//! conversation on the next event or head it sees.
+//! note (counted, and flagged to the session, which then catches up on every
+//! conversation it watches), never blocks the topic.
 
 use crate::Published as Pub;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use troupe_chat::proto::UserNote;
 use troupe_runtime::metrics::Counter;
@@ -33,8 +33,11 @@ pub enum TopicOf {
     User,
 }
 
+/// A session's queue and its flag that a note was missed.
+type Target = (mpsc::Sender<Note>, Arc<AtomicBool>);
+
 struct Topic {
-    sessions: Arc<Mutex<HashMap<u64, mpsc::Sender<Note>>>>,
+    sessions: Arc<Mutex<HashMap<u64, Target>>>,
     task: tokio::task::AbortHandle,
 }
 
@@ -61,11 +64,19 @@ impl Hub {
         self.topics.lock().len()
     }
 
-    /// Hands `id`'s queue every note of `topic` until the [`Watch`] is dropped.
-    pub fn watch(self: &Arc<Self>, topic: String, of: TopicOf, id: u64, tx: mpsc::Sender<Note>) -> Watch {
+    /// Hands `id`'s queue every note of `topic` until the [`Watch`] is dropped; sets
+    /// `missed` when the queue was full.
+    pub fn watch(
+        self: &Arc<Self>,
+        topic: String,
+        of: TopicOf,
+        id: u64,
+        tx: mpsc::Sender<Note>,
+        missed: Arc<AtomicBool>,
+    ) -> Watch {
         let mut topics = self.topics.lock();
         let entry = topics.entry(topic.clone()).or_insert_with(|| {
-            let sessions: Arc<Mutex<HashMap<u64, mpsc::Sender<Note>>>> = Arc::default();
+            let sessions: Arc<Mutex<HashMap<u64, Target>>> = Arc::default();
             let mut sub = self.pubsub.subscribe(&topic);
             let targets = sessions.clone();
             let missed = self.missed.clone();
@@ -87,9 +98,10 @@ impl Hub {
                             }
                         },
                     };
-                    let to: Vec<mpsc::Sender<Note>> = targets.lock().values().cloned().collect();
-                    for tx in to {
+                    let to: Vec<Target> = targets.lock().values().cloned().collect();
+                    for (tx, flag) in to {
                         if tx.try_send(note.clone()).is_err() {
+                            flag.store(true, Ordering::Relaxed);
                             missed.inc();
                         }
                     }
@@ -97,7 +109,7 @@ impl Hub {
             });
             Topic { sessions, task: task.abort_handle() }
         });
-        entry.sessions.lock().insert(id, tx);
+        entry.sessions.lock().insert(id, (tx, missed));
         Watch { hub: self.clone(), topic, id }
     }
 

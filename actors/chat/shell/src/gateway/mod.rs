@@ -68,7 +68,7 @@ impl Default for GatewayParams {
             pong_timeout_ms: d.pong_timeout.as_millis() as u64,
             outbound_bytes_max: d.outbound_bytes_max,
             inbound_bytes_max: 64 << 10,
-            message_bytes_max: 64 << 10,
+            message_bytes_max: 256 << 10,
             sessions_max: d.sessions_max,
             connections_max: h.connections_max,
             connections_per_ip_max: h.connections_per_ip_max,
