@@ -557,3 +557,120 @@ fn a_killed_gateway_and_conversation_owner_lose_duplicate_and_reorder_nothing() 
     assert!(reconnects >= 1, "the kill reached no device's gateway");
     assert!(a.len() >= 450, "{} acknowledged", a.len());
 }
+
+/// Every file under `dir` (data, logs), recursively.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Which files under `dir` contain `needle`.
+fn holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut files = Vec::new();
+    files_under(dir, &mut files);
+    files
+        .into_iter()
+        .filter(|f| std::fs::read(f).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+#[test]
+fn end_to_end_encrypted_messages_leave_no_plaintext_on_any_node() {
+    use troupe_chat_e2e::{Api, Device, E2eError};
+    let c = cluster("");
+    let api = |user: &str, node: &str| Api { addr: c.port(node, "chat"), headers: as_user(&c, user) };
+    let mut devices: Vec<(Device, Api)> = vec![
+        (Device::new("alice", "a1"), api("alice", "n1")),
+        (Device::new("alice", "a2"), api("alice", "n2")),
+        (Device::new("bob", "b1"), api("bob", "n3")),
+        (Device::new("bob", "b2"), api("bob", "n1")),
+        (Device::new("carol", "c1"), api("carol", "n2")),
+    ];
+    for (d, a) in &mut devices {
+        d.publish(a).unwrap();
+    }
+    let members: Vec<String> = ["alice", "bob", "carol"].iter().map(|s| s.to_string()).collect();
+    let (s, b) = call(
+        c.port("n1", "chat"),
+        "POST",
+        "/v1/conversations",
+        &as_user(&c, "alice"),
+        r#"{"conv":"secret","members":["bob","carol"]}"#,
+    );
+    assert_eq!(s, 201, "{b}");
+
+    // Canaries through real E2E clients: alice's first device, then bob's, then
+    // alice's again (one Megolm session each, its key shared once per device).
+    let tag = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let canary = |i: usize| format!("CANARY-{tag}-{i}");
+    let mut sent = Vec::new();
+    for (i, who) in [0usize, 2, 0, 4, 0].iter().enumerate() {
+        let (d, a) = &mut devices[*who];
+        let text = d.encrypt(a, "secret", &members, &canary(i)).unwrap();
+        assert!(!text.contains("CANARY"), "the text on the wire is ciphertext");
+        let body = serde_json::json!({ "id": format!("e{i}"), "text": text }).to_string();
+        let (s, b) = call(a.addr, "POST", "/v1/conversations/secret/messages", &a.headers, &body);
+        assert_eq!(s, 200, "{b}");
+        sent.push((d.user.clone(), canary(i)));
+    }
+    // Every device of every member reads every canary, its own included.
+    let read_all = |d: &mut Device, a: &Api| -> Vec<Result<String, E2eError>> {
+        let (s, b) = call(a.addr, "GET", "/v1/conversations/secret/messages?after=0", &a.headers, "");
+        assert_eq!(s, 200, "{b}");
+        b["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["body"].get("message"))
+            .map(|m| d.decrypt(a, "secret", m["from"].as_str().unwrap(), m["text"].as_str().unwrap()))
+            .collect()
+    };
+    for (d, a) in &mut devices {
+        let got: Vec<String> = read_all(d, a).into_iter().map(|r| r.unwrap()).collect();
+        let want: Vec<String> = sent.iter().map(|(_, t)| t.clone()).collect();
+        assert_eq!(got, want, "{} {}", d.user, d.device);
+    }
+
+    // bob revokes his second device: what alice writes next is not for it.
+    Device::revoke(&devices[3].1, "b2").unwrap();
+    {
+        let (d, a) = &mut devices[0];
+        let text = d.encrypt(a, "secret", &members, &canary(99)).unwrap();
+        let body = serde_json::json!({ "id": "e99", "text": text }).to_string();
+        assert_eq!(call(a.addr, "POST", "/v1/conversations/secret/messages", &a.headers, &body).0, 200);
+    }
+    let (d, a) = &mut devices[2];
+    assert_eq!(read_all(d, a).pop().unwrap().unwrap(), canary(99), "bob's first device reads it");
+    let (d, a) = &mut devices[3];
+    match read_all(d, a).pop().unwrap() {
+        Err(E2eError::NoKey(_)) => {}
+        other => panic!("a revoked device read a later message: {other:?}"),
+    }
+
+    // A control sent in the clear is found on disk, so the scan can see a plaintext;
+    // no canary is in any node's data or log.
+    let control = format!("CONTROL-{tag}");
+    let body = serde_json::json!({ "id": "plain", "text": control }).to_string();
+    assert_eq!(
+        call(c.port("n1", "chat"), "POST", "/v1/conversations/secret/messages", &as_user(&c, "bob"), &body).0,
+        200
+    );
+    let found = wait_for_found(&c.dir, control.as_bytes());
+    assert!(!found.is_empty(), "the scan finds the plaintext control");
+    for i in [0, 1, 2, 3, 4, 99] {
+        let hits = holding(&c.dir, canary(i).as_bytes());
+        assert!(hits.is_empty(), "canary {i} in plaintext: {hits:?}");
+    }
+}
+
+/// Files holding `needle`, waiting (bounded) for a write to reach the disk.
+fn wait_for_found(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    common::wait_for_or_last(Duration::from_secs(20), || holding(dir, needle), |f| !f.is_empty())
+}

@@ -2,6 +2,7 @@
 //! shells address each other by them.
 
 use crate::conversation::Event;
+use crate::keys::{DeviceKeys, OneTimeKey, ToDevice};
 use serde::{Deserialize, Serialize};
 use troupe_wire::Protocol;
 
@@ -11,6 +12,68 @@ pub const KIND_CONVERSATION: &str = "conversation";
 pub const KIND_DIRECTORY: &str = "directory";
 /// The WebSocket and HTTP gateway, one per gateway node.
 pub const KIND_GATEWAY: &str = "gateway";
+/// One entity per user: the user's devices, their public keys and mailboxes.
+pub const KIND_KEYS: &str = "keys";
+
+/// A user's devices and keys (the entity keyed by the user).
+pub struct Keys;
+
+impl Protocol for Keys {
+    type Msg = KeysMsg;
+    type Reply = KeysReply;
+    const NAME: &'static str = "chat.keys";
+}
+
+/// What a gateway asks a user's keys entity. The gateway sends `Publish`, `Mailbox`,
+/// `Ack` and `Revoke` only to the caller's own entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeysMsg {
+    Publish {
+        keys: DeviceKeys,
+        one_time: Vec<OneTimeKey>,
+        fallback: Option<OneTimeKey>,
+    },
+    Devices,
+    /// Hands out one key of `device` for a new Olm session (durably used up).
+    Claim {
+        device: String,
+    },
+    Deliver {
+        device: String,
+        from_user: String,
+        from_device: String,
+        body: String,
+    },
+    Mailbox {
+        device: String,
+        after: u64,
+        max: u32,
+    },
+    Ack {
+        device: String,
+        upto: u64,
+    },
+    Revoke {
+        device: String,
+    },
+}
+
+/// A keys entity's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeysReply {
+    /// Published; one-time keys the device has on the server now.
+    Published {
+        one_time_keys: u64,
+    },
+    Devices(Vec<DeviceKeys>),
+    Claimed {
+        keys: DeviceKeys,
+        key: OneTimeKey,
+    },
+    Mailbox(Vec<ToDevice>),
+    Done,
+    Refused(String),
+}
 
 /// A conversation entity.
 pub struct Conversation;

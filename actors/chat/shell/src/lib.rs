@@ -7,6 +7,7 @@
 //! | `conversation` (`chat.conversation`) | sharded, rf 3, remembered | one per conversation: sequence, members, kept history, dedup, receipts |
 //! | `directory` (`chat.directory`) | sharded, 16 entities, rf 3 | which conversations each user is in |
 //! | `gateway` (`chat.gateway`) | per node with role `gateway` | the WebSocket and HTTP API on `ports.chat` |
+//! | `keys` (`chat.keys`) | sharded, one per user, rf 3 | devices, public keys, to-device mailboxes (end-to-end encryption) |
 //!
 //! Invariants (argued in docs/chat.md): a message is acknowledged only once durable on
 //! a majority of its conversation's replicas; a client that reconnects with its
@@ -16,6 +17,7 @@
 pub mod conversation;
 pub mod directory;
 pub mod gateway;
+pub mod keys;
 
 pub use troupe_chat as core;
 pub use troupe_chat::proto::Published;
@@ -48,5 +50,6 @@ impl troupe_system::System for Chat {
         kinds.register::<conversation::ConversationActor>("chat.conversation");
         kinds.register::<directory::DirectoryActor>("chat.directory");
         kinds.register::<gateway::GatewayActor>("chat.gateway");
+        kinds.register::<keys::KeysActor>("chat.keys");
     }
 }

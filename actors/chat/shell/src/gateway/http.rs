@@ -16,8 +16,10 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use troupe_chat::ids;
+use troupe_chat::keys::{DeviceKeys, OneTimeKey};
 use troupe_chat::proto::ConvMsg;
 use troupe_chat::proto::ConvReply;
+use troupe_chat::proto::{KeysMsg, KeysReply};
 use troupe_runtime::RemoteError;
 use troupe_runtime::ws::WsUpgrade;
 
@@ -28,6 +30,13 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/v1/conversations", get(list).post(create))
         .route("/v1/conversations/{conv}/members", post(members))
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
+        .route("/v1/keys", post(keys_publish))
+        .route("/v1/keys/inbox/{device}", get(keys_mailbox))
+        .route("/v1/keys/inbox/{device}/ack", post(keys_ack))
+        .route("/v1/keys/devices/{device}", axum::routing::delete(keys_revoke))
+        .route("/v1/keys/{user}", get(keys_devices))
+        .route("/v1/keys/{user}/{device}/claim", post(keys_claim))
+        .route("/v1/keys/{user}/{device}/inbox", post(keys_deliver))
         .with_state(app)
 }
 
@@ -251,4 +260,156 @@ async fn messages(
             };
         }
     }
+}
+
+// ---- end-to-end encryption: devices, public keys, to-device mailboxes -------------
+
+/// The answer of a keys entity, as HTTP.
+fn keys_answer(answer: Result<KeysReply, RemoteError>) -> Response {
+    match answer {
+        Ok(KeysReply::Published { one_time_keys }) => Json(json!({ "one_time_keys": one_time_keys })).into_response(),
+        Ok(KeysReply::Devices(list)) => Json(json!({ "devices": list })).into_response(),
+        Ok(KeysReply::Claimed { keys, key }) => Json(json!({ "device": keys, "key": key })).into_response(),
+        Ok(KeysReply::Mailbox(list)) => Json(json!({ "messages": list })).into_response(),
+        Ok(KeysReply::Done) => Json(json!({ "ok": true })).into_response(),
+        Ok(KeysReply::Refused(why)) if why.contains("no device") => error(StatusCode::NOT_FOUND, why),
+        Ok(KeysReply::Refused(why)) => error(StatusCode::BAD_REQUEST, why),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    device: String,
+    curve25519: String,
+    ed25519: String,
+    signature: String,
+    #[serde(default)]
+    one_time_keys: Vec<OneTimeKey>,
+    #[serde(default)]
+    fallback_key: Option<OneTimeKey>,
+}
+
+async fn keys_publish(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let user = match app.who(&headers) {
+        Ok(u) => u,
+        Err(why) => return refused(why),
+    };
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let keys = DeviceKeys { device: b.device, curve25519: b.curve25519, ed25519: b.ed25519, signature: b.signature };
+    keys_answer(app.keys(&user, KeysMsg::Publish { keys, one_time: b.one_time_keys, fallback: b.fallback_key }).await)
+}
+
+async fn keys_devices(State(app): State<Arc<App>>, Path(of): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(why) = app.who(&headers) {
+        return refused(why);
+    }
+    if let Err(why) = ids::check_user(&of) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    keys_answer(app.keys(&of, KeysMsg::Devices).await)
+}
+
+async fn keys_claim(
+    State(app): State<Arc<App>>,
+    Path((of, device)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(why) = app.who(&headers) {
+        return refused(why);
+    }
+    if let Err(why) = ids::check_user(&of) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    keys_answer(app.keys(&of, KeysMsg::Claim { device }).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliverBody {
+    from_device: String,
+    body: String,
+}
+
+async fn keys_deliver(
+    State(app): State<Arc<App>>,
+    Path((of, device)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<DeliverBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let from_user = match app.who(&headers) {
+        Ok(u) => u,
+        Err(why) => return refused(why),
+    };
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if let Err(why) = ids::check_user(&of).and_then(|_| ids::check_user(&b.from_device)) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    keys_answer(app.keys(&of, KeysMsg::Deliver { device, from_user, from_device: b.from_device, body: b.body }).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MailboxQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn keys_mailbox(
+    State(app): State<Arc<App>>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<MailboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let user = match app.who(&headers) {
+        Ok(u) => u,
+        Err(why) => return refused(why),
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    keys_answer(app.keys(&user, KeysMsg::Mailbox { device, after: q.after, max: u32::MAX }).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    upto: u64,
+}
+
+async fn keys_ack(
+    State(app): State<Arc<App>>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<AckBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let user = match app.who(&headers) {
+        Ok(u) => u,
+        Err(why) => return refused(why),
+    };
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    keys_answer(app.keys(&user, KeysMsg::Ack { device, upto: b.upto }).await)
+}
+
+async fn keys_revoke(State(app): State<Arc<App>>, Path(device): Path<String>, headers: HeaderMap) -> Response {
+    let user = match app.who(&headers) {
+        Ok(u) => u,
+        Err(why) => return refused(why),
+    };
+    keys_answer(app.keys(&user, KeysMsg::Revoke { device }).await)
 }

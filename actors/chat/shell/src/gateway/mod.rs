@@ -150,6 +150,18 @@ impl App {
         }
     }
 
+    /// Asks `user`'s keys entity within the request deadline.
+    pub async fn keys(
+        &self,
+        user: &str,
+        msg: troupe_chat::proto::KeysMsg,
+    ) -> Result<troupe_chat::proto::KeysReply, RemoteError> {
+        let path = ActorPath::new(&self.system, troupe_chat::proto::KIND_KEYS, user)
+            .map_err(|e| RemoteError::Invalid(e.to_string()))?;
+        let h = self.node.handle::<troupe_chat::proto::Keys>(path);
+        h.ask_timeout(msg, Duration::from_millis(self.params.request_timeout_ms)).await
+    }
+
     /// The conversations `user` is in, from the user's directory shard.
     pub async fn conversations_of(&self, user: &str) -> Result<Vec<String>, String> {
         let shard = ids::directory_shard(user, crate::DIRECTORY_SHARDS);
