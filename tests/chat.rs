@@ -674,3 +674,79 @@ fn end_to_end_encrypted_messages_leave_no_plaintext_on_any_node() {
 fn wait_for_found(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     common::wait_for_or_last(Duration::from_secs(20), || holding(dir, needle), |f| !f.is_empty())
 }
+
+/// `troupe chat` as a process whose stdin the test types into; its stdout lines
+/// arrive on the returned channel.
+struct Terminal {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Terminal {
+    fn open(c: &TestCluster, user: &str, node: &str) -> Terminal {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(common::BIN)
+            .args(["chat", "--as", user, "--cluster"])
+            .arg(c.cluster_file())
+            .args(["--node", node])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Terminal { child, lines }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The first printed line containing `needle`, within `WAIT`.
+    fn expect(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("`troupe chat` never printed {needle:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn troupe_chat_in_two_terminals() {
+    let c = cluster("");
+    let mut alice = Terminal::open(&c, "alice", "n1");
+    let mut bob = Terminal::open(&c, "bob", "n2");
+    alice.type_line("/dm bob");
+    alice.type_line("hello bob, from a terminal");
+    let line = bob.expect("alice: hello bob, from a terminal");
+    assert!(line.starts_with("[dm:alice:bob #2 "), "{line}");
+    bob.type_line("/dm alice");
+    bob.type_line("hi alice");
+    alice.expect("bob: hi alice");
+    // A group made from the terminal reaches its members.
+    alice.type_line("/create crew bob carol");
+    alice.type_line("welcome, crew");
+    bob.expect("[crew #1 ");
+    bob.expect("alice: welcome, crew");
+}

@@ -58,10 +58,19 @@ pub fn conversation_topic(system: &str, conv: &str) -> String {
     format!("{system}/c/{conv}")
 }
 
-/// The pub/sub topic that tells a user's gateways the user joined or left a
-/// conversation.
+/// Topics that tell gateways of users joining and leaving conversations: users are
+/// spread over this many (by `directory_shard`), so a node subscribes to a fixed 16
+/// topics however many users it holds sessions of.
+pub const USER_TOPICS: u32 = 16;
+
+/// The pub/sub topic on which `user`'s joins and leaves are told.
 pub fn user_topic(system: &str, user: &str) -> String {
-    format!("{system}/u/{user}")
+    format!("{system}/u/{}", directory_shard(user, USER_TOPICS))
+}
+
+/// Every user topic.
+pub fn user_topics(system: &str) -> Vec<String> {
+    (0..USER_TOPICS).map(|i| format!("{system}/u/{i}")).collect()
 }
 
 #[cfg(test)]

@@ -134,13 +134,23 @@ pub enum Published {
     Receipts(Vec<(String, u64, u64)>),
 }
 
-/// What is published on a user's topic (`ids::user_topic`).
+/// What is published on a user topic (`ids::user_topic`): a batch of notes, each
+/// naming its user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UserNote {
-    /// The user is now a member of `conv`.
-    Joined { conv: String },
-    /// The user is no longer a member of `conv`.
-    Left { conv: String },
+    /// `user` is now a member of `conv`.
+    Joined { user: String, conv: String },
+    /// `user` is no longer a member of `conv`.
+    Left { user: String, conv: String },
+}
+
+impl UserNote {
+    /// The user it is about.
+    pub fn user(&self) -> &str {
+        match self {
+            UserNote::Joined { user, .. } | UserNote::Left { user, .. } => user,
+        }
+    }
 }
 
 /// A directory shard: user → the conversations the user is in.

@@ -185,14 +185,21 @@ impl ConversationActor {
             if let Err(e) = publisher.publish(&topic, &Pub::Event(e.clone())).await {
                 tracing::debug!(error = %e, "event not published (gateways catch up on the next head)");
             }
-            let (users, note) = match &e.body {
-                EventBody::Created { members, .. } => (members, UserNote::Joined { conv: ctx.key().to_string() }),
-                EventBody::Joined { users, .. } => (users, UserNote::Joined { conv: ctx.key().to_string() }),
-                EventBody::Left { users, .. } => (users, UserNote::Left { conv: ctx.key().to_string() }),
+            let (users, joined) = match &e.body {
+                EventBody::Created { members, .. } => (members, true),
+                EventBody::Joined { users, .. } => (users, true),
+                EventBody::Left { users, .. } => (users, false),
                 EventBody::Message { .. } => continue,
             };
+            // One publish per user topic touched (16 at most), not one per user.
+            let mut by_topic: BTreeMap<String, Vec<UserNote>> = BTreeMap::new();
             for u in users {
-                let _ = publisher.publish(&ids::user_topic(system, u), &note).await;
+                let (user, conv) = (u.clone(), ctx.key().to_string());
+                let note = if joined { UserNote::Joined { user, conv } } else { UserNote::Left { user, conv } };
+                by_topic.entry(ids::user_topic(system, u)).or_default().push(note);
+            }
+            for (topic, notes) in by_topic {
+                let _ = publisher.publish(&topic, &notes).await;
             }
         }
     }

@@ -14,6 +14,7 @@
 //! cursors gets every event after them, once each and in order; a message resent with
 //! the same id while it is still in the kept history is not stored twice.
 
+pub mod cli;
 pub mod conversation;
 pub mod directory;
 pub mod gateway;
@@ -51,5 +52,12 @@ impl troupe_system::System for Chat {
         kinds.register::<directory::DirectoryActor>("chat.directory");
         kinds.register::<gateway::GatewayActor>("chat.gateway");
         kinds.register::<keys::KeysActor>("chat.keys");
+    }
+    fn commands(&self) -> Vec<troupe_system::Command> {
+        vec![troupe_system::Command::args::<cli::ChatArgs>(
+            "chat",
+            "Chat in the terminal as a user (`troupe chat --as alice`; /dm bob, then type)",
+            cli::run,
+        )]
     }
 }

@@ -1,6 +1,8 @@
-//! The node's side of the conversation topics: one pub/sub subscription per topic that
-//! some local session watches, however many sessions watch it (a group's message
-//! reaches this node once and is handed to each local member's session here).
+//! The node's side of the chat topics: one pub/sub subscription per conversation topic
+//! that some local session watches, however many sessions watch it (a group's message
+//! reaches this node once and is handed to each local member's session here), and a
+//! fixed 16 subscriptions to the user topics, whose notes go to the named user's
+//! sessions (a session costs no subscription of its own).
 //!
 //! Invariants: a topic is subscribed while at least one [`Watch`] of it lives and
 //! unsubscribed when the last is dropped; a session's queue that is full misses the
@@ -30,7 +32,6 @@ pub enum Note {
 #[derive(Debug, Clone)]
 pub enum TopicOf {
     Conversation(Arc<str>),
-    User,
 }
 
 /// A session's queue and its flag that a note was missed.
@@ -41,17 +42,71 @@ struct Topic {
     task: tokio::task::AbortHandle,
 }
 
+/// Sessions by user, for the notes of the user topics.
+type ByUser = Arc<Mutex<HashMap<String, HashMap<u64, Target>>>>;
+
 /// One per gateway incarnation.
 pub struct Hub {
     pubsub: Arc<PubSub>,
     topics: Mutex<HashMap<String, Topic>>,
+    users: ByUser,
+    /// The tasks reading the user topics (subscribed for the hub's life).
+    user_tasks: Vec<tokio::task::AbortHandle>,
     next: AtomicU64,
     missed: Counter,
 }
 
 impl Hub {
-    pub fn new(pubsub: Arc<PubSub>, missed: Counter) -> Hub {
-        Hub { pubsub, topics: Mutex::new(HashMap::new()), next: AtomicU64::new(1), missed }
+    /// A hub subscribed to the system's `USER_TOPICS` user topics, whose notes it
+    /// hands to the sessions of the user each names.
+    pub fn new(pubsub: Arc<PubSub>, system: &str, missed: Counter) -> Hub {
+        let users: ByUser = Arc::default();
+        let user_tasks = troupe_chat::ids::user_topics(system)
+            .into_iter()
+            .map(|topic| {
+                let mut sub = pubsub.subscribe(&topic);
+                let users = users.clone();
+                let missed = missed.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = sub.recv().await {
+                        let notes: Vec<UserNote> = match p.decode() {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "undecodable user notes");
+                                continue;
+                            }
+                        };
+                        for note in notes {
+                            let to: Vec<Target> = users
+                                .lock()
+                                .get(note.user())
+                                .map(|m| m.values().cloned().collect())
+                                .unwrap_or_default();
+                            for (tx, flag) in to {
+                                if tx.try_send(Note::User(note.clone())).is_err() {
+                                    flag.store(true, Ordering::Relaxed);
+                                    missed.inc();
+                                }
+                            }
+                        }
+                    }
+                })
+                .abort_handle()
+            })
+            .collect();
+        Hub { pubsub, topics: Mutex::new(HashMap::new()), users, user_tasks, next: AtomicU64::new(1), missed }
+    }
+
+    /// Hands `id`'s queue the notes about `user` until the [`UserWatch`] is dropped.
+    pub fn watch_user(
+        self: &Arc<Self>,
+        user: &str,
+        id: u64,
+        tx: mpsc::Sender<Note>,
+        missed: Arc<AtomicBool>,
+    ) -> UserWatch {
+        self.users.lock().entry(user.to_string()).or_default().insert(id, (tx, missed));
+        UserWatch { hub: self.clone(), user: user.to_string(), id }
     }
 
     /// A fresh id for a session (or a long poll).
@@ -90,13 +145,6 @@ impl Hub {
                                 continue;
                             }
                         },
-                        TopicOf::User => match p.decode::<UserNote>() {
-                            Ok(v) => Note::User(v),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "undecodable user note");
-                                continue;
-                            }
-                        },
                     };
                     let to: Vec<Target> = targets.lock().values().cloned().collect();
                     for (tx, flag) in to {
@@ -131,6 +179,28 @@ impl Drop for Hub {
     fn drop(&mut self) {
         for (_, t) in self.topics.get_mut().drain() {
             t.task.abort();
+        }
+        for t in &self.user_tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A session's interest in its user's notes; dropping it ends the interest.
+pub struct UserWatch {
+    hub: Arc<Hub>,
+    user: String,
+    id: u64,
+}
+
+impl Drop for UserWatch {
+    fn drop(&mut self) {
+        let mut users = self.hub.users.lock();
+        if let Some(m) = users.get_mut(&self.user) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                users.remove(&self.user);
+            }
         }
     }
 }

@@ -277,13 +277,14 @@ impl Behavior for GatewayActor {
             "Conversation notes a full session queue missed (the session catches up)",
             &[],
         );
+        let hub = Arc::new(Hub::new(PubSub::of(node), &system, missed));
         let app = Arc::new(App {
             node: node.clone(),
             system,
             params: self.params.clone(),
             credentials: node.credentials(),
             sessions: Arc::new(WsSessions::new(self.limits.clone())),
-            hub: Arc::new(Hub::new(PubSub::of(node), missed)),
+            hub,
             metrics,
         });
         let (_, server) =

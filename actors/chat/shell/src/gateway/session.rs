@@ -78,8 +78,7 @@ pub async fn run(app: Arc<App>, user: String, tx: WsSender, mut rx: WsReceiver) 
     let id = app.hub.session_id();
     let (notes, mut inbox) = mpsc::channel(NOTE_QUEUE);
     let missed = Arc::new(AtomicBool::new(false));
-    let topic = ids::user_topic(&app.system, &user);
-    let _user_watch = app.hub.watch(topic, TopicOf::User, id, notes.clone(), missed.clone());
+    let _user_watch = app.hub.watch_user(&user, id, notes.clone(), missed.clone());
     let mut s = Session {
         app: app.clone(),
         user,
@@ -103,7 +102,9 @@ pub async fn run(app: Arc<App>, user: String, tx: WsSender, mut rx: WsReceiver) 
                 let Some(m) = m else { break };
                 let ok = match m {
                     WsMessage::Text(t) => match serde_json::from_str::<ClientFrame>(&t) {
-                        Ok(f) => s.on_frame(f).await,
+                        // Boxed: an idle session's task holds only the select's
+                        // state, not the largest nested request's.
+                        Ok(f) => Box::pin(s.on_frame(f)).await,
                         Err(e) => s.send(ServerFrame::Error { reason: format!("not a chat frame: {e}") }).await,
                     },
                     WsMessage::Binary(_) => {
@@ -115,12 +116,12 @@ pub async fn run(app: Arc<App>, user: String, tx: WsSender, mut rx: WsReceiver) 
                 }
             }
             Some(n) = inbox.recv() => {
-                if s.started && !s.on_note(n).await {
+                if s.started && !Box::pin(s.on_note(n)).await {
                     break;
                 }
             }
             _ = tick.tick() => {
-                if !s.on_tick().await {
+                if !Box::pin(s.on_tick()).await {
                     break;
                 }
             }
@@ -420,8 +421,8 @@ impl Session {
                     _ => true,
                 }
             }
-            Note::User(UserNote::Joined { conv }) => self.watch_new(&conv).await,
-            Note::User(UserNote::Left { conv }) => {
+            Note::User(UserNote::Joined { conv, .. }) => self.watch_new(&conv).await,
+            Note::User(UserNote::Left { conv, .. }) => {
                 // Hand over what came before the leaving; the conversation refuses a
                 // non-member's catch-up, which ends the watch.
                 self.catch_up(&conv).await
