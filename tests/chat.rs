@@ -20,8 +20,12 @@ use troupe_client::ws::{WsClient, WsError, WsFrame, connect_with};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn cluster(extra: &str) -> TestCluster {
+    cluster_with(&["chat"], extra)
+}
+
+fn cluster_with(systems: &[&'static str], extra: &str) -> TestCluster {
     let c = TestCluster::start(common::Options {
-        systems: vec!["chat"],
+        systems: systems.to_vec(),
         nodes: 3,
         extra: extra.to_string(),
         ..common::Options::default()
@@ -361,7 +365,10 @@ fn handle_frame(d: &Device, text: &str) -> bool {
         | ServerFrame::Error { .. } => {
             log.errors.push(text.to_string());
         }
-        ServerFrame::Ready { .. } | ServerFrame::Done { .. } | ServerFrame::Receipts { .. } => {}
+        ServerFrame::Ready { .. }
+        | ServerFrame::Done { .. }
+        | ServerFrame::Receipts { .. }
+        | ServerFrame::Presence { .. } => {}
     }
     true
 }
@@ -749,4 +756,59 @@ fn troupe_chat_in_two_terminals() {
     alice.type_line("welcome, crew");
     bob.expect("[crew #1 ");
     bob.expect("alice: welcome, crew");
+}
+
+#[test]
+fn sends_are_rate_limited_per_user_and_presence_follows_sessions() {
+    let c = cluster_with(&["rate-limiter", "chat"], "");
+    let (n1, n2) = (c.port("n1", "chat"), c.port("n2", "chat"));
+    let bob = as_user(&c, "bob");
+
+    // Presence: alice's session on n1 is seen from n2 within a digest or two, and her
+    // leaving with a last-seen time.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let presence = |addr| {
+        let (s, b) = call(addr, "GET", "/v1/presence?users=alice,zed", &bob, "");
+        assert_eq!(s, 200, "{b}");
+        b["presence"].clone()
+    };
+    let ws = rt.block_on(async {
+        let mut ws = open(n1, &as_user(&c, "alice")).await.unwrap();
+        say(&mut ws, &ClientFrame::Hello { cursors: BTreeMap::new() }).await;
+        ws
+    });
+    let p = wait_for("alice online as seen from n2", WAIT, || {
+        let p = presence(n2);
+        (p[0]["online"] == true).then_some(p)
+    });
+    assert_eq!(p[1]["online"], false, "{p}");
+    rt.block_on(async {
+        let _ = ws.close().await;
+    });
+    let p = wait_for("alice offline as seen from n2", WAIT, || {
+        let p = presence(n2);
+        (p[0]["online"] == false && p[0]["last_seen_ms"].as_u64().is_some()).then_some(p)
+    });
+    assert!(p[0]["last_seen_ms"].as_u64().unwrap() > 0, "{p}");
+
+    // The send limit (chat-send: bursts of 50, 10 a second per user) holds across
+    // gateways and says why.
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..120 {
+        let body = serde_json::json!({ "id": format!("r{i}"), "text": "spam" }).to_string();
+        let gw = if i % 2 == 0 { n1 } else { n2 };
+        let (s, b) = call(gw, "POST", "/v1/conversations/dm:bob:carol/messages", &bob, &body);
+        match s {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert!(b["error"].as_str().unwrap().contains("rate limited by rule chat-send"), "{b}");
+            }
+            _ => panic!("{s} {b}"),
+        }
+    }
+    assert!(limited > 0 && ok >= 50, "{ok} sent, {limited} limited");
+    // Another user is not held back by bob's limit.
+    let body = serde_json::json!({ "id": "c1", "text": "hi" }).to_string();
+    assert_eq!(call(n1, "POST", "/v1/conversations/dm:bob:carol/messages", &as_user(&c, "carol"), &body).0, 200);
 }

@@ -39,6 +39,17 @@ pub enum ClientFrame {
         #[serde(default)]
         remove: Vec<String>,
     },
+    /// Who of `users` is online, and when each was last seen (at most 100 users).
+    Presence { users: Vec<String> },
+}
+
+/// One user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    pub user: String,
+    pub online: bool,
+    /// When the user was last seen going offline (ms since the Unix epoch), if known.
+    pub last_seen_ms: Option<u64>,
 }
 
 /// From the gateway.
@@ -63,6 +74,8 @@ pub enum ServerFrame {
     Done { id: String, conv: String, head: u64 },
     /// Members' receipts that moved: (user, delivered, read).
     Receipts { conv: String, receipts: Vec<(String, u64, u64)> },
+    /// The answer to `presence`.
+    Presence { users: Vec<UserPresence> },
     /// A frame the gateway could not take, with the reason.
     Error { reason: String },
 }

@@ -68,6 +68,11 @@ pub fn user_topic(system: &str, user: &str) -> String {
     format!("{system}/u/{}", directory_shard(user, USER_TOPICS))
 }
 
+/// The topic of the gateways' presence digests.
+pub fn presence_topic(system: &str) -> String {
+    format!("{system}/presence")
+}
+
 /// Every user topic.
 pub fn user_topics(system: &str) -> Vec<String> {
     (0..USER_TOPICS).map(|i| format!("{system}/u/{i}")).collect()

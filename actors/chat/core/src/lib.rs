@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod frames;
 pub mod ids;
 pub mod keys;
+pub mod presence;
 pub mod proto;
 
 pub use conversation::{ConvState, Entry, Event, EventBody, Limits, SendOutcome};

@@ -7,7 +7,7 @@
 //!
 //! Lines typed are sent to the current conversation; commands start with `/`:
 //! `/dm <user>`, `/to <conv>`, `/create <conv> <user>...`, `/add <user>...`,
-//! `/remove <user>...`, `/read`, `/quit`.
+//! `/remove <user>...`, `/who <user>...` (presence), `/read`, `/quit`.
 
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -158,6 +158,16 @@ async fn session(
                         }
                         Ok(ServerFrame::Accepted { .. } | ServerFrame::Ready { .. } | ServerFrame::Receipts { .. }) => {}
                         Ok(ServerFrame::Done { conv, .. }) => eprintln!("(chat: done in {conv})"),
+                        Ok(ServerFrame::Presence { users }) => {
+                            for p in users {
+                                let seen = p.last_seen_ms.map(|t| {
+                                    let t = t / 1000 % 86_400;
+                                    format!(", last seen {:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+                                });
+                                let state = if p.online { "online" } else { "offline" };
+                                println!("{}: {state}{}", p.user, if p.online { String::new() } else { seen.unwrap_or_default() });
+                            }
+                        }
                         Ok(ServerFrame::Rejected { reason, .. }) => eprintln!("(chat: refused: {reason})"),
                         Ok(ServerFrame::Error { reason }) => eprintln!("(chat: {reason})"),
                         Ok(ServerFrame::Gap { conv, from, to }) => eprintln!("(chat: {conv} #{from}..#{to} are no longer kept)"),
@@ -216,12 +226,13 @@ async fn session(
                             let (add, remove) = if cmd == "/add" { (users, vec![]) } else { (vec![], users) };
                             ClientFrame::Members { id: format!("r{sent}"), conv, add, remove }
                         }),
+                        Some("/who") => Some(ClientFrame::Presence { users: words.map(str::to_string).collect() }),
                         Some("/read") => current.clone().map(|conv| {
                             let seq = *cursors.get(&conv).unwrap_or(&0);
                             ClientFrame::Read { conv, seq }
                         }),
                         Some(w) if w.starts_with('/') => {
-                            eprintln!("(chat: commands: /dm <user>, /to <conv>, /create <conv> <user>..., /add, /remove, /read, /quit)");
+                            eprintln!("(chat: commands: /dm <user>, /to <conv>, /create <conv> <user>..., /add, /remove, /who <user>..., /read, /quit)");
                             None
                         }
                         _ => match &current {

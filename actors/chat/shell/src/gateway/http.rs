@@ -30,6 +30,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/v1/conversations", get(list).post(create))
         .route("/v1/conversations/{conv}/members", post(members))
         .route("/v1/conversations/{conv}/messages", get(messages).post(send))
+        .route("/v1/presence", get(presence))
         .route("/v1/keys", post(keys_publish))
         .route("/v1/keys/inbox/{device}", get(keys_mailbox))
         .route("/v1/keys/inbox/{device}/ack", post(keys_ack))
@@ -169,6 +170,9 @@ async fn send(
     };
     if let Err(why) = ids::check_conversation(&conv) {
         return error(StatusCode::BAD_REQUEST, why);
+    }
+    if let Err(why) = app.admit_send(&user).await {
+        return error(StatusCode::TOO_MANY_REQUESTS, why);
     }
     let msg = ConvMsg::Send { from: user, id: b.id.clone(), text: b.text, at_ms: super::now_ms() };
     match app.ask(&conv, msg).await {
@@ -412,4 +416,30 @@ async fn keys_revoke(State(app): State<Arc<App>>, Path(device): Path<String>, he
         Err(why) => return refused(why),
     };
     keys_answer(app.keys(&user, KeysMsg::Revoke { device }).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    users: String,
+}
+
+/// `GET /v1/presence?users=a,b`: who is online and when each was last seen.
+async fn presence(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(why) = app.who(&headers) {
+        return refused(why);
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let users: Vec<String> = q.users.split(',').filter(|u| !u.is_empty()).map(str::to_string).collect();
+    if users.len() > super::presence::QUERY_MAX {
+        return error(StatusCode::BAD_REQUEST, format!("at most {} users per request", super::presence::QUERY_MAX));
+    }
+    Json(json!({ "presence": app.presence.query(&users) })).into_response()
 }

@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod hub;
+pub mod presence;
 pub mod session;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -57,6 +58,12 @@ pub struct GatewayParams {
     /// How often a session reads its user's conversations again (ms), in case a note
     /// of a new one was lost.
     pub directory_every_ms: u64,
+    /// How often this node publishes its presence digest (ms): the staleness of
+    /// presence on other nodes.
+    pub presence_every_ms: u64,
+    /// The rule of the rate limiter (system 10) each send is checked against, per
+    /// user; without that system in the cluster sends are not limited.
+    pub send_rule: String,
 }
 
 impl Default for GatewayParams {
@@ -77,6 +84,8 @@ impl Default for GatewayParams {
             tick_ms: 500,
             poll_wait_max_ms: 30_000,
             directory_every_ms: 60_000,
+            presence_every_ms: 2000,
+            send_rule: "chat-send".into(),
         }
     }
 }
@@ -96,6 +105,7 @@ pub struct GatewayMetrics {
     pub delivered: Counter,
     pub catch_ups: Counter,
     pub gaps: Counter,
+    pub limited: Counter,
 }
 
 impl GatewayMetrics {
@@ -110,6 +120,7 @@ impl GatewayMetrics {
             delivered: m.counter("troupe_chat_events_delivered_total", "Events sent to clients", &[]),
             catch_ups: m.counter("troupe_chat_catch_ups_total", "Times a session asked a conversation for events", &[]),
             gaps: m.counter("troupe_chat_gaps_total", "Catch-ups that found events no longer kept", &[]),
+            limited: m.counter("troupe_chat_sends_limited_total", "Sends refused by the send rate limit", &[]),
         }
     }
 }
@@ -122,6 +133,9 @@ pub struct App {
     pub credentials: Arc<Credentials>,
     pub sessions: Arc<WsSessions>,
     pub hub: Arc<Hub>,
+    pub presence: Arc<presence::Presence>,
+    /// System 10's client when the cluster runs it (the `send_rule` limit per user).
+    pub limiter: Option<troupe_limiter_shell::Limiter>,
     pub metrics: GatewayMetrics,
 }
 
@@ -147,6 +161,25 @@ impl App {
     pub async fn tell(&self, conv: &str, msg: ConvMsg) {
         if let Ok(h) = self.conversation(conv) {
             let _ = h.tell(msg).await;
+        }
+    }
+
+    /// Admits one send by `user` under the rate limiter's `send_rule`, or says when
+    /// to retry. Without the rate limiter, or when it cannot answer, the send goes on
+    /// (availability of chat wins; the limiter's own fail mode decides otherwise).
+    pub async fn admit_send(&self, user: &str) -> Result<(), String> {
+        let Some(l) = &self.limiter else { return Ok(()) };
+        match l.check(&[troupe_limiter_shell::Check::new(&self.params.send_rule, user)]).await {
+            Ok(v) if v.allowed => Ok(()),
+            Ok(v) => {
+                self.metrics.limited.inc();
+                let ms = v.binding().map_or(1000, |r| r.decision.retry_after_ns / 1_000_000);
+                Err(format!("rate limited by rule {}: retry in {ms} ms", self.params.send_rule))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rule = %self.params.send_rule, "send limit not checked; admitting");
+                Ok(())
+            }
         }
     }
 
@@ -234,8 +267,8 @@ impl FromParams for GatewayActor {
         if p.connections_max == 0 || p.connections_per_ip_max == 0 || p.sessions_max == 0 {
             return Err("connections_max, connections_per_ip_max and sessions_max must be above 0".into());
         }
-        if p.request_timeout_ms == 0 || p.since_max == 0 || p.tick_ms == 0 {
-            return Err("request_timeout_ms, since_max and tick_ms must be above 0".into());
+        if p.request_timeout_ms == 0 || p.since_max == 0 || p.tick_ms == 0 || p.presence_every_ms == 0 {
+            return Err("request_timeout_ms, since_max, tick_ms and presence_every_ms must be above 0".into());
         }
         Ok(())
     }
@@ -245,12 +278,16 @@ pub struct GatewayState {
     addr: Option<SocketAddr>,
     app: Option<Arc<App>>,
     _server: Option<troupe_runtime::http::Served>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for GatewayState {
     fn drop(&mut self) {
         if let Some(app) = &self.app {
             app.sessions.close_all();
+        }
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
@@ -265,7 +302,7 @@ impl Behavior for GatewayActor {
         let spec = node.loaded().cluster.node(node.name()).cloned();
         let Some(addr) = spec.and_then(|s| s.ports.get(&system).map(|p| SocketAddr::new(s.addr.ip(), *p))) else {
             tracing::warn!(node = %node.name(), "no ports.\"{system}\" for this node: its chat gateway is off");
-            return Ok(GatewayState { addr: None, app: None, _server: None });
+            return Ok(GatewayState { addr: None, app: None, _server: None, tasks: Vec::new() });
         };
         let listener = troupe_runtime::http::bind(addr)
             .await
@@ -278,6 +315,8 @@ impl Behavior for GatewayActor {
             &[],
         );
         let hub = Arc::new(Hub::new(PubSub::of(node), &system, missed));
+        let presence = Arc::new(presence::Presence::new(node.name()));
+        let tasks = presence.start(node, &system, Duration::from_millis(self.params.presence_every_ms));
         let app = Arc::new(App {
             node: node.clone(),
             system,
@@ -285,12 +324,14 @@ impl Behavior for GatewayActor {
             credentials: node.credentials(),
             sessions: Arc::new(WsSessions::new(self.limits.clone())),
             hub,
+            presence,
+            limiter: troupe_limiter_shell::Limiter::new(node).ok(),
             metrics,
         });
         let (_, server) =
             troupe_runtime::http::spawn(listener, http::router(app.clone()), self.http.clone(), "chat gateway");
         tracing::info!(%addr, "chat gateway listening (WebSocket at /v1/ws)");
-        Ok(GatewayState { addr: Some(addr), app: Some(app), _server: Some(server) })
+        Ok(GatewayState { addr: Some(addr), app: Some(app), _server: Some(server), tasks })
     }
 
     async fn handle(

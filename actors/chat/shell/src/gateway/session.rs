@@ -79,6 +79,7 @@ pub async fn run(app: Arc<App>, user: String, tx: WsSender, mut rx: WsReceiver) 
     let (notes, mut inbox) = mpsc::channel(NOTE_QUEUE);
     let missed = Arc::new(AtomicBool::new(false));
     let _user_watch = app.hub.watch_user(&user, id, notes.clone(), missed.clone());
+    let _online = app.presence.connect(&user);
     let mut s = Session {
         app: app.clone(),
         user,
@@ -158,9 +159,16 @@ impl Session {
     async fn on_frame(&mut self, f: ClientFrame) -> bool {
         match f {
             ClientFrame::Hello { cursors } => self.hello(cursors).await,
+            ClientFrame::Presence { users } => {
+                let users = self.app.presence.query(&users);
+                self.send(ServerFrame::Presence { users }).await
+            }
             ClientFrame::Send { conv, id, text } => {
                 if let Err(why) = ids::check_conversation(&conv) {
                     return self.send(ServerFrame::Rejected { id, reason: why }).await;
+                }
+                if let Err(reason) = self.app.admit_send(&self.user).await {
+                    return self.send(ServerFrame::Rejected { id, reason }).await;
                 }
                 let msg = ConvMsg::Send { from: self.user.clone(), id: id.clone(), text, at_ms: super::now_ms() };
                 match self.app.ask(&conv, msg).await {
