@@ -15,7 +15,16 @@
 //!
 //! Trust is on first use: a device's keys are pinned the first time they are seen and
 //! a changed key for the same device is refused. Verification of devices between
-//! people (SAS, cross-signing) is not here. State lives in memory (no pickles on disk).
+//! people (SAS, cross-signing) is not here, so the server could add a device of its
+//! own to a user (or a member to a group) and be sent later keys: that is the limit of
+//! trust on first use. State lives in memory (no pickles on disk).
+//!
+//! Invariants: a Megolm session is known by its sender's Curve25519 key and its id, and
+//! the first key for it stays (another member cannot replace it and pass its messages
+//! off as theirs); a message index decrypts once (a replayed message is refused); a
+//! replayed Olm pre-key message starts no second session; a device that cannot be
+//! reached is skipped, not fatal; a mailbox message that could not be read for lack of
+//! the server is kept for the next read; sessions kept are bounded.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -109,7 +118,15 @@ struct Inbound {
     session: InboundGroupSession,
     conv: String,
     sender_user: String,
+    sender_device: String,
+    /// Message indexes already decrypted (a repeat is a replay).
+    seen: BTreeSet<u32>,
 }
+
+/// Megolm sessions a device keeps at most (the oldest go first).
+pub const INBOUND_MAX: usize = 10_000;
+/// Olm sessions kept per peer device (the newest).
+pub const OLM_PER_PEER_MAX: usize = 4;
 
 /// One device of one user.
 pub struct Device {
@@ -119,10 +136,15 @@ pub struct Device {
     /// Olm sessions by the peer's Curve25519 key (newest last).
     olm: HashMap<String, Vec<Session>>,
     outbound: HashMap<String, Outbound>,
-    inbound: HashMap<String, Inbound>,
+    /// By (the sending device's Curve25519 key, session id): a session is only ever
+    /// the device's that sent its key, so nobody else's key can replace it.
+    inbound: HashMap<(String, String), Inbound>,
+    /// Insertion order of `inbound`, for the bound.
+    inbound_order: std::collections::VecDeque<(String, String)>,
     /// (user, device) → (curve25519, ed25519) first seen.
     pinned: HashMap<(String, String), (String, String)>,
     mailbox_cursor: u64,
+    skipped: Vec<String>,
 }
 
 impl std::fmt::Debug for Device {
@@ -145,9 +167,31 @@ impl Device {
             olm: HashMap::new(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
+            inbound_order: std::collections::VecDeque::new(),
             pinned: HashMap::new(),
             mailbox_cursor: 0,
+            skipped: Vec::new(),
         }
+    }
+
+    /// Keeps a Megolm session; false when the sender already had one of that id (the
+    /// first one stays).
+    fn keep_inbound(&mut self, sender_key: String, inbound: Inbound) -> bool {
+        let k = (sender_key, inbound.session.session_id());
+        if self.inbound.contains_key(&k) {
+            return false;
+        }
+        while self.inbound.len() >= INBOUND_MAX {
+            match self.inbound_order.pop_front() {
+                Some(old) => {
+                    self.inbound.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.inbound_order.push_back(k.clone());
+        self.inbound.insert(k, inbound);
+        true
     }
 
     /// This device's Curve25519 identity key.
@@ -245,10 +289,14 @@ impl Device {
         if rotate {
             let session = GroupSession::new(MegolmConfig::version_1());
             let mine = InboundGroupSession::new(&session.session_key(), MegolmConfig::version_1());
-            self.inbound.insert(
-                session.session_id(),
-                Inbound { session: mine, conv: conv.to_string(), sender_user: self.user.clone() },
-            );
+            let own = Inbound {
+                session: mine,
+                conv: conv.to_string(),
+                sender_user: self.user.clone(),
+                sender_device: self.device.clone(),
+                seen: BTreeSet::new(),
+            };
+            self.keep_inbound(self.identity_key(), own);
             self.outbound.insert(conv.to_string(), Outbound { session, shared: BTreeSet::new() });
         }
         let (session_id, session_key) = {
@@ -260,21 +308,15 @@ impl Device {
             if self.outbound[conv].shared.contains(&(user.clone(), d.device.clone())) {
                 continue;
             }
-            let key = RoomKey {
-                conv: conv.to_string(),
-                session_id: session_id.clone(),
-                session_key: session_key.clone(),
-                sender_user: self.user.clone(),
-                sender_device: self.device.clone(),
-            };
-            let payload = serde_json::to_string(&key).map_err(crypto)?;
-            let msg = self.olm_to(api, user, d)?.encrypt(payload).map_err(crypto)?;
-            let (kind, bytes) = msg.to_parts();
-            let envelope = OlmEnvelope { sender_key: me.clone(), kind, body: vodozemac::base64_encode(bytes) };
-            let body = json!({ "from_device": self.device, "body": serde_json::to_string(&envelope).map_err(crypto)? });
-            api.call("POST", &format!("/v1/keys/{user}/{}/inbox", d.device), Some(&body))?;
-            if let Some(o) = self.outbound.get_mut(conv) {
-                o.shared.insert((user.clone(), d.device.clone()));
+            // A device that cannot be reached (no key left, a key that does not parse)
+            // is skipped: one bad device must not stop the conversation.
+            match self.share(api, conv, user, d, &session_id, &session_key, &me) {
+                Ok(()) => {
+                    if let Some(o) = self.outbound.get_mut(conv) {
+                        o.shared.insert((user.clone(), d.device.clone()));
+                    }
+                }
+                Err(e) => self.skipped.push(format!("{user}/{}: {e}", d.device)),
             }
         }
         let o = self.outbound.get_mut(conv).ok_or_else(|| E2eError::Crypto("no session".into()))?;
@@ -289,22 +331,60 @@ impl Device {
         serde_json::to_string(&e).map_err(crypto)
     }
 
+    /// Sends the conversation's Megolm key to one device over Olm.
+    #[allow(clippy::too_many_arguments)]
+    fn share(
+        &mut self,
+        api: &Api,
+        conv: &str,
+        user: &str,
+        d: &DeviceKeys,
+        session_id: &str,
+        session_key: &str,
+        me: &str,
+    ) -> Result<(), E2eError> {
+        let key = RoomKey {
+            conv: conv.to_string(),
+            session_id: session_id.to_string(),
+            session_key: session_key.to_string(),
+            sender_user: self.user.clone(),
+            sender_device: self.device.clone(),
+        };
+        let payload = serde_json::to_string(&key).map_err(crypto)?;
+        let msg = self.olm_to(api, user, d)?.encrypt(payload).map_err(crypto)?;
+        let (kind, bytes) = msg.to_parts();
+        let envelope = OlmEnvelope { sender_key: me.to_string(), kind, body: vodozemac::base64_encode(bytes) };
+        let body = json!({ "from_device": self.device, "body": serde_json::to_string(&envelope).map_err(crypto)? });
+        api.call("POST", &format!("/v1/keys/{user}/{}/inbox", d.device), Some(&body))?;
+        Ok(())
+    }
+
+    /// Devices a key could not be shared with (and why), since the last call.
+    pub fn take_skipped(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.skipped)
+    }
+
     /// Reads this device's mailbox: every Megolm key sent to it over Olm.
     pub fn receive_keys(&mut self, api: &Api) -> Result<usize, E2eError> {
         let v = api.call("GET", &format!("/v1/keys/inbox/{}?after={}", self.device, self.mailbox_cursor), None)?;
         let list: Vec<ToDevice> = serde_json::from_value(v["messages"].clone()).map_err(crypto)?;
         let mut got = 0;
+        let mut done = None;
         for m in &list {
-            self.mailbox_cursor = self.mailbox_cursor.max(m.seq);
             match self.open(api, m) {
                 Ok(()) => got += 1,
-                // A message this device cannot read (not for its sessions, forged) is
-                // dropped; the sender shares again on its next rotation.
-                Err(_) => continue,
+                // The server could not be asked (the sender's devices): keep this
+                // message for the next read.
+                Err(E2eError::Io(_) | E2eError::Http { .. }) => break,
+                // Not readable by this device (not for its sessions, forged, a
+                // replay): dropped.
+                Err(_) => {}
             }
+            done = Some(m.seq);
         }
-        if let Some(last) = list.last() {
-            api.call("POST", &format!("/v1/keys/inbox/{}/ack", self.device), Some(&json!({ "upto": last.seq })))?;
+        if let Some(upto) = done {
+            self.mailbox_cursor = self.mailbox_cursor.max(upto);
+            api.call("POST", &format!("/v1/keys/inbox/{}/ack", self.device), Some(&json!({ "upto": upto })))?;
         }
         Ok(got)
     }
@@ -331,9 +411,22 @@ impl Device {
         let plaintext = match (plaintext, &msg) {
             (Some(p), _) => p,
             (None, OlmMessage::PreKey(pre)) => {
+                // A pre-key message of a session we have, that the session cannot
+                // decrypt, is a replay (the fallback key would start it again).
+                let known = self
+                    .olm
+                    .get(&sender.curve25519)
+                    .is_some_and(|v| v.iter().any(|s| s.session_id() == pre.session_id()));
+                if known {
+                    return Err(E2eError::Crypto("a replayed pre-key message".into()));
+                }
                 let identity = Curve25519PublicKey::from_base64(&sender.curve25519).map_err(crypto)?;
                 let r = self.account.create_inbound_session(OlmConfig::version_1(), identity, pre).map_err(crypto)?;
-                self.olm.entry(sender.curve25519.clone()).or_default().push(r.session);
+                let sessions = self.olm.entry(sender.curve25519.clone()).or_default();
+                sessions.push(r.session);
+                if sessions.len() > OLM_PER_PEER_MAX {
+                    sessions.remove(0);
+                }
                 r.plaintext
             }
             (None, _) => return Err(E2eError::Crypto("no Olm session for a normal message".into())),
@@ -347,7 +440,14 @@ impl Device {
         if session.session_id() != key.session_id {
             return Err(E2eError::Crypto("a room key whose id does not match".into()));
         }
-        self.inbound.insert(key.session_id, Inbound { session, conv: key.conv, sender_user: key.sender_user });
+        let inbound = Inbound {
+            session,
+            conv: key.conv,
+            sender_user: key.sender_user,
+            sender_device: key.sender_device,
+            seen: BTreeSet::new(),
+        };
+        self.keep_inbound(sender.curve25519, inbound);
         Ok(())
     }
 
@@ -356,18 +456,22 @@ impl Device {
     pub fn decrypt(&mut self, api: &Api, conv: &str, from: &str, text: &str) -> Result<String, E2eError> {
         let e: Encrypted =
             serde_json::from_str(text).map_err(|_| E2eError::NotEncrypted(text.chars().take(40).collect()))?;
-        if !self.inbound.contains_key(&e.session) {
+        let k = (e.sender_key.clone(), e.session.clone());
+        if !self.inbound.contains_key(&k) {
             self.receive_keys(api)?;
         }
-        let inbound = self.inbound.get_mut(&e.session).ok_or_else(|| E2eError::NoKey(e.session.clone()))?;
-        if inbound.conv != conv || inbound.sender_user != from {
+        let inbound = self.inbound.get_mut(&k).ok_or_else(|| E2eError::NoKey(e.session.clone()))?;
+        if inbound.conv != conv || inbound.sender_user != from || inbound.sender_device != e.device {
             return Err(E2eError::Crypto(format!(
-                "session {} is {}'s in {}, not {from}'s in {conv}",
-                e.session, inbound.sender_user, inbound.conv
+                "session {} is {}/{}'s in {}, not {from}/{}'s in {conv}",
+                e.session, inbound.sender_user, inbound.sender_device, inbound.conv, e.device
             )));
         }
         let m = MegolmMessage::from_base64(&e.ciphertext).map_err(crypto)?;
         let d = inbound.session.decrypt(&m).map_err(crypto)?;
+        if !inbound.seen.insert(d.message_index) {
+            return Err(E2eError::Crypto(format!("message {} of session {} replayed", d.message_index, e.session)));
+        }
         String::from_utf8(d.plaintext).map_err(crypto)
     }
 }

@@ -369,6 +369,33 @@ impl ConvState {
         (self.history.iter().skip(skip).take(max).cloned().collect(), oldest)
     }
 
+    /// The sequence number of the event that removed `user`, while it is still kept
+    /// (and the user has not joined again since).
+    pub fn left_at(&self, user: &str) -> Option<u64> {
+        if self.is_member(user) {
+            return None;
+        }
+        self.history.iter().rev().find_map(|e| match &e.body {
+            EventBody::Left { users, .. } if users.iter().any(|u| u == user) => Some(e.seq),
+            _ => None,
+        })
+    }
+
+    /// What `user` may read after `after` (at most `max`): a member everything, a user
+    /// who left everything up to the event that removed them — so the leaving itself
+    /// reaches their devices, and nothing after it. (events, oldest kept, head as the
+    /// user sees it.)
+    pub fn since_for(&self, user: &str, after: u64, max: usize) -> Result<(Vec<Event>, u64, u64), String> {
+        let head = if self.is_member(user) {
+            self.head
+        } else {
+            self.left_at(user).ok_or_else(|| format!("{user} is not a member of this conversation"))?
+        };
+        let (mut events, oldest) = self.since(after, max);
+        events.retain(|e| e.seq <= head);
+        Ok((events, oldest, head))
+    }
+
     /// Records a member's receipt in memory; true when it moved (to be written and
     /// told).
     pub fn receipt(&mut self, user: &str, delivered: u64, read: u64) -> bool {
@@ -519,6 +546,22 @@ mod tests {
         assert!(st.pending_left.is_empty());
         let (ev, _) = st.since(u64::MAX, 10);
         assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn a_user_who_left_reads_up_to_the_leaving_and_no_further() {
+        let l = Limits::default();
+        let mut st = ConvState::default();
+        let c = st.plan_create("room", "a", &s(&["b"]), 1, &l).unwrap().unwrap();
+        commit(&mut st, vec![c], &l);
+        send(&mut st, "a", "1", &l).unwrap();
+        let ev = st.plan_members("room", "b", &[], &s(&["b"]), 1, &l).unwrap();
+        commit(&mut st, ev, &l);
+        send(&mut st, "a", "2", &l).unwrap();
+        let (ev, _, head) = st.since_for("b", 0, 100).unwrap();
+        assert_eq!((ev.iter().map(|e| e.seq).collect::<Vec<_>>(), head), (vec![1, 2, 3], 3));
+        assert_eq!(st.since_for("a", 0, 100).unwrap().2, 4);
+        assert!(st.since_for("z", 0, 100).unwrap_err().contains("not a member"));
     }
 
     #[test]

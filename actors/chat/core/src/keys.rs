@@ -9,8 +9,11 @@
 //! device is listed no more, its keys are dropped and its mailbox emptied.
 //!
 //! Invariants: only the user writes or revokes the user's devices and reads their
-//! mailboxes; a one-time key is claimed at most once; a mailbox holds at most
-//! `MAILBOX_MAX` messages (the oldest go first, counted) and numbers them in order.
+//! mailboxes; a one-time key is claimed at most once; a full mailbox (`MAILBOX_MAX`
+//! messages to a device, `USER_MAILBOX_BYTES_MAX` bytes to a user) refuses new
+//! messages with the reason instead of dropping old ones, so a flood can neither push
+//! out a real room key nor grow the user's state past a frame; messages are numbered
+//! in order.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -20,11 +23,15 @@ pub const DEVICES_MAX: usize = 32;
 /// One-time keys kept per device at most.
 pub const ONE_TIME_KEYS_MAX: usize = 100;
 /// Messages waiting in one device's mailbox at most.
-pub const MAILBOX_MAX: usize = 1000;
+pub const MAILBOX_MAX: usize = 256;
+/// Bytes waiting in all of one user's mailboxes at most (they are part of the user's
+/// snapshot, which must fit a frame).
+pub const USER_MAILBOX_BYTES_MAX: usize = 2 << 20;
 /// Bytes of one key, signature or id at most (base64 of 32 or 64 bytes is ~88).
 pub const KEY_BYTES_MAX: usize = 128;
-/// Bytes of one to-device message at most.
-pub const TO_DEVICE_BYTES_MAX: usize = 16 << 10;
+/// Bytes of one to-device message at most (an Olm message carrying a room key is
+/// under 1 KiB).
+pub const TO_DEVICE_BYTES_MAX: usize = 4 << 10;
 
 /// What a device publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +178,17 @@ impl UserKeys {
         if body.is_empty() || body.len() > TO_DEVICE_BYTES_MAX {
             return Err(format!("a to-device message is 1..={TO_DEVICE_BYTES_MAX} bytes"));
         }
+        if self.devices.get(device).is_some_and(|d| d.mailbox.len() >= MAILBOX_MAX) {
+            return Err(format!(
+                "the mailbox of device {device} is full ({MAILBOX_MAX} messages): it must read them first"
+            ));
+        }
+        let bytes: usize = self.devices.values().flat_map(|d| &d.mailbox).map(|m| m.body.len() + 64).sum();
+        if bytes + body.len() + 64 > USER_MAILBOX_BYTES_MAX {
+            return Err(format!(
+                "this user's mailboxes are full ({USER_MAILBOX_BYTES_MAX} bytes): their devices must read them first"
+            ));
+        }
         Ok(())
     }
 
@@ -262,20 +280,18 @@ mod tests {
         let mut u = UserKeys::default();
         u.apply(&KeysOp::Publish { keys: keys("d1", "c1"), one_time: vec![], fallback: None });
         assert!(u.check_deliver("d2", "x").unwrap_err().contains("no device"));
-        for i in 0..(MAILBOX_MAX + 5) {
-            u.apply(&KeysOp::Deliver {
-                device: "d1".into(),
-                from_user: "a".into(),
-                from_device: "x".into(),
-                body: i.to_string(),
-            });
+        for i in 0..MAILBOX_MAX {
+            u.check_deliver("d1", "x").unwrap();
+            let body = i.to_string();
+            u.apply(&KeysOp::Deliver { device: "d1".into(), from_user: "a".into(), from_device: "x".into(), body });
         }
-        let d = &u.devices["d1"];
-        assert_eq!((d.mailbox.len(), d.dropped), (MAILBOX_MAX, 5));
+        assert!(u.check_deliver("d1", "x").unwrap_err().contains("full"), "a full mailbox refuses");
         let m = u.mailbox("d1", 0, 3);
-        assert_eq!(m.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7, 8]);
+        assert_eq!(m.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3], "nothing was pushed out");
         u.apply(&KeysOp::Acked { device: "d1".into(), upto: 10 });
         assert_eq!(u.mailbox("d1", 0, 1)[0].seq, 11);
+        assert!(u.check_deliver("d1", "x").is_ok(), "room again once read");
+        assert!(u.check_deliver("d1", &"x".repeat(TO_DEVICE_BYTES_MAX + 1)).is_err());
         assert!(u.check_publish(&keys("bad id", "c"), &[], &None).is_err());
         assert!(u.check_publish(&keys("d3", "c c"), &[], &None).unwrap_err().contains("base64"));
     }

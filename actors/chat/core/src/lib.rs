@@ -11,6 +11,7 @@ pub mod conversation;
 pub mod frames;
 pub mod ids;
 pub mod keys;
+pub mod lab;
 pub mod presence;
 pub mod proto;
 

@@ -7,7 +7,8 @@
 //!
 //! Staleness: a change is seen elsewhere one tick (plus a publish) after it happens; a
 //! lost digest is corrected by the next full one; a dead node's users go offline at its
-//! member-down event.
+//! member-down event, and a node not heard from for three full-digest periods has its
+//! users taken offline anyway.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -98,6 +99,8 @@ impl Local {
 pub struct View {
     nodes: HashMap<String, HashSet<String>>,
     last_seen: HashMap<String, u64>,
+    /// When each node's last digest arrived (this node's clock).
+    heard: HashMap<String, u64>,
 }
 
 impl View {
@@ -112,7 +115,9 @@ impl View {
         *t = (*t).max(at_ms);
     }
 
-    pub fn apply(&mut self, d: &Digest) {
+    /// Folds in a digest that arrived at `received_ms` (this node's clock).
+    pub fn apply(&mut self, d: &Digest, received_ms: u64) {
+        self.heard.insert(d.node.clone(), received_ms);
         let set = self.nodes.entry(d.node.clone()).or_default();
         if d.full {
             let now: HashSet<String> = d.online.iter().cloned().collect();
@@ -134,8 +139,24 @@ impl View {
 
     /// Node `node` is down: its users are offline as of `at_ms`.
     pub fn node_down(&mut self, node: &str, at_ms: u64) {
+        self.heard.remove(node);
         for u in self.nodes.remove(node).unwrap_or_default() {
             self.seen(&u, at_ms);
+        }
+    }
+
+    /// Takes offline the users of every node not heard from for `max_age_ms` (a
+    /// member-down event missed, a digest overtaken by it): a node's users never stay
+    /// online on a view for longer than that after the node went quiet.
+    pub fn expire(&mut self, now_ms: u64, max_age_ms: u64) {
+        let quiet: Vec<(String, u64)> = self
+            .heard
+            .iter()
+            .filter(|(_, t)| now_ms.saturating_sub(**t) > max_age_ms)
+            .map(|(n, t)| (n.clone(), *t))
+            .collect();
+        for (node, last) in quiet {
+            self.node_down(&node, last);
         }
     }
 
@@ -158,7 +179,7 @@ mod tests {
         n1.connect("b");
         let d = n1.tick("n1", 10).unwrap();
         assert!(!d.full);
-        v.apply(&d);
+        v.apply(&d, 10);
         assert_eq!(v.query("a"), (true, None));
         n1.disconnect("a", 20);
         assert!(n1.is_online("a"), "a second session still open");
@@ -174,7 +195,7 @@ mod tests {
                 break d;
             }
         };
-        v.apply(&full);
+        v.apply(&full, 40);
         assert_eq!(v.query("b"), (false, Some(40)), "the full digest took b offline");
         assert!(!v.query("a").0);
     }
@@ -184,9 +205,16 @@ mod tests {
         let mut n2 = Local::default();
         let mut v = View::default();
         n2.connect("c");
-        v.apply(&n2.tick("n2", 5).unwrap());
+        v.apply(&n2.tick("n2", 5).unwrap(), 5);
         assert!(v.query("c").0);
         v.node_down("n2", 50);
         assert_eq!(v.query("c"), (false, Some(50)));
+        // A node that goes quiet without a down event is expired.
+        n2.connect("d");
+        v.apply(&n2.tick("n2", 60).unwrap(), 60);
+        v.expire(100, 60);
+        assert!(v.query("d").0, "heard 40 ms ago");
+        v.expire(200, 60);
+        assert_eq!(v.query("d"), (false, Some(60)));
     }
 }

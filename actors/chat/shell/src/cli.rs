@@ -64,11 +64,17 @@ fn gateways(cluster: &Path, system: &str) -> anyhow::Result<(Vec<(String, Socket
     Ok((out, base.join(key_file)))
 }
 
+/// `text` with control characters shown as `\u{..}`: another member's message must
+/// not move the cursor, clear the screen or write the clipboard (ANSI/OSC sequences).
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 fn show(conv: &str, seq: u64, at_ms: u64, body: &EventBody) -> String {
     let t = at_ms / 1000 % 86_400;
     let at = format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
     match body {
-        EventBody::Message { from, text, .. } => format!("[{conv} #{seq} {at}] {from}: {text}"),
+        EventBody::Message { from, text, .. } => format!("[{conv} #{seq} {at}] {from}: {}", printable(text)),
         EventBody::Created { by, members } => {
             format!("[{conv} #{seq} {at}] {by} created it with {}", members.join(", "))
         }
@@ -168,8 +174,8 @@ async fn session(
                                 println!("{}: {state}{}", p.user, if p.online { String::new() } else { seen.unwrap_or_default() });
                             }
                         }
-                        Ok(ServerFrame::Rejected { reason, .. }) => eprintln!("(chat: refused: {reason})"),
-                        Ok(ServerFrame::Error { reason }) => eprintln!("(chat: {reason})"),
+                        Ok(ServerFrame::Rejected { reason, .. }) => eprintln!("(chat: refused: {})", printable(&reason)),
+                        Ok(ServerFrame::Error { reason }) => eprintln!("(chat: {})", printable(&reason)),
                         Ok(ServerFrame::Gap { conv, from, to }) => eprintln!("(chat: {conv} #{from}..#{to} are no longer kept)"),
                         Ok(ServerFrame::TooBig { conv, seq, bytes }) => eprintln!("(chat: {conv} #{seq} is too big to show here: {bytes} bytes)"),
                         Err(e) => eprintln!("(chat: an unreadable frame: {e})"),
@@ -249,5 +255,15 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let shown = super::printable("hi\x1b]52;c;ZXZpbA==\x07\rbob: fake");
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\u{1b}") && shown.contains("bob: fake"), "{shown}");
     }
 }

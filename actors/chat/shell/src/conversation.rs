@@ -351,11 +351,12 @@ impl Behavior for ConversationActor {
                 if !st.conv.created {
                     ctx.passivate();
                     reply.send(ConvReply::Refused(format!("no conversation {conv_id}"))).await;
-                } else if !st.conv.is_member(&user) {
-                    reply.send(ConvReply::Refused(format!("{user} is not a member of {conv_id}"))).await;
                 } else {
-                    let (events, oldest) = st.conv.since(after, max.min(self.params.since_max) as usize);
-                    reply.send(ConvReply::Events { events, oldest, head: st.conv.head }).await;
+                    // A member reads everything; a user who left, up to the leaving.
+                    match st.conv.since_for(&user, after, max.min(self.params.since_max) as usize) {
+                        Ok((events, oldest, head)) => reply.send(ConvReply::Events { events, oldest, head }).await,
+                        Err(_) => reply.send(ConvReply::Refused(format!("{user} is not a member of {conv_id}"))).await,
+                    }
                 }
             }
             ConvMsg::Receipt { user, delivered, read } => {

@@ -19,6 +19,9 @@ pub mod conversation;
 pub mod directory;
 pub mod gateway;
 pub mod keys;
+#[cfg(feature = "lab")]
+pub mod lab;
+pub mod top;
 
 pub use troupe_chat as core;
 pub use troupe_chat::proto::Published;
@@ -52,6 +55,18 @@ impl troupe_system::System for Chat {
         kinds.register::<directory::DirectoryActor>("chat.directory");
         kinds.register::<gateway::GatewayActor>("chat.gateway");
         kinds.register::<keys::KeysActor>("chat.keys");
+    }
+    #[cfg(feature = "lab")]
+    fn lab(&self) -> Option<troupe_system::Command> {
+        Some(troupe_system::Command::args::<lab::Args>(
+            "chat",
+            "Chat: fan-out on write vs read, per-node batching vs per-member sends, polling vs push, \
+             the cost of one global order",
+            lab::run,
+        ))
+    }
+    fn panel(&self) -> Option<&dyn troupe_system::Panel> {
+        Some(&top::ChatPanel)
     }
     fn commands(&self) -> Vec<troupe_system::Command> {
         vec![troupe_system::Command::args::<cli::ChatArgs>(

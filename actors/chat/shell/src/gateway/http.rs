@@ -103,6 +103,9 @@ async fn create(
     if let Err(why) = ids::check_conversation(&b.conv) {
         return error(StatusCode::BAD_REQUEST, why);
     }
+    if let Err(why) = app.admit_send(&user).await {
+        return error(StatusCode::TOO_MANY_REQUESTS, why);
+    }
     let msg = ConvMsg::Create { by: user, members: b.members, at_ms: super::now_ms() };
     match app.ask(&b.conv, msg).await {
         Ok(ConvReply::Created { members, head }) => {
@@ -137,6 +140,9 @@ async fn members(
     };
     if let Err(why) = ids::check_conversation(&conv) {
         return error(StatusCode::BAD_REQUEST, why);
+    }
+    if let Err(why) = app.admit_send(&user).await {
+        return error(StatusCode::TOO_MANY_REQUESTS, why);
     }
     let msg = ConvMsg::Members { by: user, add: b.add, remove: b.remove, at_ms: super::now_ms() };
     match app.ask(&conv, msg).await {
@@ -359,6 +365,11 @@ async fn keys_deliver(
     };
     if let Err(why) = ids::check_user(&of).and_then(|_| ids::check_user(&b.from_device)) {
         return error(StatusCode::BAD_REQUEST, why);
+    }
+    // A to-device message is a durable write on the receiver's side: the sender pays
+    // for it under the same limit as a chat message.
+    if let Err(why) = app.admit_send(&from_user).await {
+        return error(StatusCode::TOO_MANY_REQUESTS, why);
     }
     keys_answer(app.keys(&of, KeysMsg::Deliver { device, from_user, from_device: b.from_device, body: b.body }).await)
 }

@@ -316,7 +316,7 @@ impl Behavior for GatewayActor {
         );
         let hub = Arc::new(Hub::new(PubSub::of(node), &system, missed));
         let presence = Arc::new(presence::Presence::new(node.name()));
-        let tasks = presence.start(node, &system, Duration::from_millis(self.params.presence_every_ms));
+        let mut tasks = presence.start(node, &system, Duration::from_millis(self.params.presence_every_ms));
         let app = Arc::new(App {
             node: node.clone(),
             system,
@@ -328,6 +328,18 @@ impl Behavior for GatewayActor {
             limiter: troupe_limiter_shell::Limiter::new(node).ok(),
             metrics,
         });
+        // Gauges of `troupe top`'s chat panel.
+        let (a, m) = (app.clone(), node.metrics());
+        let sessions_gauge = m.gauge(crate::top::SESSIONS, "WebSocket sessions open on this gateway", &[]);
+        let online_gauge = m.gauge(crate::top::ONLINE, "Users with a session on this gateway", &[]);
+        tasks.push(tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                t.tick().await;
+                sessions_gauge.set(a.sessions.open() as f64);
+                online_gauge.set(a.presence.online_here() as f64);
+            }
+        }));
         let (_, server) =
             troupe_runtime::http::spawn(listener, http::router(app.clone()), self.http.clone(), "chat gateway");
         tracing::info!(%addr, "chat gateway listening (WebSocket at /v1/ws)");

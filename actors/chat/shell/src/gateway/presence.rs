@@ -62,7 +62,10 @@ impl Presence {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let digest = me.local.lock().tick(&me.node, super::now_ms());
+                let now = super::now_ms();
+                let digest = me.local.lock().tick(&me.node, now);
+                let max_age = 3 * troupe_chat::presence::FULL_EVERY * every.as_millis() as u64;
+                me.view.lock().expire(now, max_age);
                 if let Some(d) = digest {
                     let _ = crate::system_publisher(&n).publish(&t, &d).await;
                 }
@@ -73,7 +76,7 @@ impl Presence {
         tasks.push(tokio::spawn(async move {
             while let Some(p) = sub.recv().await {
                 match p.decode::<Digest>() {
-                    Ok(d) if d.node != me.node => me.view.lock().apply(&d),
+                    Ok(d) if d.node != me.node => me.view.lock().apply(&d, super::now_ms()),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "undecodable presence digest"),
                 }

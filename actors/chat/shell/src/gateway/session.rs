@@ -203,6 +203,9 @@ impl Session {
                 if let Err(why) = ids::check_conversation(&conv) {
                     return self.send(ServerFrame::Rejected { id, reason: why }).await;
                 }
+                if let Err(reason) = self.app.admit_send(&self.user).await {
+                    return self.send(ServerFrame::Rejected { id, reason }).await;
+                }
                 let msg = ConvMsg::Create { by: self.user.clone(), members, at_ms: super::now_ms() };
                 let answer = self.app.ask(&conv, msg).await;
                 self.done(id, conv, answer).await
@@ -210,6 +213,9 @@ impl Session {
             ClientFrame::Members { id, conv, add, remove } => {
                 if let Err(why) = ids::check_conversation(&conv) {
                     return self.send(ServerFrame::Rejected { id, reason: why }).await;
+                }
+                if let Err(reason) = self.app.admit_send(&self.user).await {
+                    return self.send(ServerFrame::Rejected { id, reason }).await;
                 }
                 let msg = ConvMsg::Members { by: self.user.clone(), add, remove, at_ms: super::now_ms() };
                 let answer = self.app.ask(&conv, msg).await;
