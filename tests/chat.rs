@@ -826,6 +826,24 @@ fn sends_are_rate_limited_per_user_and_presence_follows_sessions() {
     let most = 50.0 + 10.0 * started.elapsed().as_secs_f64() + 2.0;
     assert!(ok >= 50 && f64::from(ok) <= most, "{ok} sent, {limited} limited, at most {most:.0} expected");
     assert_eq!(ok + limited, 120);
+    // carol was offline for all of it: the push hook (the default log sink) told of
+    // her once for the conversation (at most once per 30 s), and never of bob, who sent.
+    let pushes = |who: &str| -> usize {
+        c.names
+            .iter()
+            .map(|n| std::fs::read_to_string(c.dir.join(format!("{n}.log"))).unwrap_or_default())
+            .map(|log| {
+                log.lines()
+                    .filter(|l| {
+                        l.contains("push: a new message for an offline user") && l.contains(&format!("user={who}"))
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    let n = wait_for("carol's push", WAIT, || Some(pushes("carol")).filter(|n| *n > 0));
+    assert!(n <= 2, "{n} pushes for carol in well under 30 s");
+    assert_eq!(pushes("bob"), 0, "the sender is not pushed");
     // Another user is not held back by bob's limit.
     let body = serde_json::json!({ "id": "c1", "text": "hi" }).to_string();
     assert_eq!(call(n1, "POST", "/v1/conversations/dm:bob:carol/messages", &as_user(&c, "carol"), &body).0, 200);

@@ -41,6 +41,8 @@ pub struct ConversationParams {
     pub tick_ms: u64,
     /// Events one `Since` answers at most.
     pub since_max: u32,
+    /// An offline member is pushed (`crate::push`) at most once per this many ms.
+    pub push_every_ms: u64,
 }
 
 impl Default for ConversationParams {
@@ -54,6 +56,7 @@ impl Default for ConversationParams {
             snapshot_every: 256,
             tick_ms: 1000,
             since_max: 500,
+            push_every_ms: 30_000,
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct ConvActorState {
     published_head: u64,
     /// Ticks since start (the head is published again every `HEAD_EVERY` ticks).
     ticks: u64,
+    /// When each member was last pushed (ms since the epoch).
+    pushed: std::collections::HashMap<String, u64>,
 }
 
 /// Every this many ticks a live conversation with subscribers publishes its head even
@@ -133,6 +138,7 @@ impl ConversationActor {
             receipts: BTreeMap::new(),
             published_head: head,
             ticks: 0,
+            pushed: std::collections::HashMap::new(),
         })
     }
 
@@ -201,6 +207,31 @@ impl ConversationActor {
             for (topic, notes) in by_topic {
                 let _ = publisher.publish(&topic, &notes).await;
             }
+        }
+    }
+
+    /// Tells the push hook of each member (not the sender) who is offline, at most
+    /// once per member per `push_every_ms`, and only where this node's presence view is
+    /// live.
+    fn push_offline(&self, ctx: &Ctx<Conversation>, st: &mut ConvActorState, from: &str, seq: u64) {
+        let presence = crate::gateway::presence::Presence::of(ctx.node());
+        if !presence.is_live() {
+            return;
+        }
+        let now = crate::gateway::now_ms();
+        if st.pushed.len() > 2 * self.limits.members_max {
+            st.pushed.clear();
+        }
+        let sink = crate::push::sink(ctx.node());
+        for m in &st.conv.members {
+            if m == from || presence.is_online(m) {
+                continue;
+            }
+            if st.pushed.get(m).is_some_and(|t| now.saturating_sub(*t) < self.params.push_every_ms) {
+                continue;
+            }
+            st.pushed.insert(m.clone(), now);
+            sink.notify(m, ctx.key(), seq, from);
         }
     }
 
@@ -314,6 +345,7 @@ impl Behavior for ConversationActor {
                         let seq = st.conv.head;
                         reply.send(ConvReply::Accepted { seq, duplicate: false }).await;
                         Self::publish(ctx, &events).await;
+                        self.push_offline(ctx, st, &from, seq);
                         if events.len() > 1
                             && let Err(why) = self.sync_directory(ctx, st).await
                         {

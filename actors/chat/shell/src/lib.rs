@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod keys;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod push;
 pub mod top;
 
 pub use troupe_chat as core;

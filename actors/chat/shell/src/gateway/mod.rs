@@ -289,6 +289,9 @@ impl Drop for GatewayState {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(app) = &self.app {
+            app.presence.set_live(false);
+        }
     }
 }
 
@@ -315,7 +318,7 @@ impl Behavior for GatewayActor {
             &[],
         );
         let hub = Arc::new(Hub::new(PubSub::of(node), &system, missed));
-        let presence = Arc::new(presence::Presence::new(node.name()));
+        let presence = presence::Presence::of(node);
         let mut tasks = presence.start(node, &system, Duration::from_millis(self.params.presence_every_ms));
         let app = Arc::new(App {
             node: node.clone(),
@@ -342,6 +345,7 @@ impl Behavior for GatewayActor {
         }));
         let (_, server) =
             troupe_runtime::http::spawn(listener, http::router(app.clone()), self.http.clone(), "chat gateway");
+        app.presence.set_live(true);
         tracing::info!(%addr, "chat gateway listening (WebSocket at /v1/ws)");
         Ok(GatewayState { addr: Some(addr), app: Some(app), _server: Some(server), tasks })
     }

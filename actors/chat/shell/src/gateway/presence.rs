@@ -19,11 +19,42 @@ pub struct Presence {
     node: String,
     local: Mutex<Local>,
     view: Mutex<View>,
+    /// A gateway runs its tasks (digests heard): the view means something.
+    live: std::sync::atomic::AtomicBool,
 }
 
 impl Presence {
     pub fn new(node: &str) -> Presence {
-        Presence { node: node.to_string(), local: Mutex::new(Local::default()), view: Mutex::new(View::default()) }
+        Presence {
+            node: node.to_string(),
+            local: Mutex::new(Local::default()),
+            view: Mutex::new(View::default()),
+            live: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// This node's presence (one per node, shared by its gateway and conversations).
+    pub fn of(node: &Node) -> Arc<Presence> {
+        let made: Result<Arc<Presence>, std::convert::Infallible> = node.extension(|| Ok(Presence::new(node.name())));
+        match made {
+            Ok(p) => p,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Whether a gateway on this node keeps the view up to date.
+    pub fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks the view as kept (a gateway started) or not (it stopped).
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `user` has a session on any gateway, as this node knows.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.local.lock().is_online(user) || self.view.lock().query(user).0
     }
 
     /// A session of `user` opened here; the guard closes it.
