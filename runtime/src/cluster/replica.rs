@@ -62,6 +62,10 @@ pub(crate) enum ReplicaMsg {
     /// From a node that lost its disk and replicates `path`: hand over your copy and
     /// your terms for it (nothing is promised).
     Learn { path: String, from: String },
+    /// `Adopt` with a copy larger than half `frame_bytes_max`: the copy's operations
+    /// (encoded) are in the blob store; the replica reads them and adopts as for
+    /// `Adopt`. Added last (bincode numbers variants by position).
+    AdoptBlob { path: String, term: Term, blob: troupe_wire::Blob },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -204,8 +208,58 @@ async fn fetch_copy(node: &Node, blob: troupe_wire::Blob) -> Result<ReplicaReply
         .map_err(|e| RemoteError::Invalid(format!("a copy read from the blob store does not decode: {e}")))
 }
 
+/// An `Adopt` whose copy is larger than half a frame goes through the blob store, as
+/// `AdoptBlob` (without it the copy never left: the frame was refused, and the new
+/// owner could not bring a lagging replica up to date — seen in the suite as an
+/// election retried for minutes).
+async fn offload_adopt(node: &Node, msg: ReplicaMsg) -> Result<ReplicaMsg, RemoteError> {
+    let ReplicaMsg::Adopt { path, term, ops: Some(ops) } = &msg else { return Ok(msg) };
+    let limit = node.loaded().cluster.transport.frame_bytes_max as usize / 2;
+    let bytes = troupe_wire::codec::encode(ops).map_err(|e| RemoteError::Invalid(e.to_string()))?;
+    if bytes.len() <= limit {
+        return Ok(msg);
+    }
+    let blobs = node.blobs().map_err(RemoteError::from)?;
+    let holder = format!("/troupe/replica/{}", node.name());
+    let blob = blobs.put(&bytes, &holder).await.map_err(RemoteError::from)?;
+    tokio::spawn({
+        let (blobs, holder) = (blobs.clone(), holder.clone());
+        async move {
+            let _ = blobs.release_after(&blob, &holder, COPY_KEPT).await;
+        }
+    });
+    node.metrics()
+        .counter(
+            "troupe_replica_copies_via_blob_total",
+            "Copies of actor state handed over through the blob store (larger than half a frame)",
+            &[],
+        )
+        .inc();
+    Ok(ReplicaMsg::AdoptBlob { path: path.clone(), term: term.clone(), blob })
+}
+
+/// Reads the copy of an `AdoptBlob` back into an `Adopt` (bounded like `fetch_copy`).
+async fn fetch_adopt(node: &Node, path: String, term: Term, blob: troupe_wire::Blob) -> Result<ReplicaMsg, String> {
+    let blobs = node.blobs().map_err(|e| e.to_string())?;
+    let bytes = tokio::time::timeout(COPY_KEPT, blobs.get(&blob))
+        .await
+        .map_err(|_| format!("a copy of {} bytes was not read from the blob store in {COPY_KEPT:?}", blob.len))?
+        .map_err(|e| e.to_string())?;
+    let ops: Vec<WriteOp> = troupe_wire::codec::decode(&bytes)
+        .map_err(|e| format!("a copy read from the blob store does not decode: {e}"))?;
+    Ok(ReplicaMsg::Adopt { path, term, ops: Some(ops) })
+}
+
 /// A replica's side of every request, under the path's lock.
 async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
+    // A copy handed over through the blob store is read before the path's lock.
+    let msg = match msg {
+        ReplicaMsg::AdoptBlob { path, term, blob } => match fetch_adopt(node, path, term, blob).await {
+            Ok(m) => m,
+            Err(why) => return ReplicaReply::Refused(why),
+        },
+        m => m,
+    };
     let Some(cluster) = node.cluster() else { return ReplicaReply::Refused("not clustered".into()) };
     let path = match &msg {
         ReplicaMsg::Inventory { for_node, after, store } => {
@@ -214,6 +268,7 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
             drop(cluster.counting.write().await);
             return inventory(node, for_node, after.as_deref(), *store);
         }
+        ReplicaMsg::AdoptBlob { .. } => unreachable!("read back into Adopt above"),
         ReplicaMsg::Load { path, .. }
         | ReplicaMsg::Prepare { path, .. }
         | ReplicaMsg::Adopt { path, .. }
@@ -249,7 +304,7 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
     };
     let me = node.name();
     let check = match &msg {
-        ReplicaMsg::Inventory { .. } => unreachable!("answered above"),
+        ReplicaMsg::Inventory { .. } | ReplicaMsg::AdoptBlob { .. } => unreachable!("answered above"),
         ReplicaMsg::Learn { from, .. } => {
             return match in_set(node, &path, from) {
                 Ok(()) => ReplicaReply::Loaded(stored),
@@ -289,7 +344,10 @@ async fn serve(node: &Node, msg: ReplicaMsg) -> ReplicaReply {
         Check::Duplicate => return duplicate(node, &path, &msg),
     }
     let (ops, answer) = match msg {
-        ReplicaMsg::Load { .. } | ReplicaMsg::Inventory { .. } | ReplicaMsg::Learn { .. } => {
+        ReplicaMsg::Load { .. }
+        | ReplicaMsg::Inventory { .. }
+        | ReplicaMsg::Learn { .. }
+        | ReplicaMsg::AdoptBlob { .. } => {
             unreachable!("answered above")
         }
         ReplicaMsg::Confirm { .. } => return ReplicaReply::Confirmed,
@@ -442,6 +500,7 @@ pub(crate) async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<Replic
             .map_err(|_| RemoteError::Invalid(format!("{to}'s own replica did not answer in {REPLICA_TIMEOUT:?}")));
     }
     let path = agent_path(to).map_err(|e| RemoteError::Invalid(e.to_string()))?;
+    let msg = offload_adopt(node, msg).await?;
     let what = match &msg {
         ReplicaMsg::Load { path, .. } => ("load", path.clone()),
         ReplicaMsg::Prepare { path, .. } => ("prepare", path.clone()),
@@ -449,6 +508,7 @@ pub(crate) async fn ask(node: &Node, to: &str, msg: ReplicaMsg) -> Result<Replic
         ReplicaMsg::Append { path, .. } => ("append", path.clone()),
         ReplicaMsg::Confirm { path, .. } => ("confirm", path.clone()),
         ReplicaMsg::Learn { path, .. } => ("learn", path.clone()),
+        ReplicaMsg::AdoptBlob { path, .. } => ("adopt", path.clone()),
         ReplicaMsg::Inventory { for_node, .. } => ("inventory", for_node.clone()),
     };
     let started = Instant::now();
